@@ -1,0 +1,54 @@
+//! audit-svc: the append-only, hash-chained audit store.
+
+mod api;
+pub mod migrations;
+
+use std::net::SocketAddr;
+
+use ebb_common::app::ServiceConfig;
+use ebb_common::config::{ConfigError, ServerConfig, Validate};
+use ebb_common::serving::{self, Component};
+use ebb_proto::audit::v1::audit_service_server::AuditServiceServer;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// audit-svc configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// Shared server settings.
+    #[serde(flatten)]
+    pub server: ServerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::with_defaults(
+                SocketAddr::from(([127, 0, 0, 1], 50064)),
+                "ebb-data/audit.db",
+            ),
+        }
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()
+    }
+}
+
+impl ServiceConfig for Config {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+}
+
+/// Connects, migrates and assembles the service.
+pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
+    let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
+    db.migrate::<migrations::Migrator>().await?;
+    let mut component = Component::new();
+    component.add_service(AuditServiceServer::new(api::AuditApi::new(db.clone())), &db);
+    Ok(component)
+}

@@ -1,0 +1,170 @@
+//! Database connections shared by every service: SQLite (embedded default) and PostgreSQL.
+//!
+//! Services write most queries as SQL through SeaORM's `ConnectionTrait`, with `$1`-style
+//! placeholders; [`Db::stmt`] rewrites them to SQLite's `?1` form, which has the same meaning.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseBackend, DatabaseConnection, DbErr,
+    Statement, Value,
+};
+use sea_orm_migration::MigratorTrait;
+
+/// Refuses URLs of backends Ebb does not run on.
+pub fn validate_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:")
+        || url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{}` is not supported; use sqlite://FILE?mode=rwc or postgres://USER@HOST/DB",
+            redact(url)
+        ))
+    }
+}
+
+/// Hides a password in a URL for logs and errors.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A service's connection pool and the dialect it speaks.
+#[derive(Clone, Debug)]
+pub struct Db {
+    /// The pool.
+    pub conn: DatabaseConnection,
+}
+
+impl Db {
+    /// Connects, creating the SQLite file and its directory when needed.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        validate_url(url).map_err(DbErr::Custom)?;
+        if let Some(path) = sqlite_path(url) {
+            if let Some(dir) = std::path::Path::new(&path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        DbErr::Custom(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+        }
+        let mut options = ConnectOptions::new(url.to_owned());
+        options
+            .max_connections(max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(10))
+            .acquire_timeout(Duration::from_secs(30))
+            .sqlx_logging(false);
+        if url.starts_with("sqlite:") {
+            // One writer at a time in SQLite: a small pool avoids lock churn.
+            options.max_connections(max_connections.min(4));
+        }
+        let conn = Database::connect(options).await?;
+        let db = Self { conn };
+        if db.backend() == DatabaseBackend::Sqlite {
+            for pragma in [
+                "PRAGMA journal_mode = WAL",
+                "PRAGMA busy_timeout = 10000",
+                "PRAGMA synchronous = NORMAL",
+                "PRAGMA foreign_keys = ON",
+            ] {
+                db.conn.execute_unprepared(pragma).await?;
+            }
+        }
+        Ok(db)
+    }
+
+    /// Runs the service's migrations.
+    pub async fn migrate<M: MigratorTrait>(&self) -> Result<(), DbErr> {
+        M::up(&self.conn, None).await
+    }
+
+    /// The dialect.
+    pub fn backend(&self) -> DatabaseBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// A statement in this dialect from `$n`-placeholder SQL.
+    pub fn stmt(&self, sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+        stmt(self.backend(), sql, values)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        self.conn.ping().await.is_ok()
+    }
+}
+
+/// A statement in `backend`'s dialect from `$n`-placeholder SQL.
+pub fn stmt(
+    backend: DatabaseBackend,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Statement {
+    let sql = match backend {
+        DatabaseBackend::Sqlite => sql.replace('$', "?"),
+        _ => sql.to_owned(),
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// SQL for the current time in milliseconds since the epoch, in database time.
+pub fn now_ms_sql(backend: DatabaseBackend) -> &'static str {
+    match backend {
+        DatabaseBackend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        _ => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    }
+}
+
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(path.to_owned())
+    }
+}
+
+/// Whether an error is a unique-constraint violation.
+pub fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(
+        err.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_follow_the_dialect() {
+        let s = stmt(DatabaseBackend::Sqlite, "SELECT $1, $2, $1", []);
+        assert_eq!(s.sql, "SELECT ?1, ?2, ?1");
+        let p = stmt(DatabaseBackend::Postgres, "SELECT $1", []);
+        assert_eq!(p.sql, "SELECT $1");
+    }
+
+    #[test]
+    fn urls_are_checked_and_redacted() {
+        assert!(validate_url("sqlite://x.db?mode=rwc").is_ok());
+        assert!(validate_url("postgres://u@h/db").is_ok());
+        assert!(validate_url("mysql://u@h/db").is_err());
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+}

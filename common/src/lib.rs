@@ -1,0 +1,13 @@
+//! Plumbing shared by Ebb's services: configuration, telemetry, serving, database access,
+//! errors and service-to-service clients.
+
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod serving;
+pub mod telemetry;
+pub mod time;
+
+pub use error::{Error, Result};

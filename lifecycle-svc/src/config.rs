@@ -1,0 +1,95 @@
+//! lifecycle-svc configuration.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ebb_common::app::ServiceConfig;
+use ebb_common::config::{ConfigError, ServerConfig, Validate};
+use serde::{Deserialize, Serialize};
+
+/// lifecycle-svc configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Config {
+    /// Shared server settings.
+    #[serde(flatten)]
+    pub server: ServerConfig,
+    /// Shortest inactivity period a workspace may have (1h; tests lower it).
+    #[serde(with = "humantime_serde")]
+    pub min_inactivity: Duration,
+    /// How long a runner's claim on a run lasts without a heartbeat.
+    #[serde(with = "humantime_serde")]
+    pub run_lease_ttl: Duration,
+    /// Base delay before retrying a failed auto-destroy; doubles with each failure.
+    #[serde(with = "humantime_serde")]
+    pub auto_destroy_retry_backoff: Duration,
+    /// audit-svc address for the outbox relay; empty disables relaying to audit.
+    pub audit_url: String,
+    /// notifier-svc address for the outbox relay; empty disables relaying to the notifier.
+    pub notifier_url: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::with_defaults(
+                SocketAddr::from(([127, 0, 0, 1], 50061)),
+                "ebb-data/lifecycle.db",
+            ),
+            min_inactivity: Duration::from_secs(3600),
+            run_lease_ttl: Duration::from_secs(60),
+            auto_destroy_retry_backoff: Duration::from_secs(60),
+            audit_url: String::new(),
+            notifier_url: String::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Sends the outbox to audit and notifier at `url` (as `ebb serve` does).
+    pub fn peers(&mut self, url: &str) {
+        self.audit_url = url.to_owned();
+        self.notifier_url = url.to_owned();
+    }
+}
+
+impl Validate for Config {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.server.validate()?;
+        if self.min_inactivity < Duration::from_secs(1) {
+            return Err(ConfigError::field("min_inactivity", "must be at least 1s"));
+        }
+        if self.run_lease_ttl < Duration::from_secs(1)
+            || self.run_lease_ttl > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::field(
+                "run_lease_ttl",
+                "must be between 1s and 1h",
+            ));
+        }
+        if self.auto_destroy_retry_backoff < Duration::from_millis(100) {
+            return Err(ConfigError::field(
+                "auto_destroy_retry_backoff",
+                "must be at least 100ms",
+            ));
+        }
+        for (field, url) in [
+            ("audit_url", &self.audit_url),
+            ("notifier_url", &self.notifier_url),
+        ] {
+            if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(ConfigError::field(
+                    field,
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl ServiceConfig for Config {
+    fn server(&self) -> &ServerConfig {
+        &self.server
+    }
+}

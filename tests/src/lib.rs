@@ -1,0 +1,328 @@
+//! The end-to-end harness: starts the real service binaries on free ports against SQLite or
+//! PostgreSQL, waits for them to report SERVING and hands out typed clients.
+//!
+//! * Binaries come from the same target directory as the test executable; build them first
+//!   (`cargo build --bins`).
+//! * `EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` runs every service
+//!   on PostgreSQL, each on a fresh database per test; unset, each uses a fresh SQLite file.
+//! * `TEST_LOG=1` shows the services' logs; otherwise they go to files named on failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sea_orm::{ConnectionTrait, Database};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+pub use ebb_proto as proto;
+
+/// The PostgreSQL server URL tests use, if any.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("EBB_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| u.starts_with("postgres"))
+}
+
+/// For tests that need PostgreSQL: its URL, or `None` after printing why the test is skipped.
+/// Under CI (`CI` set) a missing URL fails the test instead.
+pub fn require_postgres(test: &str) -> Option<String> {
+    match postgres_url() {
+        Some(url) => Some(url),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("{test} needs PostgreSQL: set EBB_TEST_DATABASE_URL (CI must)")
+        }
+        None => {
+            eprintln!("skipping {test}: it needs PostgreSQL and EBB_TEST_DATABASE_URL is not set");
+            None
+        }
+    }
+}
+
+/// Where the workspace's binaries are: next to the test executable's `deps` directory.
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --bins`",
+        path.display()
+    );
+    path
+}
+
+/// The databases of one test: fresh SQLite files, or fresh PostgreSQL databases that are
+/// dropped when the test ends.
+pub struct TestDatabases {
+    dir: tempfile::TempDir,
+    postgres: Option<String>,
+    created: Vec<String>,
+    prefix: String,
+}
+
+impl TestDatabases {
+    /// On PostgreSQL when `EBB_TEST_DATABASE_URL` is set, else on SQLite.
+    pub fn new() -> Self {
+        Self::on(postgres_url())
+    }
+
+    /// On the given PostgreSQL server, or SQLite for `None`.
+    pub fn on(postgres: Option<String>) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            postgres,
+            created: Vec::new(),
+            prefix: format!("ebb_t_{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// Whether these are PostgreSQL databases.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    /// A scratch directory that lives as long as the test.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A fresh, empty database for one service.
+    pub async fn create(&mut self, name: &str) -> String {
+        match &self.postgres {
+            None => format!(
+                "sqlite://{}?mode=rwc",
+                self.dir.path().join(format!("{name}.db")).display()
+            ),
+            Some(server) => {
+                let db_name = format!("{}_{name}", self.prefix);
+                let admin = Database::connect(server.as_str())
+                    .await
+                    .expect("connect to the PostgreSQL server of EBB_TEST_DATABASE_URL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {db_name}"))
+                    .await
+                    .expect("create test database");
+                self.created.push(db_name.clone());
+                replace_db_name(server, &db_name)
+            }
+        }
+    }
+}
+
+impl Default for TestDatabases {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestDatabases {
+    fn drop(&mut self) {
+        let (Some(server), false) = (self.postgres.clone(), self.created.is_empty()) else {
+            return;
+        };
+        let names = std::mem::take(&mut self.created);
+        // Drop runs inside or outside a runtime; a thread of its own works in both.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                if let Ok(admin) = Database::connect(server.as_str()).await {
+                    for name in names {
+                        let _ = admin
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                            ))
+                            .await;
+                    }
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// `server` with its database path replaced by `db`.
+pub fn replace_db_name(server: &str, db: &str) -> String {
+    let (base, query) = match server.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (server, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    let mut url = format!("{}/{db}", &base[..host_end]);
+    if let Some(q) = query {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// One running service process.
+pub struct Process {
+    /// Binary name.
+    pub name: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `binary` with `args` and `envs`, listening on a port the OS picks, and waits until
+    /// it prints its address. Does not wait for health; see [`Process::wait_serving`].
+    pub async fn spawn(
+        binary: &str,
+        args: &[&str],
+        envs: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let log = log_dir.join(format!("{binary}-{}.log", uuid::Uuid::new_v4().simple()));
+        let mut cmd = Command::new(bin_path(binary));
+        cmd.args(args)
+            .env_remove("EBB_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if !args.contains(&"--listen") && !envs.iter().any(|(k, _)| *k == "EBB_LISTEN") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        if std::env::var_os("TEST_LOG").is_some() {
+            cmd.stderr(Stdio::inherit());
+        } else {
+            cmd.stderr(std::fs::File::create(&log)?);
+        }
+        let mut child = cmd.spawn().with_context(|| format!("spawn {binary}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some((_, addr)) = line.split_once(" listening on ") {
+                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    return Ok::<_, anyhow::Error>(Some(addr.parse::<SocketAddr>()?));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let addr = match found {
+            Ok(Ok(Some(addr))) => addr,
+            other => {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                bail!("{binary} did not start ({other:?}); its log:\n{tail}");
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            name: binary.to_owned(),
+            addr,
+            child,
+            log,
+        })
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// Waits until the health service reports SERVING for `service` ("" for the server).
+    pub async fn wait_serving(&self, service: &str) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(channel) = Channel::from_shared(self.url())?.connect().await {
+                let mut health = HealthClient::new(channel);
+                if let Ok(r) = health
+                    .check(HealthCheckRequest {
+                        service: service.to_owned(),
+                    })
+                    .await
+                {
+                    if r.into_inner().status == ServingStatus::Serving as i32 {
+                        return Ok(());
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!(
+                    "{} never reported SERVING; log: {}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the process's log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub async fn kill(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait().await;
+    }
+
+    /// Waits for the process to exit, at most `timeout`.
+    pub async fn wait_exit(
+        &mut self,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(timeout, self.child.wait()).await??)
+    }
+}
+
+/// Runs a binary to completion with `args`, returning its exit status and stderr.
+pub async fn run_to_exit(
+    binary: &str,
+    args: &[&str],
+    envs: &[(&str, String)],
+) -> anyhow::Result<(std::process::ExitStatus, String)> {
+    let mut cmd = Command::new(bin_path(binary));
+    cmd.args(args).env_remove("EBB_CONFIG").stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await??;
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
