@@ -1,38 +1,476 @@
-//! The gRPC surface of audit-svc.
+//! The gRPC surface of audit-svc: validates requests, calls the store, maps the results.
 
-use ebb_common::db::Db;
+use std::pin::Pin;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ebb_common::error::Violations;
+use ebb_common::time::{from_timestamp, to_timestamp};
+use ebb_common::{Error, Result};
 use ebb_proto::audit::v1::{
-    AppendEventsRequest, AppendEventsResponse, ListEventsRequest, ListEventsResponse,
+    AppendEventsRequest, AppendEventsResponse, AuditEvent, ChainBreak, EventInput,
+    ExportEventsRequest, ExportEventsResponse, GetEventRequest, GetEventResponse,
+    ListEventsRequest, ListEventsResponse, Order, VerifyChainRequest, VerifyChainResponse,
     audit_service_server::AuditService,
 };
+use futures::Stream;
+use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
+
+use crate::chain::BreakKind;
+use crate::data;
+use crate::store::{Filter, NewEvent, SCAN_CHUNK, Store, StoredEvent, Verification};
+
+/// Most events one AppendEvents call may carry.
+pub const MAX_BATCH: usize = 1000;
+/// Page size when a request leaves it at zero.
+const DEFAULT_PAGE_SIZE: u64 = 100;
+/// The largest page ListEvents answers.
+const MAX_PAGE_SIZE: u64 = 1000;
+/// Longest id, organization id, subject or actor accepted.
+const MAX_NAME: usize = 256;
+/// Largest canonical `data` accepted.
+const MAX_DATA_BYTES: usize = 64 * 1024;
+/// Events per export message.
+const EXPORT_CHUNK: i64 = 500;
 
 /// AuditService over the audit database.
 pub struct AuditApi {
-    #[allow(dead_code)]
-    db: Db,
+    store: Store,
 }
 
 impl AuditApi {
-    /// Serves `db`.
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    /// Serves `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
     }
 }
+
+/// Records what is wrong with a name-like field; `true` when nothing is.
+fn check_name(v: &mut Violations, field: &str, value: &str, required: bool) -> bool {
+    let problem = if required && value.is_empty() {
+        "is required".to_owned()
+    } else if value.chars().count() > MAX_NAME {
+        format!("must be at most {MAX_NAME} characters")
+    } else if value.contains('\0') {
+        "must not contain NUL characters".to_owned()
+    } else {
+        return true;
+    };
+    v.add(field, problem);
+    false
+}
+
+/// Validates one offered event and brings its data into canonical form.
+fn new_event(v: &mut Violations, field: &str, input: &EventInput) -> Option<NewEvent> {
+    let names = [
+        ("id", &input.id, true),
+        ("organization_id", &input.organization_id, true),
+        ("action", &input.action, true),
+        ("subject_type", &input.subject_type, false),
+        ("subject_id", &input.subject_id, false),
+        ("actor", &input.actor, true),
+    ];
+    let mut names_ok = true;
+    for (name, value, required) in names {
+        names_ok &= check_name(v, &format!("{field}.{name}"), value, required);
+    }
+    let occur_time_ms = match &input.occur_time {
+        None => {
+            v.add(format!("{field}.occur_time"), "is required");
+            None
+        }
+        Some(ts) => v.check(&format!("{field}.occur_time"), from_timestamp(ts)),
+    };
+    let data = v.check(
+        &format!("{field}.data"),
+        data::canonical_struct(input.data.as_ref()).and_then(|text| {
+            if text.len() > MAX_DATA_BYTES {
+                Err(format!("must be at most {MAX_DATA_BYTES} bytes as JSON"))
+            } else {
+                Ok(text)
+            }
+        }),
+    );
+    if !names_ok {
+        return None;
+    }
+    Some(NewEvent {
+        id: input.id.clone(),
+        organization_id: input.organization_id.clone(),
+        action: input.action.clone(),
+        subject_type: input.subject_type.clone(),
+        subject_id: input.subject_id.clone(),
+        actor: input.actor.clone(),
+        data: data?,
+        occur_time_ms: occur_time_ms?,
+    })
+}
+
+fn to_proto(event: StoredEvent) -> Result<AuditEvent> {
+    let data = data::struct_from_canonical(&event.event.data).map_err(|e| {
+        Error::Internal(format!("stored data of event {}: {e}", event.event.id))
+    })?;
+    Ok(AuditEvent {
+        event: Some(EventInput {
+            id: event.event.id,
+            organization_id: event.event.organization_id,
+            action: event.event.action,
+            subject_type: event.event.subject_type,
+            subject_id: event.event.subject_id,
+            actor: event.event.actor,
+            data: Some(data),
+            occur_time: Some(to_timestamp(event.event.occur_time_ms)),
+        }),
+        sequence: event.sequence,
+        prev_hash: event.prev_hash,
+        hash: event.hash,
+        record_time: Some(to_timestamp(event.record_time_ms)),
+    })
+}
+
+/// Non-empty text as `Some`.
+fn some(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+fn filter(r: &ListEventsRequest) -> Result<Filter> {
+    let mut v = Violations::new();
+    check_name(&mut v, "organization_id", &r.organization_id, true);
+    for (field, value) in [
+        ("action", &r.action),
+        ("action_prefix", &r.action_prefix),
+        ("subject_type", &r.subject_type),
+        ("subject_id", &r.subject_id),
+        ("actor", &r.actor),
+    ] {
+        check_name(&mut v, field, value, false);
+    }
+    if !r.action.is_empty() && !r.action_prefix.is_empty() {
+        v.add("action_prefix", "cannot be combined with `action`");
+    }
+    let start_ms = r
+        .start_time
+        .as_ref()
+        .and_then(|t| v.check("start_time", from_timestamp(t)));
+    let end_ms = r
+        .end_time
+        .as_ref()
+        .and_then(|t| v.check("end_time", from_timestamp(t)));
+    if let (Some(s), Some(e)) = (start_ms, end_ms) {
+        if e < s {
+            v.add("end_time", "must not be before `start_time`");
+        }
+    }
+    let newest_first = match Order::try_from(r.order) {
+        Ok(Order::Unspecified | Order::OldestFirst) => false,
+        Ok(Order::NewestFirst) => true,
+        Err(_) => {
+            v.add("order", format!("unknown order {}", r.order));
+            false
+        }
+    };
+    v.finish()?;
+    Ok(Filter {
+        organization_id: r.organization_id.clone(),
+        action: some(&r.action),
+        action_prefix: some(&r.action_prefix),
+        subject_type: some(&r.subject_type),
+        subject_id: some(&r.subject_id),
+        actor: some(&r.actor),
+        start_ms,
+        end_ms,
+        newest_first,
+    })
+}
+
+/// A page token: the last sequence returned and a fingerprint of the filter it belongs to.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PageToken {
+    /// Fingerprint of the filter and order.
+    f: String,
+    /// Last sequence of the previous page.
+    s: i64,
+}
+
+fn fingerprint(filter: &Filter) -> String {
+    let text = serde_json::to_string(filter).unwrap_or_default();
+    hex::encode(&Sha256::digest(text.as_bytes())[..12])
+}
+
+fn decode_token(token: &str, filter: &Filter) -> Result<Option<i64>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("page_token", "is not a page token issued by ListEvents");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if token.f != fingerprint(filter) {
+        return Err(Error::invalid(
+            "page_token",
+            "was issued for a different filter or order; repeat the first page's filter",
+        ));
+    }
+    Ok(Some(token.s))
+}
+
+fn encode_token(filter: &Filter, last: i64) -> String {
+    let token = PageToken {
+        f: fingerprint(filter),
+        s: last,
+    };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
+}
+
+/// Validates a `from_sequence`/`to_sequence` pair; `to` 0 means the head.
+fn range(from: i64, to: i64) -> Result<(i64, Option<i64>)> {
+    let mut v = Violations::new();
+    if from < 0 {
+        v.add("from_sequence", "must not be negative");
+    }
+    if to < 0 {
+        v.add("to_sequence", "must not be negative");
+    }
+    if to > 0 && to < from {
+        v.add("to_sequence", "must not be before `from_sequence`");
+    }
+    v.finish()?;
+    Ok((from.max(1), (to > 0).then_some(to)))
+}
+
+fn break_reason(kind: BreakKind) -> ChainBreak {
+    match kind {
+        BreakKind::HashMismatch => ChainBreak::HashMismatch,
+        BreakKind::PrevHashMismatch => ChainBreak::PrevHashMismatch,
+        BreakKind::SequenceGap => ChainBreak::SequenceGap,
+        BreakKind::OrganizationMismatch => ChainBreak::OrganizationMismatch,
+    }
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<ExportEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AuditService for AuditApi {
     async fn append_events(
         &self,
-        _request: Request<AppendEventsRequest>,
+        request: Request<AppendEventsRequest>,
     ) -> Result<Response<AppendEventsResponse>, Status> {
-        Err(Status::unimplemented("append is not implemented yet"))
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        if request.events.is_empty() {
+            v.add("events", "must not be empty");
+        }
+        if request.events.len() > MAX_BATCH {
+            v.add("events", format!("must be at most {MAX_BATCH} events"));
+        }
+        let mut events: Vec<NewEvent> = Vec::with_capacity(request.events.len());
+        let mut seen: std::collections::HashMap<String, usize> = Default::default();
+        for (i, input) in request.events.iter().enumerate() {
+            let Some(event) = new_event(&mut v, &format!("events[{i}]"), input) else {
+                continue;
+            };
+            match seen.get(&event.id) {
+                // A repeat within the batch is the same event offered twice.
+                Some(&j) if events[j] == event => {}
+                Some(&j) => v.add(
+                    format!("events[{i}].id"),
+                    format!("repeats events[{j}] with different content"),
+                ),
+                None => {
+                    seen.insert(event.id.clone(), events.len());
+                    events.push(event);
+                }
+            }
+        }
+        v.finish()?;
+        let duplicates = request.events.len() - events.len();
+        let out = self
+            .store
+            .append(&events, ebb_common::time::now_ms())
+            .await?;
+        tracing::debug!(
+            appended = out.appended,
+            already_recorded = out.already_recorded,
+            "events appended"
+        );
+        Ok(Response::new(AppendEventsResponse {
+            appended: out.appended as i32,
+            already_recorded: (out.already_recorded + duplicates) as i32,
+        }))
     }
 
     async fn list_events(
         &self,
-        _request: Request<ListEventsRequest>,
+        request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
-        Err(Status::unimplemented("list is not implemented yet"))
+        let request = request.into_inner();
+        let filter = filter(&request)?;
+        let page_size = match request.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative").into()),
+            n => (n as u64).min(MAX_PAGE_SIZE),
+        };
+        let after = decode_token(&request.page_token, &filter)?;
+        let mut events = self.store.list(&filter, after, page_size + 1).await?;
+        let next_page_token = if events.len() as u64 > page_size {
+            events.truncate(page_size as usize);
+            events
+                .last()
+                .map(|e| encode_token(&filter, e.sequence))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let events = events
+            .into_iter()
+            .map(to_proto)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Response::new(ListEventsResponse {
+            events,
+            next_page_token,
+        }))
+    }
+
+    async fn get_event(
+        &self,
+        request: Request<GetEventRequest>,
+    ) -> Result<Response<GetEventResponse>, Status> {
+        let id = request.into_inner().id;
+        let mut v = Violations::new();
+        check_name(&mut v, "id", &id, true);
+        v.finish()?;
+        let event = self
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("audit event", &id))?;
+        Ok(Response::new(GetEventResponse {
+            event: Some(to_proto(event)?),
+        }))
+    }
+
+    async fn verify_chain(
+        &self,
+        request: Request<VerifyChainRequest>,
+    ) -> Result<Response<VerifyChainResponse>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        check_name(&mut v, "organization_id", &request.organization_id, true);
+        v.finish()?;
+        let (from, to) = range(request.from_sequence, request.to_sequence)?;
+        let outcome = self
+            .store
+            .verify(&request.organization_id, from, to)
+            .await?
+            .ok_or_else(|| Error::not_found("audit chain", &request.organization_id))?;
+        let response = match outcome {
+            Verification::Intact {
+                verified,
+                head_sequence,
+                head_hash,
+            } => VerifyChainResponse {
+                intact: true,
+                verified_count: verified,
+                head_sequence,
+                head_hash,
+                ..Default::default()
+            },
+            Verification::Broken { verified, at } => {
+                tracing::warn!(
+                    organization_id = %request.organization_id,
+                    sequence = at.sequence,
+                    detail = %at.detail,
+                    "audit chain broken"
+                );
+                VerifyChainResponse {
+                    intact: false,
+                    verified_count: verified,
+                    first_bad_sequence: at.sequence,
+                    break_reason: break_reason(at.kind) as i32,
+                    detail: at.detail,
+                    ..Default::default()
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    type ExportEventsStream = ExportStream;
+
+    async fn export_events(
+        &self,
+        request: Request<ExportEventsRequest>,
+    ) -> Result<Response<Self::ExportEventsStream>, Status> {
+        let request = request.into_inner();
+        let mut v = Violations::new();
+        check_name(&mut v, "organization_id", &request.organization_id, true);
+        v.finish()?;
+        let (from, to) = range(request.from_sequence, request.to_sequence)?;
+        let organization_id = request.organization_id;
+        let (head, _) = self
+            .store
+            .head(&organization_id)
+            .await?
+            .ok_or_else(|| Error::not_found("audit chain", &organization_id))?;
+        // The head when the export starts bounds it, so a busy chain still ends.
+        let to = to.unwrap_or(head).min(head);
+        let store = self.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut next = from;
+            while next <= to {
+                let chunk = match store
+                    .range(&organization_id, next, to, EXPORT_CHUNK.min(SCAN_CHUNK))
+                    .await
+                {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                let Some(last) = chunk.last().map(|e| e.sequence) else {
+                    return;
+                };
+                let events = match chunk.into_iter().map(to_proto).collect::<Result<Vec<_>>>() {
+                    Ok(events) => events,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(ExportEventsResponse { events })).await.is_err() {
+                    // The client went away.
+                    return;
+                }
+                next = last + 1;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_are_bound_to_their_filter() {
+        let a = Filter {
+            organization_id: "o".into(),
+            action_prefix: Some("deprovision.".into()),
+            ..Default::default()
+        };
+        let token = encode_token(&a, 42);
+        assert_eq!(decode_token(&token, &a).expect("same filter"), Some(42));
+        let b = Filter {
+            newest_first: true,
+            ..a.clone()
+        };
+        let err = decode_token(&token, &b).expect_err("other order");
+        assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
+        assert!(decode_token("not a token!", &a).is_err());
     }
 }

@@ -1,7 +1,10 @@
 //! audit-svc: the append-only, hash-chained audit store.
 
 mod api;
+pub mod chain;
+mod data;
 pub mod migrations;
+pub mod store;
 
 use std::net::SocketAddr;
 
@@ -49,6 +52,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let mut component = Component::new();
-    component.add_service(AuditServiceServer::new(api::AuditApi::new(db.clone())), &db);
+    let api = api::AuditApi::new(store::Store::new(db.clone()));
+    component.add_service(AuditServiceServer::new(api), &db);
     Ok(component)
 }
