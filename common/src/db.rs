@@ -68,8 +68,10 @@ impl Db {
             .acquire_timeout(Duration::from_secs(30))
             .sqlx_logging(false);
         if url.starts_with("sqlite:") {
-            // One writer at a time in SQLite: a small pool avoids lock churn.
-            options.max_connections(max_connections.min(4));
+            // SQLite has one writer at a time, and a deferred transaction that upgrades to a
+            // write lock fails at once instead of waiting when another connection wrote in
+            // between. One connection per process serializes writes without such failures.
+            options.max_connections(1);
         }
         let conn = Database::connect(options).await?;
         let db = Self { conn };

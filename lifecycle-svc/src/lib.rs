@@ -1,10 +1,24 @@
 //! lifecycle-svc: the source of truth for organizations, projects, workspaces, state versions,
 //! runs and auto-destroy schedules, with a transactional outbox of domain events.
 
+pub mod api;
 pub mod config;
+pub mod core;
+pub mod idempotency;
 pub mod migrations;
+pub mod outbox;
+pub mod previews;
+pub mod rows;
+pub mod runs;
+pub mod schedule;
+pub mod scheduling;
+pub mod sql;
+pub mod workspaces;
 
 use ebb_common::serving::{self, Component};
+use ebb_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer;
+use ebb_proto::lifecycle::v1::runner_service_server::RunnerServiceServer;
+use ebb_proto::lifecycle::v1::scheduling_service_server::SchedulingServiceServer;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -13,6 +27,19 @@ pub use config::Config;
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
-    let component = Component::new();
+    let core = core::Lifecycle::new(db.clone(), config);
+    let mut component = Component::new();
+    component.add_service(
+        LifecycleServiceServer::new(api::LifecycleApi::new(core.clone())),
+        &db,
+    );
+    component.add_service(
+        RunnerServiceServer::new(api::RunnerApi::new(core.clone())),
+        &db,
+    );
+    component.add_service(
+        SchedulingServiceServer::new(api::SchedulingApi::new(core)),
+        &db,
+    );
     Ok(component)
 }

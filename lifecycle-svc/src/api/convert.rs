@@ -1,0 +1,233 @@
+//! Rows to protobuf messages, and protobuf enums to the database's words.
+
+use ebb_common::time::{to_duration, to_timestamp, to_timestamp_opt};
+use ebb_common::{Error, Result};
+use ebb_proto::lifecycle::v1 as pb;
+
+use crate::rows::{OrgRow, OutboxRow, ProjectRow, RunRow, StateVersionRow, WorkspaceRow};
+
+pub fn organization(o: &OrgRow) -> pb::Organization {
+    pb::Organization {
+        id: o.id.clone(),
+        name: o.name.clone(),
+        settings: Some(pb::OrganizationSettings {
+            reminder_lead_times: o.lead_times().into_iter().map(to_duration).collect(),
+            destroy_retry_limit: o.destroy_retry_limit,
+            max_inactivity: Some(to_duration(o.max_inactivity_ms)),
+            protected_labels: o.protected_labels().into_iter().collect(),
+        }),
+        create_time: Some(to_timestamp(o.created_at)),
+        update_time: Some(to_timestamp(o.updated_at)),
+    }
+}
+
+pub fn project(p: &ProjectRow) -> pb::Project {
+    pb::Project {
+        id: p.id.clone(),
+        organization_id: p.organization_id.clone(),
+        name: p.name.clone(),
+        default_auto_destroy_inactivity: p.default_inactivity_ms.map(to_duration),
+        create_time: Some(to_timestamp(p.created_at)),
+        update_time: Some(to_timestamp(p.updated_at)),
+    }
+}
+
+fn auto_destroy_status(s: &str) -> pb::AutoDestroyStatus {
+    use pb::AutoDestroyStatus as S;
+    match s {
+        "idle" => S::Idle,
+        "deferred" => S::Deferred,
+        "queued" => S::Queued,
+        "retrying" => S::Retrying,
+        "succeeded" => S::Succeeded,
+        "failed" => S::Failed,
+        _ => S::Unspecified,
+    }
+}
+
+pub fn workspace(w: &WorkspaceRow) -> pb::Workspace {
+    pb::Workspace {
+        id: w.id.clone(),
+        organization_id: w.organization_id.clone(),
+        project_id: w.project_id.clone(),
+        name: w.name.clone(),
+        labels: w.labels().into_iter().collect(),
+        state: if w.state == "archived" {
+            pb::WorkspaceState::Archived
+        } else {
+            pb::WorkspaceState::Active
+        } as i32,
+        protected: w.protected,
+        protected_by_policy: w.protected_by_policy,
+        locked: w.locked,
+        lock_reason: w.lock_reason.clone(),
+        working_directory: w.working_directory.clone(),
+        auto_destroy_at: to_timestamp_opt(w.auto_destroy_at),
+        auto_destroy_inactivity: w.auto_destroy_inactivity_ms.map(to_duration),
+        inherits_project_auto_destroy: w.inherits_project_auto_destroy,
+        effective_auto_destroy_inactivity: w.effective_inactivity_ms().map(to_duration),
+        auto_destroy_status: auto_destroy_status(&w.auto_destroy_status) as i32,
+        last_state_change_at: to_timestamp_opt(w.last_state_change_at),
+        next_auto_destroy_at: to_timestamp_opt(w.next_auto_destroy_at),
+        create_time: Some(to_timestamp(w.created_at)),
+        update_time: Some(to_timestamp(w.updated_at)),
+    }
+}
+
+pub fn state_version(s: &StateVersionRow) -> pb::StateVersion {
+    pb::StateVersion {
+        id: s.id.clone(),
+        workspace_id: s.workspace_id.clone(),
+        serial: s.serial,
+        run_id: s.run_id.clone().unwrap_or_default(),
+        create_time: Some(to_timestamp(s.created_at)),
+    }
+}
+
+fn run_source(s: &str) -> pb::RunSource {
+    match s {
+        "manual" => pb::RunSource::Manual,
+        "auto_destroy" => pb::RunSource::AutoDestroy,
+        "deprovision" => pb::RunSource::Deprovision,
+        _ => pb::RunSource::Unspecified,
+    }
+}
+
+fn run_status(s: &str) -> pb::RunStatus {
+    use pb::RunStatus as S;
+    match s {
+        "queued" => S::Queued,
+        "running" => S::Running,
+        "succeeded" => S::Succeeded,
+        "failed" => S::Failed,
+        "errored" => S::Errored,
+        "canceled" => S::Canceled,
+        _ => S::Unspecified,
+    }
+}
+
+pub fn run(r: &RunRow) -> pb::Run {
+    pb::Run {
+        id: r.id.clone(),
+        organization_id: r.organization_id.clone(),
+        workspace_id: r.workspace_id.clone(),
+        is_destroy: r.is_destroy,
+        auto_apply: r.auto_apply,
+        source: run_source(&r.source) as i32,
+        status: run_status(&r.status) as i32,
+        fire_due_time: to_timestamp_opt(r.fire_due_at),
+        attempt: r.attempt,
+        runner_id: r.runner_id.clone(),
+        lease_expire_time: to_timestamp_opt(r.lease_expires_at),
+        exit_code: r.exit_code,
+        output_tail: r.output_tail.clone(),
+        message: r.message.clone(),
+        create_time: Some(to_timestamp(r.created_at)),
+        claim_time: to_timestamp_opt(r.claimed_at),
+        finish_time: to_timestamp_opt(r.finished_at),
+        working_directory: r.working_directory.clone(),
+    }
+}
+
+pub fn outbox_event(e: &OutboxRow) -> pb::OutboxEvent {
+    let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_default();
+    pb::OutboxEvent {
+        id: e.id.clone(),
+        sequence: e.org_seq,
+        organization_id: e.organization_id.clone(),
+        r#type: e.event_type.clone(),
+        subject_type: e.subject_type.clone(),
+        subject_id: e.subject_id.clone(),
+        actor: e.actor.clone(),
+        data: Some(json_to_struct(&data)),
+        create_time: Some(to_timestamp(e.created_at)),
+    }
+}
+
+/// A JSON object as a protobuf `Struct`.
+pub fn json_to_struct(v: &serde_json::Value) -> prost_types::Struct {
+    match json_to_value(v).kind {
+        Some(prost_types::value::Kind::StructValue(s)) => s,
+        _ => prost_types::Struct::default(),
+    }
+}
+
+fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(prost_types::ListValue {
+            values: a.iter().map(json_to_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(prost_types::Struct {
+            fields: o
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_value(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+/// The database word of a workspace-state filter (`None` for unspecified).
+pub fn workspace_state_filter(v: i32) -> Result<Option<&'static str>> {
+    match pb::WorkspaceState::try_from(v) {
+        Ok(pb::WorkspaceState::Unspecified) => Ok(None),
+        Ok(pb::WorkspaceState::Active) => Ok(Some("active")),
+        Ok(pb::WorkspaceState::Archived) => Ok(Some("archived")),
+        Err(_) => Err(Error::invalid(
+            "state",
+            format!("unknown workspace state {v}"),
+        )),
+    }
+}
+
+/// The database word of an auto-destroy status filter.
+pub fn auto_destroy_status_filter(v: i32) -> Result<Option<&'static str>> {
+    use pb::AutoDestroyStatus as S;
+    Ok(match S::try_from(v) {
+        Ok(S::Unspecified) => None,
+        Ok(S::Idle) => Some("idle"),
+        Ok(S::Deferred) => Some("deferred"),
+        Ok(S::Queued) => Some("queued"),
+        Ok(S::Retrying) => Some("retrying"),
+        Ok(S::Succeeded) => Some("succeeded"),
+        Ok(S::Failed) => Some("failed"),
+        Err(_) => {
+            return Err(Error::invalid(
+                "auto_destroy_status",
+                format!("unknown auto-destroy status {v}"),
+            ));
+        }
+    })
+}
+
+/// The database word of a run-status filter.
+pub fn run_status_filter(v: i32) -> Result<Option<&'static str>> {
+    use pb::RunStatus as S;
+    Ok(match S::try_from(v) {
+        Ok(S::Unspecified) => None,
+        Ok(S::Queued) => Some("queued"),
+        Ok(S::Running) => Some("running"),
+        Ok(S::Succeeded) => Some("succeeded"),
+        Ok(S::Failed) => Some("failed"),
+        Ok(S::Errored) => Some("errored"),
+        Ok(S::Canceled) => Some("canceled"),
+        Err(_) => return Err(Error::invalid("status", format!("unknown run status {v}"))),
+    })
+}
+
+/// The database word of a run-source filter.
+pub fn run_source_filter(v: i32) -> Result<Option<&'static str>> {
+    use pb::RunSource as S;
+    Ok(match S::try_from(v) {
+        Ok(S::Unspecified) => None,
+        Ok(S::Manual) => Some("manual"),
+        Ok(S::AutoDestroy) => Some("auto_destroy"),
+        Ok(S::Deprovision) => Some("deprovision"),
+        Err(_) => return Err(Error::invalid("source", format!("unknown run source {v}"))),
+    })
+}

@@ -1,0 +1,11 @@
+//! lifecycle-svc's gRPC surface.
+
+mod convert;
+mod lifecycle;
+mod runner;
+mod scheduling;
+mod validate;
+
+pub use lifecycle::LifecycleApi;
+pub use runner::RunnerApi;
+pub use scheduling::SchedulingApi;

@@ -1,0 +1,181 @@
+//! `ebb.lifecycle.v1.RunnerService`: claim, heartbeat, complete — fenced by the lease token.
+
+use std::time::Duration;
+
+use ebb_common::error::Violations;
+use ebb_common::time::{from_duration, to_duration};
+use ebb_common::{Error, Result};
+use ebb_proto::lifecycle::v1 as pb;
+use ebb_proto::lifecycle::v1::runner_service_server::RunnerService;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::validate as check;
+use crate::core::Lifecycle;
+use crate::runs::{self, Completion};
+
+/// The longest a claim may wait for a run.
+pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
+/// How often a waiting claim looks for runs queued by other replicas.
+const CLAIM_POLL: Duration = Duration::from_millis(250);
+
+/// RunnerService over the domain.
+#[derive(Clone)]
+pub struct RunnerApi {
+    core: Lifecycle,
+}
+
+impl RunnerApi {
+    /// Serves `core`.
+    pub fn new(core: Lifecycle) -> Self {
+        Self { core }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        i64::try_from(self.core.config.run_lease_ttl.as_millis()).unwrap_or(60_000)
+    }
+
+    async fn try_claim(&self, org: &str, runner: &str) -> Result<Option<pb::ClaimRunResponse>> {
+        let txn = self.core.begin().await?;
+        let claimed = runs::claim_run(&txn, org, runner, self.lease_ms(), self.core.now()).await?;
+        txn.commit().await?;
+        Ok(claimed.map(|(run, token)| pb::ClaimRunResponse {
+            run: Some(convert::run(&run)),
+            lease_token: token,
+            lease_duration: Some(to_duration(self.lease_ms())),
+        }))
+    }
+}
+
+fn runner_id(v: &mut Violations, value: &str) -> String {
+    if value.is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
+        v.add("runner_id", "must be 1-200 printable characters");
+    }
+    value.to_owned()
+}
+
+#[tonic::async_trait]
+impl RunnerService for RunnerApi {
+    async fn claim_run(
+        &self,
+        request: Request<pb::ClaimRunRequest>,
+    ) -> std::result::Result<Response<pb::ClaimRunResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let org = check::id(&mut v, "organization_id", &req.organization_id);
+        let runner = runner_id(&mut v, &req.runner_id);
+        let wait = match &req.wait {
+            None => Duration::ZERO,
+            Some(d) => match from_duration(d) {
+                Ok(ms) => Duration::from_millis(ms as u64).min(MAX_CLAIM_WAIT),
+                Err(e) => {
+                    v.add("wait", e);
+                    Duration::ZERO
+                }
+            },
+        };
+        v.finish()?;
+        // Refuse an unknown organization instead of waiting on it.
+        crate::workspaces::get_org(&self.core.db.conn, &org).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.core.runs_queued.notified();
+            if let Some(resp) = self.try_claim(&org, &runner).await? {
+                return Ok(Response::new(resp));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(pb::ClaimRunResponse::default()));
+            }
+            let nap = CLAIM_POLL.min(deadline - now);
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    async fn heartbeat_run(
+        &self,
+        request: Request<pb::HeartbeatRunRequest>,
+    ) -> std::result::Result<Response<pb::HeartbeatRunResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "run_id", &req.run_id);
+        if req.lease_token.is_empty() {
+            v.add("lease_token", "is required");
+        }
+        v.finish()?;
+        let txn = self.core.begin().await?;
+        let run = runs::heartbeat(
+            &txn,
+            &id,
+            &req.lease_token,
+            self.lease_ms(),
+            self.core.now(),
+        )
+        .await?;
+        txn.commit().await.map_err(Error::from)?;
+        Ok(Response::new(pb::HeartbeatRunResponse {
+            cancel_requested: run.cancel_requested,
+            run: Some(convert::run(&run)),
+        }))
+    }
+
+    async fn complete_run(
+        &self,
+        request: Request<pb::CompleteRunRequest>,
+    ) -> std::result::Result<Response<pb::CompleteRunResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "run_id", &req.run_id);
+        if req.lease_token.is_empty() {
+            v.add("lease_token", "is required");
+        }
+        let succeeded = match pb::RunOutcome::try_from(req.outcome) {
+            Ok(pb::RunOutcome::Succeeded) => true,
+            Ok(pb::RunOutcome::Failed) => false,
+            _ => {
+                v.add(
+                    "outcome",
+                    "must be RUN_OUTCOME_SUCCEEDED or RUN_OUTCOME_FAILED",
+                );
+                false
+            }
+        };
+        if req.state_version_serial < 0 {
+            v.add("state_version_serial", "must not be negative");
+        }
+        if req.output_tail.len() > 1024 * 1024 {
+            v.add(
+                "output_tail",
+                "must be at most 1 MiB (only the last 16 KiB are kept)",
+            );
+        }
+        v.finish()?;
+        let completion = Completion {
+            succeeded,
+            exit_code: req.exit_code,
+            output_tail: req.output_tail.clone(),
+            state_version_serial: (req.state_version_serial > 0)
+                .then_some(req.state_version_serial),
+        };
+        let token = req.lease_token.clone();
+        let now = self.core.now();
+        let backoff = i64::try_from(self.core.config.auto_destroy_retry_backoff.as_millis())
+            .unwrap_or(60_000);
+        let resp = self
+            .core
+            .mutate("CompleteRun", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let run =
+                        runs::complete_run(txn, &id, &token, completion, now, backoff).await?;
+                    Ok(pb::CompleteRunResponse {
+                        run: Some(convert::run(&run)),
+                    })
+                })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+}

@@ -1,0 +1,227 @@
+//! `ebb.lifecycle.v1.SchedulingService`: the scheduler's idempotent calls.
+
+use ebb_common::error::Violations;
+use ebb_common::time::{from_timestamp, to_timestamp};
+use ebb_common::{Error, Result};
+use ebb_proto::lifecycle::v1 as pb;
+use ebb_proto::lifecycle::v1::scheduling_service_server::SchedulingService;
+use tonic::{Request, Response, Status};
+
+use super::validate as check;
+use crate::core::Lifecycle;
+use crate::scheduling::{self, Decision, FireKey};
+
+/// The most fire keys one queue call takes.
+pub const MAX_BATCH: usize = 5000;
+
+/// SchedulingService over the domain.
+#[derive(Clone)]
+pub struct SchedulingApi {
+    core: Lifecycle,
+}
+
+impl SchedulingApi {
+    /// Serves `core`.
+    pub fn new(core: Lifecycle) -> Self {
+        Self { core }
+    }
+}
+
+fn shard(v: &mut Violations, shard: i32, count: i32) {
+    if !(1..=1024).contains(&count) {
+        v.add("shard_count", "must be between 1 and 1024");
+    } else if !(0..count).contains(&shard) {
+        v.add("shard", "must be between 0 and shard_count - 1");
+    }
+}
+
+fn limit(v: &mut Violations, limit: i32) -> u64 {
+    if !(1..=MAX_BATCH as i32).contains(&limit) {
+        v.add("limit", format!("must be between 1 and {MAX_BATCH}"));
+    }
+    limit.max(1) as u64
+}
+
+fn fire_key(v: &mut Violations, field: &str, k: &pb::FireKey) -> Option<FireKey> {
+    let id = check::id(v, &format!("{field}.workspace_id"), &k.workspace_id);
+    let due = match &k.due_time {
+        None => {
+            v.add(format!("{field}.due_time"), "is required");
+            return None;
+        }
+        Some(ts) => match from_timestamp(ts) {
+            Ok(ms) => ms,
+            Err(e) => {
+                v.add(format!("{field}.due_time"), e);
+                return None;
+            }
+        },
+    };
+    Some(FireKey {
+        workspace_id: id,
+        due_at: due,
+    })
+}
+
+fn to_pb(k: &FireKey) -> pb::FireKey {
+    pb::FireKey {
+        workspace_id: k.workspace_id.clone(),
+        due_time: Some(to_timestamp(k.due_at)),
+    }
+}
+
+type Reply<T> = std::result::Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl SchedulingService for SchedulingApi {
+    async fn find_due_workspaces(
+        &self,
+        request: Request<pb::FindDueWorkspacesRequest>,
+    ) -> Reply<pb::FindDueWorkspacesResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        shard(&mut v, req.shard, req.shard_count);
+        let limit = limit(&mut v, req.limit);
+        let after = req
+            .after
+            .as_ref()
+            .and_then(|k| fire_key(&mut v, "after", k));
+        v.finish()?;
+        let now = self.core.now();
+        let due = scheduling::find_due(
+            &self.core.db.conn,
+            req.shard,
+            req.shard_count,
+            limit,
+            after,
+            now,
+        )
+        .await?;
+        let oldest = due
+            .iter()
+            .map(|k| k.due_at)
+            .min()
+            .map(|t| (now - t).max(0))
+            .unwrap_or(0);
+        Ok(Response::new(pb::FindDueWorkspacesResponse {
+            due: due.iter().map(to_pb).collect(),
+            oldest_due_age_ms: oldest,
+        }))
+    }
+
+    async fn queue_auto_destroy_runs(
+        &self,
+        request: Request<pb::QueueAutoDestroyRunsRequest>,
+    ) -> Reply<pb::QueueAutoDestroyRunsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.fire_keys.len() > MAX_BATCH {
+            v.add("fire_keys", format!("at most {MAX_BATCH} per call"));
+        }
+        let keys: Vec<FireKey> = req
+            .fire_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| fire_key(&mut v, &format!("fire_keys[{i}]"), k))
+            .collect();
+        v.finish()?;
+        let results = self.queue(&keys).await?;
+        if results
+            .iter()
+            .any(|(_, d)| matches!(d, Decision::Queued { .. }))
+        {
+            self.core.runs_queued.notify_waiters();
+        }
+        let results = results
+            .into_iter()
+            .map(|(k, d)| {
+                let (decision, run_id, reason) = match d {
+                    Decision::Queued { run_id } => {
+                        (pb::QueueDecision::Queued, run_id, String::new())
+                    }
+                    Decision::Deferred { reason } => {
+                        (pb::QueueDecision::Deferred, String::new(), reason)
+                    }
+                    Decision::Stale { reason } => (pb::QueueDecision::Stale, String::new(), reason),
+                    Decision::SkippedProtected => (
+                        pb::QueueDecision::SkippedProtected,
+                        String::new(),
+                        "protected".into(),
+                    ),
+                };
+                pb::QueueItemResult {
+                    fire_key: Some(to_pb(&k)),
+                    decision: decision as i32,
+                    run_id,
+                    reason,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::QueueAutoDestroyRunsResponse { results }))
+    }
+
+    async fn send_due_reminders(
+        &self,
+        request: Request<pb::SendDueRemindersRequest>,
+    ) -> Reply<pb::SendDueRemindersResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        shard(&mut v, req.shard, req.shard_count);
+        let limit = limit(&mut v, req.limit);
+        v.finish()?;
+        let txn = self.core.begin().await?;
+        let sent = scheduling::send_due_reminders(
+            &txn,
+            req.shard,
+            req.shard_count,
+            limit,
+            self.core.now(),
+        )
+        .await?;
+        txn.commit().await.map_err(Error::from)?;
+        Ok(Response::new(pb::SendDueRemindersResponse {
+            sent: sent as i32,
+        }))
+    }
+
+    async fn rescue_expired_run_leases(
+        &self,
+        request: Request<pb::RescueExpiredRunLeasesRequest>,
+    ) -> Reply<pb::RescueExpiredRunLeasesResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let limit = limit(&mut v, req.limit);
+        if !(1..=100).contains(&req.max_attempts) {
+            v.add("max_attempts", "must be between 1 and 100");
+        }
+        v.finish()?;
+        let backoff = i64::try_from(self.core.config.auto_destroy_retry_backoff.as_millis())
+            .unwrap_or(60_000);
+        let txn = self.core.begin().await?;
+        let (requeued, errored) = scheduling::rescue_expired_run_leases(
+            &txn,
+            limit,
+            req.max_attempts,
+            self.core.now(),
+            backoff,
+        )
+        .await?;
+        txn.commit().await.map_err(Error::from)?;
+        if requeued > 0 {
+            self.core.runs_queued.notify_waiters();
+        }
+        Ok(Response::new(pb::RescueExpiredRunLeasesResponse {
+            requeued: requeued as i32,
+            errored: errored as i32,
+        }))
+    }
+}
+
+impl SchedulingApi {
+    async fn queue(&self, keys: &[FireKey]) -> Result<Vec<(FireKey, Decision)>> {
+        let txn = self.core.begin().await?;
+        let results = scheduling::queue_auto_destroy_runs(&txn, keys, self.core.now()).await?;
+        txn.commit().await?;
+        Ok(results)
+    }
+}

@@ -1,0 +1,137 @@
+//! Request-field checks shared by the handlers; every refusal names its field.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+
+use ebb_common::config::parse_duration;
+use ebb_common::error::Violations;
+use ebb_common::time::{EpochMs, from_timestamp};
+
+/// The longest inactivity period (rule 2).
+pub const MAX_INACTIVITY_MS: i64 = 9999 * 86_400_000;
+
+/// A required resource id (a UUID).
+pub fn id(v: &mut Violations, field: &str, value: &str) -> String {
+    if value.is_empty() {
+        v.add(field, "is required");
+    } else if uuid::Uuid::parse_str(value).is_err() {
+        v.add(field, "is not a valid id (expected a UUID)");
+    }
+    value.to_owned()
+}
+
+/// An optional resource id filter.
+pub fn optional_id(v: &mut Violations, field: &str, value: &str) -> Option<String> {
+    if value.is_empty() {
+        None
+    } else {
+        Some(id(v, field, value))
+    }
+}
+
+/// A display name: 1 to 200 characters without control characters.
+pub fn name(v: &mut Violations, field: &str, value: &str) -> String {
+    let len = value.chars().count();
+    if value.trim().is_empty() {
+        v.add(field, "is required");
+    } else if len > 200 {
+        v.add(field, "must be at most 200 characters");
+    } else if value.chars().any(char::is_control) {
+        v.add(field, "must not contain control characters");
+    }
+    value.to_owned()
+}
+
+/// Free text capped at `max` bytes.
+pub fn text(v: &mut Violations, field: &str, value: &str, max: usize) -> String {
+    if value.len() > max {
+        v.add(field, format!("must be at most {max} bytes"));
+    }
+    value.to_owned()
+}
+
+/// Labels: at most 64, keys 1–63 characters, values at most 255.
+pub fn labels(
+    v: &mut Violations,
+    field: &str,
+    value: &HashMap<String, String>,
+) -> BTreeMap<String, String> {
+    if value.len() > 64 {
+        v.add(field, "at most 64 labels");
+    }
+    for (k, val) in value {
+        if k.is_empty() || k.len() > 63 || k.chars().any(char::is_control) {
+            v.add(
+                format!("{field}[{k}]"),
+                "label keys must be 1-63 printable characters",
+            );
+        }
+        if val.len() > 255 || val.chars().any(char::is_control) {
+            v.add(
+                format!("{field}[{k}]"),
+                "label values must be at most 255 printable characters",
+            );
+        }
+    }
+    value.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// An inactivity period given as "14d", "18h" or seconds, between `min_ms` and 9999 days.
+pub fn inactivity(v: &mut Violations, field: &str, value: &str, min_ms: i64) -> Option<i64> {
+    let ms = match parse_duration(value) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => {
+            v.add(field, e);
+            return None;
+        }
+    };
+    if ms < min_ms {
+        v.add(
+            field,
+            format!("must be at least {}", ebb_common::time::human(min_ms)),
+        );
+        None
+    } else if ms > MAX_INACTIVITY_MS {
+        v.add(field, "must be at most 9999 days");
+        None
+    } else {
+        Some(ms)
+    }
+}
+
+/// A positive duration text such as "2d".
+pub fn positive_duration(v: &mut Violations, field: &str, value: &str) -> Option<i64> {
+    match parse_duration(value) {
+        Ok(d) if d.is_zero() => {
+            v.add(field, "must be greater than zero");
+            None
+        }
+        Ok(d) => match i64::try_from(d.as_millis()) {
+            Ok(ms) if ms <= MAX_INACTIVITY_MS => Some(ms),
+            _ => {
+                v.add(field, "must be at most 9999 days");
+                None
+            }
+        },
+        Err(e) => {
+            v.add(field, e);
+            None
+        }
+    }
+}
+
+/// An optional timestamp.
+pub fn timestamp(
+    v: &mut Violations,
+    field: &str,
+    value: &Option<prost_types::Timestamp>,
+) -> Option<EpochMs> {
+    let ts = value.as_ref()?;
+    match from_timestamp(ts) {
+        Ok(ms) => Some(ms),
+        Err(e) => {
+            v.add(field, e);
+            None
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! What the scheduler asks of lifecycle: find due workspaces, queue their destroy runs, send
+//! reminders, rescue runs whose runner vanished. Every call is idempotent.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use ebb_common::Result;
+use ebb_common::time::{EpochMs, rfc3339};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
+use serde_json::json;
+
+use crate::outbox::{self, NewEvent};
+use crate::rows::{OrgRow, RUN_COLUMNS, RunRow, WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
+use crate::runs::{self, NewRun};
+use crate::schedule;
+use crate::sql::{exec, query_all};
+use crate::workspaces;
+
+/// The identity of one firing.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FireKey {
+    pub workspace_id: String,
+    pub due_at: EpochMs,
+}
+
+/// What became of a fire key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Queued { run_id: String },
+    Deferred { reason: String },
+    Stale { reason: String },
+    SkippedProtected,
+}
+
+const ACTOR: &str = "scheduler";
+
+#[derive(FromQueryResult)]
+struct DueRow {
+    id: String,
+    next_auto_destroy_at: i64,
+}
+
+/// Due workspaces of one shard in due order, after `after`; and the oldest due time.
+pub async fn find_due(
+    conn: &impl ConnectionTrait,
+    shard: i32,
+    shard_count: i32,
+    limit: u64,
+    after: Option<FireKey>,
+    now: EpochMs,
+) -> Result<Vec<FireKey>> {
+    let (after_due, after_id) = after
+        .map(|k| (k.due_at, k.workspace_id))
+        .unwrap_or((i64::MIN, String::new()));
+    let rows: Vec<DueRow> = query_all(
+        conn,
+        &format!(
+            "SELECT id, next_auto_destroy_at FROM workspaces \
+             WHERE next_auto_destroy_at <= $1 AND shard_key % $2 = $3 \
+             AND (next_auto_destroy_at > $4 OR (next_auto_destroy_at = $4 AND id > $5)) \
+             ORDER BY next_auto_destroy_at, id LIMIT {limit}"
+        ),
+        [
+            now.into(),
+            shard_count.into(),
+            shard.into(),
+            after_due.into(),
+            after_id.into(),
+        ],
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| FireKey {
+            workspace_id: r.id,
+            due_at: r.next_auto_destroy_at,
+        })
+        .collect())
+}
+
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn lock_suffix(conn: &impl ConnectionTrait, alias: &str) -> String {
+    match conn.get_database_backend() {
+        DatabaseBackend::Postgres => format!(" FOR UPDATE OF {alias}"),
+        _ => String::new(),
+    }
+}
+
+/// Decides each fire key on its own, all in the caller's one transaction (rule 6).
+pub async fn queue_auto_destroy_runs(
+    conn: &impl ConnectionTrait,
+    keys: &[FireKey],
+    now: EpochMs,
+) -> Result<Vec<(FireKey, Decision)>> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: BTreeSet<&str> = keys.iter().map(|k| k.workspace_id.as_str()).collect();
+    let id_values: Vec<Value> = ids.iter().map(|id| (*id).into()).collect();
+    // Locked in id order, so concurrent batches cannot deadlock.
+    let rows: Vec<WorkspaceRow> = query_all(
+        conn,
+        &format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.id IN ({}) ORDER BY w.id{}",
+            placeholders(1, ids.len()),
+            lock_suffix(conn, "w")
+        ),
+        id_values.clone(),
+    )
+    .await?;
+    let mut workspaces: HashMap<String, WorkspaceRow> =
+        rows.into_iter().map(|w| (w.id.clone(), w)).collect();
+
+    #[derive(FromQueryResult)]
+    struct Active {
+        workspace_id: String,
+    }
+    let active: BTreeSet<String> = query_all::<Active>(
+        conn,
+        &format!(
+            "SELECT workspace_id FROM runs WHERE workspace_id IN ({}) AND status IN ('queued', 'running')",
+            placeholders(1, ids.len())
+        ),
+        id_values,
+    )
+    .await?
+    .into_iter()
+    .map(|a| a.workspace_id)
+    .collect();
+
+    let mut orgs: BTreeMap<String, OrgRow> = BTreeMap::new();
+    let mut events = Vec::new();
+    let mut results = Vec::with_capacity(keys.len());
+    for key in keys {
+        let Some(ws) = workspaces.get_mut(&key.workspace_id) else {
+            results.push((
+                key.clone(),
+                Decision::Stale {
+                    reason: "workspace not found".into(),
+                },
+            ));
+            continue;
+        };
+        if !orgs.contains_key(&ws.organization_id) {
+            let org = workspaces::get_org(conn, &ws.organization_id).await?;
+            orgs.insert(org.id.clone(), org);
+        }
+        let org = &orgs[&ws.organization_id];
+        let due = json!({"due_at": rfc3339(key.due_at), "workspace_name": ws.name});
+        if ws.is_protected() {
+            events.push(NewEvent::new(
+                &ws.organization_id,
+                "workspace.auto_destroy.skipped",
+                "workspace",
+                &ws.id,
+                ACTOR,
+                json!({
+                    "due_at": rfc3339(key.due_at), "workspace_name": ws.name, "reason": "protected",
+                }),
+            ));
+            results.push((key.clone(), Decision::SkippedProtected));
+            continue;
+        }
+        if ws.next_auto_destroy_at != Some(key.due_at) {
+            results.push((
+                key.clone(),
+                Decision::Stale {
+                    reason: "the schedule changed or this due time already fired".into(),
+                },
+            ));
+            continue;
+        }
+        let hold = if ws.locked {
+            Some(format!("workspace is locked: {}", ws.lock_reason))
+        } else if active.contains(&ws.id) {
+            Some("workspace has an active run".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = hold {
+            if ws.auto_destroy_status != "deferred" {
+                ws.auto_destroy_status = "deferred".into();
+                workspaces::save(conn, ws, org, now).await?;
+                events.push(NewEvent::new(
+                    &ws.organization_id,
+                    "workspace.auto_destroy.deferred",
+                    "workspace",
+                    &ws.id,
+                    ACTOR,
+                    json!({
+                        "due_at": rfc3339(key.due_at), "workspace_name": ws.name, "reason": reason,
+                    }),
+                ));
+            }
+            results.push((key.clone(), Decision::Deferred { reason }));
+            continue;
+        }
+        let new = NewRun {
+            workspace_id: &ws.id,
+            is_destroy: true,
+            auto_apply: true,
+            source: "auto_destroy",
+            fire_due_at: Some(key.due_at),
+            message: "auto-destroy",
+        };
+        let Some(run_id) =
+            runs::insert_run(conn, &ws.organization_id, &ws.working_directory, &new, now).await?
+        else {
+            results.push((
+                key.clone(),
+                Decision::Stale {
+                    reason: "this due time already fired".into(),
+                },
+            ));
+            continue;
+        };
+        ws.last_fired_due_at = Some(key.due_at);
+        ws.auto_destroy_status = "queued".into();
+        workspaces::save(conn, ws, org, now).await?;
+        let mut data = due.clone();
+        data["run_id"] = json!(run_id);
+        events.push(NewEvent::new(
+            &ws.organization_id,
+            "workspace.auto_destroy.queued",
+            "workspace",
+            &ws.id,
+            ACTOR,
+            data,
+        ));
+        events.push(NewEvent::new(&ws.organization_id, "run.queued", "run", &run_id, ACTOR, json!({
+            "workspace_id": ws.id, "is_destroy": true, "source": "auto_destroy", "fire_due_at": rfc3339(key.due_at),
+        })));
+        results.push((key.clone(), Decision::Queued { run_id }));
+    }
+    outbox::write(conn, events, now).await?;
+    Ok(results)
+}
+
+/// Sends the reminders that are due in one shard; each (schedule, lead time) at most once.
+pub async fn send_due_reminders(
+    conn: &impl ConnectionTrait,
+    shard: i32,
+    shard_count: i32,
+    limit: u64,
+    now: EpochMs,
+) -> Result<u32> {
+    let skip_locked = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => " FOR UPDATE OF w SKIP LOCKED",
+        _ => "",
+    };
+    let due: Vec<WorkspaceRow> = query_all(
+        conn,
+        &format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.next_reminder_at <= $1 \
+             AND w.shard_key % $2 = $3 ORDER BY w.next_reminder_at LIMIT {limit}{skip_locked}"
+        ),
+        [now.into(), shard_count.into(), shard.into()],
+    )
+    .await?;
+    let mut orgs: BTreeMap<String, OrgRow> = BTreeMap::new();
+    let mut events = Vec::new();
+    let mut sent = 0;
+    for ws in due {
+        if !orgs.contains_key(&ws.organization_id) {
+            let org = workspaces::get_org(conn, &ws.organization_id).await?;
+            orgs.insert(org.id.clone(), org);
+        }
+        let leads = orgs[&ws.organization_id].lead_times();
+        let mut next_reminder = None;
+        if let Some(due_at) = ws.next_auto_destroy_at {
+            if let Some(lead) = schedule::due_lead_time(due_at, &leads, now) {
+                let mut first = true;
+                for l in std::iter::once(lead).chain(schedule::superseded(lead, &leads)) {
+                    let inserted = exec(
+                        conn,
+                        "INSERT INTO auto_destroy_reminders (workspace_id, due_at, lead_ms, sent_at) \
+                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                        [ws.id.clone().into(), due_at.into(), l.into(), now.into()],
+                    )
+                    .await?;
+                    if first && inserted == 1 {
+                        sent += 1;
+                        events.push(NewEvent::new(
+                            &ws.organization_id,
+                            "workspace.auto_destroy.reminder",
+                            "workspace",
+                            &ws.id,
+                            ACTOR,
+                            json!({
+                                "workspace_name": ws.name,
+                                "due_at": rfc3339(due_at),
+                                "lead_time_ms": lead,
+                                "lead_time": ebb_common::time::human(lead),
+                                "reason": ws.timing().reason(),
+                            }),
+                        ));
+                    }
+                    first = false;
+                }
+            }
+            next_reminder = leads.iter().map(|l| due_at - l).filter(|t| *t > now).min();
+        }
+        exec(
+            conn,
+            "UPDATE workspaces SET next_reminder_at = $1 WHERE id = $2",
+            [next_reminder.into(), ws.id.clone().into()],
+        )
+        .await?;
+    }
+    outbox::write(conn, events, now).await?;
+    Ok(sent)
+}
+
+/// Requeues runs whose runner lease expired, or errors them after `max_attempts` claims.
+pub async fn rescue_expired_run_leases(
+    conn: &impl ConnectionTrait,
+    limit: u64,
+    max_attempts: i32,
+    now: EpochMs,
+    retry_backoff_ms: i64,
+) -> Result<(u32, u32)> {
+    let skip_locked = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+        _ => "",
+    };
+    let expired: Vec<RunRow> = query_all(
+        conn,
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' AND lease_expires_at < $1 \
+             ORDER BY lease_expires_at LIMIT {limit}{skip_locked}"
+        ),
+        [now.into()],
+    )
+    .await?;
+    let (mut requeued, mut errored) = (0, 0);
+    let mut events = Vec::new();
+    for run in expired {
+        if run.attempt >= max_attempts {
+            exec(
+                conn,
+                "UPDATE runs SET status = 'errored', finished_at = $1, lease_token = NULL, \
+                 lease_expires_at = NULL, message = $2 WHERE id = $3 AND status = 'running'",
+                [
+                    now.into(),
+                    format!("runner lease expired {} times", run.attempt).into(),
+                    run.id.clone().into(),
+                ],
+            )
+            .await?;
+            let run = runs::get_run(conn, &run.id).await?;
+            runs::finish_consequences(conn, &run, Some(false), ACTOR, now, retry_backoff_ms)
+                .await?;
+            events.push(NewEvent::new(&run.organization_id, "run.errored", "run", &run.id, ACTOR, json!({
+                "workspace_id": run.workspace_id, "attempts": run.attempt, "reason": "runner lease expired",
+            })));
+            errored += 1;
+        } else {
+            exec(
+                conn,
+                "UPDATE runs SET status = 'queued', runner_id = '', lease_token = NULL, \
+                 lease_expires_at = NULL WHERE id = $1 AND status = 'running'",
+                [run.id.clone().into()],
+            )
+            .await?;
+            events.push(NewEvent::new(&run.organization_id, "run.queued", "run", &run.id, ACTOR, json!({
+                "workspace_id": run.workspace_id, "attempt": run.attempt, "reason": "runner lease expired; requeued",
+            })));
+            requeued += 1;
+        }
+    }
+    outbox::write(conn, events, now).await?;
+    Ok((requeued, errored))
+}

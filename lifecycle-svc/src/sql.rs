@@ -1,0 +1,54 @@
+//! Running `$n`-placeholder SQL through SeaORM and reading typed rows.
+
+use ebb_common::db::stmt;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
+
+/// ` FOR UPDATE OF alias` on PostgreSQL; nothing on SQLite, whose writers are serialized.
+pub fn for_update(conn: &impl ConnectionTrait, table_alias: &str) -> String {
+    match conn.get_database_backend() {
+        DatabaseBackend::Postgres => format!(" FOR UPDATE OF {table_alias}"),
+        _ => String::new(),
+    }
+}
+
+/// One row, or none.
+pub async fn query_one<T: FromQueryResult>(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<Option<T>> {
+    let row = conn
+        .query_one_raw(stmt(conn.get_database_backend(), sql, values))
+        .await?;
+    Ok(match row {
+        Some(r) => Some(T::from_query_result(&r, "")?),
+        None => None,
+    })
+}
+
+/// Every row.
+pub async fn query_all<T: FromQueryResult>(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<Vec<T>> {
+    let rows = conn
+        .query_all_raw(stmt(conn.get_database_backend(), sql, values))
+        .await?;
+    rows.iter()
+        .map(|r| T::from_query_result(r, "").map_err(Error::from))
+        .collect()
+}
+
+/// Executes a statement; the number of rows it touched.
+pub async fn exec(
+    conn: &impl ConnectionTrait,
+    sql: &str,
+    values: impl IntoIterator<Item = Value>,
+) -> Result<u64> {
+    Ok(conn
+        .execute_raw(stmt(conn.get_database_backend(), sql, values))
+        .await?
+        .rows_affected())
+}
