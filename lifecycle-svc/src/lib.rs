@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod migrations;
 pub mod outbox;
 pub mod previews;
+pub mod relay;
 pub mod rows;
 pub mod runs;
 pub mod schedule;
@@ -27,8 +28,10 @@ pub use config::Config;
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
+    let relay = relay::run(&config, db.clone(), shutdown.clone());
     let core = core::Lifecycle::new(db.clone(), config);
     let mut component = Component::new();
+    component.spawn(relay);
     component.add_service(
         LifecycleServiceServer::new(api::LifecycleApi::new(core.clone())),
         &db,
