@@ -45,6 +45,7 @@ pub fn redact(url: &str) -> String {
 pub struct Db {
     /// The pool.
     pub conn: DatabaseConnection,
+    url: String,
 }
 
 impl Db {
@@ -74,7 +75,10 @@ impl Db {
             options.max_connections(1);
         }
         let conn = Database::connect(options).await?;
-        let db = Self { conn };
+        let db = Self {
+            conn,
+            url: url.to_owned(),
+        };
         if db.backend() == DatabaseBackend::Sqlite {
             for pragma in [
                 "PRAGMA journal_mode = WAL",
@@ -89,8 +93,38 @@ impl Db {
     }
 
     /// Runs the service's migrations.
+    ///
+    /// On PostgreSQL, replicas starting together on an empty database would race to create the
+    /// same tables; a session advisory lock, keyed by the migration table's name, lets one
+    /// migrate while the others wait and then find nothing left to do.
     pub async fn migrate<M: MigratorTrait>(&self) -> Result<(), DbErr> {
-        M::up(&self.conn, None).await
+        if self.backend() != DatabaseBackend::Postgres {
+            return M::up(&self.conn, None).await;
+        }
+        let mut options = ConnectOptions::new(self.url.clone());
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .sqlx_logging(false);
+        let session = Database::connect(options).await?;
+        let key = M::migration_table_name().to_string();
+        let lock = |sql: &str| {
+            Statement::from_sql_and_values(
+                DatabaseBackend::Postgres,
+                sql,
+                [Value::from(key.clone())],
+            )
+        };
+        session
+            .execute_raw(lock("SELECT pg_advisory_lock(hashtext($1))"))
+            .await?;
+        let result = M::up(&session, None).await;
+        let unlocked = session
+            .execute_raw(lock("SELECT pg_advisory_unlock(hashtext($1))"))
+            .await;
+        let _ = session.close().await;
+        result?;
+        unlocked.map(|_| ())
     }
 
     /// The dialect.

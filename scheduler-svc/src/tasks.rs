@@ -1,0 +1,160 @@
+//! The periodic tasks and what one run of each does. Every call they make to lifecycle is
+//! idempotent, so a run repeated after a lost lease has no double effect.
+
+use std::time::Duration;
+
+use ebb_common::client::TracedChannel;
+use ebb_proto::lifecycle::v1 as pb;
+use ebb_proto::lifecycle::v1::scheduling_service_client::SchedulingServiceClient;
+
+use crate::config::Config;
+
+/// Finds due workspaces and queues their destroy runs.
+pub const AUTO_DESTROY_CHECK: &str = "auto_destroy_check";
+/// Sends reminders before scheduled destroys.
+pub const AUTO_DESTROY_REMINDERS: &str = "auto_destroy_reminders";
+/// Requeues or errors runs whose runner stopped heartbeating.
+pub const RUN_LEASE_RESCUE: &str = "run_lease_rescue";
+
+/// Pages one task run may walk before yielding its lease.
+const MAX_PAGES: usize = 200;
+
+/// A task's name, shard count and interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskSpec {
+    pub name: &'static str,
+    pub shards: i32,
+    pub interval: Duration,
+}
+
+/// The tasks this scheduler runs.
+pub fn specs(config: &Config) -> Vec<TaskSpec> {
+    let shards = config.shard_count as i32;
+    vec![
+        TaskSpec {
+            name: AUTO_DESTROY_CHECK,
+            shards,
+            interval: config.auto_destroy_check_interval,
+        },
+        TaskSpec {
+            name: AUTO_DESTROY_REMINDERS,
+            shards,
+            interval: config.auto_destroy_reminders_interval,
+        },
+        TaskSpec {
+            name: RUN_LEASE_RESCUE,
+            shards: 1,
+            interval: config.run_lease_rescue_interval,
+        },
+    ]
+}
+
+/// What one run of a task did, for the lease row's `last_outcome`.
+pub type Outcome = Result<String, String>;
+
+/// Runs `task` for `shard` once.
+pub async fn run(
+    lifecycle: &mut SchedulingServiceClient<TracedChannel>,
+    config: &Config,
+    task: &str,
+    shard: i32,
+) -> Outcome {
+    let shard_count = config.shard_count as i32;
+    let batch = config.batch_size as i32;
+    match task {
+        AUTO_DESTROY_CHECK => {
+            let (mut queued, mut deferred, mut stale, mut skipped) = (0, 0, 0, 0);
+            let mut after = None;
+            for _ in 0..MAX_PAGES {
+                let due = lifecycle
+                    .find_due_workspaces(pb::FindDueWorkspacesRequest {
+                        shard,
+                        shard_count,
+                        limit: batch,
+                        after: after.clone(),
+                    })
+                    .await
+                    .map_err(|s| format!("find due workspaces: {}", s.message()))?
+                    .into_inner();
+                if due.due.is_empty() {
+                    break;
+                }
+                let lag_ms = due.oldest_due_age_ms;
+                let page_len = due.due.len();
+                after = due.due.last().cloned();
+                let results = lifecycle
+                    .queue_auto_destroy_runs(pb::QueueAutoDestroyRunsRequest { fire_keys: due.due })
+                    .await
+                    .map_err(|s| format!("queue auto-destroy runs: {}", s.message()))?
+                    .into_inner();
+                for r in &results.results {
+                    match pb::QueueDecision::try_from(r.decision) {
+                        Ok(pb::QueueDecision::Queued) => queued += 1,
+                        Ok(pb::QueueDecision::Deferred) => deferred += 1,
+                        Ok(pb::QueueDecision::SkippedProtected) => skipped += 1,
+                        _ => stale += 1,
+                    }
+                }
+                tracing::debug!(shard, page_len, lag_ms, "auto-destroy page processed");
+                if page_len < batch as usize {
+                    break;
+                }
+            }
+            if queued > 0 {
+                tracing::info!(
+                    shard,
+                    queued,
+                    deferred,
+                    stale,
+                    skipped,
+                    "auto-destroy runs queued"
+                );
+            }
+            Ok(format!(
+                "queued {queued}, deferred {deferred}, stale {stale}, skipped {skipped}"
+            ))
+        }
+        AUTO_DESTROY_REMINDERS => {
+            let mut sent = 0;
+            for _ in 0..MAX_PAGES {
+                let r = lifecycle
+                    .send_due_reminders(pb::SendDueRemindersRequest {
+                        shard,
+                        shard_count,
+                        limit: batch,
+                    })
+                    .await
+                    .map_err(|s| format!("send due reminders: {}", s.message()))?
+                    .into_inner();
+                sent += r.sent;
+                if r.sent < batch {
+                    break;
+                }
+            }
+            Ok(format!("sent {sent} reminders"))
+        }
+        RUN_LEASE_RESCUE => {
+            let (mut requeued, mut errored) = (0, 0);
+            for _ in 0..MAX_PAGES {
+                let r = lifecycle
+                    .rescue_expired_run_leases(pb::RescueExpiredRunLeasesRequest {
+                        limit: batch,
+                        max_attempts: config.run_max_attempts as i32,
+                    })
+                    .await
+                    .map_err(|s| format!("rescue expired run leases: {}", s.message()))?
+                    .into_inner();
+                requeued += r.requeued;
+                errored += r.errored;
+                if r.requeued + r.errored < batch {
+                    break;
+                }
+            }
+            if requeued + errored > 0 {
+                tracing::info!(requeued, errored, "runs with expired leases rescued");
+            }
+            Ok(format!("requeued {requeued}, errored {errored}"))
+        }
+        other => Err(format!("unknown task {other}")),
+    }
+}
