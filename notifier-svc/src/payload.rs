@@ -1,0 +1,372 @@
+//! What a delivery sends: the signed JSON envelope, a Slack Block Kit message, a Teams
+//! Adaptive Card, or an email with text and HTML parts.
+
+use serde_json::{Map, Value, json};
+
+use crate::configurations::Destination;
+use crate::publish::EventRecord;
+
+/// Version of the envelope's `data` layout; raised on incompatible changes.
+pub const PAYLOAD_VERSION: u32 = 1;
+
+/// The configuration a message is rendered for.
+#[derive(Debug, Clone)]
+pub struct Recipient {
+    /// Configuration id.
+    pub id: String,
+    /// Configuration name.
+    pub name: String,
+}
+
+/// A rendered message.
+#[derive(Debug, Clone)]
+pub enum Rendered {
+    /// A JSON body to POST.
+    Json(Vec<u8>),
+    /// An email.
+    Email {
+        /// Subject line.
+        subject: String,
+        /// text/plain part.
+        text: String,
+        /// text/html part.
+        html: String,
+    },
+}
+
+/// Renders `event` for a destination of type `destination`.
+pub fn render(destination: Destination, event: &EventRecord, to: &Recipient) -> Rendered {
+    let summary = Summary::of(event, to);
+    match destination {
+        Destination::Webhook => Rendered::Json(to_bytes(&envelope(event, to))),
+        Destination::Slack => Rendered::Json(to_bytes(&slack(&summary))),
+        Destination::Teams => Rendered::Json(to_bytes(&teams(&summary))),
+        Destination::Email => {
+            let (text, html) = email(&summary);
+            Rendered::Email {
+                subject: format!("[Ebb] {}", summary.headline),
+                text,
+                html,
+            }
+        }
+    }
+}
+
+fn to_bytes(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// `{type, timestamp, payload_version, data}`; `data` holds the event's own fields and what it
+/// is about (ids and names), which win over event fields of the same name.
+pub fn envelope(event: &EventRecord, to: &Recipient) -> Value {
+    let mut data = match &event.data {
+        Value::Object(m) => m.clone(),
+        _ => Map::new(),
+    };
+    let mut put = |k: &str, v: Value| {
+        data.insert(k.to_owned(), v);
+    };
+    put("event_id", json!(event.id));
+    put("organization_id", json!(event.organization_id));
+    put(
+        "subject",
+        json!({"type": event.subject_type, "id": event.subject_id, "name": event.subject_name}),
+    );
+    if !event.actor.is_empty() {
+        put("actor", json!(event.actor));
+    }
+    for (k, v) in [
+        ("project_id", &event.project_id),
+        ("workspace_id", &event.workspace_id),
+        ("entity_id", &event.entity_id),
+    ] {
+        if !v.is_empty() {
+            put(k, json!(v));
+        }
+    }
+    put(
+        "notification_configuration",
+        json!({"id": to.id, "name": to.name}),
+    );
+    json!({
+        "type": event.event_type,
+        "timestamp": ebb_common::time::rfc3339(event.occur_ms),
+        "payload_version": PAYLOAD_VERSION,
+        "data": Value::Object(data),
+    })
+}
+
+/// The human view of an event shared by Slack, Teams and email.
+struct Summary {
+    headline: String,
+    facts: Vec<(String, String)>,
+    footer: String,
+}
+
+impl Summary {
+    fn of(event: &EventRecord, to: &Recipient) -> Self {
+        let subject = if event.subject_name.is_empty() {
+            event.subject_id.clone()
+        } else {
+            event.subject_name.clone()
+        };
+        let field = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| event.data.get(*n).and_then(scalar))
+                .unwrap_or_default()
+        };
+        let headline = match event.event_type.as_str() {
+            "workspace.auto_destroy.reminder" => {
+                let at = field(&[
+                    "next_auto_destroy_at",
+                    "auto_destroy_at",
+                    "due_at",
+                    "scheduled_at",
+                ]);
+                if at.is_empty() {
+                    format!("Workspace {subject} will be auto-destroyed soon")
+                } else {
+                    format!("Workspace {subject} will be auto-destroyed at {at}")
+                }
+            }
+            "workspace.auto_destroy.queued" => {
+                format!("Auto-destroy run queued for workspace {subject}")
+            }
+            "workspace.auto_destroy.deferred" => {
+                format!("Auto-destroy of workspace {subject} deferred")
+            }
+            "workspace.auto_destroy.skipped" => {
+                format!("Auto-destroy of workspace {subject} skipped")
+            }
+            "workspace.auto_destroy.succeeded" => format!("Workspace {subject} was auto-destroyed"),
+            "workspace.auto_destroy.failed" => {
+                format!("Auto-destroy of workspace {subject} failed")
+            }
+            "notification.verification" => {
+                format!("Ebb notifications for \"{}\" are verified", to.name)
+            }
+            "notification.delivery.exhausted" => {
+                format!(
+                    "Ebb gave up delivering {} to a notification configuration",
+                    field(&["event_type"])
+                )
+            }
+            other if event.subject_type.is_empty() => other.to_owned(),
+            other => format!("{other}: {} {subject}", event.subject_type),
+        };
+        let mut facts = vec![("Event".to_owned(), event.event_type.clone())];
+        if !event.subject_type.is_empty() {
+            let who = if event.subject_name.is_empty() || event.subject_name == event.subject_id {
+                event.subject_id.clone()
+            } else {
+                format!("{} ({})", event.subject_name, event.subject_id)
+            };
+            facts.push((capitalize(&event.subject_type), who));
+        }
+        if let Value::Object(m) = &event.data {
+            for (k, v) in m.iter() {
+                if facts.len() >= 10 {
+                    break;
+                }
+                if let Some(text) = scalar(v) {
+                    facts.push((k.replace('_', " "), truncate(&text, 200)));
+                }
+            }
+        }
+        let footer = format!(
+            "Ebb · event {} · {} · configuration {}",
+            event.id,
+            ebb_common::time::rfc3339(event.occur_ms),
+            to.name
+        );
+        Self {
+            headline,
+            facts,
+            footer,
+        }
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+/// Slack Block Kit: header, fields, context; `text` is the notification fallback.
+fn slack(s: &Summary) -> Value {
+    let fields: Vec<Value> = s
+        .facts
+        .iter()
+        .map(|(k, v)| json!({"type": "mrkdwn", "text": format!("*{}*\n{}", slack_escape(k), slack_escape(v))}))
+        .collect();
+    json!({
+        "text": s.headline,
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": truncate(&s.headline, 150), "emoji": false}},
+            {"type": "section", "fields": fields},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&s.footer)}]},
+        ],
+    })
+}
+
+fn slack_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Microsoft Teams: an Adaptive Card in a message attachment.
+fn teams(s: &Summary) -> Value {
+    let facts: Vec<Value> = s
+        .facts
+        .iter()
+        .map(|(k, v)| json!({"title": k, "value": v}))
+        .collect();
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": [
+                    {"type": "TextBlock", "size": "Medium", "weight": "Bolder", "text": s.headline, "wrap": true},
+                    {"type": "FactSet", "facts": facts},
+                    {"type": "TextBlock", "text": s.footer, "isSubtle": true, "size": "Small", "wrap": true},
+                ],
+            },
+        }],
+    })
+}
+
+/// Text and HTML bodies of an email.
+fn email(s: &Summary) -> (String, String) {
+    let mut text = format!("{}\n\n", s.headline);
+    for (k, v) in &s.facts {
+        text.push_str(&format!("{k}: {v}\n"));
+    }
+    text.push_str(&format!("\n-- \n{}\n", s.footer));
+    let rows: String = s
+        .facts
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "<tr><th align=\"left\">{}</th><td>{}</td></tr>",
+                html_escape(k),
+                html_escape(v)
+            )
+        })
+        .collect();
+    let html = format!(
+        "<!DOCTYPE html><html><body><h2>{}</h2><table>{rows}</table><p style=\"color:#666\">{}</p></body></html>",
+        html_escape(&s.headline),
+        html_escape(&s.footer)
+    );
+    (text, html)
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> EventRecord {
+        EventRecord {
+            id: "evt_1".into(),
+            organization_id: "org_1".into(),
+            event_type: "workspace.auto_destroy.reminder".into(),
+            subject_type: "workspace".into(),
+            subject_id: "ws_1".into(),
+            subject_name: "staging <eu>".into(),
+            actor: "scheduler".into(),
+            project_id: "prj_1".into(),
+            workspace_id: "ws_1".into(),
+            entity_id: String::new(),
+            data: json!({"auto_destroy_at": "2030-01-01T00:00:00Z", "lead_time": "24h"}),
+            occur_ms: 1_900_000_000_000,
+        }
+    }
+
+    fn to() -> Recipient {
+        Recipient {
+            id: "nc_1".into(),
+            name: "ops".into(),
+        }
+    }
+
+    #[test]
+    fn envelope_names_what_it_is_about() {
+        let v = envelope(&event(), &to());
+        assert_eq!(v["type"], "workspace.auto_destroy.reminder");
+        assert_eq!(v["payload_version"], 1);
+        assert_eq!(v["data"]["subject"]["name"], "staging <eu>");
+        assert_eq!(v["data"]["workspace_id"], "ws_1");
+        assert_eq!(v["data"]["auto_destroy_at"], "2030-01-01T00:00:00Z");
+        assert_eq!(v["data"]["notification_configuration"]["id"], "nc_1");
+    }
+
+    #[test]
+    fn slack_teams_and_email_formats() {
+        let Rendered::Json(slack) = render(Destination::Slack, &event(), &to()) else {
+            panic!("json")
+        };
+        let slack: Value = serde_json::from_slice(&slack).expect("json");
+        assert_eq!(slack["blocks"][0]["type"], "header");
+        assert!(
+            slack["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("2030-01-01"))
+        );
+        let Rendered::Json(teams) = render(Destination::Teams, &event(), &to()) else {
+            panic!("json")
+        };
+        let teams: Value = serde_json::from_slice(&teams).expect("json");
+        assert_eq!(
+            teams["attachments"][0]["contentType"],
+            "application/vnd.microsoft.card.adaptive"
+        );
+        assert_eq!(teams["attachments"][0]["content"]["type"], "AdaptiveCard");
+        let Rendered::Email {
+            subject,
+            text,
+            html,
+        } = render(Destination::Email, &event(), &to())
+        else {
+            panic!("email")
+        };
+        assert!(subject.starts_with("[Ebb] Workspace staging <eu>"));
+        assert!(text.contains("lead time: 24h"));
+        assert!(html.contains("staging &lt;eu&gt;"));
+    }
+}

@@ -1,0 +1,23 @@
+//! Reading columns out of raw query results with errors that name the column.
+
+use ebb_common::Error;
+use sea_orm::{QueryResult, TryGetable};
+
+/// Column `col` of `row`.
+pub fn get<T: TryGetable>(row: &QueryResult, col: &str) -> Result<T, Error> {
+    row.try_get::<T>("", col)
+        .map_err(|e| Error::Internal(format!("column {col}: {e}")))
+}
+
+/// A 0/1 integer column as a flag.
+pub fn flag(row: &QueryResult, col: &str) -> Result<bool, Error> {
+    Ok(get::<i32>(row, col)? != 0)
+}
+
+/// `$first, $first+1, …` placeholders for `n` values.
+pub fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
