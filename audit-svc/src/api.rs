@@ -108,9 +108,8 @@ fn new_event(v: &mut Violations, field: &str, input: &EventInput) -> Option<NewE
 }
 
 fn to_proto(event: StoredEvent) -> Result<AuditEvent> {
-    let data = data::struct_from_canonical(&event.event.data).map_err(|e| {
-        Error::Internal(format!("stored data of event {}: {e}", event.event.id))
-    })?;
+    let data = data::struct_from_canonical(&event.event.data)
+        .map_err(|e| Error::Internal(format!("stored data of event {}: {e}", event.event.id)))?;
     Ok(AuditEvent {
         event: Some(EventInput {
             id: event.event.id,

@@ -213,7 +213,12 @@ impl Verifier {
 
     /// Checks the next event: its organization, its sequence number, its link to the previous
     /// event and its own hash.
-    pub fn check(&mut self, content: &Content<'_>, prev_hash: &str, hash: &str) -> Result<(), Break> {
+    pub fn check(
+        &mut self,
+        content: &Content<'_>,
+        prev_hash: &str,
+        hash: &str,
+    ) -> Result<(), Break> {
         let sequence = content.sequence;
         let fail = |kind, detail: String| Break {
             sequence,
@@ -233,10 +238,7 @@ impl Verifier {
             return Err(Break {
                 sequence: self.next_sequence.min(sequence),
                 kind: BreakKind::SequenceGap,
-                detail: format!(
-                    "expected sequence {}, found {sequence}",
-                    self.next_sequence
-                ),
+                detail: format!("expected sequence {}, found {sequence}", self.next_sequence),
             });
         }
         if parse_hash(prev_hash) != Some(self.prev_hash) {

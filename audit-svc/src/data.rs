@@ -8,7 +8,7 @@ use prost_types::value::Kind;
 use prost_types::{ListValue, Struct, Value};
 use serde_json::{Map, Number, Value as Json};
 
-use crate::chain::canonical_json;
+use crate::chain::{Record, canonical_json};
 
 /// Largest integer a double holds exactly.
 const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_992.0;
@@ -71,6 +71,34 @@ fn from_json(value: Json) -> Value {
         }),
     };
     Value { kind: Some(kind) }
+}
+
+/// The chain record of an event as the API returns it (one line of an export).
+pub fn record_from_proto(event: &ebb_proto::audit::v1::AuditEvent) -> Result<Record, String> {
+    let input = event.event.as_ref().ok_or("event is missing")?;
+    let data = match &input.data {
+        None => Map::new(),
+        Some(s) => object(s, "data")?,
+    };
+    let ms = |ts: &Option<prost_types::Timestamp>, field: &str| {
+        ts.as_ref()
+            .ok_or_else(|| format!("{field} is missing"))
+            .and_then(|t| ebb_common::time::from_timestamp(t).map_err(|e| format!("{field}: {e}")))
+    };
+    Ok(Record {
+        organization_id: input.organization_id.clone(),
+        sequence: event.sequence,
+        id: input.id.clone(),
+        action: input.action.clone(),
+        subject_type: input.subject_type.clone(),
+        subject_id: input.subject_id.clone(),
+        actor: input.actor.clone(),
+        data: Json::Object(data),
+        occur_time_ms: ms(&input.occur_time, "occur_time")?,
+        record_time_ms: ms(&event.record_time, "record_time")?,
+        prev_hash: event.prev_hash.clone(),
+        hash: event.hash.clone(),
+    })
 }
 
 /// The Struct of stored canonical JSON text.

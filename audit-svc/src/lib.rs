@@ -2,7 +2,7 @@
 
 mod api;
 pub mod chain;
-mod data;
+pub mod data;
 pub mod migrations;
 pub mod store;
 

@@ -215,10 +215,10 @@ impl Store {
         let row = self
             .db
             .conn
-            .query_one_raw(
-                self.db
-                    .stmt(&format!("SELECT {COLUMNS} FROM audit_events WHERE id = $1"), [id.into()]),
-            )
+            .query_one_raw(self.db.stmt(
+                &format!("SELECT {COLUMNS} FROM audit_events WHERE id = $1"),
+                [id.into()],
+            ))
             .await?;
         row.as_ref().map(stored_event).transpose()
     }
@@ -244,7 +244,11 @@ impl Store {
             // substr counts characters on both backends and, unlike LIKE, is case-sensitive
             // on SQLite and needs no escaping of `%` and `_`.
             let chars = i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX);
-            push(&mut sql, " AND substr(action, 1, CAST($? AS INTEGER))", chars.into());
+            push(
+                &mut sql,
+                " AND substr(action, 1, CAST($? AS INTEGER))",
+                chars.into(),
+            );
             push(&mut sql, " = $?", prefix.clone().into());
         }
         if let Some(v) = &filter.subject_type {
@@ -272,7 +276,11 @@ impl Store {
         }
         let order = if filter.newest_first { "DESC" } else { "ASC" };
         sql.push_str(&format!(" ORDER BY sequence {order} LIMIT {limit}"));
-        let rows = self.db.conn.query_all_raw(self.db.stmt(&sql, values)).await?;
+        let rows = self
+            .db
+            .conn
+            .query_all_raw(self.db.stmt(&sql, values))
+            .await?;
         rows.iter().map(stored_event).collect()
     }
 
@@ -331,7 +339,11 @@ impl Store {
         let prev = if from == 1 {
             GENESIS_HASH
         } else {
-            match self.range(organization_id, from - 1, from - 1, 1).await?.pop() {
+            match self
+                .range(organization_id, from - 1, from - 1, 1)
+                .await?
+                .pop()
+            {
                 Some(e) => chain::parse_hash(&e.hash).unwrap_or(GENESIS_HASH),
                 None => {
                     return Ok(Some(Verification::Broken {
@@ -572,9 +584,14 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, Store, Db) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite://{}?mode=rwc", dir.path().join("audit.db").display());
+        let url = format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("audit.db").display()
+        );
         let db = Db::connect(&url, 4).await.expect("connect");
-        db.migrate::<crate::migrations::Migrator>().await.expect("migrate");
+        db.migrate::<crate::migrations::Migrator>()
+            .await
+            .expect("migrate");
         (dir, Store::new(db.clone()), db)
     }
 
@@ -587,28 +604,50 @@ mod tests {
             event("a", "3", "x.deleted"),
         ];
         let out = store.append(&batch, 5).await.expect("append");
-        assert_eq!(out, Appended { appended: 3, already_recorded: 0 });
+        assert_eq!(
+            out,
+            Appended {
+                appended: 3,
+                already_recorded: 0
+            }
+        );
         let again = store.append(&batch, 6).await.expect("retry");
-        assert_eq!(again, Appended { appended: 0, already_recorded: 3 });
+        assert_eq!(
+            again,
+            Appended {
+                appended: 0,
+                already_recorded: 3
+            }
+        );
         assert_eq!(store.head("a").await.expect("head").map(|h| h.0), Some(2));
         assert_eq!(store.head("b").await.expect("head").map(|h| h.0), Some(1));
 
         let mut changed = event("a", "3", "x.deleted");
         changed.actor = "user:mallory".into();
-        let err = store.append(&[event("a", "4", "y"), changed], 7).await.expect_err("conflict");
+        let err = store
+            .append(&[event("a", "4", "y"), changed], 7)
+            .await
+            .expect_err("conflict");
         assert!(matches!(err, Error::AlreadyExists(_)), "{err}");
         // Nothing of the refused batch was recorded.
         assert!(store.get("4").await.expect("get").is_none());
         assert!(matches!(
             store.verify("a", 1, None).await.expect("verify"),
-            Some(Verification::Intact { verified: 2, head_sequence: 2, .. })
+            Some(Verification::Intact {
+                verified: 2,
+                head_sequence: 2,
+                ..
+            })
         ));
     }
 
     #[tokio::test]
     async fn the_database_refuses_changes_and_gaps() {
         let (_dir, store, db) = store().await;
-        store.append(&[event("a", "1", "x")], 1).await.expect("append");
+        store
+            .append(&[event("a", "1", "x")], 1)
+            .await
+            .expect("append");
         for sql in [
             "UPDATE audit_events SET actor = 'x'",
             "DELETE FROM audit_events",
@@ -622,6 +661,9 @@ mod tests {
                    '0000000000000000000000000000000000000000000000000000000000000000', \
                    '0000000000000000000000000000000000000000000000000000000000000000')";
         let err = db.conn.execute_unprepared(gap).await.expect_err("gap");
-        assert!(err.to_string().to_lowercase().contains("foreign key"), "{err}");
+        assert!(
+            err.to_string().to_lowercase().contains("foreign key"),
+            "{err}"
+        );
     }
 }

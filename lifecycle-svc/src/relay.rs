@@ -144,7 +144,10 @@ pub fn run(
         let mut loops = Vec::new();
         for (kind, url) in targets {
             if url.is_empty() {
-                tracing::info!(sink = kind.name(), "outbox relay disabled: no URL configured");
+                tracing::info!(
+                    sink = kind.name(),
+                    "outbox relay disabled: no URL configured"
+                );
                 continue;
             }
             let sink = match channel(&url, CALL_TIMEOUT) {
@@ -349,12 +352,7 @@ enum RoundError {
     },
 }
 
-async fn round(
-    kind: SinkKind,
-    sink: &mut Sink,
-    db: &Db,
-    owner: &str,
-) -> Result<Round, RoundError> {
+async fn round(kind: SinkKind, sink: &mut Sink, db: &Db, owner: &str) -> Result<Round, RoundError> {
     let Some(epoch) = lease(db, kind, owner).await? else {
         return Ok(Round::Follower);
     };
