@@ -144,19 +144,61 @@ where
         check_file(path, &known)?;
         figment = figment.merge(Toml::file_exact(path));
     }
-    let top: BTreeSet<String> = known
-        .iter()
-        .map(|k| k.split('.').next().unwrap_or_default().to_owned())
-        .collect();
+    let top = top_keys(&known);
     figment = figment
         .merge(Env::prefixed("EBB_").split("__").filter(move |k| {
             let key = k.as_str().to_ascii_lowercase();
             top.contains(key.split(".").next().unwrap_or_default())
         }))
         .merge(Serialized::defaults(overrides));
-    let config: T = figment.extract().map_err(describe_figment_error)?;
+    let config: T = match figment.extract() {
+        Ok(c) => c,
+        Err(e) => return Err(blame(&figment, defaults, &top_keys(&known), e)),
+    };
     config.validate()?;
     Ok(config)
+}
+
+fn top_keys(known: &BTreeSet<String>) -> BTreeSet<String> {
+    known
+        .iter()
+        .map(|k| k.split('.').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// Some deserializers (socket addresses, for one) fail without saying which key they were
+/// reading. Find the key by putting each one back to its default until extraction succeeds.
+fn blame<T>(
+    figment: &Figment,
+    defaults: &T,
+    keys: &BTreeSet<String>,
+    error: figment::Error,
+) -> ConfigError
+where
+    T: Serialize + DeserializeOwned,
+{
+    if !error.path.is_empty() {
+        return describe_figment_error(error);
+    }
+    let Ok(serde_json::Value::Object(default_map)) = serde_json::to_value(defaults) else {
+        return describe_figment_error(error);
+    };
+    for key in keys {
+        let Some(default) = default_map.get(key) else {
+            continue;
+        };
+        let patched = figment
+            .clone()
+            .merge(Serialized::default(key, default.clone()));
+        if patched.extract::<T>().is_ok() {
+            let source = figment
+                .find_metadata(key)
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            return ConfigError(format!("field `{key}`: {}{source}", error.kind));
+        }
+    }
+    describe_figment_error(error)
 }
 
 fn describe_figment_error(error: figment::Error) -> ConfigError {

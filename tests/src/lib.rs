@@ -22,6 +22,8 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub use ebb_proto as proto;
 
+pub mod cluster;
+
 /// The PostgreSQL server URL tests use, if any.
 pub fn postgres_url() -> Option<String> {
     std::env::var("EBB_TEST_DATABASE_URL")

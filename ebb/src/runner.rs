@@ -1,0 +1,465 @@
+//! `ebb runner`: claims runs of one organization, executes a command template per run while
+//! heartbeating its lease, and reports the exit status and the tail of the output.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::time::Duration;
+
+use ebb_common::client::{TracedChannel, channel};
+use ebb_common::time::to_duration;
+use ebb_proto::lifecycle::v1 as pb;
+use ebb_proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes of output kept for the report.
+const TAIL_BYTES: usize = 16 * 1024;
+
+/// Flags of `ebb runner`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunnerArgs {
+    /// lifecycle-svc address (or `ebb serve`'s).
+    #[arg(
+        long,
+        env = "EBB_LIFECYCLE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub lifecycle_url: String,
+    /// Organization whose runs to take.
+    #[arg(long, env = "EBB_ORGANIZATION_ID")]
+    pub organization_id: String,
+    /// Name of this runner in runs and events.
+    #[arg(long, env = "EBB_RUNNER_ID", default_value = "ebb-runner")]
+    pub runner_id: String,
+    /// Command for destroy runs. Placeholders: {working_dir}, {workspace_id}, {run_id}.
+    /// Split like a shell would, but never run through a shell.
+    #[arg(
+        long,
+        default_value = "tofu -chdir={working_dir} destroy -auto-approve"
+    )]
+    pub destroy_command: String,
+    /// Command for apply runs, with the same placeholders.
+    #[arg(long, default_value = "tofu -chdir={working_dir} apply -auto-approve")]
+    pub apply_command: String,
+    /// Instead of running commands: `succeed`, `fail`, or `fail:TEXT` (fail runs whose
+    /// workspace id or working directory contains TEXT, succeed the others).
+    #[arg(long)]
+    pub simulate: Option<String>,
+    /// How long a simulated run takes.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub simulate_duration: Duration,
+    /// Stop after this many runs (0: never).
+    #[arg(long, default_value_t = 0)]
+    pub max_runs: u64,
+    /// Long-poll wait per claim.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub claim_wait: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Simulation {
+    Succeed,
+    Fail,
+    FailMatching(String),
+}
+
+fn parse_simulation(rule: &str) -> Result<Simulation, String> {
+    match rule {
+        "succeed" => Ok(Simulation::Succeed),
+        "fail" => Ok(Simulation::Fail),
+        _ => match rule.strip_prefix("fail:") {
+            Some(text) if !text.is_empty() => Ok(Simulation::FailMatching(text.to_owned())),
+            _ => Err(format!(
+                "--simulate `{rule}` is not a rule; use succeed, fail or fail:TEXT"
+            )),
+        },
+    }
+}
+
+/// Runs `ebb runner` until SIGTERM/SIGINT or `--max-runs`.
+pub fn main(args: RunnerArgs) -> std::process::ExitCode {
+    let simulation = match args.simulate.as_deref().map(parse_simulation).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ebb runner: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if uuid::Uuid::parse_str(&args.organization_id).is_err() {
+        eprintln!("ebb runner: --organization-id must be an organization's id (a UUID)");
+        return std::process::ExitCode::from(2);
+    }
+    for (flag, template) in [
+        ("--destroy-command", &args.destroy_command),
+        ("--apply-command", &args.apply_command),
+    ] {
+        if let Err(e) = shell_words::split(template) {
+            eprintln!("ebb runner: {flag}: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ebb runner: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let config = ebb_common::config::TelemetryConfig::default();
+        let _telemetry = ebb_common::telemetry::init(&config, "ebb-runner");
+        match run(args, simulation).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ebb runner: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn run(args: RunnerArgs, simulation: Option<Simulation>) -> anyhow::Result<()> {
+    let shutdown = ebb_common::serving::shutdown_on_signals();
+    let channel = channel(
+        &args.lifecycle_url,
+        args.claim_wait + Duration::from_secs(30),
+    )
+    .map_err(|e| anyhow::anyhow!("--lifecycle-url: {e}"))?;
+    let mut client = RunnerServiceClient::new(channel);
+    let mut done = 0u64;
+    println!(
+        "ebb runner {} taking runs of organization {}",
+        args.runner_id, args.organization_id
+    );
+    while !shutdown.is_cancelled() && (args.max_runs == 0 || done < args.max_runs) {
+        let claim = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = client.claim_run(pb::ClaimRunRequest {
+                organization_id: args.organization_id.clone(),
+                runner_id: args.runner_id.clone(),
+                wait: Some(to_duration(args.claim_wait.as_millis() as i64)),
+            }) => r,
+        };
+        let claim = match claim {
+            Ok(c) => c.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::InvalidArgument
+                    || status.code() == tonic::Code::NotFound =>
+            {
+                anyhow::bail!("claiming runs was refused: {}", status.message());
+            }
+            Err(status) => {
+                tracing::warn!(error = %status.message(), "claiming a run failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Some(run) = claim.run else { continue };
+        let lease = claim
+            .lease_duration
+            .map(|d| Duration::from_secs(d.seconds.max(1) as u64))
+            .unwrap_or(Duration::from_secs(60));
+        tracing::info!(run_id = %run.id, workspace_id = %run.workspace_id, destroy = run.is_destroy, "run claimed");
+        execute(
+            &mut client,
+            &args,
+            simulation.as_ref(),
+            &run,
+            &claim.lease_token,
+            lease,
+            &shutdown,
+        )
+        .await;
+        done += 1;
+    }
+    Ok(())
+}
+
+struct Ending {
+    succeeded: bool,
+    exit_code: i32,
+    tail: String,
+    serial: i64,
+}
+
+async fn execute(
+    client: &mut RunnerServiceClient<TracedChannel>,
+    args: &RunnerArgs,
+    simulation: Option<&Simulation>,
+    run: &pb::Run,
+    token: &str,
+    lease: Duration,
+    shutdown: &CancellationToken,
+) {
+    let stop = CancellationToken::new();
+    let work = async {
+        match simulation {
+            Some(rule) => simulate(rule, run, args.simulate_duration, &stop).await,
+            None => {
+                let template = if run.is_destroy {
+                    &args.destroy_command
+                } else {
+                    &args.apply_command
+                };
+                command(template, run, &stop).await
+            }
+        }
+    };
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval((lease / 3).max(Duration::from_millis(200)));
+    beat.tick().await;
+    let ending = loop {
+        tokio::select! {
+            ending = &mut work => break Some(ending),
+            _ = beat.tick() => {
+                match client.heartbeat_run(pb::HeartbeatRunRequest { run_id: run.id.clone(), lease_token: token.to_owned() }).await {
+                    Ok(r) if r.get_ref().cancel_requested => {
+                        tracing::info!(run_id = %run.id, "run canceled; stopping it");
+                        stop.cancel();
+                    }
+                    Ok(_) => {}
+                    Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                        tracing::warn!(run_id = %run.id, "lease lost; abandoning the run");
+                        stop.cancel();
+                        let _ = (&mut work).await;
+                        break None;
+                    }
+                    Err(s) => tracing::warn!(run_id = %run.id, error = %s.message(), "heartbeat failed"),
+                }
+            }
+            () = shutdown.cancelled(), if !stop.is_cancelled() => {
+                tracing::info!(run_id = %run.id, "shutting down: letting the run finish");
+            }
+        }
+    };
+    let Some(ending) = ending else { return };
+    let outcome = if ending.succeeded {
+        pb::RunOutcome::Succeeded
+    } else {
+        pb::RunOutcome::Failed
+    };
+    let request = pb::CompleteRunRequest {
+        request_id: format!("complete-{}-{}", run.id, run.attempt),
+        run_id: run.id.clone(),
+        lease_token: token.to_owned(),
+        outcome: outcome as i32,
+        exit_code: ending.exit_code,
+        output_tail: ending.tail,
+        state_version_serial: ending.serial,
+    };
+    for attempt in 0..5 {
+        match client.complete_run(request.clone()).await {
+            Ok(_) => {
+                tracing::info!(run_id = %run.id, succeeded = ending.succeeded, exit_code = ending.exit_code, "run completed");
+                return;
+            }
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded
+                ) =>
+            {
+                tracing::warn!(run_id = %run.id, error = %s.message(), attempt, "completing the run failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            Err(s) => {
+                tracing::error!(run_id = %run.id, error = %s.message(), "completing the run was refused");
+                return;
+            }
+        }
+    }
+}
+
+async fn simulate(
+    rule: &Simulation,
+    run: &pb::Run,
+    duration: Duration,
+    stop: &CancellationToken,
+) -> Ending {
+    tokio::select! {
+        () = tokio::time::sleep(duration) => {}
+        () = stop.cancelled() => {
+            return Ending { succeeded: false, exit_code: 130, tail: "simulated run stopped".into(), serial: 0 };
+        }
+    }
+    let fail = match rule {
+        Simulation::Succeed => false,
+        Simulation::Fail => true,
+        Simulation::FailMatching(text) => {
+            run.workspace_id.contains(text.as_str())
+                || run.working_directory.contains(text.as_str())
+        }
+    };
+    Ending {
+        succeeded: !fail,
+        exit_code: i32::from(fail),
+        tail: format!(
+            "simulated {} run {}\n",
+            if run.is_destroy { "destroy" } else { "apply" },
+            if fail { "failed" } else { "succeeded" }
+        ),
+        serial: 0,
+    }
+}
+
+fn expand(template: &str, run: &pb::Run) -> Vec<String> {
+    shell_words::split(template)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|arg| {
+            arg.replace("{working_dir}", &run.working_directory)
+                .replace("{workspace_id}", &run.workspace_id)
+                .replace("{run_id}", &run.id)
+        })
+        .collect()
+}
+
+async fn command(template: &str, run: &pb::Run, stop: &CancellationToken) -> Ending {
+    let argv = expand(template, run);
+    let Some((program, rest)) = argv.split_first() else {
+        return Ending {
+            succeeded: false,
+            exit_code: -1,
+            tail: "empty command".into(),
+            serial: 0,
+        };
+    };
+    let spawned = tokio::process::Command::new(program)
+        .args(rest)
+        .env("EBB_RUN_ID", &run.id)
+        .env("EBB_WORKSPACE_ID", &run.workspace_id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            return Ending {
+                succeeded: false,
+                exit_code: -1,
+                tail: format!("cannot start `{program}`: {e}"),
+                serial: 0,
+            };
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward(out, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward(err, tx));
+    }
+    let mut tail = Tail::default();
+    let status = loop {
+        tokio::select! {
+            Some(line) = rx.recv() => tail.push(line),
+            status = child.wait() => break status,
+            () = stop.cancelled() => {
+                let _ = child.kill().await;
+                tail.push("run stopped".into());
+                break child.wait().await;
+            }
+        }
+    };
+    while let Ok(line) = rx.try_recv() {
+        tail.push(line);
+    }
+    let exit_code = status.as_ref().ok().and_then(|s| s.code()).unwrap_or(-1);
+    Ending {
+        succeeded: status.map(|s| s.success()).unwrap_or(false) && !stop.is_cancelled(),
+        exit_code,
+        serial: tail.serial,
+        tail: tail.text(),
+    }
+}
+
+async fn forward(stream: impl AsyncRead + Unpin, tx: mpsc::UnboundedSender<String>) {
+    let mut lines = BufReader::new(stream).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tx.send(line).is_err() {
+            break;
+        }
+    }
+}
+
+/// The last lines of output, capped in bytes; a line `ebb-state-serial: N` reports the serial
+/// of the state version the run applied.
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    bytes: usize,
+    serial: i64,
+}
+
+impl Tail {
+    fn push(&mut self, line: String) {
+        if let Some(n) = line.trim().strip_prefix("ebb-state-serial:") {
+            self.serial = n.trim().parse().unwrap_or(self.serial);
+        }
+        self.bytes += line.len() + 1;
+        self.lines.push_back(line);
+        while self.bytes > TAIL_BYTES {
+            match self.lines.pop_front() {
+                Some(l) => self.bytes -= l.len() + 1,
+                None => break,
+            }
+        }
+    }
+
+    fn text(&self) -> String {
+        let mut s = self
+            .lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n");
+        s.push('\n');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_split_before_substitution() {
+        let run = pb::Run {
+            working_directory: "/srv/a b; rm -rf /".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            expand("tofu -chdir={working_dir} destroy", &run),
+            vec!["tofu", "-chdir=/srv/a b; rm -rf /", "destroy"]
+        );
+    }
+
+    #[test]
+    fn simulation_rules_parse() {
+        assert_eq!(parse_simulation("succeed"), Ok(Simulation::Succeed));
+        assert_eq!(
+            parse_simulation("fail:abc"),
+            Ok(Simulation::FailMatching("abc".into()))
+        );
+        assert!(parse_simulation("maybe").is_err());
+        assert!(parse_simulation("fail:").is_err());
+    }
+
+    #[test]
+    fn tail_keeps_the_last_bytes_and_reads_the_serial() {
+        let mut t = Tail::default();
+        for i in 0..5000 {
+            t.push(format!("line {i}"));
+        }
+        t.push("ebb-state-serial: 7".into());
+        assert!(t.bytes <= TAIL_BYTES);
+        assert_eq!(t.serial, 7);
+        assert!(t.text().contains("line 4999"));
+    }
+}

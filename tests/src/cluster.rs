@@ -1,0 +1,256 @@
+//! A lifecycle service with scheduler replicas, configured for test time scales, and typed
+//! clients to them.
+
+use std::time::Duration;
+
+use ebb_proto::lifecycle::v1 as pb;
+use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+use ebb_proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
+use ebb_proto::lifecycle::v1::scheduling_service_client::SchedulingServiceClient;
+use tonic::transport::Channel;
+
+use crate::{Process, TestDatabases};
+
+/// Settings that shrink hours to seconds.
+pub fn fast_lifecycle_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("EBB_MIN_INACTIVITY", "1s".into()),
+        ("EBB_AUTO_DESTROY_RETRY_BACKOFF", "300ms".into()),
+        ("EBB_RUN_LEASE_TTL", "2s".into()),
+    ]
+}
+
+/// Scheduler settings for tests: short intervals and leases.
+pub fn fast_scheduler_env(lifecycle_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("EBB_LIFECYCLE_URL", lifecycle_url.to_owned()),
+        ("EBB_POLL_INTERVAL", "50ms".into()),
+        ("EBB_LEASE_TTL", "2s".into()),
+        ("EBB_AUTO_DESTROY_CHECK_INTERVAL", "200ms".into()),
+        ("EBB_AUTO_DESTROY_REMINDERS_INTERVAL", "200ms".into()),
+        ("EBB_RUN_LEASE_RESCUE_INTERVAL", "300ms".into()),
+    ]
+}
+
+/// lifecycle-svc plus scheduler replicas, each on fresh databases.
+pub struct Cluster {
+    pub dbs: TestDatabases,
+    pub lifecycle: Process,
+    pub schedulers: Vec<Process>,
+    pub lifecycle_db: String,
+    pub scheduler_db: String,
+}
+
+impl Cluster {
+    /// Starts lifecycle-svc and `schedulers` scheduler replicas sharing one database.
+    pub async fn start(schedulers: usize) -> Self {
+        Self::start_on(TestDatabases::new(), schedulers, &[]).await
+    }
+
+    /// Like [`Cluster::start`] on the given databases, with extra lifecycle variables.
+    pub async fn start_on(
+        mut dbs: TestDatabases,
+        schedulers: usize,
+        lifecycle_env: &[(&'static str, String)],
+    ) -> Self {
+        let lifecycle_db = dbs.create("lifecycle").await;
+        let scheduler_db = dbs.create("scheduler").await;
+        let mut env = fast_lifecycle_env();
+        env.push(("EBB_DATABASE_URL", lifecycle_db.clone()));
+        env.extend(lifecycle_env.iter().cloned());
+        let lifecycle = Process::spawn("lifecycle-svc", &[], &env, dbs.dir())
+            .await
+            .expect("start lifecycle-svc");
+        lifecycle.wait_serving("").await.expect("lifecycle serving");
+        let mut cluster = Self {
+            dbs,
+            lifecycle,
+            schedulers: Vec::new(),
+            lifecycle_db,
+            scheduler_db,
+        };
+        for _ in 0..schedulers {
+            cluster.add_scheduler().await;
+        }
+        cluster
+    }
+
+    /// Starts one more scheduler replica.
+    pub async fn add_scheduler(&mut self) {
+        let mut env = fast_scheduler_env(&self.lifecycle.url());
+        env.push(("EBB_DATABASE_URL", self.scheduler_db.clone()));
+        let p = Process::spawn("scheduler-svc", &[], &env, self.dbs.dir())
+            .await
+            .expect("start scheduler-svc");
+        p.wait_serving("").await.expect("scheduler serving");
+        self.schedulers.push(p);
+    }
+
+    /// A LifecycleService client.
+    pub async fn api(&self) -> LifecycleServiceClient<Channel> {
+        LifecycleServiceClient::new(self.lifecycle.channel().await)
+    }
+
+    /// A RunnerService client.
+    pub async fn runner(&self) -> RunnerServiceClient<Channel> {
+        RunnerServiceClient::new(self.lifecycle.channel().await)
+    }
+
+    /// A SchedulingService client.
+    pub async fn scheduling(&self) -> SchedulingServiceClient<Channel> {
+        SchedulingServiceClient::new(self.lifecycle.channel().await)
+    }
+
+    /// A connection to lifecycle's database, for checks the API cannot make.
+    pub async fn lifecycle_sql(&self) -> sea_orm::DatabaseConnection {
+        sea_orm::Database::connect(self.lifecycle_db.as_str())
+            .await
+            .expect("connect to lifecycle's database")
+    }
+}
+
+/// An organization, a project and a workspace in it.
+pub struct Fixture {
+    pub org: pb::Organization,
+    pub project: pb::Project,
+    pub workspace: pb::Workspace,
+}
+
+/// Creates an organization with `settings`, a project and one workspace named `ws`.
+pub async fn fixture(
+    api: &mut LifecycleServiceClient<Channel>,
+    settings: Option<pb::OrganizationSettings>,
+    ws: &str,
+) -> Fixture {
+    let org = api
+        .create_organization(pb::CreateOrganizationRequest {
+            name: format!("org-{}", uuid::Uuid::new_v4().simple()),
+            settings,
+            ..Default::default()
+        })
+        .await
+        .expect("create organization")
+        .into_inner()
+        .organization
+        .expect("organization");
+    let project = api
+        .create_project(pb::CreateProjectRequest {
+            organization_id: org.id.clone(),
+            name: "project".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create project")
+        .into_inner()
+        .project
+        .expect("project");
+    let workspace = create_workspace(api, &project.id, ws).await;
+    Fixture {
+        org,
+        project,
+        workspace,
+    }
+}
+
+/// Creates a workspace in `project_id`.
+pub async fn create_workspace(
+    api: &mut LifecycleServiceClient<Channel>,
+    project_id: &str,
+    name: &str,
+) -> pb::Workspace {
+    api.create_workspace(pb::CreateWorkspaceRequest {
+        project_id: project_id.to_owned(),
+        name: name.to_owned(),
+        working_directory: format!("/srv/{name}"),
+        ..Default::default()
+    })
+    .await
+    .expect("create workspace")
+    .into_inner()
+    .workspace
+    .expect("workspace")
+}
+
+/// A protobuf timestamp `delta` from now.
+pub fn from_now(delta: Duration) -> prost_types::Timestamp {
+    let t = chrono::Utc::now() + chrono::Duration::from_std(delta).expect("delta");
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// Polls `check` every 50ms until it returns `Some`, at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every outbox event of an organization, in order.
+pub async fn events(
+    api: &mut LifecycleServiceClient<Channel>,
+    org: &str,
+    event_type: &str,
+) -> Vec<pb::OutboxEvent> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = api
+            .list_outbox_events(pb::ListOutboxEventsRequest {
+                organization_id: org.to_owned(),
+                r#type: event_type.to_owned(),
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list outbox events")
+            .into_inner();
+        out.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Every run of an organization, newest first.
+pub async fn runs(
+    api: &mut LifecycleServiceClient<Channel>,
+    org: &str,
+    workspace: &str,
+) -> Vec<pb::Run> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = api
+            .list_runs(pb::ListRunsRequest {
+                organization_id: org.to_owned(),
+                workspace_id: workspace.to_owned(),
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("list runs")
+            .into_inner();
+        out.extend(page.runs);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
