@@ -149,7 +149,7 @@ impl Summary {
             "notification.delivery.exhausted" => {
                 format!(
                     "Ebb gave up delivering {} to a notification configuration",
-                    field(&["event_type"])
+                    field(&["failed_event_type"])
                 )
             }
             other if event.subject_type.is_empty() => other.to_owned(),

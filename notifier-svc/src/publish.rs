@@ -322,8 +322,8 @@ pub async fn record_exhausted<C: ConnectionTrait>(
         entity_id: x.event.entity_id.clone(),
         data: serde_json::json!({
             "delivery_id": x.delivery_id,
-            "event_id": x.event.id,
-            "event_type": x.event.event_type,
+            "failed_event_id": x.event.id,
+            "failed_event_type": x.event.event_type,
             "configuration_id": x.configuration_id,
             "configuration_name": x.configuration_name,
             "attempts": x.attempts,
