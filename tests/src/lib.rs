@@ -192,6 +192,27 @@ impl Process {
         envs: &[(&str, String)],
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start(binary, args, envs, log_dir, true).await
+    }
+
+    /// Starts a process that serves nothing (such as `ebb runner`) and waits until it prints
+    /// its first line.
+    pub async fn spawn_worker(
+        binary: &str,
+        args: &[&str],
+        envs: &[(&str, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        Self::start(binary, args, envs, log_dir, false).await
+    }
+
+    async fn start(
+        binary: &str,
+        args: &[&str],
+        envs: &[(&str, String)],
+        log_dir: &Path,
+        server: bool,
+    ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{binary}-{}.log", uuid::Uuid::new_v4().simple()));
         let mut cmd = Command::new(bin_path(binary));
         cmd.args(args)
@@ -199,7 +220,7 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true);
-        if !args.contains(&"--listen") && !envs.iter().any(|(k, _)| *k == "EBB_LISTEN") {
+        if server && !args.contains(&"--listen") && !envs.iter().any(|(k, _)| *k == "EBB_LISTEN") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
         for (k, v) in envs {
@@ -215,6 +236,9 @@ impl Process {
         let mut lines = BufReader::new(stdout).lines();
         let found = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
+                if !server {
+                    return Ok(Some(SocketAddr::from(([0, 0, 0, 0], 0))));
+                }
                 if let Some((_, addr)) = line.split_once(" listening on ") {
                     let addr = addr.split_whitespace().next().unwrap_or_default();
                     return Ok::<_, anyhow::Error>(Some(addr.parse::<SocketAddr>()?));
