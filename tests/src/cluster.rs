@@ -79,6 +79,10 @@ impl Cluster {
     pub async fn add_scheduler(&mut self) {
         let mut env = fast_scheduler_env(&self.lifecycle.url());
         env.push(("EBB_DATABASE_URL", self.scheduler_db.clone()));
+        env.push((
+            "EBB_REPLICA_ID",
+            format!("replica-{}", self.schedulers.len()),
+        ));
         let p = Process::spawn("scheduler-svc", &[], &env, self.dbs.dir())
             .await
             .expect("start scheduler-svc");
