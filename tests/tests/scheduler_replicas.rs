@@ -9,7 +9,7 @@ use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::scheduler::v1 as spb;
 use ebb_tests::proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use ebb_tests::{TestDatabases, require_postgres};
-use sea_orm::{ConnectionTrait as _, FromQueryResult};
+use sea_orm::FromQueryResult;
 
 const WORKSPACES: usize = 2000;
 
