@@ -7,6 +7,7 @@ pub mod migrations;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use ebb_common::app::ServiceConfig;
 use ebb_common::config::{ConfigError, ServerConfig, Validate};
@@ -52,6 +53,12 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let mut component = Component::new();
+    component.ask_lifecycle_for_tokens(&config.server, "")?;
+    component.add_resolver(Arc::new(ebb_common::auth::TableResolver::new(
+        db.clone(),
+        &[("ebb.audit.v1.", "id", "audit event")],
+        &[("audit event", "audit_events", "id")],
+    )));
     let api = api::AuditApi::new(store::Store::new(db.clone()));
     component.add_service(AuditServiceServer::new(api), &db);
     Ok(component)

@@ -115,11 +115,17 @@ where
     let server = config.server().clone();
     let listener = serving::bind(server.listen).await?;
     let addr = listener.local_addr()?;
+    crate::client::install(crate::client::ClientSettings::for_service(&server));
     let component = build(config, shutdown.clone()).await?;
     // The harness and scripts read this line to find a port chosen by the OS (`--listen :0`).
-    println!("{name} listening on {addr}");
+    let scheme = if server.tls.enabled() {
+        "https"
+    } else {
+        "http"
+    };
+    println!("{name} listening on {addr} ({scheme})");
     tracing::info!(%addr, service = name, "listening");
-    serving::serve(component, listener, shutdown, server.shutdown_grace).await?;
+    serving::serve(component, listener, shutdown, &server).await?;
     tracing::info!(service = name, "stopped");
     Ok(())
 }

@@ -41,6 +41,96 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Logging and tracing.
     pub telemetry: TelemetryConfig,
+    /// The bootstrap admin token (`EBB_ADMIN_TOKEN`): acts as admin of every organization.
+    /// Empty: only tokens of lifecycle's store (and the service token) are accepted.
+    #[serde(default)]
+    pub admin_token: String,
+    /// Tokens: the service token this service presents and where other tokens are checked.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// TLS of the server and of this service's own clients.
+    #[serde(default)]
+    pub tls: TlsConfig,
+    /// Limits every call is held to.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// How tokens are checked and presented.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// The token this service presents to its peers (`EBB_AUTH__SERVICE_TOKEN`), and accepts
+    /// as a service token. Empty: the admin token is presented instead.
+    pub service_token: String,
+    /// lifecycle-svc's address for checking tokens this service does not know from its
+    /// configuration. Empty on lifecycle (it reads its own store) and where only configured
+    /// tokens should work; scheduler-svc falls back to its `lifecycle_url`.
+    pub lifecycle_url: String,
+    /// How long another service trusts lifecycle's answer about a token (at most 2s), so that
+    /// a revocation is effective everywhere within that time.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            service_token: String::new(),
+            lifecycle_url: String::new(),
+            cache_ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// TLS settings. With `cert_path` and `key_path` the server speaks only TLS; with
+/// `client_ca_path` too, it requires client certificates signed by that CA (mTLS).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct TlsConfig {
+    /// PEM certificate chain of the server.
+    pub cert_path: String,
+    /// PEM private key of the server.
+    pub key_path: String,
+    /// PEM CA bundle that client certificates must chain to; empty: no client certificates.
+    pub client_ca_path: String,
+    /// PEM CA bundle this service's clients trust for `https://` peers.
+    pub ca_path: String,
+    /// PEM certificate this service's clients present to peers that require mTLS.
+    pub client_cert_path: String,
+    /// PEM key of `client_cert_path`.
+    pub client_key_path: String,
+}
+
+impl TlsConfig {
+    /// Whether the server speaks TLS.
+    pub fn enabled(&self) -> bool {
+        !self.cert_path.is_empty()
+    }
+}
+
+/// Limits of every call, each answered with a status rather than a dropped connection.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Largest request message in bytes; larger ones answer RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
+    /// Deadline of a call the client gave none (or a longer one); DEADLINE_EXCEEDED after.
+    /// Must exceed the longest long-poll (60s).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Calls in flight on one connection; more answer RESOURCE_EXHAUSTED.
+    pub concurrency_per_connection: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 4 * 1024 * 1024,
+            request_timeout: Duration::from_secs(90),
+            concurrency_per_connection: 256,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -51,8 +141,33 @@ impl ServerConfig {
             database_url: format!("sqlite://{sqlite_file}?mode=rwc"),
             shutdown_grace: Duration::from_secs(10),
             telemetry: TelemetryConfig::default(),
+            admin_token: String::new(),
+            auth: AuthConfig::default(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
+
+    /// The token this service presents to its peers: the service token, else the admin token.
+    pub fn outgoing_token(&self) -> &str {
+        if self.auth.service_token.is_empty() {
+            &self.admin_token
+        } else {
+            &self.auth.service_token
+        }
+    }
+}
+
+fn check_token(field: &str, token: &str) -> Result<(), ConfigError> {
+    if !token.is_empty()
+        && (token.len() < 16 || token.len() > 512 || !token.bytes().all(|b| b.is_ascii_graphic()))
+    {
+        return Err(ConfigError::field(
+            field,
+            "must be 16 to 512 printable characters without spaces",
+        ));
+    }
+    Ok(())
 }
 
 impl Validate for ServerConfig {
@@ -63,6 +178,78 @@ impl Validate for ServerConfig {
             return Err(ConfigError::field(
                 "shutdown_grace",
                 "must be between 1ms and 5m",
+            ));
+        }
+        check_token("admin_token", &self.admin_token)?;
+        check_token("auth.service_token", &self.auth.service_token)?;
+        if !self.auth.lifecycle_url.is_empty()
+            && !(self.auth.lifecycle_url.starts_with("http://")
+                || self.auth.lifecycle_url.starts_with("https://"))
+        {
+            return Err(ConfigError::field(
+                "auth.lifecycle_url",
+                "must be an http:// or https:// URL",
+            ));
+        }
+        if self.auth.cache_ttl > Duration::from_secs(2) {
+            return Err(ConfigError::field(
+                "auth.cache_ttl",
+                "must be at most 2s so that revocations take effect at once",
+            ));
+        }
+        let tls = &self.tls;
+        if tls.cert_path.is_empty() != tls.key_path.is_empty() {
+            return Err(ConfigError::field(
+                "tls.key_path",
+                "tls.cert_path and tls.key_path go together",
+            ));
+        }
+        if !tls.client_ca_path.is_empty() && tls.cert_path.is_empty() {
+            return Err(ConfigError::field(
+                "tls.client_ca_path",
+                "needs tls.cert_path and tls.key_path",
+            ));
+        }
+        if tls.client_cert_path.is_empty() != tls.client_key_path.is_empty() {
+            return Err(ConfigError::field(
+                "tls.client_key_path",
+                "tls.client_cert_path and tls.client_key_path go together",
+            ));
+        }
+        for (field, path) in [
+            ("tls.cert_path", &tls.cert_path),
+            ("tls.key_path", &tls.key_path),
+            ("tls.client_ca_path", &tls.client_ca_path),
+            ("tls.ca_path", &tls.ca_path),
+            ("tls.client_cert_path", &tls.client_cert_path),
+            ("tls.client_key_path", &tls.client_key_path),
+        ] {
+            if !path.is_empty() && !Path::new(path).is_file() {
+                return Err(ConfigError::field(
+                    field,
+                    format!("{path} is not a readable file"),
+                ));
+            }
+        }
+        let limits = &self.limits;
+        if !(1024..=4 * 1024 * 1024).contains(&limits.max_request_bytes) {
+            return Err(ConfigError::field(
+                "limits.max_request_bytes",
+                "must be between 1 KiB and 4 MiB",
+            ));
+        }
+        if limits.request_timeout < Duration::from_secs(61)
+            || limits.request_timeout > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::field(
+                "limits.request_timeout",
+                "must be between 61s (above the longest long-poll) and 1h",
+            ));
+        }
+        if !(1..=10_000).contains(&limits.concurrency_per_connection) {
+            return Err(ConfigError::field(
+                "limits.concurrency_per_connection",
+                "must be between 1 and 10000",
             ));
         }
         self.telemetry.validate()

@@ -1,7 +1,8 @@
 //! Plumbing shared by Ebb's services: configuration, telemetry, serving, database access,
-//! errors and service-to-service clients.
+//! errors, authentication, TLS and service-to-service clients.
 
 pub mod app;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod db;
@@ -10,5 +11,6 @@ pub mod page;
 pub mod serving;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 
 pub use error::{Error, Result};

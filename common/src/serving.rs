@@ -1,9 +1,16 @@
-//! Serving gRPC: mounting services with health and reflection, readiness, and ordered,
-//! graceful shutdown.
+//! Serving gRPC: mounting services with health and reflection, authentication, limits, TLS,
+//! readiness, and ordered, graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tonic::Status;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -13,6 +20,10 @@ use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::{
+    AuthLayer, DenialSink, Guard, OrganizationResolver, StaticTokens, TokenAuthority,
+};
+use crate::config::{LimitsConfig, ServerConfig};
 use crate::db::Db;
 
 type Adder = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
@@ -25,6 +36,19 @@ pub struct Component {
     adders: Vec<Adder>,
     readiness: Vec<(&'static str, Db)>,
     tasks: Vec<JoinHandle<()>>,
+    /// Where tokens are looked up; a local store beats asking a peer.
+    authority: Option<(Authority, Arc<dyn TokenAuthority>)>,
+    resolvers: Vec<Arc<dyn OrganizationResolver>>,
+    denials: Vec<Arc<dyn DenialSink>>,
+}
+
+/// Whether a token authority reads the token store itself or asks lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Authority {
+    /// Asks lifecycle-svc over gRPC.
+    Remote,
+    /// Reads the token store (lifecycle-svc itself).
+    Local,
 }
 
 impl std::fmt::Debug for Component {
@@ -70,11 +94,56 @@ impl Component {
         self.tasks.push(tokio::spawn(task));
     }
 
-    /// Takes over the services and tasks of `other`.
+    /// Looks tokens up with `authority`. When components merge (`ebb serve`), a local
+    /// authority wins over one that asks a peer.
+    pub fn set_authority(&mut self, kind: Authority, authority: Arc<dyn TokenAuthority>) {
+        if self.authority.as_ref().is_none_or(|(k, _)| *k <= kind) {
+            self.authority = Some((kind, authority));
+        }
+    }
+
+    /// Checks tokens that are not in the configuration with lifecycle-svc at
+    /// `server.auth.lifecycle_url`, or `fallback_url` when that is empty; with neither, only
+    /// configured tokens are accepted.
+    pub fn ask_lifecycle_for_tokens(
+        &mut self,
+        server: &ServerConfig,
+        fallback_url: &str,
+    ) -> anyhow::Result<()> {
+        let url = if server.auth.lifecycle_url.is_empty() {
+            fallback_url
+        } else {
+            &server.auth.lifecycle_url
+        };
+        if url.is_empty() {
+            return Ok(());
+        }
+        let remote = crate::auth::RemoteAuthority::new(url, server.auth.cache_ttl)
+            .map_err(|e| anyhow::anyhow!("auth.lifecycle_url: {e}"))?;
+        self.set_authority(Authority::Remote, Arc::new(remote));
+        Ok(())
+    }
+
+    /// Holds organization-bound callers to their organization's resources.
+    pub fn add_resolver(&mut self, resolver: Arc<dyn OrganizationResolver>) {
+        self.resolvers.push(resolver);
+    }
+
+    /// Records refusals in `sink` besides the log.
+    pub fn add_denial_sink(&mut self, sink: Arc<dyn DenialSink>) {
+        self.denials.push(sink);
+    }
+
+    /// Takes over the services, tasks and authorization parts of `other`.
     pub fn merge(&mut self, mut other: Component) {
         self.adders.append(&mut other.adders);
         self.readiness.append(&mut other.readiness);
         self.tasks.append(&mut other.tasks);
+        if let Some((kind, authority)) = other.authority.take() {
+            self.set_authority(kind, authority);
+        }
+        self.resolvers.append(&mut other.resolvers);
+        self.denials.append(&mut other.denials);
     }
 
     /// Fully-qualified names of the mounted services.
@@ -87,13 +156,16 @@ impl Component {
 const READINESS_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Serves `component` on `listener` until `shutdown` is cancelled, then stops accepting,
-/// drains in-flight calls (at most `grace`), and waits for background tasks.
+/// drains in-flight calls (at most `server.shutdown_grace`), and waits for background tasks.
+/// Every call but health and reflection is authenticated and authorized; TLS, tokens and
+/// limits come from `server`.
 pub async fn serve(
     mut component: Component,
     listener: TcpListener,
     shutdown: CancellationToken,
-    grace: Duration,
+    server: &ServerConfig,
 ) -> anyhow::Result<()> {
+    let grace = server.shutdown_grace;
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let names = component.service_names();
     for name in &names {
@@ -136,10 +208,33 @@ pub async fn serve(
     let readiness = std::mem::take(&mut component.readiness);
     let monitor = tokio::spawn(watch_readiness(readiness, reporter, shutdown.clone()));
 
+    let guard = Guard {
+        static_tokens: StaticTokens::new(&server.admin_token, &server.auth.service_token),
+        authority: component.authority.take().map(|(_, a)| a),
+        resolvers: std::mem::take(&mut component.resolvers),
+        denials: std::mem::take(&mut component.denials),
+    };
+    if server.admin_token.is_empty() && guard.authority.is_none() {
+        tracing::warn!("no admin token and no token store: only the service token is accepted");
+    }
+    let limits = &server.limits;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = crate::tls::server_tls(&server.tls)? {
+        builder = builder.tls_config(tls)?;
+        tracing::info!(mtls = !server.tls.client_ca_path.is_empty(), "serving TLS");
+    }
+    let streams =
+        u32::try_from(limits.concurrency_per_connection.saturating_mul(2)).unwrap_or(u32::MAX);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let stop = shutdown.clone();
-    let server = tonic::transport::Server::builder()
+    let server = builder
+        .concurrency_limit_per_connection(limits.concurrency_per_connection)
+        .load_shed(true)
+        .max_concurrent_streams(streams)
+        .http2_max_header_list_size(64 * 1024)
         .trace_fn(crate::telemetry::server_span)
+        .layer(LimitsLayer::new(limits))
+        .layer(AuthLayer::new(guard))
         .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, async move { stop.cancelled().await });
     tokio::pin!(server);
@@ -263,5 +358,151 @@ pub async fn connect_db(url: &str, shutdown: &CancellationToken) -> anyhow::Resu
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Holds every call to a deadline (the client's `grpc-timeout` or the configured default,
+/// whichever is sooner: DEADLINE_EXCEEDED) and its request to a size (RESOURCE_EXHAUSTED).
+#[derive(Clone, Debug)]
+pub struct LimitsLayer {
+    timeout: Duration,
+    max_request_bytes: usize,
+}
+
+impl LimitsLayer {
+    /// The layer of `limits`.
+    pub fn new(limits: &LimitsConfig) -> Self {
+        Self {
+            timeout: limits.request_timeout,
+            max_request_bytes: limits.max_request_bytes,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for LimitsLayer {
+    type Service = Limits<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Limits {
+            layer: self.clone(),
+            inner,
+        }
+    }
+}
+
+/// The service of [`LimitsLayer`].
+#[derive(Clone, Debug)]
+pub struct Limits<S> {
+    layer: LimitsLayer,
+    inner: S,
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Limits<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(self.layer.timeout, |t| t.min(self.layer.timeout));
+        let max = self.layer.max_request_bytes;
+        let request = request.map(|body| {
+            tonic::body::Body::new(LimitedBody {
+                inner: body,
+                // A gRPC frame adds 5 bytes to the message.
+                left: max + 5,
+                max,
+            })
+        });
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, inner.call(request)).await {
+                Ok(response) => response,
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "the call did not finish within its deadline of {timeout:?}"
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    if text.len() < 2 || text.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// A request body that fails with RESOURCE_EXHAUSTED past `max` message bytes.
+struct LimitedBody {
+    inner: tonic::body::Body,
+    left: usize,
+    max: usize,
+}
+
+impl http_body::Body for LimitedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if data.len() > this.left {
+                        return Poll::Ready(Some(Err(Box::new(Status::resource_exhausted(
+                            format!("the request exceeds {} bytes", this.max),
+                        )))));
+                    }
+                    this.left -= data.len();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ebb_common::app::ServiceConfig;
-use ebb_common::config::{self, ConfigError, ServerConfig, TelemetryConfig, Validate};
+use ebb_common::config::{
+    self, ConfigError, LimitsConfig, ServerConfig, TelemetryConfig, TlsConfig, Validate,
+};
 use ebb_common::serving::{self, Component};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +43,13 @@ pub struct ServeConfig {
     pub shutdown_grace: Duration,
     /// Logging and tracing for the whole process.
     pub telemetry: TelemetryConfig,
+    /// The bootstrap admin token (`EBB_ADMIN_TOKEN`). Empty: the one kept in the data
+    /// directory's `admin-token` file, created (and printed once) on first start.
+    pub admin_token: String,
+    /// TLS; off by default, as `ebb serve` listens on loopback.
+    pub tls: TlsConfig,
+    /// Limits every call is held to.
+    pub limits: LimitsConfig,
     /// lifecycle-svc settings (its address and database are set by `ebb serve`).
     pub lifecycle: lifecycle_svc::Config,
     /// scheduler-svc settings.
@@ -58,6 +67,9 @@ impl Default for ServeConfig {
             data_dir: PathBuf::from("ebb-data"),
             shutdown_grace: Duration::from_secs(10),
             telemetry: TelemetryConfig::default(),
+            admin_token: String::new(),
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
             lifecycle: lifecycle_svc::Config::default(),
             scheduler: scheduler_svc::Config::default(),
             notifier: notifier_svc::Config::default(),
@@ -72,6 +84,17 @@ impl Validate for ServeConfig {
             return Err(ConfigError::field("data_dir", "must not be empty"));
         }
         self.telemetry.validate()?;
+        let mut shared = self.lifecycle.server.clone();
+        shared.admin_token = self.admin_token.clone();
+        shared.tls = self.tls.clone();
+        shared.limits = self.limits.clone();
+        shared.validate()?;
+        if self.tls.enabled() && self.tls.ca_path.is_empty() {
+            return Err(ConfigError::field(
+                "tls.ca_path",
+                "the services of `ebb serve` call each other over TLS and must trust its CA",
+            ));
+        }
         self.lifecycle.validate()?;
         self.scheduler.validate()?;
         self.notifier.validate()?;
@@ -87,9 +110,10 @@ impl ServiceConfig for ServeConfig {
 
 impl ServeConfig {
     /// Points every service at its own file under the data directory and at `addr` for its
-    /// peers.
-    fn wire(&mut self, addr: SocketAddr) {
-        let url = format!("http://{addr}");
+    /// peers, with the admin token and a service token for their calls to each other.
+    fn wire(&mut self, addr: SocketAddr, admin_token: &str, service_token: &str) {
+        let scheme = if self.tls.enabled() { "https" } else { "http" };
+        let url = format!("{scheme}://{addr}");
         let sqlite = |name: &str| {
             format!(
                 "sqlite://{}?mode=rwc",
@@ -112,6 +136,10 @@ impl ServeConfig {
             server.database_url = db;
             server.telemetry = self.telemetry.clone();
             server.shutdown_grace = self.shutdown_grace;
+            server.admin_token = admin_token.to_owned();
+            server.auth.service_token = service_token.to_owned();
+            server.tls = self.tls.clone();
+            server.limits = self.limits.clone();
         }
         self.scheduler.lifecycle_url = url.clone();
         self.lifecycle.peers(&url);
@@ -167,7 +195,13 @@ async fn run(mut config: ServeConfig) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
-    config.wire(addr);
+    let admin_token = admin_token(&config)?;
+    // The services of one process call each other with a token that lives as long as it.
+    let service_token = ebb_common::auth::new_secret();
+    config.wire(addr, &admin_token, &service_token);
+    ebb_common::client::install(ebb_common::client::ClientSettings::for_service(
+        &config.lifecycle.server,
+    ));
 
     let mut component = Component::new();
     component.merge(audit_svc::build(config.audit.clone(), shutdown.clone()).await?);
@@ -175,11 +209,72 @@ async fn run(mut config: ServeConfig) -> anyhow::Result<()> {
     component.merge(lifecycle_svc::build(config.lifecycle.clone(), shutdown.clone()).await?);
     component.merge(scheduler_svc::build(config.scheduler.clone(), shutdown.clone()).await?);
 
-    println!("ebb listening on {addr} (plaintext, loopback only by default)");
+    if config.tls.enabled() {
+        println!("ebb listening on {addr} (TLS)");
+    } else {
+        println!("ebb listening on {addr} (plaintext, loopback only by default)");
+    }
     println!("data directory: {}", config.data_dir.display());
-    println!("try: grpcurl -plaintext {addr} list");
-    tracing::info!(%addr, "ebb serve listening");
-    serving::serve(component, listener, shutdown, config.shutdown_grace).await?;
+    println!(
+        "try: grpcurl -plaintext -H \"authorization: Bearer $(cat {})\" {addr} list",
+        config.data_dir.join(ADMIN_TOKEN_FILE).display()
+    );
+    tracing::info!(%addr, tls = config.tls.enabled(), "ebb serve listening");
+    serving::serve(component, listener, shutdown, &config.lifecycle.server).await?;
     tracing::info!("ebb serve stopped");
+    Ok(())
+}
+
+/// The admin token's file in the data directory.
+const ADMIN_TOKEN_FILE: &str = "admin-token";
+
+/// The bootstrap admin token: from the configuration (`EBB_ADMIN_TOKEN`), else the data
+/// directory's file, else a new one written there (readable by its owner only) and printed
+/// once.
+fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    if !config.admin_token.is_empty() {
+        println!("admin token: from the configuration (EBB_ADMIN_TOKEN)");
+        return Ok(config.admin_token.clone());
+    }
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.trim().to_owned();
+            if token.len() < 16 {
+                anyhow::bail!(
+                    "{} holds no valid token; remove it to get a new one",
+                    path.display()
+                );
+            }
+            println!("admin token: in {}", path.display());
+            return Ok(token);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    }
+    let token = ebb_common::auth::new_secret();
+    write_private(&path, &token)?;
+    println!(
+        "admin token (shown once; kept in {}): {token}",
+        path.display()
+    );
+    Ok(token)
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.write_all(b"\n")?;
     Ok(())
 }

@@ -14,12 +14,16 @@ pub mod runs;
 pub mod schedule;
 pub mod scheduling;
 pub mod sql;
+pub mod tokens;
 pub mod workspaces;
+
+use std::sync::Arc;
 
 use ebb_common::serving::{self, Component};
 use ebb_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer;
 use ebb_proto::lifecycle::v1::runner_service_server::RunnerServiceServer;
 use ebb_proto::lifecycle::v1::scheduling_service_server::SchedulingServiceServer;
+use ebb_proto::lifecycle::v1::token_service_server::TokenServiceServer;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
@@ -29,9 +33,23 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let relay = relay::run(&config, db.clone(), shutdown.clone());
+    let configured = ebb_common::auth::StaticTokens::new(
+        &config.server.admin_token,
+        &config.server.auth.service_token,
+    );
     let core = core::Lifecycle::new(db.clone(), config);
     let mut component = Component::new();
     component.spawn(relay);
+    component.set_authority(
+        serving::Authority::Local,
+        Arc::new(tokens::LocalAuthority::new(db.clone())),
+    );
+    component.add_resolver(Arc::new(tokens::resolver(db.clone())));
+    component.add_denial_sink(tokens::DeniedEvents::new(core.clone()));
+    component.add_service(
+        TokenServiceServer::new(api::TokenApi::new(core.clone(), configured)),
+        &db,
+    );
     component.add_service(
         LifecycleServiceServer::new(api::LifecycleApi::new(core.clone())),
         &db,

@@ -18,7 +18,11 @@ impl MigratorTrait for Migrator {
     }
 
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(M0001Initial), Box::new(crate::relay::M0002Relay)]
+        vec![
+            Box::new(M0001Initial),
+            Box::new(crate::relay::M0002Relay),
+            Box::new(crate::tokens::M0003Tokens),
+        ]
     }
 }
 

@@ -311,6 +311,22 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let sender = Arc::new(transport::Sender::new(&config)?);
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut component = Component::new();
+    component.ask_lifecycle_for_tokens(&config.server, "")?;
+    component.add_resolver(Arc::new(ebb_common::auth::TableResolver::new(
+        db.clone(),
+        &[
+            ("ebb.notifier.v1.", "id", "notification configuration"),
+            ("ebb.notifier.v1.", "configuration_id", "notification configuration"),
+            ("ebb.notifier.v1.", "configuration.id", "notification configuration"),
+            ("ebb.notifier.v1.", "delivery_id", "delivery"),
+            ("ebb.notifier.v1.", "event_id", "event"),
+        ],
+        &[
+            ("notification configuration", "notification_configurations", "id"),
+            ("delivery", "deliveries", "id"),
+            ("event", "events", "id"),
+        ],
+    )));
     component.add_service(
         NotifierServiceServer::new(api::NotifierApi::new(
             db.clone(),
@@ -323,3 +339,4 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     component.spawn(worker.run(shutdown));
     Ok(component)
 }
+

@@ -41,6 +41,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(replica = %owner, lifecycle = %config.lifecycle_url, "scheduler replica starting");
 
     let mut component = Component::new();
+    component.ask_lifecycle_for_tokens(&config.server, &config.lifecycle_url)?;
     component.add_service(
         SchedulerServiceServer::new(api::SchedulerApi::new(leases.clone(), specs)),
         &db,

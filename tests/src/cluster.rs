@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::Channel;
 use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use ebb_proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
 use ebb_proto::lifecycle::v1::scheduling_service_client::SchedulingServiceClient;
-use tonic::transport::Channel;
 
 use crate::{Process, TestDatabases};
 

@@ -6,6 +6,9 @@
 //! * `EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` runs every service
 //!   on PostgreSQL, each on a fresh database per test; unset, each uses a fresh SQLite file.
 //! * `TEST_LOG=1` shows the services' logs; otherwise they go to files named on failure.
+//! * Every process is given [`ADMIN_TOKEN`] as its bootstrap admin token, [`SERVICE_TOKEN`]
+//!   as its service token and `EBB_TOKEN` for tools; [`Process::channel`] presents the admin
+//!   token, [`Process::channel_as`] another one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,13 +19,58 @@ use anyhow::{Context, bail};
 use sea_orm::{ConnectionTrait, Database};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tonic::transport::Channel;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 pub use ebb_proto as proto;
 
 pub mod cluster;
+
+/// The bootstrap admin token of every process the harness starts.
+pub const ADMIN_TOKEN: &str = "ebb-test-admin-token-5f1c2a9e";
+/// The service token of every process the harness starts.
+pub const SERVICE_TOKEN: &str = "ebb-test-service-token-8d03b7c4";
+
+/// A channel presenting a bearer token on every call.
+pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    /// Presents `token`; an empty one presents nothing.
+    pub fn new(token: &str) -> Self {
+        Self(if token.is_empty() {
+            None
+        } else {
+            Some(format!("Bearer {token}").parse().expect("token header"))
+        })
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+/// The variables that give a process the test credentials, unless `envs` sets them.
+fn credentials(envs: &[(&str, String)]) -> Vec<(&'static str, String)> {
+    [
+        ("EBB_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("EBB_AUTH__SERVICE_TOKEN", SERVICE_TOKEN),
+        ("EBB_TOKEN", ADMIN_TOKEN),
+    ]
+    .into_iter()
+    .filter(|(k, _)| !envs.iter().any(|(e, _)| e == k))
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect()
+}
 
 /// The PostgreSQL server URL tests use, if any.
 pub fn postgres_url() -> Option<String> {
@@ -223,6 +271,9 @@ impl Process {
         if server && !args.contains(&"--listen") && !envs.iter().any(|(k, _)| *k == "EBB_LISTEN") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        for (k, v) in credentials(envs) {
+            cmd.env(k, v);
+        }
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -269,20 +320,29 @@ impl Process {
         format!("http://{}", self.addr)
     }
 
-    /// A connected channel.
+    /// A connected channel presenting the admin token.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
+        self.channel_as(ADMIN_TOKEN).await
+    }
+
+    /// A connected channel presenting `token` (none when empty).
+    pub async fn channel_as(&self, token: &str) -> Channel {
+        let channel = tonic::transport::Channel::from_shared(self.url())
             .expect("url")
             .connect()
             .await
-            .expect("connect")
+            .expect("connect");
+        InterceptedService::new(channel, Bearer::new(token))
     }
 
     /// Waits until the health service reports SERVING for `service` ("" for the server).
     pub async fn wait_serving(&self, service: &str) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(channel) = Channel::from_shared(self.url())?.connect().await {
+            if let Ok(channel) = tonic::transport::Channel::from_shared(self.url())?
+                .connect()
+                .await
+            {
                 let mut health = HealthClient::new(channel);
                 if let Ok(r) = health
                     .check(HealthCheckRequest {
@@ -343,6 +403,9 @@ pub async fn run_to_exit(
 ) -> anyhow::Result<(std::process::ExitStatus, String)> {
     let mut cmd = Command::new(bin_path(binary));
     cmd.args(args).env_remove("EBB_CONFIG").stdin(Stdio::null());
+    for (k, v) in credentials(envs) {
+        cmd.env(k, v);
+    }
     for (k, v) in envs {
         cmd.env(k, v);
     }

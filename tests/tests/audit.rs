@@ -18,7 +18,7 @@ use ebb_tests::proto::lifecycle::v1::{
 use ebb_tests::{Process, TestDatabases, bin_path, require_postgres};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
 use tonic::Code;
-use tonic::transport::Channel;
+use ebb_tests::Channel;
 use tonic_types::StatusExt;
 
 type Audit = AuditServiceClient<Channel>;

@@ -21,7 +21,7 @@ fn secs(s: i64) -> prost_types::Duration {
 
 async fn workspace(
     api: &mut ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient<
-        tonic::transport::Channel,
+        ebb_tests::Channel,
     >,
     id: &str,
 ) -> pb::Workspace {

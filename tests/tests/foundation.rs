@@ -63,6 +63,8 @@ async fn grpcurl_lists_every_service_of_ebb_serve() {
     let out = tokio::process::Command::new("grpcurl")
         .args([
             "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {}", ebb_tests::ADMIN_TOKEN),
             "-d",
             r#"{"name":"acme"}"#,
             &p.addr.to_string(),

@@ -15,7 +15,7 @@ use pb::notifier_service_client::NotifierServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
-use tonic::transport::Channel;
+use ebb_tests::Channel;
 use tonic_types::StatusExt;
 
 // ---------------------------------------------------------------------------------------------

@@ -4,8 +4,10 @@ mod convert;
 mod lifecycle;
 mod runner;
 mod scheduling;
+mod tokens;
 mod validate;
 
 pub use lifecycle::LifecycleApi;
 pub use runner::RunnerApi;
 pub use scheduling::SchedulingApi;
+pub use tokens::TokenApi;
