@@ -156,10 +156,10 @@ fn filter(r: &ListEventsRequest) -> Result<Filter> {
         .end_time
         .as_ref()
         .and_then(|t| v.check("end_time", from_timestamp(t)));
-    if let (Some(s), Some(e)) = (start_ms, end_ms) {
-        if e < s {
-            v.add("end_time", "must not be before `start_time`");
-        }
+    if let (Some(s), Some(e)) = (start_ms, end_ms)
+        && e < s
+    {
+        v.add("end_time", "must not be before `start_time`");
     }
     let newest_first = match Order::try_from(r.order) {
         Ok(Order::Unspecified | Order::OldestFirst) => false,

@@ -358,21 +358,35 @@ impl Store {
             }
         };
         let mut verifier = Verifier::new(organization_id, from, prev);
-        let mut next = from;
-        while next <= to {
-            let chunk = self.range(organization_id, next, to, SCAN_CHUNK).await?;
+        // The next chunk is read while the current one is hashed, so the database and the
+        // hashing overlap.
+        let fetch = |from: i64| {
+            let store = self.clone();
+            let org = organization_id.to_owned();
+            tokio::spawn(async move { store.range(&org, from, to, SCAN_CHUNK).await })
+        };
+        let mut pending = (from <= to).then(|| fetch(from));
+        while let Some(handle) = pending.take() {
+            let chunk = handle
+                .await
+                .map_err(|e| Error::Internal(format!("verification read failed: {e}")))??;
             let Some(last) = chunk.last().map(|e| e.sequence) else {
                 break;
             };
+            if last < to {
+                pending = Some(fetch(last + 1));
+            }
             for event in &chunk {
                 if let Err(at) = verifier.check(&event.content(), &event.prev_hash, &event.hash) {
+                    if let Some(h) = pending.take() {
+                        h.abort();
+                    }
                     return Ok(Some(Verification::Broken {
                         verified: verifier.verified(),
                         at,
                     }));
                 }
             }
-            next = last + 1;
         }
         if verifier.head_sequence() < to {
             let missing = verifier.head_sequence() + 1;
