@@ -320,6 +320,7 @@ async fn ebb_audit(args: &[&str]) -> (bool, String) {
         tokio::process::Command::new(bin_path("ebb"))
             .arg("audit")
             .args(args)
+            .env("EBB_TOKEN", ebb_tests::ADMIN_TOKEN)
             .output(),
     )
     .await

@@ -10,12 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ebb_tests::proto::notifier::v1 as pb;
-use ebb_tests::{Process, TestDatabases, require_postgres};
+use ebb_tests::{Channel, Process, TestDatabases, require_postgres};
 use pb::notifier_service_client::NotifierServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
-use ebb_tests::Channel;
 use tonic_types::StatusExt;
 
 // ---------------------------------------------------------------------------------------------
