@@ -97,10 +97,13 @@ pub fn require_postgres(test: &str) -> Option<String> {
 /// Where the workspace's binaries are: next to the test executable's `deps` directory.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
+    // Test executables live in `<profile>/deps`, bench binaries in `<profile>`.
+    let parent = exe.parent().expect("executable directory");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("profile directory")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),
