@@ -16,6 +16,24 @@ use sea_orm::{ConnectionTrait, Database};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The bootstrap admin token the replicas are started with and the bench presents.
+const TOKEN: &str = "ebb-bench-admin-token-7d41c0";
+
+type Client = NotifierServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        tonic::transport::Channel,
+        fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>,
+    >,
+>;
+
+fn bearer(mut r: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let value = format!("Bearer {TOKEN}")
+        .parse()
+        .map_err(|_| tonic::Status::internal("token header"))?;
+    r.metadata_mut().insert("authorization", value);
+    Ok(r)
+}
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -28,6 +46,7 @@ async fn start_replica(config: &std::path::Path, url: &str) -> anyhow::Result<(C
         .args(["--listen", "127.0.0.1:0", "--database-url", url, "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
+        .env("EBB_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
@@ -39,7 +58,12 @@ async fn start_replica(config: &std::path::Path, url: &str) -> anyhow::Result<(C
     let addr = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(line) = lines.next_line().await? {
             if let Some((_, addr)) = line.split_once(" listening on ") {
-                return Ok::<_, anyhow::Error>(addr.trim().to_owned());
+                return Ok::<_, anyhow::Error>(
+                    addr.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
             }
         }
         anyhow::bail!("notifier-svc exited before listening")
@@ -49,11 +73,14 @@ async fn start_replica(config: &std::path::Path, url: &str) -> anyhow::Result<(C
     Ok((child, format!("http://{addr}")))
 }
 
-async fn connect(url: &str) -> anyhow::Result<NotifierServiceClient<tonic::transport::Channel>> {
+async fn connect(url: &str) -> anyhow::Result<Client> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match NotifierServiceClient::connect(url.to_owned()).await {
-            Ok(c) => return Ok(c),
+        match tonic::transport::Channel::from_shared(url.to_owned())?
+            .connect()
+            .await
+        {
+            Ok(c) => return Ok(NotifierServiceClient::with_interceptor(c, bearer as _)),
             Err(e) if Instant::now() > deadline => return Err(e.into()),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }

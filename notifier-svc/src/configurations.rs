@@ -549,21 +549,36 @@ async fn secrets_of<C: ConnectionTrait>(
         .collect()
 }
 
-/// Secrets that sign now, newest first.
-pub async fn signing_secrets(db: &Db, configuration_id: &str) -> Result<Vec<String>> {
+/// Secrets that sign now for each of `ids`: (configuration id, secret), newest first.
+pub async fn signing_secrets_of(db: &Db, ids: &[String]) -> Result<Vec<(String, String)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     let rows = db
         .conn
         .query_all_raw(db.stmt(
             &format!(
-                "SELECT secret FROM signing_secrets
-                 WHERE configuration_id = $1 AND (expires_ms IS NULL OR expires_ms > {})
+                "SELECT configuration_id, secret FROM signing_secrets
+                 WHERE configuration_id IN ({}) AND (expires_ms IS NULL OR expires_ms > {})
                  ORDER BY created_ms DESC, id DESC",
+                rows::placeholders(1, ids.len()),
                 ebb_common::db::now_ms_sql(db.backend())
             ),
-            [Value::from(configuration_id)],
+            ids.iter().map(|i| Value::from(i.clone())),
         ))
         .await?;
-    rows.iter().map(|r| rows::get(r, "secret")).collect()
+    rows.iter()
+        .map(|r| Ok((rows::get(r, "configuration_id")?, rows::get(r, "secret")?)))
+        .collect()
+}
+
+/// Secrets that sign now, newest first.
+pub async fn signing_secrets(db: &Db, configuration_id: &str) -> Result<Vec<String>> {
+    Ok(signing_secrets_of(db, &[configuration_id.to_owned()])
+        .await?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect())
 }
 
 /// A page of an organization's configurations, oldest first.

@@ -6,7 +6,9 @@ use ebb_common::db::{Db, now_ms_sql};
 use ebb_common::time::{EpochMs, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::notifier::v1 as pb;
-use sea_orm::{ConnectionTrait, DatabaseBackend, QueryResult, TransactionTrait, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseBackend, DatabaseTransaction, QueryResult, TransactionTrait, Value,
+};
 
 use crate::configurations::{self, Destination};
 use crate::paging::Cursor;
@@ -40,6 +42,8 @@ pub struct Job {
     pub url: String,
     /// Email recipients.
     pub email_addresses: Vec<String>,
+    /// Secrets that sign it, newest first.
+    pub secrets: Vec<String>,
 }
 
 /// Leases up to `limit` due deliveries of enabled configurations to `owner` for `ttl_ms`.
@@ -107,6 +111,16 @@ pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<
             ),
         )
         .await?;
+    let config_ids: Vec<String> = {
+        let mut ids = rows
+            .iter()
+            .map(|r| rows::get::<String>(r, "configuration_id"))
+            .collect::<Result<Vec<_>>>()?;
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let secrets = configurations::signing_secrets_of(db, &config_ids).await?;
     rows.iter()
         .map(|r| {
             let emails: String = rows::get(r, "c_emails")?;
@@ -128,25 +142,68 @@ pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<
                 },
                 url: rows::get(r, "c_url")?,
                 email_addresses: serde_json::from_str(&emails).unwrap_or_default(),
+                secrets: Vec::new(),
             })
         })
-        .collect()
+        .collect::<Result<Vec<Job>>>()
+        .map(|jobs| attach_secrets(jobs, secrets))
 }
 
-/// Records an attempt and moves the delivery on. Returns `false` when the lease was lost (the
-/// result is then dropped: another replica owns the delivery).
-pub async fn record(
+fn attach_secrets(mut jobs: Vec<Job>, secrets: Vec<(String, String)>) -> Vec<Job> {
+    for job in &mut jobs {
+        job.secrets = secrets
+            .iter()
+            .filter(|(c, _)| *c == job.configuration_id)
+            .map(|(_, s)| s.clone())
+            .collect();
+    }
+    jobs
+}
+
+/// One finished attempt waiting to be recorded.
+#[derive(Debug)]
+pub struct Finished {
+    /// The leased delivery.
+    pub job: Job,
+    /// What the attempt produced.
+    pub result: AttemptResult,
+    /// When it started.
+    pub started_ms: EpochMs,
+    /// What happens next.
+    pub next: Next,
+}
+
+/// Records finished attempts in one transaction (one commit for the whole group, which is
+/// what makes high delivery rates possible) and moves each delivery on. An attempt whose
+/// lease was lost (another replica owns the delivery now) is dropped. Returns how many were
+/// dropped.
+pub async fn record_all(
     db: &Db,
-    job: &Job,
-    result: &AttemptResult,
-    started_ms: EpochMs,
-    next: Next,
+    finished: &[Finished],
+    policy: &Policy,
+    replica: &str,
+) -> Result<usize> {
+    let txn = db.conn.begin().await?;
+    let mut lost = 0;
+    for f in finished {
+        if !record(&txn, f, policy, replica).await? {
+            lost += 1;
+        }
+    }
+    txn.commit().await?;
+    Ok(lost)
+}
+
+async fn record(
+    txn: &DatabaseTransaction,
+    f: &Finished,
     policy: &Policy,
     replica: &str,
 ) -> Result<bool> {
-    let b = db.backend();
+    let (job, result) = (&f.job, &f.result);
+    let b = txn.get_database_backend();
     let now_sql = now_ms_sql(b);
-    let (status, delay_ms) = match next {
+    let (status, delay_ms) = match f.next {
         Next::Succeeded => ("succeeded", 0),
         Next::Gone | Next::Exhausted => ("failed", 0),
         Next::RetryAfter(d) => ("pending", d.as_millis() as i64),
@@ -156,9 +213,9 @@ pub async fn record(
     } else {
         result.error.clone()
     };
-    let txn = db.conn.begin().await?;
     let updated = txn
-        .query_one_raw(db.stmt(
+        .query_one_raw(ebb_common::db::stmt(
+            b,
             &format!(
                 "UPDATE deliveries SET status = $3, attempt_count = attempt_count + 1,
                     cycle_attempts = cycle_attempts + 1, redelivery = 0,
@@ -180,11 +237,11 @@ pub async fn record(
         ))
         .await?;
     let Some(updated) = updated else {
-        txn.rollback().await?;
         return Ok(false);
     };
     let number: i32 = rows::get(&updated, "attempt_count")?;
-    txn.execute_raw(db.stmt(
+    txn.execute_raw(ebb_common::db::stmt(
+        b,
         "INSERT INTO delivery_attempts (delivery_id, number, outcome, response_status,
             response_headers, response_body, response_body_truncated, error, started_ms,
             duration_ms, redelivery, replica)
@@ -198,17 +255,17 @@ pub async fn record(
             Value::from(result.body.clone()),
             Value::from(i32::from(result.truncated)),
             Value::from(result.error.clone()),
-            Value::from(started_ms),
+            Value::from(f.started_ms),
             Value::from(result.duration_ms),
             Value::from(i32::from(job.redelivery)),
             Value::from(replica),
         ],
     ))
     .await?;
-    match next {
+    match f.next {
         Next::Gone => {
             configurations::disable(
-                &txn,
+                txn,
                 &job.configuration_id,
                 &format!(
                     "the endpoint answered 410 Gone to delivery {} on {}",
@@ -220,7 +277,7 @@ pub async fn record(
         }
         Next::Exhausted => {
             let event_id = publish::record_exhausted(
-                &txn,
+                txn,
                 &Exhaustion {
                     delivery_id: &job.id,
                     event: &job.event,
@@ -234,7 +291,8 @@ pub async fn record(
                 ebb_common::time::now_ms(),
             )
             .await?;
-            txn.execute_raw(db.stmt(
+            txn.execute_raw(ebb_common::db::stmt(
+                b,
                 "UPDATE deliveries SET exhausted_event_id = $2 WHERE id = $1",
                 [Value::from(job.id.clone()), Value::from(event_id)],
             ))
@@ -242,7 +300,6 @@ pub async fn record(
         }
         _ => {}
     }
-    txn.commit().await?;
     Ok(true)
 }
 
@@ -473,8 +530,8 @@ pub async fn exists(db: &Db, id: &str) -> Result<bool> {
         .is_some())
 }
 
-/// Schedules one delivery again now. A delivery being attempted keeps its lease; the new
-/// cycle starts when that attempt is recorded.
+/// Schedules one delivery again now. A delivery being attempted keeps its lease, and that
+/// attempt counts as the first of the new cycle.
 pub async fn redeliver_one<C: ConnectionTrait>(conn: &C, id: &str) -> Result<pb::Delivery> {
     let b = conn.get_database_backend();
     let current = get(conn, id).await?;

@@ -316,13 +316,25 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         db.clone(),
         &[
             ("ebb.notifier.v1.", "id", "notification configuration"),
-            ("ebb.notifier.v1.", "configuration_id", "notification configuration"),
-            ("ebb.notifier.v1.", "configuration.id", "notification configuration"),
+            (
+                "ebb.notifier.v1.",
+                "configuration_id",
+                "notification configuration",
+            ),
+            (
+                "ebb.notifier.v1.",
+                "configuration.id",
+                "notification configuration",
+            ),
             ("ebb.notifier.v1.", "delivery_id", "delivery"),
             ("ebb.notifier.v1.", "event_id", "event"),
         ],
         &[
-            ("notification configuration", "notification_configurations", "id"),
+            (
+                "notification configuration",
+                "notification_configurations",
+                "id",
+            ),
             ("delivery", "deliveries", "id"),
             ("event", "events", "id"),
         ],
@@ -340,3 +352,52 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     Ok(component)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_follow_the_documented_schedule() {
+        let c = Config::default();
+        assert!(c.validate().is_ok());
+        let secs: Vec<u64> = c.delivery.schedule().iter().map(|d| d.as_secs()).collect();
+        assert_eq!(secs, [0, 5, 300, 1800, 7200, 18_000, 36_000, 36_000]);
+        assert!(!c.egress.allow_loopback);
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+            (
+                "delivery.retry_schedule",
+                Box::new(|c| c.delivery.retry_schedule.clear()),
+            ),
+            ("delivery.jitter", Box::new(|c| c.delivery.jitter = 0.9)),
+            (
+                "delivery.lease_ttl",
+                Box::new(|c| c.delivery.lease_ttl = Duration::from_secs(10)),
+            ),
+            (
+                "delivery.concurrency",
+                Box::new(|c| c.delivery.concurrency = 0),
+            ),
+            (
+                "egress.allow_networks[0]",
+                Box::new(|c| c.egress.allow_networks = vec!["10.0.0.0/99".into()]),
+            ),
+            (
+                "smtp.from",
+                Box::new(|c| {
+                    c.smtp.relay = "mail.example.com".into();
+                    c.smtp.from = "not an address".into();
+                }),
+            ),
+        ];
+        for (field, change) in cases {
+            let mut c = Config::default();
+            change(&mut c);
+            let err = c.validate().expect_err(field).to_string();
+            assert!(err.contains(&format!("`{field}`")), "{field}: {err}");
+        }
+    }
+}

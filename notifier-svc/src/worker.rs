@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebb_common::db::Db;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::DeliveryConfig;
-use crate::configurations::{self, Destination};
-use crate::deliveries::{self, Job};
+use crate::configurations::Destination;
+use crate::deliveries::{self, Finished, Job};
 use crate::payload::{self, Recipient};
 use crate::retry::Policy;
 use crate::transport::{Sender, Target};
@@ -49,6 +49,13 @@ impl Worker {
     /// Runs until `shutdown`, then waits for attempts in flight.
     pub async fn run(self, shutdown: CancellationToken) {
         let permits = Arc::new(Semaphore::new(self.config.concurrency));
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        tokio::spawn(record_finished(
+            self.db.clone(),
+            self.policy.clone(),
+            self.replica.clone(),
+            done_rx,
+        ));
         let ttl_ms = self.config.lease_ttl.as_millis() as i64;
         let mut backoff = self.config.poll_interval;
         tracing::info!(replica = %self.replica, "delivery worker started");
@@ -86,9 +93,11 @@ impl Worker {
                     },
                 };
                 let this = self.attempt_ctx();
+                let done = done_tx.clone();
                 tokio::spawn(async move {
-                    this.attempt(job).await;
-                    drop(permit);
+                    let finished = this.attempt(job).await;
+                    // The slot is freed once the outcome is recorded, so recording keeps pace.
+                    let _ = done.send((finished, permit));
                 });
             }
             drop(first);
@@ -100,6 +109,7 @@ impl Worker {
                 }
             }
         }
+        drop(done_tx);
         // Let attempts in flight record their outcome; unrecorded ones are retried by
         // whichever replica takes the expired lease.
         let all = self.config.concurrency as u32;
@@ -109,40 +119,25 @@ impl Worker {
 
     fn attempt_ctx(&self) -> AttemptCtx {
         AttemptCtx {
-            db: self.db.clone(),
             sender: self.sender.clone(),
             policy: self.policy.clone(),
-            replica: self.replica.clone(),
         }
     }
 }
 
 #[derive(Clone)]
 struct AttemptCtx {
-    db: Db,
     sender: Arc<Sender>,
     policy: Arc<Policy>,
-    replica: String,
 }
 
 impl AttemptCtx {
-    async fn attempt(&self, job: Job) {
+    async fn attempt(&self, job: Job) -> Finished {
         let recipient = Recipient {
             id: job.configuration_id.clone(),
             name: job.configuration_name.clone(),
         };
         let message = payload::render(job.destination, &job.event, &recipient);
-        let secrets = if job.destination == Destination::Email {
-            Vec::new()
-        } else {
-            match configurations::signing_secrets(&self.db, &job.configuration_id).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(delivery_id = %job.id, error = %e, "cannot read signing secrets; the lease will expire");
-                    return;
-                }
-            }
-        };
         let target = match job.destination {
             Destination::Email => Target::Mail(&job.email_addresses),
             _ => Target::Url(&job.url),
@@ -150,30 +145,47 @@ impl AttemptCtx {
         let started_ms = ebb_common::time::now_ms();
         let result = self
             .sender
-            .send(target, &message, &job.message_id, &secrets)
+            .send(target, &message, &job.message_id, &job.secrets)
             .await;
         let attempts_in_cycle = (job.cycle_attempts + 1) as usize;
         let next = self.policy.next(attempts_in_cycle, result.verdict());
-        match deliveries::record(
-            &self.db,
-            &job,
-            &result,
+        Finished {
+            job,
+            result,
             started_ms,
             next,
-            &self.policy,
-            &self.replica,
-        )
-        .await
-        {
-            Ok(true) => {
-                tracing::debug!(delivery_id = %job.id, status = result.status, ?next, "attempt recorded")
-            }
-            Ok(false) => {
-                tracing::warn!(delivery_id = %job.id, "lease lost before the attempt was recorded")
-            }
-            Err(e) => {
-                tracing::warn!(delivery_id = %job.id, error = %e, "cannot record attempt; the lease will expire and it is retried")
-            }
         }
+    }
+}
+
+/// Most outcomes recorded in one transaction.
+const RECORD_BATCH: usize = 256;
+
+/// Records outcomes as they come, grouping whatever has finished meanwhile into one
+/// transaction. Slots are released after their outcome is committed (or failed to commit:
+/// the lease then expires and the delivery is attempted again).
+async fn record_finished(
+    db: Db,
+    policy: Arc<Policy>,
+    replica: String,
+    mut done: mpsc::UnboundedReceiver<(Finished, OwnedSemaphorePermit)>,
+) {
+    let mut batch = Vec::with_capacity(RECORD_BATCH);
+    while done.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let (finished, permits): (Vec<Finished>, Vec<OwnedSemaphorePermit>) =
+            std::mem::take(&mut batch).into_iter().unzip();
+        match deliveries::record_all(&db, &finished, &policy, &replica).await {
+            Ok(0) => {}
+            Ok(lost) => tracing::warn!(lost, "leases lost before attempts were recorded"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                attempts = finished.len(),
+                "cannot record attempts; their leases will expire and they are retried"
+            ),
+        }
+        for f in &finished {
+            tracing::debug!(delivery_id = %f.job.id, status = f.result.status, next = ?f.next, "attempt recorded");
+        }
+        drop(permits);
     }
 }
