@@ -367,7 +367,8 @@ mod tests {
 
     #[test]
     fn refusals_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Config)>)> = vec![
+        type Change = Box<dyn Fn(&mut Config)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "delivery.retry_schedule",
                 Box::new(|c| c.delivery.retry_schedule.clear()),
