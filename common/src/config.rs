@@ -182,10 +182,8 @@ impl Validate for ServerConfig {
         }
         check_token("admin_token", &self.admin_token)?;
         check_token("auth.service_token", &self.auth.service_token)?;
-        if !self.auth.lifecycle_url.is_empty()
-            && !(self.auth.lifecycle_url.starts_with("http://")
-                || self.auth.lifecycle_url.starts_with("https://"))
-        {
+        let url = &self.auth.lifecycle_url;
+        if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(ConfigError::field(
                 "auth.lifecycle_url",
                 "must be an http:// or https:// URL",
