@@ -23,6 +23,14 @@ pub struct Config {
     /// Base delay before retrying a failed auto-destroy; doubles with each failure.
     #[serde(with = "humantime_serde")]
     pub auto_destroy_retry_backoff: Duration,
+    /// How long an action step may run before it fails (rule 8).
+    #[serde(with = "humantime_serde")]
+    pub action_step_timeout: Duration,
+    /// How long the callback token of a webhook step stays valid.
+    #[serde(with = "humantime_serde")]
+    pub callback_token_ttl: Duration,
+    /// Catalog file (YAML) loaded at start; empty for none.
+    pub catalog_file: String,
     /// audit-svc address for the outbox relay; empty disables relaying to audit.
     pub audit_url: String,
     /// notifier-svc address for the outbox relay; empty disables relaying to the notifier.
@@ -39,6 +47,9 @@ impl Default for Config {
             min_inactivity: Duration::from_secs(3600),
             run_lease_ttl: Duration::from_secs(60),
             auto_destroy_retry_backoff: Duration::from_secs(60),
+            action_step_timeout: Duration::from_secs(3600),
+            callback_token_ttl: Duration::from_secs(7 * 86_400),
+            catalog_file: String::new(),
             audit_url: String::new(),
             notifier_url: String::new(),
         }
@@ -71,6 +82,24 @@ impl Validate for Config {
             return Err(ConfigError::field(
                 "auto_destroy_retry_backoff",
                 "must be at least 100ms",
+            ));
+        }
+        if self.action_step_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::field(
+                "action_step_timeout",
+                "must be at least 1s",
+            ));
+        }
+        if self.callback_token_ttl < Duration::from_secs(1) {
+            return Err(ConfigError::field(
+                "callback_token_ttl",
+                "must be at least 1s",
+            ));
+        }
+        if !self.catalog_file.is_empty() && !std::path::Path::new(&self.catalog_file).is_file() {
+            return Err(ConfigError::field(
+                "catalog_file",
+                format!("{} is not a readable file", self.catalog_file),
             ));
         }
         for (field, url) in [

@@ -22,6 +22,8 @@ pub struct Lifecycle {
     pub config: Arc<Config>,
     /// Wakes long-polling runners when this process queues a run.
     pub runs_queued: Arc<Notify>,
+    /// Keys the callback tokens of webhook steps; shared by replicas through the database.
+    pub callback_secret: Arc<Vec<u8>>,
 }
 
 impl Lifecycle {
@@ -31,6 +33,26 @@ impl Lifecycle {
             db,
             config: Arc::new(config),
             runs_queued: Arc::new(Notify::new()),
+            callback_secret: Arc::new(Vec::new()),
+        }
+    }
+
+    /// The same state with the secret that keys callback tokens.
+    pub fn with_callback_secret(mut self, secret: Vec<u8>) -> Self {
+        self.callback_secret = Arc::new(secret);
+        self
+    }
+
+    /// What finishing runs and walking action steps needs.
+    pub fn policy(&self) -> crate::runs::Policy {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        crate::runs::Policy {
+            retry_backoff_ms: ms(self.config.auto_destroy_retry_backoff),
+            engine: crate::actions::Engine {
+                callback_secret: self.callback_secret.as_ref().clone(),
+                step_timeout_ms: ms(self.config.action_step_timeout),
+                callback_ttl_ms: ms(self.config.callback_token_ttl),
+            },
         }
     }
 

@@ -1,9 +1,12 @@
 //! lifecycle-svc: the source of truth for organizations, projects, workspaces, state versions,
 //! runs and auto-destroy schedules, with a transactional outbox of domain events.
 
+pub mod actions;
 pub mod api;
+pub mod catalog;
 pub mod config;
 pub mod core;
+pub mod entities;
 pub mod idempotency;
 pub mod migrations;
 pub mod outbox;
@@ -15,11 +18,13 @@ pub mod schedule;
 pub mod scheduling;
 pub mod sql;
 pub mod tokens;
+pub mod webhooks;
 pub mod workspaces;
 
 use std::sync::Arc;
 
 use ebb_common::serving::{self, Component};
+use ebb_proto::lifecycle::v1::deprovision_service_server::DeprovisionServiceServer;
 use ebb_proto::lifecycle::v1::lifecycle_service_server::LifecycleServiceServer;
 use ebb_proto::lifecycle::v1::runner_service_server::RunnerServiceServer;
 use ebb_proto::lifecycle::v1::scheduling_service_server::SchedulingServiceServer;
@@ -37,7 +42,11 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         &config.server.admin_token,
         &config.server.auth.service_token,
     );
-    let core = core::Lifecycle::new(db.clone(), config);
+    if !config.catalog_file.is_empty() {
+        load_catalog_file(&db, &config.catalog_file).await?;
+    }
+    let secret = webhooks::callback_secret(&db.conn).await?;
+    let core = core::Lifecycle::new(db.clone(), config).with_callback_secret(secret);
     let mut component = Component::new();
     component.spawn(relay);
     component.set_authority(
@@ -59,8 +68,28 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         &db,
     );
     component.add_service(
+        DeprovisionServiceServer::new(api::DeprovisionApi::new(core.clone())),
+        &db,
+    );
+    component.spawn(webhooks::run(core.clone(), shutdown.clone()));
+    component.add_service(
         SchedulingServiceServer::new(api::SchedulingApi::new(core)),
         &db,
     );
     Ok(component)
+}
+
+/// Loads the catalog file; a bad catalog stops the service naming the file, path and reason.
+async fn load_catalog_file(db: &ebb_common::db::Db, path: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("catalog {path}: {e}"))?;
+    let catalog = catalog::parse(&text).map_err(|e| anyhow::anyhow!("catalog {path}: {e}"))?;
+    catalog::store(&db.conn, &catalog, "file", ebb_common::time::now_ms())
+        .await
+        .map_err(|e| anyhow::anyhow!("catalog {path}: {e}"))?;
+    tracing::info!(
+        catalog = path,
+        kinds = catalog.kinds.len(),
+        "catalog loaded"
+    );
+    Ok(())
 }

@@ -12,6 +12,24 @@ use crate::schedule;
 use crate::sql::{exec, query_all, query_one};
 use crate::workspaces;
 
+/// What finishing a run needs to know beyond the run itself.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Base delay before retrying a failed auto-destroy.
+    pub retry_backoff_ms: i64,
+    /// Settings of deprovisioning action runs, whose steps destroy runs carry out.
+    pub engine: crate::actions::Engine,
+}
+
+/// How a run ended, for the action step it carries out.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOutcomeView<'a> {
+    pub run_id: &'a str,
+    pub succeeded: bool,
+    pub status: &'a str,
+    pub actor: &'a str,
+}
+
 /// Longest output tail kept per run.
 pub const MAX_OUTPUT_TAIL: usize = 16 * 1024;
 
@@ -170,7 +188,7 @@ pub async fn cancel_run(
     id: &str,
     actor: &str,
     now: EpochMs,
-    retry_backoff_ms: i64,
+    policy: &Policy,
 ) -> Result<RunRow> {
     let run = get_run(conn, id).await?;
     match run.status.as_str() {
@@ -182,7 +200,7 @@ pub async fn cancel_run(
             )
             .await?;
             let run = get_run(conn, id).await?;
-            finish_consequences(conn, &run, None, actor, now, retry_backoff_ms).await?;
+            finish_consequences(conn, &run, None, actor, now, policy).await?;
             outbox::write(
                 conn,
                 vec![NewEvent::new(
@@ -313,7 +331,7 @@ pub async fn complete_run(
     token: &str,
     completion: Completion,
     now: EpochMs,
-    retry_backoff_ms: i64,
+    policy: &Policy,
 ) -> Result<RunRow> {
     let run = fenced(conn, id, token).await?;
     let actor = format!("runner:{}", run.runner_id);
@@ -363,15 +381,7 @@ pub async fn complete_run(
         .await?;
     }
     let run = get_run(conn, id).await?;
-    finish_consequences(
-        conn,
-        &run,
-        Some(completion.succeeded),
-        &actor,
-        now,
-        retry_backoff_ms,
-    )
-    .await?;
+    finish_consequences(conn, &run, Some(completion.succeeded), &actor, now, policy).await?;
     let event = if status == "canceled" {
         "run.canceled"
     } else {
@@ -407,8 +417,17 @@ pub async fn finish_consequences(
     succeeded: Option<bool>,
     actor: &str,
     now: EpochMs,
-    retry_backoff_ms: i64,
+    policy: &Policy,
 ) -> Result<()> {
+    if run.source == "deprovision" {
+        let view = RunOutcomeView {
+            run_id: &run.id,
+            succeeded: succeeded == Some(true),
+            status: &run.status,
+            actor,
+        };
+        crate::actions::on_run_finished(conn, &policy.engine, &view, now).await?;
+    }
     if !run.is_destroy {
         return Ok(());
     }
@@ -457,7 +476,7 @@ pub async fn finish_consequences(
             ws.auto_destroy_failures = failures;
             let will_retry = outcome.is_some() && is_latest && failures <= org.destroy_retry_limit;
             if will_retry {
-                let at = now + schedule::retry_backoff_ms(retry_backoff_ms, failures);
+                let at = now + schedule::retry_backoff_ms(policy.retry_backoff_ms, failures);
                 ws.auto_destroy_retry_at = Some(at);
                 ws.auto_destroy_status = "retrying".into();
             } else {

@@ -322,7 +322,7 @@ pub async fn rescue_expired_run_leases(
     limit: u64,
     max_attempts: i32,
     now: EpochMs,
-    retry_backoff_ms: i64,
+    policy: &runs::Policy,
 ) -> Result<(u32, u32)> {
     let skip_locked = match conn.get_database_backend() {
         DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -353,8 +353,7 @@ pub async fn rescue_expired_run_leases(
             )
             .await?;
             let run = runs::get_run(conn, &run.id).await?;
-            runs::finish_consequences(conn, &run, Some(false), ACTOR, now, retry_backoff_ms)
-                .await?;
+            runs::finish_consequences(conn, &run, Some(false), ACTOR, now, policy).await?;
             events.push(NewEvent::new(&run.organization_id, "run.errored", "run", &run.id, ACTOR, json!({
                 "workspace_id": run.workspace_id, "attempts": run.attempt, "reason": "runner lease expired",
             })));

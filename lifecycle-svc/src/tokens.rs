@@ -312,8 +312,50 @@ pub fn resolver(db: Db) -> TableResolver {
             ("ebb.lifecycle.v1.", "project_id", "project"),
             ("ebb.lifecycle.v1.", "run_id", "run"),
             ("ebb.lifecycle.v1.TokenService", "token_id", "token"),
+            ("ebb.lifecycle.v1.DeprovisionService", "entity_id", "entity"),
+            ("ebb.lifecycle.v1.DeprovisionService", "entity.id", "entity"),
+            (
+                "ebb.lifecycle.v1.DeprovisionService",
+                "from_entity_id",
+                "entity",
+            ),
+            (
+                "ebb.lifecycle.v1.DeprovisionService",
+                "to_entity_id",
+                "entity",
+            ),
+            (
+                "ebb.lifecycle.v1.DeprovisionService",
+                "relationship_id",
+                "relationship",
+            ),
+            (
+                "ebb.lifecycle.v1.DeprovisionService",
+                "action_run_id",
+                "action_run",
+            ),
+            (
+                "ebb.lifecycle.v1.DeprovisionService",
+                "scheduled_action_id",
+                "scheduled_action",
+            ),
+            (
+                "ebb.lifecycle.v1.DeprovisionService",
+                "step_id",
+                "action_step",
+            ),
         ],
         &[
+            ("entity", "entities", "id"),
+            ("relationship", "relationships", "id"),
+            ("action_run", "action_runs", "id"),
+            ("scheduled_action", "scheduled_actions", "id"),
+            (
+                "action_step",
+                "(SELECT s.id AS id, r.organization_id AS organization_id FROM action_steps s \
+                 JOIN action_runs r ON r.id = s.action_run_id) AS steps_of_organizations",
+                "id",
+            ),
             ("workspace", "workspaces", "id"),
             ("project", "projects", "id"),
             ("run", "runs", "id"),

@@ -37,6 +37,9 @@ pub struct Config {
     /// Interval of `run_lease_rescue`.
     #[serde(with = "humantime_serde")]
     pub run_lease_rescue_interval: Duration,
+    /// Interval of `grace_period_sweep`.
+    #[serde(with = "humantime_serde")]
+    pub grace_period_sweep_interval: Duration,
     /// Claims after which a run whose runner vanished is ERRORED instead of requeued.
     pub run_max_attempts: u32,
 }
@@ -57,6 +60,7 @@ impl Default for Config {
             auto_destroy_check_interval: Duration::from_secs(1),
             auto_destroy_reminders_interval: Duration::from_secs(10),
             run_lease_rescue_interval: Duration::from_secs(10),
+            grace_period_sweep_interval: Duration::from_secs(10),
             run_max_attempts: 3,
         }
     }
@@ -104,6 +108,10 @@ impl Validate for Config {
                 self.auto_destroy_reminders_interval,
             ),
             ("run_lease_rescue_interval", self.run_lease_rescue_interval),
+            (
+                "grace_period_sweep_interval",
+                self.grace_period_sweep_interval,
+            ),
         ] {
             if d < Duration::from_millis(50) {
                 return Err(ConfigError::field(field, "must be at least 50ms"));

@@ -15,6 +15,12 @@ pub const AUTO_DESTROY_CHECK: &str = "auto_destroy_check";
 pub const AUTO_DESTROY_REMINDERS: &str = "auto_destroy_reminders";
 /// Requeues or errors runs whose runner stopped heartbeating.
 pub const RUN_LEASE_RESCUE: &str = "run_lease_rescue";
+/// Fires actions scheduled on entities, with the same fire keys as auto-destroy.
+pub const SCHEDULED_ACTIONS: &str = "scheduled_actions";
+/// Finalizes relationships whose grace period elapsed.
+pub const GRACE_PERIOD_SWEEP: &str = "grace_period_sweep";
+/// Fails action steps past their deadline.
+pub const ACTION_STEP_TIMEOUTS: &str = "action_step_timeouts";
 
 /// Pages one task run may walk before yielding its lease.
 const MAX_PAGES: usize = 200;
@@ -62,57 +68,37 @@ pub async fn run(
     let shard_count = config.shard_count as i32;
     let batch = config.batch_size as i32;
     match task {
-        AUTO_DESTROY_CHECK => {
-            let (mut queued, mut deferred, mut stale, mut skipped) = (0, 0, 0, 0);
-            let mut after = None;
+        AUTO_DESTROY_CHECK => fire_due(lifecycle, Due::Workspaces, shard, shard_count, batch).await,
+        SCHEDULED_ACTIONS => {
+            fire_due(lifecycle, Due::ScheduledActions, shard, shard_count, batch).await
+        }
+        GRACE_PERIOD_SWEEP => {
+            let mut finalized = 0;
             for _ in 0..MAX_PAGES {
-                let due = lifecycle
-                    .find_due_workspaces(pb::FindDueWorkspacesRequest {
-                        shard,
-                        shard_count,
+                let r = lifecycle
+                    .finalize_elapsed_grace_periods(pb::FinalizeElapsedGracePeriodsRequest {
                         limit: batch,
-                        after: after.clone(),
                     })
                     .await
-                    .map_err(|s| format!("find due workspaces: {}", s.message()))?
+                    .map_err(|s| format!("finalize elapsed grace periods: {}", s.message()))?
                     .into_inner();
-                if due.due.is_empty() {
-                    break;
-                }
-                let lag_ms = due.oldest_due_age_ms;
-                let page_len = due.due.len();
-                after = due.due.last().cloned();
-                let results = lifecycle
-                    .queue_auto_destroy_runs(pb::QueueAutoDestroyRunsRequest { fire_keys: due.due })
-                    .await
-                    .map_err(|s| format!("queue auto-destroy runs: {}", s.message()))?
-                    .into_inner();
-                for r in &results.results {
-                    match pb::QueueDecision::try_from(r.decision) {
-                        Ok(pb::QueueDecision::Queued) => queued += 1,
-                        Ok(pb::QueueDecision::Deferred) => deferred += 1,
-                        Ok(pb::QueueDecision::SkippedProtected) => skipped += 1,
-                        _ => stale += 1,
-                    }
-                }
-                tracing::debug!(shard, page_len, lag_ms, "auto-destroy page processed");
-                if page_len < batch as usize {
+                finalized += r.finalized;
+                if r.finalized < batch {
                     break;
                 }
             }
-            if queued > 0 {
-                tracing::info!(
-                    shard,
-                    queued,
-                    deferred,
-                    stale,
-                    skipped,
-                    "auto-destroy runs queued"
-                );
+            if finalized > 0 {
+                tracing::info!(finalized, "grace periods finalized");
             }
-            Ok(format!(
-                "queued {queued}, deferred {deferred}, stale {stale}, skipped {skipped}"
-            ))
+            Ok(format!("finalized {finalized}"))
+        }
+        ACTION_STEP_TIMEOUTS => {
+            let r = lifecycle
+                .time_out_action_steps(pb::TimeOutActionStepsRequest { limit: batch })
+                .await
+                .map_err(|s| format!("time out action steps: {}", s.message()))?
+                .into_inner();
+            Ok(format!("timed out {}", r.timed_out))
         }
         AUTO_DESTROY_REMINDERS => {
             let mut sent = 0;
@@ -157,4 +143,102 @@ pub async fn run(
         }
         other => Err(format!("unknown task {other}")),
     }
+}
+
+/// What comes due: workspaces to auto-destroy, or actions scheduled on entities. Both walk the
+/// same find → fire loop with the same fire keys and decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Workspaces,
+    ScheduledActions,
+}
+
+async fn fire_due(
+    lifecycle: &mut SchedulingServiceClient<TracedChannel>,
+    kind: Due,
+    shard: i32,
+    shard_count: i32,
+    batch: i32,
+) -> Outcome {
+    let (mut queued, mut deferred, mut stale, mut skipped) = (0, 0, 0, 0);
+    let mut after = None;
+    for _ in 0..MAX_PAGES {
+        let (keys, lag_ms) = match kind {
+            Due::Workspaces => {
+                let r = lifecycle
+                    .find_due_workspaces(pb::FindDueWorkspacesRequest {
+                        shard,
+                        shard_count,
+                        limit: batch,
+                        after: after.clone(),
+                    })
+                    .await
+                    .map_err(|s| format!("find due workspaces: {}", s.message()))?
+                    .into_inner();
+                (r.due, r.oldest_due_age_ms)
+            }
+            Due::ScheduledActions => {
+                let r = lifecycle
+                    .find_due_scheduled_actions(pb::FindDueScheduledActionsRequest {
+                        shard,
+                        shard_count,
+                        limit: batch,
+                        after: after.clone(),
+                    })
+                    .await
+                    .map_err(|s| format!("find due scheduled actions: {}", s.message()))?
+                    .into_inner();
+                (r.due, r.oldest_due_age_ms)
+            }
+        };
+        if keys.is_empty() {
+            break;
+        }
+        let page_len = keys.len();
+        after = keys.last().cloned();
+        let results = match kind {
+            Due::Workspaces => {
+                lifecycle
+                    .queue_auto_destroy_runs(pb::QueueAutoDestroyRunsRequest { fire_keys: keys })
+                    .await
+                    .map_err(|s| format!("queue auto-destroy runs: {}", s.message()))?
+                    .into_inner()
+                    .results
+            }
+            Due::ScheduledActions => {
+                lifecycle
+                    .fire_scheduled_actions(pb::FireScheduledActionsRequest { fire_keys: keys })
+                    .await
+                    .map_err(|s| format!("fire scheduled actions: {}", s.message()))?
+                    .into_inner()
+                    .results
+            }
+        };
+        for r in &results {
+            match pb::QueueDecision::try_from(r.decision) {
+                Ok(pb::QueueDecision::Queued) => queued += 1,
+                Ok(pb::QueueDecision::Deferred) => deferred += 1,
+                Ok(pb::QueueDecision::SkippedProtected) => skipped += 1,
+                _ => stale += 1,
+            }
+        }
+        tracing::debug!(shard, page_len, lag_ms, ?kind, "due page processed");
+        if page_len < batch as usize {
+            break;
+        }
+    }
+    if queued > 0 {
+        tracing::info!(
+            shard,
+            queued,
+            deferred,
+            stale,
+            skipped,
+            ?kind,
+            "due items fired"
+        );
+    }
+    Ok(format!(
+        "queued {queued}, deferred {deferred}, stale {stale}, skipped {skipped}"
+    ))
 }

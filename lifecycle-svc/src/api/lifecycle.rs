@@ -708,12 +708,12 @@ impl LifecycleService for LifecycleApi {
         let id = check::id(&mut v, "run_id", &req.run_id);
         v.finish()?;
         let now = self.core.now();
-        let backoff = self.retry_backoff_ms();
+        let policy = self.core.policy();
         ok(self
             .core
             .mutate("CancelRun", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let r = runs::cancel_run(txn, &id, API_ACTOR, now, backoff).await?;
+                    let r = runs::cancel_run(txn, &id, API_ACTOR, now, &policy).await?;
                     Ok(pb::CancelRunResponse {
                         run: Some(convert::run(&r)),
                     })
@@ -952,9 +952,5 @@ impl LifecycleService for LifecycleApi {
 impl LifecycleApi {
     fn min_inactivity_ms(&self) -> i64 {
         i64::try_from(self.core.config.min_inactivity.as_millis()).unwrap_or(i64::MAX)
-    }
-
-    fn retry_backoff_ms(&self) -> i64 {
-        i64::try_from(self.core.config.auto_destroy_retry_backoff.as_millis()).unwrap_or(i64::MAX)
     }
 }

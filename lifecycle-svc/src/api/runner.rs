@@ -162,14 +162,13 @@ impl RunnerService for RunnerApi {
         };
         let token = req.lease_token.clone();
         let now = self.core.now();
-        let backoff = i64::try_from(self.core.config.auto_destroy_retry_backoff.as_millis())
-            .unwrap_or(60_000);
+        let policy = self.core.policy();
         let resp = self
             .core
             .mutate("CompleteRun", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let run =
-                        runs::complete_run(txn, &id, &token, completion, now, backoff).await?;
+                        runs::complete_run(txn, &id, &token, completion, now, &policy).await?;
                     Ok(pb::CompleteRunResponse {
                         run: Some(convert::run(&run)),
                     })

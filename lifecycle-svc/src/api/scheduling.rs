@@ -63,10 +63,30 @@ fn fire_key(v: &mut Violations, field: &str, k: &pb::FireKey) -> Option<FireKey>
     })
 }
 
+fn scheduled_key(v: &mut Violations, field: &str, k: &pb::FireKey) -> Option<(String, i64)> {
+    let id = check::id(
+        v,
+        &format!("{field}.scheduled_action_id"),
+        &k.scheduled_action_id,
+    );
+    match k.due_time.as_ref().map(from_timestamp) {
+        Some(Ok(ms)) => Some((id, ms)),
+        Some(Err(e)) => {
+            v.add(format!("{field}.due_time"), e);
+            None
+        }
+        None => {
+            v.add(format!("{field}.due_time"), "is required");
+            None
+        }
+    }
+}
+
 fn to_pb(k: &FireKey) -> pb::FireKey {
     pb::FireKey {
         workspace_id: k.workspace_id.clone(),
         due_time: Some(to_timestamp(k.due_at)),
+        scheduled_action_id: String::new(),
     }
 }
 
@@ -178,6 +198,15 @@ impl SchedulingService for SchedulingApi {
             self.core.now(),
         )
         .await?;
+        let sent = sent
+            + crate::actions::send_scheduled_reminders(
+                &txn,
+                req.shard,
+                req.shard_count,
+                limit,
+                self.core.now(),
+            )
+            .await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::SendDueRemindersResponse {
             sent: sent as i32,
@@ -195,15 +224,14 @@ impl SchedulingService for SchedulingApi {
             v.add("max_attempts", "must be between 1 and 100");
         }
         v.finish()?;
-        let backoff = i64::try_from(self.core.config.auto_destroy_retry_backoff.as_millis())
-            .unwrap_or(60_000);
+        let policy = self.core.policy();
         let txn = self.core.begin().await?;
         let (requeued, errored) = scheduling::rescue_expired_run_leases(
             &txn,
             limit,
             req.max_attempts,
             self.core.now(),
-            backoff,
+            &policy,
         )
         .await?;
         txn.commit().await.map_err(Error::from)?;
@@ -213,6 +241,135 @@ impl SchedulingService for SchedulingApi {
         Ok(Response::new(pb::RescueExpiredRunLeasesResponse {
             requeued: requeued as i32,
             errored: errored as i32,
+        }))
+    }
+
+    async fn find_due_scheduled_actions(
+        &self,
+        request: Request<pb::FindDueScheduledActionsRequest>,
+    ) -> Reply<pb::FindDueScheduledActionsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        shard(&mut v, req.shard, req.shard_count);
+        let limit = limit(&mut v, req.limit);
+        let after = req
+            .after
+            .as_ref()
+            .and_then(|k| scheduled_key(&mut v, "after", k))
+            .map(|(id, t)| (t, id));
+        v.finish()?;
+        let now = self.core.now();
+        let due = crate::actions::find_due_scheduled(
+            &self.core.db.conn,
+            req.shard,
+            req.shard_count,
+            limit,
+            after,
+            now,
+        )
+        .await?;
+        let oldest = due
+            .iter()
+            .map(|(_, t)| *t)
+            .min()
+            .map(|t| (now - t).max(0))
+            .unwrap_or(0);
+        Ok(Response::new(pb::FindDueScheduledActionsResponse {
+            due: due
+                .iter()
+                .map(|(id, t)| pb::FireKey {
+                    workspace_id: String::new(),
+                    due_time: Some(to_timestamp(*t)),
+                    scheduled_action_id: id.clone(),
+                })
+                .collect(),
+            oldest_due_age_ms: oldest,
+        }))
+    }
+
+    async fn fire_scheduled_actions(
+        &self,
+        request: Request<pb::FireScheduledActionsRequest>,
+    ) -> Reply<pb::FireScheduledActionsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.fire_keys.len() > MAX_BATCH {
+            v.add("fire_keys", format!("at most {MAX_BATCH} per call"));
+        }
+        let keys: Vec<(String, i64)> = req
+            .fire_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| scheduled_key(&mut v, &format!("fire_keys[{i}]"), k))
+            .collect();
+        v.finish()?;
+        let engine = self.core.policy().engine;
+        let mut results = Vec::with_capacity(keys.len());
+        // Each scheduled action fires in its own transaction: one that cannot fire does not
+        // hold back the others.
+        for (id, due) in keys {
+            let txn = self.core.begin().await?;
+            let (decision, _) =
+                crate::actions::fire_scheduled(&txn, &engine, &id, due, self.core.now()).await?;
+            txn.commit().await.map_err(Error::from)?;
+            let (d, run_id, reason) = match decision {
+                crate::actions::FireDecision::Fired { action_run_id } => {
+                    (pb::QueueDecision::Queued, action_run_id, String::new())
+                }
+                crate::actions::FireDecision::Stale(r) => {
+                    (pb::QueueDecision::Stale, String::new(), r)
+                }
+                crate::actions::FireDecision::Failed(r) => {
+                    (pb::QueueDecision::Stale, String::new(), r)
+                }
+            };
+            results.push(pb::QueueItemResult {
+                fire_key: Some(pb::FireKey {
+                    workspace_id: String::new(),
+                    due_time: Some(to_timestamp(due)),
+                    scheduled_action_id: id,
+                }),
+                decision: d as i32,
+                run_id,
+                reason,
+            });
+        }
+        self.core.runs_queued.notify_waiters();
+        Ok(Response::new(pb::FireScheduledActionsResponse { results }))
+    }
+
+    async fn finalize_elapsed_grace_periods(
+        &self,
+        request: Request<pb::FinalizeElapsedGracePeriodsRequest>,
+    ) -> Reply<pb::FinalizeElapsedGracePeriodsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let limit = limit(&mut v, req.limit);
+        v.finish()?;
+        let txn = self.core.begin().await?;
+        let n = crate::entities::finalize_elapsed(&txn, limit, self.core.now()).await?;
+        txn.commit().await.map_err(Error::from)?;
+        Ok(Response::new(pb::FinalizeElapsedGracePeriodsResponse {
+            finalized: n as i32,
+        }))
+    }
+
+    async fn time_out_action_steps(
+        &self,
+        request: Request<pb::TimeOutActionStepsRequest>,
+    ) -> Reply<pb::TimeOutActionStepsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let limit = limit(&mut v, req.limit);
+        v.finish()?;
+        let policy = self.core.policy();
+        let txn = self.core.begin().await?;
+        let n =
+            crate::actions::time_out_steps(&txn, &policy.engine, &policy, limit, self.core.now())
+                .await?;
+        txn.commit().await.map_err(Error::from)?;
+        Ok(Response::new(pb::TimeOutActionStepsResponse {
+            timed_out: n as i32,
         }))
     }
 }

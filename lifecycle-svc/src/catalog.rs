@@ -1,0 +1,506 @@
+//! The catalog: entity kinds, their states and the actions declared on them. Loaded from a
+//! YAML file at start and managed over RPC; a bad catalog is refused with where and why.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, FromQueryResult};
+use serde::{Deserialize, Serialize};
+
+use crate::sql::{exec, query_all, query_one};
+
+/// A catalog document.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Catalog {
+    /// The entity kinds it declares.
+    pub kinds: Vec<KindDef>,
+}
+
+/// An entity kind.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KindDef {
+    pub name: String,
+    pub states: Vec<String>,
+    /// Defaults to the first state.
+    #[serde(default)]
+    pub initial_state: Option<String>,
+    #[serde(default)]
+    pub actions: Vec<ActionDef>,
+}
+
+impl KindDef {
+    /// The state new entities start in.
+    pub fn initial(&self) -> &str {
+        self.initial_state
+            .as_deref()
+            .or(self.states.first().map(String::as_str))
+            .unwrap_or_default()
+    }
+
+    /// The action named `name`.
+    pub fn action(&self, name: &str) -> Option<&ActionDef> {
+        self.actions.iter().find(|a| a.name == name)
+    }
+}
+
+/// An action declared on a kind.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActionDef {
+    pub name: String,
+    #[serde(default = "instance")]
+    pub scope: String,
+    #[serde(default = "transition_entity")]
+    pub operation: String,
+    #[serde(default)]
+    pub conditions: Vec<String>,
+    #[serde(default)]
+    pub parameters: Vec<ParamDef>,
+    pub on_trigger: String,
+    pub on_success: String,
+    pub on_failure: String,
+    #[serde(default)]
+    pub cascade_rules: Vec<CascadeRuleDef>,
+    pub trigger: TriggerDef,
+}
+
+fn instance() -> String {
+    "instance".into()
+}
+
+fn transition_entity() -> String {
+    "transition-entity".into()
+}
+
+/// A typed parameter.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ParamDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub minimum: Option<i64>,
+    #[serde(default)]
+    pub default: Option<serde_json::Value>,
+}
+
+/// Parameter types.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    Integer,
+    String,
+    Boolean,
+}
+
+/// Relationships an action walks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CascadeRuleDef {
+    pub relationship_type: String,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TriggerDef {
+    /// A destroy run on the entity's workspace.
+    DestroyRun,
+    /// A POST to an external system (a PR-driven flow) that calls back with a token.
+    Webhook { url: String },
+    /// Nothing to do: the step succeeds at once.
+    Noop,
+}
+
+impl TriggerDef {
+    /// The name stored on steps.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::DestroyRun => "destroy_run",
+            Self::Webhook { .. } => "webhook",
+            Self::Noop => "noop",
+        }
+    }
+}
+
+/// A condition on an entity, such as `state == active`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// `state` or `attributes.KEY`.
+    pub subject: String,
+    pub equal: bool,
+    pub value: String,
+}
+
+impl Condition {
+    /// Parses `SUBJECT == VALUE` or `SUBJECT != VALUE`.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let (subject, equal, value) = if let Some((l, r)) = text.split_once("==") {
+            (l, true, r)
+        } else if let Some((l, r)) = text.split_once("!=") {
+            (l, false, r)
+        } else {
+            return Err(format!(
+                "`{text}` is not a condition; use `state == active` or `attributes.KEY != VALUE`"
+            ));
+        };
+        let subject = subject.trim();
+        let value = value.trim().trim_matches('"').trim_matches('\'');
+        if subject != "state"
+            && !subject
+                .strip_prefix("attributes.")
+                .is_some_and(|k| !k.is_empty())
+        {
+            return Err(format!("`{subject}` is not `state` or `attributes.KEY`"));
+        }
+        if value.is_empty() {
+            return Err(format!("`{text}` compares with nothing"));
+        }
+        Ok(Self {
+            subject: subject.to_owned(),
+            equal,
+            value: value.to_owned(),
+        })
+    }
+
+    /// Whether an entity in `state` with `attributes` satisfies it.
+    pub fn holds(&self, state: &str, attributes: &BTreeMap<String, String>) -> bool {
+        let actual = if self.subject == "state" {
+            Some(state)
+        } else {
+            attributes
+                .get(&self.subject["attributes.".len()..])
+                .map(String::as_str)
+        };
+        (actual == Some(self.value.as_str())) == self.equal
+    }
+}
+
+/// A catalog refusal: where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogError {
+    pub path: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for CatalogError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "at {}: {}", self.path, self.reason)
+        }
+    }
+}
+
+fn refuse(path: impl Into<String>, reason: impl Into<String>) -> CatalogError {
+    CatalogError {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parses and validates a catalog document.
+pub fn parse(yaml: &str) -> std::result::Result<Catalog, CatalogError> {
+    if yaml.len() > 1024 * 1024 {
+        return Err(refuse("", "the catalog is larger than 1 MiB"));
+    }
+    let de = serde_norway::Deserializer::from_str(yaml);
+    let catalog: Catalog = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.inner().to_string();
+        refuse(if path == "." { String::new() } else { path }, reason)
+    })?;
+    validate(&catalog)?;
+    Ok(catalog)
+}
+
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+}
+
+/// Checks what types cannot: names, states, references between fields.
+pub fn validate(catalog: &Catalog) -> std::result::Result<(), CatalogError> {
+    if catalog.kinds.is_empty() {
+        return Err(refuse("kinds", "declare at least one kind"));
+    }
+    let mut kinds = BTreeSet::new();
+    for (k, kind) in catalog.kinds.iter().enumerate() {
+        let at = format!("kinds[{k}]");
+        if !name_ok(&kind.name) {
+            return Err(refuse(
+                format!("{at}.name"),
+                "must be 1-100 letters, digits, '_', '-' or '.'",
+            ));
+        }
+        if !kinds.insert(&kind.name) {
+            return Err(refuse(
+                format!("{at}.name"),
+                format!("kind `{}` is declared twice", kind.name),
+            ));
+        }
+        if kind.states.is_empty() {
+            return Err(refuse(format!("{at}.states"), "declare at least one state"));
+        }
+        let mut states = BTreeSet::new();
+        for (s, state) in kind.states.iter().enumerate() {
+            if !name_ok(state) {
+                return Err(refuse(
+                    format!("{at}.states[{s}]"),
+                    "must be 1-100 letters, digits, '_', '-' or '.'",
+                ));
+            }
+            if !states.insert(state.as_str()) {
+                return Err(refuse(
+                    format!("{at}.states[{s}]"),
+                    format!("state `{state}` is declared twice"),
+                ));
+            }
+        }
+        if let Some(initial) = &kind.initial_state {
+            if !states.contains(initial.as_str()) {
+                return Err(refuse(
+                    format!("{at}.initialState"),
+                    format!("`{initial}` is not a state of kind {}", kind.name),
+                ));
+            }
+        }
+        let mut actions = BTreeSet::new();
+        for (a, action) in kind.actions.iter().enumerate() {
+            let at = format!("{at}.actions[{a}]");
+            if !name_ok(&action.name) {
+                return Err(refuse(
+                    format!("{at}.name"),
+                    "must be 1-100 letters, digits, '_', '-' or '.'",
+                ));
+            }
+            if !actions.insert(&action.name) {
+                return Err(refuse(
+                    format!("{at}.name"),
+                    format!("action `{}` is declared twice", action.name),
+                ));
+            }
+            if action.scope != "instance" {
+                return Err(refuse(
+                    format!("{at}.scope"),
+                    "only `instance` scope is supported",
+                ));
+            }
+            if action.operation != "transition-entity" {
+                return Err(refuse(
+                    format!("{at}.operation"),
+                    "only `transition-entity` is supported",
+                ));
+            }
+            for (field, state) in [
+                ("onTrigger", &action.on_trigger),
+                ("onSuccess", &action.on_success),
+                ("onFailure", &action.on_failure),
+            ] {
+                if !states.contains(state.as_str()) {
+                    return Err(refuse(
+                        format!("{at}.{field}"),
+                        format!("`{state}` is not a state of kind {}", kind.name),
+                    ));
+                }
+            }
+            for (c, condition) in action.conditions.iter().enumerate() {
+                Condition::parse(condition)
+                    .map_err(|e| refuse(format!("{at}.conditions[{c}]"), e))?;
+            }
+            let mut params = BTreeSet::new();
+            for (p, param) in action.parameters.iter().enumerate() {
+                let at = format!("{at}.parameters[{p}]");
+                if !name_ok(&param.name) || !params.insert(&param.name) {
+                    return Err(refuse(
+                        format!("{at}.name"),
+                        "must be a unique name of letters, digits, '_', '-' or '.'",
+                    ));
+                }
+                if param.minimum.is_some() && param.ty != ParamType::Integer {
+                    return Err(refuse(
+                        format!("{at}.minimum"),
+                        "only integers take a minimum",
+                    ));
+                }
+                if let Some(default) = &param.default {
+                    check_param(param, default).map_err(|e| refuse(format!("{at}.default"), e))?;
+                }
+            }
+            for (r, rule) in action.cascade_rules.iter().enumerate() {
+                if !name_ok(&rule.relationship_type) {
+                    return Err(refuse(
+                        format!("{at}.cascadeRules[{r}].relationshipType"),
+                        "must be a relationship type name",
+                    ));
+                }
+            }
+            if let TriggerDef::Webhook { url } = &action.trigger {
+                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048
+                {
+                    return Err(refuse(
+                        format!("{at}.trigger.url"),
+                        "must be an http:// or https:// URL",
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks one parameter value against its definition.
+pub fn check_param(def: &ParamDef, value: &serde_json::Value) -> std::result::Result<(), String> {
+    match def.ty {
+        ParamType::Integer => {
+            let n = value
+                .as_i64()
+                .or_else(|| {
+                    value
+                        .as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                        .map(|f| f as i64)
+                })
+                .ok_or_else(|| format!("must be an integer, got {value}"))?;
+            if let Some(min) = def.minimum {
+                if n < min {
+                    return Err(format!("must be at least {min}, got {n}"));
+                }
+            }
+            Ok(())
+        }
+        ParamType::String => value
+            .as_str()
+            .map(|_| ())
+            .ok_or_else(|| format!("must be a string, got {value}")),
+        ParamType::Boolean => value
+            .as_bool()
+            .map(|_| ())
+            .ok_or_else(|| format!("must be a boolean, got {value}")),
+    }
+}
+
+#[derive(FromQueryResult)]
+struct KindRow {
+    definition: String,
+}
+
+/// Stores the kinds of a validated catalog (replacing same-named kinds).
+pub async fn store(
+    conn: &impl ConnectionTrait,
+    catalog: &Catalog,
+    source: &str,
+    now: EpochMs,
+) -> Result<()> {
+    for kind in &catalog.kinds {
+        let definition = serde_json::to_string(kind).map_err(|e| Error::Internal(e.to_string()))?;
+        exec(
+            conn,
+            "INSERT INTO entity_kinds (name, definition, source, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET definition = excluded.definition, \
+             source = excluded.source, updated_at = excluded.updated_at",
+            [kind.name.clone().into(), definition.into(), source.into(), now.into()],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A kind by name.
+pub async fn kind(conn: &impl ConnectionTrait, name: &str) -> Result<KindDef> {
+    let row: Option<KindRow> = query_one(
+        conn,
+        "SELECT definition FROM entity_kinds WHERE name = $1",
+        [name.into()],
+    )
+    .await?;
+    let row = row.ok_or_else(|| Error::not_found("entity kind", name))?;
+    serde_json::from_str(&row.definition)
+        .map_err(|e| Error::Internal(format!("stored kind {name} does not decode: {e}")))
+}
+
+/// Every kind, by name.
+pub async fn kinds(conn: &impl ConnectionTrait) -> Result<Vec<KindDef>> {
+    let rows: Vec<KindRow> = query_all(
+        conn,
+        "SELECT definition FROM entity_kinds ORDER BY name",
+        [],
+    )
+    .await?;
+    rows.iter()
+        .map(|r| {
+            serde_json::from_str(&r.definition)
+                .map_err(|e| Error::Internal(format!("stored kind does not decode: {e}")))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/catalog/deprovision-tenant.yaml");
+
+    #[test]
+    fn the_example_catalog_is_valid() {
+        let c = parse(EXAMPLE).expect("example catalog");
+        let tenant = c.kinds.iter().find(|k| k.name == "tenant").expect("tenant");
+        let action = tenant.action("DeprovisionTenant").expect("action");
+        assert_eq!(action.on_success, "decommissioned");
+        assert_eq!(action.parameters[0].name, "gracePeriodSeconds");
+    }
+
+    #[test]
+    fn refusals_name_the_path_and_reason() {
+        let bad = EXAMPLE.replace("onSuccess: decommissioned", "onSuccess: gone");
+        let e = parse(&bad).expect_err("unknown state");
+        assert!(e.path.starts_with("kinds[0].actions[0].onSuccess"), "{e}");
+        assert!(e.reason.contains("`gone` is not a state"), "{e}");
+
+        let e = parse("kinds:\n  - name: t\n    states: [a]\n    colour: red\n")
+            .expect_err("unknown field");
+        assert!(e.path.contains("kinds[0]"), "{e}");
+        assert!(e.reason.contains("colour"), "{e}");
+
+        let e = parse("kinds: 5").expect_err("type");
+        assert!(e.to_string().contains("kinds"), "{e}");
+        assert!(parse(": : :").is_err());
+    }
+
+    #[test]
+    fn conditions_parse_and_hold() {
+        let c = Condition::parse("state == active").expect("parse");
+        assert!(c.holds("active", &BTreeMap::new()));
+        assert!(!c.holds("removing", &BTreeMap::new()));
+        let a = Condition::parse("attributes.tier != 'gold'").expect("parse");
+        assert!(a.holds("x", &BTreeMap::new()));
+        assert!(Condition::parse("state ~ active").is_err());
+        assert!(Condition::parse("colour == red").is_err());
+    }
+
+    #[test]
+    fn parameters_are_typed() {
+        let p = ParamDef {
+            name: "g".into(),
+            ty: ParamType::Integer,
+            required: false,
+            minimum: Some(0),
+            default: None,
+        };
+        assert!(check_param(&p, &serde_json::json!(30)).is_ok());
+        assert!(check_param(&p, &serde_json::json!(30.0)).is_ok());
+        assert!(check_param(&p, &serde_json::json!(-1)).is_err());
+        assert!(check_param(&p, &serde_json::json!(1.5)).is_err());
+        assert!(check_param(&p, &serde_json::json!("30")).is_err());
+    }
+}
