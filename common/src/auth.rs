@@ -244,7 +244,7 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
     // The external system of a PR-driven flow also presents the step's callback token.
     (
         "/ebb.lifecycle.v1.DeprovisionService/CompleteActionStep",
-        org(&[Admin, Operator, Runner]),
+        CHANGE,
     ),
     (
         "/ebb.lifecycle.v1.DeprovisionService/ScheduleAction",
