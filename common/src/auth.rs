@@ -190,6 +190,74 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
         "/ebb.lifecycle.v1.SchedulingService/RescueExpiredRunLeases",
         INTERNAL,
     ),
+    (
+        "/ebb.lifecycle.v1.SchedulingService/FindDueScheduledActions",
+        INTERNAL,
+    ),
+    (
+        "/ebb.lifecycle.v1.SchedulingService/FireScheduledActions",
+        INTERNAL,
+    ),
+    (
+        "/ebb.lifecycle.v1.SchedulingService/FinalizeElapsedGracePeriods",
+        INTERNAL,
+    ),
+    (
+        "/ebb.lifecycle.v1.SchedulingService/TimeOutActionSteps",
+        INTERNAL,
+    ),
+    // lifecycle: entities, relationships, the catalog and action runs
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/ApplyCatalog",
+        system(&[Admin]),
+    ),
+    ("/ebb.lifecycle.v1.DeprovisionService/ListEntityKinds", READ),
+    ("/ebb.lifecycle.v1.DeprovisionService/GetEntityKind", READ),
+    ("/ebb.lifecycle.v1.DeprovisionService/CreateEntity", CHANGE),
+    ("/ebb.lifecycle.v1.DeprovisionService/GetEntity", READ),
+    ("/ebb.lifecycle.v1.DeprovisionService/ListEntities", READ),
+    ("/ebb.lifecycle.v1.DeprovisionService/UpdateEntity", CHANGE),
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/CreateRelationship",
+        CHANGE,
+    ),
+    ("/ebb.lifecycle.v1.DeprovisionService/GetRelationship", READ),
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/ListRelationships",
+        READ,
+    ),
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/ForceFinalizeRelationship",
+        CHANGE,
+    ),
+    ("/ebb.lifecycle.v1.DeprovisionService/TriggerAction", CHANGE),
+    ("/ebb.lifecycle.v1.DeprovisionService/GetActionRun", READ),
+    ("/ebb.lifecycle.v1.DeprovisionService/ListActionRuns", READ),
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/RetryActionRun",
+        CHANGE,
+    ),
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/CancelActionRun",
+        CHANGE,
+    ),
+    // The external system of a PR-driven flow also presents the step's callback token.
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/CompleteActionStep",
+        CHANGE,
+    ),
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/ScheduleAction",
+        CHANGE,
+    ),
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/ListScheduledActions",
+        READ,
+    ),
+    (
+        "/ebb.lifecycle.v1.DeprovisionService/CancelScheduledAction",
+        CHANGE,
+    ),
     // lifecycle: tokens
     ("/ebb.lifecycle.v1.TokenService/CreateToken", ADMINISTER),
     ("/ebb.lifecycle.v1.TokenService/ListTokens", ADMINISTER),
