@@ -45,7 +45,10 @@ async fn start_replica(config: &std::path::Path, url: &str) -> anyhow::Result<(C
     let mut child = Command::new(env!("CARGO_BIN_EXE_notifier-svc"))
         .args(["--listen", "127.0.0.1:0", "--database-url", url, "--config"])
         .arg(config)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("EBB_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("EBB_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::piped())
         .kill_on_drop(true)

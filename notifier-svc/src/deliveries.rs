@@ -50,30 +50,38 @@ pub struct Job {
 /// On PostgreSQL rows locked by another replica's claim are skipped, not waited for.
 pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<Job>> {
     let now = now_ms_sql(db.backend());
-    let lock = match db.backend() {
-        DatabaseBackend::Postgres => "FOR UPDATE OF d SKIP LOCKED",
-        _ => "",
-    };
     let token = uuid::Uuid::new_v4().simple().to_string();
+    let pick = format!(
+        "SELECT d.id FROM deliveries d
+         JOIN notification_configurations c ON c.id = d.configuration_id
+         WHERE d.status = 'pending' AND d.next_attempt_ms <= {now}
+           AND (d.lease_expires_ms IS NULL OR d.lease_expires_ms <= {now})
+           AND c.enabled = 1
+         ORDER BY d.next_attempt_ms
+         LIMIT $4"
+    );
+    let sql = match db.backend() {
+        // A materialized CTE runs the locking pick exactly once; as an `IN (subquery)` the
+        // planner may re-run it and lease far more rows than the limit.
+        DatabaseBackend::Postgres => format!(
+            "WITH picked AS MATERIALIZED ({pick} FOR UPDATE OF d SKIP LOCKED)
+             UPDATE deliveries SET lease_owner = $1, lease_token = $2,
+                lease_expires_ms = {now} + $3
+             FROM picked WHERE deliveries.id = picked.id
+             RETURNING deliveries.id"
+        ),
+        // SQLite has one writer at a time and evaluates the subquery once.
+        _ => format!(
+            "UPDATE deliveries SET lease_owner = $1, lease_token = $2,
+                lease_expires_ms = {now} + $3
+             WHERE id IN ({pick})
+             RETURNING id"
+        ),
+    };
     let claimed = db
         .conn
         .query_all_raw(db.stmt(
-            &format!(
-                "UPDATE deliveries SET lease_owner = $1, lease_token = $2,
-                    lease_expires_ms = {now} + $3
-                 WHERE id IN (
-                    SELECT d.id FROM deliveries d
-                    JOIN notification_configurations c ON c.id = d.configuration_id
-                    WHERE d.status = 'pending' AND d.next_attempt_ms <= {now}
-                      AND (d.lease_expires_ms IS NULL OR d.lease_expires_ms <= {now})
-                      AND c.enabled = 1
-                    ORDER BY d.next_attempt_ms
-                    LIMIT $4
-                    {lock})
-                   AND status = 'pending'
-                   AND (lease_expires_ms IS NULL OR lease_expires_ms <= {now})
-                 RETURNING id"
-            ),
+            &sql,
             [
                 Value::from(owner),
                 Value::from(token.clone()),

@@ -66,6 +66,7 @@ impl Worker {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
             };
             let free = (permits.available_permits() + 1).min(self.config.batch_size as usize);
+            let claim_started = std::time::Instant::now();
             let jobs = match deliveries::claim(&self.db, &self.replica, free as u32, ttl_ms).await {
                 Ok(jobs) => {
                     backoff = self.config.poll_interval;
@@ -83,6 +84,7 @@ impl Worker {
                 }
             };
             let claimed = jobs.len();
+            tracing::debug!(claimed, free, took = ?claim_started.elapsed(), "deliveries claimed");
             let mut first = Some(first);
             for job in jobs {
                 let permit = match first.take() {
@@ -174,7 +176,10 @@ async fn record_finished(
     while done.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let (finished, permits): (Vec<Finished>, Vec<OwnedSemaphorePermit>) =
             std::mem::take(&mut batch).into_iter().unzip();
-        match deliveries::record_all(&db, &finished, &policy, &replica).await {
+        let started = std::time::Instant::now();
+        let outcome = deliveries::record_all(&db, &finished, &policy, &replica).await;
+        tracing::debug!(attempts = finished.len(), took = ?started.elapsed(), "attempts recorded");
+        match outcome {
             Ok(0) => {}
             Ok(lost) => tracing::warn!(lost, "leases lost before attempts were recorded"),
             Err(e) => tracing::warn!(
@@ -182,9 +187,6 @@ async fn record_finished(
                 attempts = finished.len(),
                 "cannot record attempts; their leases will expire and they are retried"
             ),
-        }
-        for f in &finished {
-            tracing::debug!(delivery_id = %f.job.id, status = f.result.status, next = ?f.next, "attempt recorded");
         }
         drop(permits);
     }
