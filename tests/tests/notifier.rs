@@ -775,6 +775,27 @@ async fn webhooks_are_signed_retried_until_accepted_and_published_once() {
     );
     assert_eq!(a[2].outcome, pb::AttemptOutcome::Succeeded as i32);
 
+    // The database itself refuses a second attempt with the same number.
+    let conn = sea_orm::Database::connect(url.as_str())
+        .await
+        .expect("connect");
+    let duplicate = sea_orm::ConnectionTrait::execute_unprepared(
+        &conn,
+        &format!(
+            "INSERT INTO delivery_attempts (delivery_id, number, outcome, response_status,
+                response_headers, response_body, response_body_truncated, error, started_ms,
+                duration_ms, redelivery, replica)
+             VALUES ('{}', 3, 'succeeded', 200, '{{}}', '', 0, '', 0, 0, 0, 'intruder')",
+            d.id
+        ),
+    )
+    .await;
+    assert!(
+        duplicate.is_err(),
+        "a duplicate attempt number was accepted"
+    );
+    drop(conn);
+
     // Idempotent by event id: nothing more is created or sent.
     assert_eq!(
         publish(
