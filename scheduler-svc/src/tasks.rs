@@ -52,6 +52,21 @@ pub fn specs(config: &Config) -> Vec<TaskSpec> {
             shards: 1,
             interval: config.run_lease_rescue_interval,
         },
+        TaskSpec {
+            name: SCHEDULED_ACTIONS,
+            shards,
+            interval: config.auto_destroy_check_interval,
+        },
+        TaskSpec {
+            name: GRACE_PERIOD_SWEEP,
+            shards: 1,
+            interval: config.grace_period_sweep_interval,
+        },
+        TaskSpec {
+            name: ACTION_STEP_TIMEOUTS,
+            shards: 1,
+            interval: config.run_lease_rescue_interval,
+        },
     ]
 }
 

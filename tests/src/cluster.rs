@@ -29,6 +29,7 @@ pub fn fast_scheduler_env(lifecycle_url: &str) -> Vec<(&'static str, String)> {
         ("EBB_AUTO_DESTROY_CHECK_INTERVAL", "200ms".into()),
         ("EBB_AUTO_DESTROY_REMINDERS_INTERVAL", "200ms".into()),
         ("EBB_RUN_LEASE_RESCUE_INTERVAL", "300ms".into()),
+        ("EBB_GRACE_PERIOD_SWEEP_INTERVAL", "200ms".into()),
     ]
 }
 
@@ -103,6 +104,16 @@ impl Cluster {
     /// A SchedulingService client.
     pub async fn scheduling(&self) -> SchedulingServiceClient<Channel> {
         SchedulingServiceClient::new(self.lifecycle.channel().await)
+    }
+
+    /// A DeprovisionService client.
+    pub async fn deprovision(
+        &self,
+    ) -> ebb_proto::lifecycle::v1::deprovision_service_client::DeprovisionServiceClient<Channel>
+    {
+        ebb_proto::lifecycle::v1::deprovision_service_client::DeprovisionServiceClient::new(
+            self.lifecycle.channel().await,
+        )
     }
 
     /// A connection to lifecycle's database, for checks the API cannot make.
