@@ -52,14 +52,12 @@ impl Db {
     /// Connects, creating the SQLite file and its directory when needed.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
         validate_url(url).map_err(DbErr::Custom)?;
-        if let Some(path) = sqlite_path(url) {
-            if let Some(dir) = std::path::Path::new(&path).parent() {
-                if !dir.as_os_str().is_empty() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        DbErr::Custom(format!("cannot create {}: {e}", dir.display()))
-                    })?;
-                }
-            }
+        if let Some(path) = sqlite_path(url)
+            && let Some(dir) = std::path::Path::new(&path).parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut options = ConnectOptions::new(url.to_owned());
         options

@@ -23,10 +23,10 @@ pub struct TelemetryGuard {
 impl TelemetryGuard {
     /// Flushes and stops span export. Safe to call more than once.
     pub fn shutdown(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(e) = provider.shutdown() {
-                eprintln!("telemetry: flushing spans failed: {e}");
-            }
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("telemetry: flushing spans failed: {e}");
         }
     }
 }

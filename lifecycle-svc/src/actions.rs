@@ -689,11 +689,10 @@ async fn finish(
         entities::transition_entity(conn, &root, &def.on_success, &run.id, actor, now).await?;
         for node in plan.nodes.iter().filter(|n| n.entity_id != root.id) {
             let e = entities::get_entity(conn, &node.entity_id).await?;
-            if let Ok(kind) = catalog::kind(conn, &e.kind).await {
-                if kind.states.contains(&def.on_success) {
-                    entities::transition_entity(conn, &e, &def.on_success, &run.id, actor, now)
-                        .await?;
-                }
+            if let Ok(kind) = catalog::kind(conn, &e.kind).await
+                && kind.states.contains(&def.on_success)
+            {
+                entities::transition_entity(conn, &e, &def.on_success, &run.id, actor, now).await?;
             }
         }
         let grace = run

@@ -153,9 +153,9 @@ impl Condition {
         let subject = subject.trim();
         let value = value.trim().trim_matches('"').trim_matches('\'');
         if subject != "state"
-            && !subject
+            && subject
                 .strip_prefix("attributes.")
-                .is_some_and(|k| !k.is_empty())
+                .is_none_or(|k| k.is_empty())
         {
             return Err(format!("`{subject}` is not `state` or `attributes.KEY`"));
         }
@@ -267,13 +267,13 @@ pub fn validate(catalog: &Catalog) -> std::result::Result<(), CatalogError> {
                 ));
             }
         }
-        if let Some(initial) = &kind.initial_state {
-            if !states.contains(initial.as_str()) {
-                return Err(refuse(
-                    format!("{at}.initialState"),
-                    format!("`{initial}` is not a state of kind {}", kind.name),
-                ));
-            }
+        if let Some(initial) = &kind.initial_state
+            && !states.contains(initial.as_str())
+        {
+            return Err(refuse(
+                format!("{at}.initialState"),
+                format!("`{initial}` is not a state of kind {}", kind.name),
+            ));
         }
         let mut actions = BTreeSet::new();
         for (a, action) in kind.actions.iter().enumerate() {
@@ -345,14 +345,14 @@ pub fn validate(catalog: &Catalog) -> std::result::Result<(), CatalogError> {
                     ));
                 }
             }
-            if let TriggerDef::Webhook { url } = &action.trigger {
-                if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048
-                {
-                    return Err(refuse(
-                        format!("{at}.trigger.url"),
-                        "must be an http:// or https:// URL",
-                    ));
-                }
+            if let TriggerDef::Webhook { url } = &action.trigger
+                && (!(url.starts_with("http://") || url.starts_with("https://"))
+                    || url.len() > 2048)
+            {
+                return Err(refuse(
+                    format!("{at}.trigger.url"),
+                    "must be an http:// or https:// URL",
+                ));
             }
         }
     }
@@ -372,10 +372,10 @@ pub fn check_param(def: &ParamDef, value: &serde_json::Value) -> std::result::Re
                         .map(|f| f as i64)
                 })
                 .ok_or_else(|| format!("must be an integer, got {value}"))?;
-            if let Some(min) = def.minimum {
-                if n < min {
-                    return Err(format!("must be at least {min}, got {n}"));
-                }
+            if let Some(min) = def.minimum
+                && n < min
+            {
+                return Err(format!("must be at least {min}, got {n}"));
             }
             Ok(())
         }

@@ -106,7 +106,7 @@ impl Validate for Config {
             ("audit_url", &self.audit_url),
             ("notifier_url", &self.notifier_url),
         ] {
-            if !url.is_empty() && !(url.starts_with("http://") || url.starts_with("https://")) {
+            if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(ConfigError::field(
                     field,
                     "must be an http:// or https:// URL",

@@ -92,10 +92,10 @@ impl Lifecycle {
         idempotency::check_request_id(request_id)?;
         let txn = self.begin().await?;
         let hash = idempotency::request_hash(request);
-        if !request_id.is_empty() {
-            if let Some(stored) = idempotency::replay(&txn, method, request_id, &hash).await? {
-                return Ok(stored);
-            }
+        if !request_id.is_empty()
+            && let Some(stored) = idempotency::replay(&txn, method, request_id, &hash).await?
+        {
+            return Ok(stored);
         }
         let response = f(&txn).await?;
         if !request_id.is_empty() {

@@ -71,6 +71,7 @@ pub async fn get_entity(conn: &impl ConnectionTrait, id: &str) -> Result<EntityR
 }
 
 /// Creates an entity in its kind's initial state.
+#[allow(clippy::too_many_arguments)]
 pub async fn create_entity(
     conn: &impl ConnectionTrait,
     org_id: &str,
@@ -448,21 +449,24 @@ pub async fn finalize_elapsed(
     limit: u64,
     now: EpochMs,
 ) -> Result<u32> {
-    let skip_locked = match conn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-        _ => "",
-    };
-    let rows: Vec<RelationshipRow> = query_all(
-        conn,
-        &format!(
-            "UPDATE relationships SET state = 'removed', finalized_at = $1, finalize_method = 'sweep', updated_at = $1 \
-             WHERE id IN (SELECT id FROM relationships WHERE state = 'removing' AND deletion_scheduled_at <= $1 \
-             ORDER BY deletion_scheduled_at LIMIT {limit}{skip_locked}) AND state = 'removing' \
+    let set =
+        "SET state = 'removed', finalized_at = $1, finalize_method = 'sweep', updated_at = $1";
+    let sql = match conn.get_database_backend() {
+        // A materialized pick is evaluated once (a semi-join could re-run the LIMIT and take
+        // more rows than asked), and SKIP LOCKED gives concurrent sweeps disjoint rows.
+        DatabaseBackend::Postgres => format!(
+            "WITH picked (pid) AS MATERIALIZED (SELECT id FROM relationships WHERE state = 'removing' \
+             AND deletion_scheduled_at <= $1 ORDER BY deletion_scheduled_at LIMIT {limit} FOR UPDATE SKIP LOCKED) \
+             UPDATE relationships {set} FROM picked WHERE relationships.id = picked.pid AND state = 'removing' \
              RETURNING {RELATIONSHIP_COLUMNS}"
         ),
-        [now.into()],
-    )
-    .await?;
+        _ => format!(
+            "UPDATE relationships {set} WHERE id IN (SELECT id FROM relationships WHERE state = 'removing' \
+             AND deletion_scheduled_at <= $1 ORDER BY deletion_scheduled_at LIMIT {limit}) AND state = 'removing' \
+             RETURNING {RELATIONSHIP_COLUMNS}"
+        ),
+    };
+    let rows: Vec<RelationshipRow> = query_all(conn, &sql, [now.into()]).await?;
     let events = rows
         .iter()
         .map(|r| finalized_event(r, "sweep", "scheduler"))

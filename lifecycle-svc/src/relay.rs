@@ -277,12 +277,10 @@ async fn pending(db: &Db, kind: SinkKind) -> Result<Vec<OutboxEvent>, DbErr> {
         events.sort_by_key(|e| e.org_seq);
         // Only a gapless run after the cursor: an event whose predecessor is not visible yet
         // waits for a later round, so an organization's order is never broken.
-        let mut expected = cursor + 1;
-        for e in events {
+        for (expected, e) in (cursor + 1..).zip(events) {
             if e.org_seq != expected {
                 break;
             }
-            expected += 1;
             out.push(e);
         }
     }

@@ -104,23 +104,22 @@ pub async fn create(
     secret_sha256: &str,
     now: EpochMs,
 ) -> Result<(TokenRow, bool)> {
-    if let Some(rid) = &new.request_id {
-        if let Some(existing) = query_one::<TokenRow>(
+    if let Some(rid) = &new.request_id
+        && let Some(existing) = query_one::<TokenRow>(
             conn,
             &format!("SELECT {COLUMNS} FROM api_tokens WHERE request_id = $1"),
             [rid.clone().into()],
         )
         .await?
-        {
-            let same = existing.organization_id == new.organization_id
-                && existing.role == new.role.as_str()
-                && existing.description == new.description
-                && existing.expires_at == new.expires_at;
-            if !same {
-                return Err(Error::invalid("request_id", "was used for another request"));
-            }
-            return Ok((existing, false));
+    {
+        let same = existing.organization_id == new.organization_id
+            && existing.role == new.role.as_str()
+            && existing.description == new.description
+            && existing.expires_at == new.expires_at;
+        if !same {
+            return Err(Error::invalid("request_id", "was used for another request"));
         }
+        return Ok((existing, false));
     }
     if let Some(org) = &new.organization_id {
         crate::workspaces::get_org(conn, org).await?;
@@ -187,22 +186,22 @@ pub async fn revoke(
     )
     .await?;
     let row = get(conn, id).await?;
-    if n > 0 {
-        if let Some(org) = &row.organization_id {
-            outbox::write(
-                conn,
-                vec![NewEvent::new(
-                    org,
-                    "token.revoked",
-                    "token",
-                    id,
-                    actor,
-                    json!({}),
-                )],
-                now,
-            )
-            .await?;
-        }
+    if n > 0
+        && let Some(org) = &row.organization_id
+    {
+        outbox::write(
+            conn,
+            vec![NewEvent::new(
+                org,
+                "token.revoked",
+                "token",
+                id,
+                actor,
+                json!({}),
+            )],
+            now,
+        )
+        .await?;
     }
     Ok(row)
 }

@@ -236,13 +236,13 @@ pub async fn update_project(
         ],
     )
     .await;
-    if let Err(Error::Internal(msg)) = &result {
-        if msg.contains("UNIQUE") || msg.contains("unique") {
-            return Err(Error::AlreadyExists(format!(
-                "a project named {:?} already exists in the organization",
-                project.name
-            )));
-        }
+    if let Err(Error::Internal(msg)) = &result
+        && (msg.contains("UNIQUE") || msg.contains("unique"))
+    {
+        return Err(Error::AlreadyExists(format!(
+            "a project named {:?} already exists in the organization",
+            project.name
+        )));
     }
     result?;
     if default_inactivity_ms.is_some() {

@@ -352,10 +352,9 @@ impl Process {
                         service: service.to_owned(),
                     })
                     .await
+                    && r.into_inner().status == ServingStatus::Serving as i32
                 {
-                    if r.into_inner().status == ServingStatus::Serving as i32 {
-                        return Ok(());
-                    }
+                    return Ok(());
                 }
             }
             if tokio::time::Instant::now() > deadline {

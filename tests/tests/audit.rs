@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use ebb_tests::Channel;
 use ebb_tests::proto::audit::v1::audit_service_client::AuditServiceClient;
 use ebb_tests::proto::audit::v1::{
     AppendEventsRequest, ChainBreak, EventInput, ExportEventsRequest, GetEventRequest,
@@ -18,7 +19,6 @@ use ebb_tests::proto::lifecycle::v1::{
 use ebb_tests::{Process, TestDatabases, bin_path, require_postgres};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, TransactionTrait};
 use tonic::Code;
-use ebb_tests::Channel;
 use tonic_types::StatusExt;
 
 type Audit = AuditServiceClient<Channel>;

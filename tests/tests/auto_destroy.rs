@@ -494,6 +494,7 @@ async fn protected_workspaces_refuse_schedules_and_never_fire() {
             fire_keys: vec![pb::FireKey {
                 workspace_id: later.id.clone(),
                 due_time: Some(from_now(Duration::ZERO)),
+                ..Default::default()
             }],
         })
         .await

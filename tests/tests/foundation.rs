@@ -84,7 +84,8 @@ async fn grpcurl_lists_every_service_of_ebb_serve() {
 
 #[tokio::test]
 async fn a_bad_config_value_exits_non_zero_naming_the_field() {
-    let cases: [(&str, &[(&str, String)], &str); 4] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, String)], &'a str);
+    let cases: [Case; 4] = [
         (
             "scheduler-svc",
             &[("EBB_SHARD_COUNT", "0".into())],

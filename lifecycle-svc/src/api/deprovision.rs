@@ -62,7 +62,7 @@ fn kind_pb(k: &KindDef) -> pb::EntityKind {
                         required: p.required,
                         minimum: p.minimum.unwrap_or_default(),
                         has_minimum: p.minimum.is_some(),
-                        default_value: p.default.as_ref().map(|d| json_to_value(d)),
+                        default_value: p.default.as_ref().map(json_to_value),
                     })
                     .collect(),
                 on_trigger: a.on_trigger.clone(),

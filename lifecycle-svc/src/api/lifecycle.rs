@@ -78,16 +78,16 @@ fn settings(
         }
         out.destroy_retry_limit = s.destroy_retry_limit;
     }
-    if wants("max_inactivity") {
-        if let Some(d) = &s.max_inactivity {
-            match from_duration(d) {
-                Ok(ms) if ms > 0 && ms <= check::MAX_INACTIVITY_MS => out.max_inactivity_ms = ms,
-                Ok(_) => v.add(
-                    "settings.max_inactivity",
-                    "must be between 1ms and 9999 days",
-                ),
-                Err(e) => v.add("settings.max_inactivity", e),
-            }
+    if wants("max_inactivity")
+        && let Some(d) = &s.max_inactivity
+    {
+        match from_duration(d) {
+            Ok(ms) if ms > 0 && ms <= check::MAX_INACTIVITY_MS => out.max_inactivity_ms = ms,
+            Ok(_) => v.add(
+                "settings.max_inactivity",
+                "must be between 1ms and 9999 days",
+            ),
+            Err(e) => v.add("settings.max_inactivity", e),
         }
     }
     if wants("protected_labels") && (!mask.is_empty() || !s.protected_labels.is_empty()) {
