@@ -80,8 +80,13 @@ pub fn postgres_url() -> Option<String> {
 }
 
 /// For tests that need PostgreSQL: its URL, or `None` after printing why the test is skipped.
-/// Under CI (`CI` set) a missing URL fails the test instead.
+/// Under CI (`CI` set) a missing URL fails the test instead — except in a pass that is
+/// explicitly the SQLite one (`EBB_TEST_BACKEND=sqlite`), whose PostgreSQL twin runs them.
 pub fn require_postgres(test: &str) -> Option<String> {
+    if std::env::var("EBB_TEST_BACKEND").as_deref() == Ok("sqlite") {
+        eprintln!("skipping {test}: it needs PostgreSQL and runs in the PostgreSQL pass");
+        return None;
+    }
     match postgres_url() {
         Some(url) => Some(url),
         None if std::env::var_os("CI").is_some() => {
