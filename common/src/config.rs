@@ -542,6 +542,20 @@ mod tests {
         assert!(err.to_string().contains("`database_url`"), "{err}");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 5000, ..Default::default() })]
+
+        /// Arbitrary text is a duration or a clear refusal, never a panic; accepted values
+        /// round-trip through humantime's formatting.
+        #[test]
+        fn durations_never_panic(text in "\\PC{0,40}|[0-9]{1,25}[a-z]{0,6}|[0-9 ]{0,12}(d|h|m|s|ms|us|ns|days|weeks)") {
+            if let Ok(d) = parse_duration(&text) {
+                let shown = humantime::format_duration(d).to_string();
+                proptest::prop_assert_eq!(parse_duration(&shown), Ok(d));
+            }
+        }
+    }
+
     #[test]
     fn durations_accept_units_and_seconds() {
         assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(14 * 86400)));

@@ -488,6 +488,35 @@ mod tests {
         assert!(Condition::parse("colour == red").is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, ..Default::default() })]
+
+        /// Any text, including mangled versions of a valid catalog, parses or is refused with a
+        /// reason; it never panics.
+        #[test]
+        fn the_parser_never_panics_on_arbitrary_text(text in "\\PC{0,400}") {
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.reason.is_empty());
+            }
+        }
+
+        #[test]
+        fn the_parser_never_panics_on_a_mangled_catalog(at in 0usize..1400, cut in 0usize..40, insert in "\\PC{0,12}") {
+            let mut text: String = EXAMPLE.chars().collect();
+            let start = text.char_indices().map(|(i, _)| i).nth(at % EXAMPLE.chars().count()).unwrap_or(0);
+            let end = text.char_indices().map(|(i, _)| i).find(|i| *i >= start + cut).unwrap_or(text.len());
+            text.replace_range(start..end, &insert);
+            if let Err(e) = parse(&text) {
+                proptest::prop_assert!(!e.reason.is_empty());
+            }
+        }
+
+        #[test]
+        fn conditions_never_panic(text in "\\PC{0,60}") {
+            let _ = Condition::parse(&text);
+        }
+    }
+
     #[test]
     fn parameters_are_typed() {
         let p = ParamDef {
