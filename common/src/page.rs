@@ -66,6 +66,23 @@ pub fn encode(filter: &str, after: Vec<String>) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
 }
 
+/// Splits rows fetched with a limit of `size + 1` into the page and the token of the next
+/// page (empty when this is the last), the token carrying `position` of the page's last row.
+pub fn split<T>(
+    mut rows: Vec<T>,
+    size: u64,
+    filter: &str,
+    position: impl Fn(&T) -> Vec<String>,
+) -> (Vec<T>, String) {
+    let more = rows.len() as u64 > size;
+    rows.truncate(size as usize);
+    let token = match (more, rows.last()) {
+        (true, Some(last)) => encode(filter, position(last)),
+        _ => String::new(),
+    };
+    (rows, token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +99,18 @@ mod tests {
         assert!(decode(&t, &other).is_err());
         assert!(decode("garbage!", &f).is_err());
         assert_eq!(decode("", &f).expect("empty"), None);
+    }
+
+    #[test]
+    fn split_keeps_the_page_and_points_past_its_last_row() {
+        let (rows, token) = split(vec![1, 2, 3], 2, "f", |r| vec![r.to_string()]);
+        assert_eq!(rows, vec![1, 2]);
+        assert_eq!(
+            decode(&token, "f").expect("token"),
+            Some(vec!["2".to_owned()])
+        );
+        let (rows, token) = split(vec![1, 2], 2, "f", |r| vec![r.to_string()]);
+        assert_eq!((rows, token), (vec![1, 2], String::new()));
     }
 
     #[test]

@@ -411,12 +411,9 @@ impl DeprovisionService for DeprovisionApi {
             size + 1,
         )
         .await?;
-        let more = rows.len() as u64 > size;
-        let rows = &rows[..rows.len().min(size as usize)];
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(l)) => page::encode(&fh, vec![l.created_at.to_string(), l.id.clone()]),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) = page::split(rows, size, &fh, |l| {
+            vec![l.created_at.to_string(), l.id.clone()]
+        });
         ok(Ok(pb::ListEntitiesResponse {
             entities: rows.iter().map(entity_pb).collect(),
             next_page_token,
@@ -569,12 +566,9 @@ impl DeprovisionService for DeprovisionApi {
             self.core.now(),
         )
         .await?;
-        let more = rows.len() as u64 > size;
-        let rows = &rows[..rows.len().min(size as usize)];
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(l)) => page::encode(&fh, vec![l.created_at.to_string(), l.id.clone()]),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) = page::split(rows, size, &fh, |l| {
+            vec![l.created_at.to_string(), l.id.clone()]
+        });
         ok(Ok(pb::ListRelationshipsResponse {
             relationships: rows.iter().map(relationship_pb).collect(),
             next_page_token,
@@ -715,16 +709,13 @@ impl DeprovisionService for DeprovisionApi {
             size + 1
         ));
         let rows: Vec<ActionRunRow> = query_all(&self.core.db.conn, &sql, values).await?;
-        let more = rows.len() as u64 > size;
-        let rows = &rows[..rows.len().min(size as usize)];
+        let (rows, next_page_token) = page::split(rows, size, &fh, |l| {
+            vec![l.created_at.to_string(), l.id.clone()]
+        });
         let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
+        for r in &rows {
             out.push(action_run_pb(&self.core.db.conn, r).await?);
         }
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(l)) => page::encode(&fh, vec![l.created_at.to_string(), l.id.clone()]),
-            _ => String::new(),
-        };
         ok(Ok(pb::ListActionRunsResponse {
             action_runs: out,
             next_page_token,
@@ -893,12 +884,9 @@ impl DeprovisionService for DeprovisionApi {
         }
         sql.push_str(&format!(" ORDER BY scheduled_at, id LIMIT {}", size + 1));
         let rows: Vec<ScheduledRow> = query_all(&self.core.db.conn, &sql, values).await?;
-        let more = rows.len() as u64 > size;
-        let rows = &rows[..rows.len().min(size as usize)];
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(l)) => page::encode(&fh, vec![l.scheduled_at.to_string(), l.id.clone()]),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) = page::split(rows, size, &fh, |l| {
+            vec![l.scheduled_at.to_string(), l.id.clone()]
+        });
         ok(Ok(pb::ListScheduledActionsResponse {
             scheduled_actions: rows.iter().map(scheduled_pb).collect(),
             next_page_token,

@@ -389,14 +389,9 @@ impl LifecycleService for LifecycleApi {
             None => None,
         };
         let rows = ws::list_workspaces(&self.core.db.conn, &filter, after, size + 1).await?;
-        let more = rows.len() as u64 > size;
-        let rows = &rows[..rows.len().min(size as usize)];
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => {
-                page::encode(&fh, vec![last.created_at.to_string(), last.id.clone()])
-            }
-            _ => String::new(),
-        };
+        let (rows, next_page_token) = page::split(rows, size, &fh, |last| {
+            vec![last.created_at.to_string(), last.id.clone()]
+        });
         ok(Ok(pb::ListWorkspacesResponse {
             workspaces: rows.iter().map(convert::workspace).collect(),
             next_page_token,
@@ -600,12 +595,8 @@ impl LifecycleService for LifecycleApi {
             None => None,
         };
         let rows = ws::list_state_versions(&self.core.db.conn, &id, before, size + 1).await?;
-        let more = rows.len() as u64 > size;
-        let rows = &rows[..rows.len().min(size as usize)];
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => page::encode(&fh, vec![last.serial.to_string()]),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) =
+            page::split(rows, size, &fh, |last| vec![last.serial.to_string()]);
         ok(Ok(pb::ListStateVersionsResponse {
             state_versions: rows.iter().map(convert::state_version).collect(),
             next_page_token,
@@ -685,14 +676,9 @@ impl LifecycleService for LifecycleApi {
             None => None,
         };
         let rows = runs::list_runs(&self.core.db.conn, &filter, before, size + 1).await?;
-        let more = rows.len() as u64 > size;
-        let rows = &rows[..rows.len().min(size as usize)];
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => {
-                page::encode(&fh, vec![last.created_at.to_string(), last.id.clone()])
-            }
-            _ => String::new(),
-        };
+        let (rows, next_page_token) = page::split(rows, size, &fh, |last| {
+            vec![last.created_at.to_string(), last.id.clone()]
+        });
         ok(Ok(pb::ListRunsResponse {
             runs: rows.iter().map(convert::run).collect(),
             next_page_token,
@@ -936,12 +922,8 @@ impl LifecycleService for LifecycleApi {
         }
         sql.push_str(&format!(" ORDER BY seq LIMIT {}", size + 1));
         let rows: Vec<OutboxRow> = crate::sql::query_all(&self.core.db.conn, &sql, values).await?;
-        let more = rows.len() as u64 > size;
-        let rows = &rows[..rows.len().min(size as usize)];
-        let next_page_token = match (more, rows.last()) {
-            (true, Some(last)) => page::encode(&fh, vec![last.seq.to_string()]),
-            _ => String::new(),
-        };
+        let (rows, next_page_token) =
+            page::split(rows, size, &fh, |last| vec![last.seq.to_string()]);
         ok(Ok(pb::ListOutboxEventsResponse {
             events: rows.iter().map(convert::outbox_event).collect(),
             next_page_token,
