@@ -198,6 +198,7 @@ pub async fn plan(
     root: &EntityRow,
     action: &ActionDef,
 ) -> Result<(Plan, Vec<EntityRow>, Vec<RelationshipRow>)> {
+    let started = std::time::Instant::now();
     let types: Vec<String> = action
         .cascade_rules
         .iter()
@@ -206,43 +207,36 @@ pub async fn plan(
     let mut entities: BTreeMap<String, EntityRow> =
         BTreeMap::from([(root.id.clone(), root.clone())]);
     let mut edges: Vec<RelationshipRow> = Vec::new();
-    let mut frontier: Vec<String> = vec![root.id.clone()];
-    while !frontier.is_empty() && !types.is_empty() {
-        let mut next = Vec::new();
-        for chunk in frontier.chunks(500) {
-            let mut values: Vec<Value> = chunk.iter().map(|id| id.clone().into()).collect();
-            values.extend(types.iter().map(|t| Value::from(t.clone())));
-            let sql = format!(
-                "SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE from_entity_id IN ({}) AND type IN ({}) AND state <> 'removed'",
-                placeholders(1, chunk.len()),
-                placeholders(chunk.len() + 1, types.len())
-            );
-            let found: Vec<RelationshipRow> = query_all(conn, &sql, values).await?;
-            let new_ids: BTreeSet<String> = found
-                .iter()
-                .map(|r| r.to_entity_id.clone())
-                .filter(|id| !entities.contains_key(id))
-                .collect();
-            edges.extend(found);
-            let ids: Vec<String> = new_ids.into_iter().collect();
-            for chunk in ids.chunks(500) {
-                let values: Vec<Value> = chunk.iter().map(|id| id.clone().into()).collect();
-                let rows: Vec<EntityRow> = query_all(
-                    conn,
-                    &format!(
-                        "SELECT {ENTITY_COLUMNS} FROM entities WHERE id IN ({})",
-                        placeholders(1, chunk.len())
-                    ),
-                    values,
-                )
-                .await?;
-                for e in rows {
-                    next.push(e.id.clone());
-                    entities.insert(e.id.clone(), e);
-                }
-            }
-        }
-        frontier = next;
+    if !types.is_empty() {
+        // Everything reachable over live edges of the cascaded types, in the database: one
+        // recursive walk (UNION stops at a cycle), then the edges and entities it reached.
+        let type_list = placeholders(2, types.len());
+        let reach = format!(
+            "WITH RECURSIVE reach (id) AS (SELECT CAST($1 AS TEXT) UNION \
+             SELECT r.to_entity_id FROM relationships r JOIN reach ON r.from_entity_id = reach.id \
+             WHERE r.type IN ({type_list}) AND r.state <> 'removed')"
+        );
+        let mut values: Vec<Value> = vec![root.id.clone().into()];
+        values.extend(types.iter().map(|t| Value::from(t.clone())));
+        edges = query_all(
+            conn,
+            &format!(
+                "{reach} SELECT {RELATIONSHIP_COLUMNS} FROM relationships \
+                 WHERE from_entity_id IN (SELECT id FROM reach) AND type IN ({type_list}) \
+                 AND state <> 'removed'"
+            ),
+            values.clone(),
+        )
+        .await?;
+        let reached: Vec<EntityRow> = query_all(
+            conn,
+            &format!(
+                "{reach} SELECT {ENTITY_COLUMNS} FROM entities WHERE id IN (SELECT id FROM reach)"
+            ),
+            values,
+        )
+        .await?;
+        entities.extend(reached.into_iter().map(|e| (e.id.clone(), e)));
     }
     // Edges M -> N: M depends on N, so N's step waits for M's.
     let mut waits: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -314,6 +308,12 @@ pub async fn plan(
         unlocked.sort_unstable();
         ready.extend(unlocked);
     }
+    tracing::debug!(
+        entities = entities.len(),
+        edges = edges.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "plan computed"
+    );
     let plan = Plan {
         nodes,
         relationships: edges.iter().map(|e| e.id.clone()).collect(),

@@ -39,7 +39,7 @@ async fn seed(sql: &sea_orm::DatabaseConnection, total: usize, due: usize, due_a
          INSERT INTO workspaces (id, organization_id, project_id, name, labels, state, protected, protected_by_policy, locked, lock_reason, working_directory, \
             inherits_project_auto_destroy, auto_destroy_status, applied_since_destroy, shard_key, auto_destroy_at, next_auto_destroy_at, created_at, updated_at) \
          SELECT md5(i::text)::uuid::text, '00000000-0000-7000-8000-000000000001', '00000000-0000-7000-8000-000000000002', 'w' || i, '{{}}', 'active', FALSE, FALSE, FALSE, '', '', \
-            TRUE, 'idle', FALSE, (i * 7919) % 1073741824, \
+            TRUE, 'idle', FALSE, (i::bigint * 7919) % 1073741824, \
             CASE WHEN i <= {due} THEN {due_at} ELSE NULL END, CASE WHEN i <= {due} THEN {due_at} ELSE NULL END, {now}, {now} \
          FROM generate_series(1, {total}) AS i;
          ANALYZE workspaces;"

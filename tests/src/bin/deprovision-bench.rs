@@ -41,11 +41,13 @@ async fn main() {
 
     // A tree of depth 5 with 6 children per node below the root: 1 + 6 + 36 + 216 + 1296 +
     // 7776 = 9,331 entities, 9,330 runs_on edges.
-    let mut levels: Vec<Vec<String>> = vec![vec!["n-0".to_owned()]];
+    // Each node is (id, parent id).
+    let root = uuid::Uuid::new_v4().to_string();
+    let mut levels: Vec<Vec<(String, String)>> = vec![vec![(root.clone(), String::new())]];
     for depth in 1..=5 {
-        let next: Vec<String> = levels[depth - 1]
+        let next: Vec<(String, String)> = levels[depth - 1]
             .iter()
-            .flat_map(|p| (0..6).map(move |c| format!("{p}-{c}")))
+            .flat_map(|(p, _)| (0..6).map(move |_| (uuid::Uuid::new_v4().to_string(), p.clone())))
             .collect();
         levels.push(next);
     }
@@ -60,14 +62,15 @@ async fn main() {
             "account",
             "account",
         ][depth];
-        for id in level {
+        for (id, parent) in level {
             entity_rows.push(format!(
                 "('{id}', '{org}', '{kind}', '{id}', 'active', '{{}}', {now}, {now})",
                 org = f.org.id
             ));
-            if let Some((parent, _)) = id.rsplit_once('-').filter(|_| depth > 0) {
+            if !parent.is_empty() {
                 edge_rows.push(format!(
-                    "('r{id}', '{org}', 'runs_on', '{parent}', '{id}', 'active', {now}, {now})",
+                    "('{}', '{org}', 'runs_on', '{parent}', '{id}', 'active', {now}, {now})",
+                    uuid::Uuid::new_v4(),
                     org = f.org.id
                 ));
             }
@@ -106,7 +109,7 @@ async fn main() {
         let t = Instant::now();
         let r = dep
             .trigger_action(pb::TriggerActionRequest {
-                entity_id: "n-0".into(),
+                entity_id: root.clone(),
                 action: "DeprovisionTenant".into(),
                 dry_run: true,
                 parameters: grace.clone(),
@@ -126,7 +129,7 @@ async fn main() {
     let t = Instant::now();
     let r = dep
         .trigger_action(pb::TriggerActionRequest {
-            entity_id: "n-0".into(),
+            entity_id: root.clone(),
             action: "DeprovisionTenant".into(),
             parameters: grace,
             ..Default::default()
