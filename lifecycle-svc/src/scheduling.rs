@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::outbox::{self, NewEvent};
 use crate::rows::{OrgRow, RUN_COLUMNS, RunRow, WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
-use crate::runs::{self, NewRun};
+use crate::runs;
 use crate::schedule;
 use crate::sql::{exec, query_all};
 use crate::workspaces;
@@ -136,6 +136,7 @@ pub async fn queue_auto_destroy_runs(
     let mut orgs: BTreeMap<String, OrgRow> = BTreeMap::new();
     let mut events = Vec::new();
     let mut results = Vec::with_capacity(keys.len());
+    let mut to_queue: Vec<(usize, FireKey, String)> = Vec::new();
     for key in keys {
         let Some(ws) = workspaces.get_mut(&key.workspace_id) else {
             results.push((
@@ -151,7 +152,6 @@ pub async fn queue_auto_destroy_runs(
             orgs.insert(org.id.clone(), org);
         }
         let org = &orgs[&ws.organization_id];
-        let due = json!({"due_at": rfc3339(key.due_at), "workspace_name": ws.name});
         if ws.is_protected() {
             events.push(NewEvent::new(
                 &ws.organization_id,
@@ -200,43 +200,51 @@ pub async fn queue_auto_destroy_runs(
             results.push((key.clone(), Decision::Deferred { reason }));
             continue;
         }
-        let new = NewRun {
-            workspace_id: &ws.id,
-            is_destroy: true,
-            auto_apply: true,
-            source: "auto_destroy",
-            fire_due_at: Some(key.due_at),
-            message: "auto-destroy",
-        };
-        let Some(run_id) =
-            runs::insert_run(conn, &ws.organization_id, &ws.working_directory, &new, now).await?
-        else {
-            results.push((
-                key.clone(),
-                Decision::Stale {
-                    reason: "this due time already fired".into(),
-                },
-            ));
+        to_queue.push((results.len(), key.clone(), uuid::Uuid::now_v7().to_string()));
+        results.push((
+            key.clone(),
+            Decision::Stale {
+                reason: String::new(),
+            },
+        ));
+    }
+    // Everything that may fire is inserted in one statement; the unique indexes turn a key
+    // that already fired (or a second active destroy) into a row that is not returned.
+    let inserted = insert_auto_destroy_runs(conn, &to_queue, &workspaces, now).await?;
+    let mut fired = Vec::new();
+    for (index, key, run_id) in to_queue {
+        if !inserted.contains(&run_id) {
+            results[index].1 = Decision::Stale {
+                reason: "this due time already fired".into(),
+            };
+            continue;
+        }
+        let Some(ws) = workspaces.get_mut(&key.workspace_id) else {
             continue;
         };
+        let org = &orgs[&ws.organization_id];
         ws.last_fired_due_at = Some(key.due_at);
         ws.auto_destroy_status = "queued".into();
-        workspaces::save(conn, ws, org, now).await?;
-        let mut data = due.clone();
-        data["run_id"] = json!(run_id);
+        ws.next_auto_destroy_at = ws.timing().next_auto_destroy_at();
+        ws.next_reminder_at =
+            schedule::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times(), now);
+        fired.push(ws.clone());
         events.push(NewEvent::new(
             &ws.organization_id,
             "workspace.auto_destroy.queued",
             "workspace",
             &ws.id,
             ACTOR,
-            data,
+            json!({
+                "due_at": rfc3339(key.due_at), "workspace_name": ws.name, "run_id": run_id,
+            }),
         ));
         events.push(NewEvent::new(&ws.organization_id, "run.queued", "run", &run_id, ACTOR, json!({
             "workspace_id": ws.id, "is_destroy": true, "source": "auto_destroy", "fire_due_at": rfc3339(key.due_at),
         })));
-        results.push((key.clone(), Decision::Queued { run_id }));
+        results[index].1 = Decision::Queued { run_id };
     }
+    mark_fired(conn, &fired, now).await?;
     outbox::write(conn, events, now).await?;
     Ok(results)
 }
@@ -374,4 +382,96 @@ pub async fn rescue_expired_run_leases(
     }
     outbox::write(conn, events, now).await?;
     Ok((requeued, errored))
+}
+
+/// Inserts the queued destroy runs of `to_queue` in chunks; the ids of the rows that went in.
+async fn insert_auto_destroy_runs(
+    conn: &impl ConnectionTrait,
+    to_queue: &[(usize, FireKey, String)],
+    workspaces: &HashMap<String, WorkspaceRow>,
+    now: EpochMs,
+) -> Result<BTreeSet<String>> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: String,
+    }
+    let mut inserted = BTreeSet::new();
+    for chunk in to_queue.chunks(1000) {
+        let mut sql = String::from(
+            "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, status, \
+             fire_due_at, message, working_directory, created_at) VALUES ",
+        );
+        let mut values: Vec<Value> = vec![now.into()];
+        for (i, (_, key, run_id)) in chunk.iter().enumerate() {
+            let Some(ws) = workspaces.get(&key.workspace_id) else {
+                continue;
+            };
+            let b = values.len();
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, TRUE, TRUE, 'auto_destroy', 'queued', ${}, 'auto-destroy', ${}, $1)",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+            values.extend([
+                run_id.clone().into(),
+                ws.organization_id.clone().into(),
+                ws.id.clone().into(),
+                key.due_at.into(),
+                ws.working_directory.clone().into(),
+            ]);
+        }
+        if values.len() == 1 {
+            continue;
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+        let rows: Vec<Id> = query_all(conn, &sql, values).await?;
+        inserted.extend(rows.into_iter().map(|r| r.id));
+    }
+    Ok(inserted)
+}
+
+/// Records on each fired workspace the due time it fired and its recomputed schedule.
+async fn mark_fired(
+    conn: &impl ConnectionTrait,
+    fired: &[WorkspaceRow],
+    now: EpochMs,
+) -> Result<()> {
+    for chunk in fired.chunks(1000) {
+        let mut rows = Vec::with_capacity(chunk.len());
+        let mut values: Vec<Value> = vec![now.into()];
+        for ws in chunk {
+            let b = values.len();
+            rows.push(format!(
+                "(${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4
+            ));
+            values.extend([
+                ws.id.clone().into(),
+                ws.last_fired_due_at.into(),
+                ws.next_auto_destroy_at.into(),
+                ws.next_reminder_at.into(),
+            ]);
+        }
+        // Correlated lookups keep this one statement portable between SQLite and PostgreSQL.
+        let sql = format!(
+            "WITH v (id, fired, next_at, reminder_at) AS (VALUES {}) \
+             UPDATE workspaces SET auto_destroy_status = 'queued', updated_at = $1, \
+             last_fired_due_at = (SELECT fired FROM v WHERE v.id = workspaces.id), \
+             next_auto_destroy_at = (SELECT next_at FROM v WHERE v.id = workspaces.id), \
+             next_reminder_at = (SELECT reminder_at FROM v WHERE v.id = workspaces.id) \
+             WHERE id IN (SELECT id FROM v)",
+            rows.join(", ")
+        );
+        exec(conn, &sql, values).await?;
+    }
+    Ok(())
 }
