@@ -802,10 +802,33 @@ impl Guard {
                 }
             }
         } else {
-            request
+            // Cross-organization callers skip scoping, but a message that does not decode is
+            // still the caller's mistake: refuse it here rather than let the codec call it
+            // INTERNAL.
+            Self::well_formed(request, &method).await?
         };
         request.extensions_mut().insert(caller);
         Ok(request)
+    }
+
+    /// Checks that the request carries exactly one message that decodes.
+    async fn well_formed(
+        request: http::Request<Body>,
+        method: &str,
+    ) -> Result<http::Request<Body>, Status> {
+        let Some(input) = input_of(method) else {
+            return Ok(request);
+        };
+        let (parts, body) = request.into_parts();
+        let bytes = match body.collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(status) => return Err(status),
+        };
+        decode_frame(&input, &bytes)?;
+        Ok(http::Request::from_parts(
+            parts,
+            Body::new(http_body_util::Full::new(bytes)),
+        ))
     }
 
     /// Holds an organization-bound call to its organization: refuses other organizations'

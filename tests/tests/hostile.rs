@@ -297,6 +297,26 @@ async fn arbitrary_messages_to_every_rpc_never_panic_nor_answer_internal_nor_cha
                     code == Code::Ok || !changed,
                     "{path} refused with {code:?} but changed data: {text}"
                 );
+                // Bytes that are not this message at all.
+                let garbage: Vec<u8> = (0..rng.random_range(1..64)).map(|_| rng.random()).collect();
+                let (code, text, changed) = rt.block_on(call(
+                    &channel,
+                    &sql,
+                    &path,
+                    method.is_server_streaming(),
+                    Bytes::from(garbage),
+                ));
+                *codes
+                    .lock()
+                    .expect("codes")
+                    .entry(format!("{code:?}"))
+                    .or_default() += 1;
+                prop_assert!(
+                    code != Code::Internal
+                        && code != Code::Unknown
+                        && (code == Code::Ok || !changed),
+                    "{path} answered {code:?} to undecodable bytes: {text}"
+                );
                 Ok(())
             })
         });
