@@ -48,6 +48,14 @@ pub struct Plan {
     pub relationships: Vec<String>,
 }
 
+/// An entity as a plan shows it.
+#[derive(Debug, Clone, FromQueryResult)]
+struct Member {
+    id: String,
+    kind: String,
+    name: String,
+}
+
 /// Columns of [`ActionRunRow`].
 pub const ACTION_RUN_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, plan, status, actor, error, \
     scheduled_action_id, created_at, finished_at";
@@ -197,15 +205,22 @@ pub async fn plan(
     conn: &impl ConnectionTrait,
     root: &EntityRow,
     action: &ActionDef,
-) -> Result<(Plan, Vec<EntityRow>, Vec<RelationshipRow>)> {
+) -> Result<(Plan, Vec<RelationshipRow>)> {
     let started = std::time::Instant::now();
     let types: Vec<String> = action
         .cascade_rules
         .iter()
         .map(|r| r.relationship_type.clone())
         .collect();
-    let mut entities: BTreeMap<String, EntityRow> =
-        BTreeMap::from([(root.id.clone(), root.clone())]);
+    // Only what a plan shows of each entity: its kind and name.
+    let mut entities: BTreeMap<String, Member> = BTreeMap::from([(
+        root.id.clone(),
+        Member {
+            id: root.id.clone(),
+            kind: root.kind.clone(),
+            name: root.name.clone(),
+        },
+    )]);
     let mut edges: Vec<RelationshipRow> = Vec::new();
     if !types.is_empty() {
         // Everything reachable over live edges of the cascaded types, in the database: one
@@ -228,10 +243,10 @@ pub async fn plan(
             values.clone(),
         )
         .await?;
-        let reached: Vec<EntityRow> = query_all(
+        let reached: Vec<Member> = query_all(
             conn,
             &format!(
-                "{reach} SELECT {ENTITY_COLUMNS} FROM entities WHERE id IN (SELECT id FROM reach)"
+                "{reach} SELECT id, kind, name FROM entities WHERE id IN (SELECT id FROM reach)"
             ),
             values,
         )
@@ -318,7 +333,7 @@ pub async fn plan(
         nodes,
         relationships: edges.iter().map(|e| e.id.clone()).collect(),
     };
-    Ok((plan, entities.into_values().collect(), edges))
+    Ok((plan, edges))
 }
 
 fn find_cycle<'a>(
@@ -408,7 +423,7 @@ pub async fn trigger(
     let (_, def) = load_action(conn, &entity, action).await?;
     let parameters = check_parameters(&def, parameters)?;
     check_conditions(&def, &entity)?;
-    let (plan, members, edges) = plan(conn, &entity, &def).await?;
+    let (plan, edges) = plan(conn, &entity, &def).await?;
     if dry_run {
         return Ok(Triggered {
             run: None,
@@ -479,7 +494,6 @@ pub async fn trigger(
     for edge in &edges {
         entities::transition_relationship(conn, edge, "removing", &id, actor, now).await?;
     }
-    let _ = members;
     let queued_runs = advance(conn, engine, &id, actor, now).await?;
     Ok(Triggered {
         run: Some(get_action_run(conn, &id).await?),
