@@ -66,7 +66,53 @@ pub async fn run(core: Lifecycle, shutdown: CancellationToken) {
     }
 }
 
+/// A webhook request ready to send.
+struct Request {
+    step: StepRow,
+    url: String,
+    body: serde_json::Value,
+}
+
+/// Claims pending webhook steps in a short transaction, then sends their requests with no
+/// transaction open: a slow receiver must not hold database locks (on SQLite, the only
+/// connection). A process that dies between the claim and the send leaves the step to its
+/// timeout.
 async fn dispatch_once(core: &Lifecycle, client: &reqwest::Client) -> Result<()> {
+    for request in claim(core).await? {
+        let Request { step, url, body } = request;
+        let answer = client
+            .post(&url)
+            .header("webhook-id", format!("{}-{}", step.id, step.attempt))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        let error = match answer {
+            Ok(r) if r.status().is_success() => {
+                tracing::info!(step_id = %step.id, %url, "webhook step requested");
+                continue;
+            }
+            Ok(r) => {
+                let status = r.status();
+                let text: String = r
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(500)
+                    .collect();
+                format!("the webhook answered {status}: {text}")
+            }
+            Err(e) => format!("the webhook could not be reached: {e}"),
+        };
+        let txn = core.begin().await?;
+        fail(&txn, core, &step, &error, core.now()).await?;
+        txn.commit().await?;
+    }
+    Ok(())
+}
+
+async fn claim(core: &Lifecycle) -> Result<Vec<Request>> {
     let txn = core.begin().await?;
     let skip = match txn.get_database_backend() {
         DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
@@ -82,8 +128,15 @@ async fn dispatch_once(core: &Lifecycle, client: &reqwest::Client) -> Result<()>
     )
     .await?;
     let policy = core.policy();
+    let now = core.now();
+    let mut requests = Vec::with_capacity(pending.len());
     for step in pending {
-        let now = core.now();
+        exec(
+            &txn,
+            "UPDATE action_steps SET dispatched_at = $1 WHERE id = $2",
+            [now.into(), step.id.clone().into()],
+        )
+        .await?;
         let run = actions::get_action_run(&txn, &step.action_run_id).await?;
         let root = entities::get_entity(&txn, &run.entity_id).await?;
         let entity = entities::get_entity(&txn, &step.entity_id).await?;
@@ -116,55 +169,10 @@ async fn dispatch_once(core: &Lifecycle, client: &reqwest::Client) -> Result<()>
                 "expires_at": rfc3339(expires_at),
             },
         });
-        let answer = client
-            .post(&url)
-            .header("webhook-id", format!("{}-{}", step.id, step.attempt))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await;
-        match answer {
-            Ok(r) if r.status().is_success() => {
-                exec(
-                    &txn,
-                    "UPDATE action_steps SET dispatched_at = $1 WHERE id = $2",
-                    [now.into(), step.id.clone().into()],
-                )
-                .await?;
-                tracing::info!(step_id = %step.id, %url, "webhook step requested");
-            }
-            Ok(r) => {
-                let status = r.status();
-                let text: String = r
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(500)
-                    .collect();
-                fail(
-                    &txn,
-                    core,
-                    &step,
-                    &format!("the webhook answered {status}: {text}"),
-                    now,
-                )
-                .await?;
-            }
-            Err(e) => {
-                fail(
-                    &txn,
-                    core,
-                    &step,
-                    &format!("the webhook could not be reached: {e}"),
-                    now,
-                )
-                .await?
-            }
-        }
+        requests.push(Request { step, url, body });
     }
     txn.commit().await?;
-    Ok(())
+    Ok(requests)
 }
 
 async fn fail(
@@ -175,12 +183,22 @@ async fn fail(
     now: i64,
 ) -> Result<()> {
     tracing::warn!(step_id = %step.id, error, "webhook step failed");
-    exec(
+    // The step may have been canceled or timed out while its request was out.
+    let failed = exec(
         conn,
-        "UPDATE action_steps SET status = 'failed', error = $1, finished_at = $2, dispatched_at = $2 WHERE id = $3",
-        [error.into(), now.into(), step.id.clone().into()],
+        "UPDATE action_steps SET status = 'failed', error = $1, finished_at = $2 \
+         WHERE id = $3 AND status = 'running' AND attempt = $4",
+        [
+            error.into(),
+            now.into(),
+            step.id.clone().into(),
+            step.attempt.into(),
+        ],
     )
     .await?;
+    if failed == 0 {
+        return Ok(());
+    }
     actions::advance(
         conn,
         &core.policy().engine,

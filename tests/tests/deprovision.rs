@@ -801,3 +801,193 @@ async fn a_scheduled_deprovision_fires_once_at_its_time_after_its_reminder() {
     );
     assert_eq!(entity(&mut dep, &tenant.id).await.state, "decommissioned");
 }
+
+/// Receives one POST on 127.0.0.1 and answers `status`; hands the JSON body to the test.
+async fn one_webhook(status: u16) -> (String, tokio::sync::oneshot::Receiver<serde_json::Value>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let body = loop {
+            let n = socket.read(&mut chunk).await.expect("read");
+            buf.extend_from_slice(&chunk[..n]);
+            let text = String::from_utf8_lossy(&buf).to_string();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                if body.len() >= len {
+                    break body[..len].to_owned();
+                }
+            }
+            assert!(n > 0, "connection closed before the body");
+        };
+        let reply =
+            format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        socket.write_all(reply.as_bytes()).await.expect("reply");
+        let _ = tx.send(serde_json::from_str(&body).expect("json body"));
+    });
+    (url, rx)
+}
+
+fn webhook_catalog(url: &str) -> String {
+    format!(
+        "kinds:\n  - name: pr_tenant\n    states: [active, deprovisioning, decommissioned]\n    actions:\n      - name: DeprovisionByPr\n        conditions: [state == active]\n        onTrigger: deprovisioning\n        onSuccess: decommissioned\n        onFailure: active\n        trigger:\n          type: webhook\n          url: {url}\n"
+    )
+}
+
+#[tokio::test]
+async fn a_webhook_step_is_completed_by_its_callback_token_only() {
+    let cluster = Cluster::start(0).await;
+    let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
+    let (url, body) = one_webhook(202).await;
+    dep.apply_catalog(pb::ApplyCatalogRequest {
+        yaml: webhook_catalog(&url),
+        ..Default::default()
+    })
+    .await
+    .expect("catalog");
+    let f = fixture(&mut api, None, "w").await;
+    let tenant = dep
+        .create_entity(pb::CreateEntityRequest {
+            organization_id: f.org.id.clone(),
+            kind: "pr_tenant".into(),
+            name: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("entity")
+        .into_inner()
+        .entity
+        .expect("entity");
+    let run = dep
+        .trigger_action(pb::TriggerActionRequest {
+            entity_id: tenant.id.clone(),
+            action: "DeprovisionByPr".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner()
+        .action_run
+        .expect("run");
+    let request = tokio::time::timeout(WAIT, body)
+        .await
+        .expect("the webhook was called")
+        .expect("body");
+    let step_id = request["callback"]["step_id"]
+        .as_str()
+        .expect("step id")
+        .to_owned();
+    let token = request["callback"]["callback_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    assert_eq!(request["entity"]["id"], serde_json::json!(tenant.id));
+    assert_eq!(
+        action_run(&mut dep, &run.id).await.status,
+        pb::ActionRunStatus::Running as i32,
+        "waits for the callback"
+    );
+
+    // A token for another step, or a forged one, is refused and changes nothing.
+    let forged = format!("{}.{}", i64::MAX, "00".repeat(32));
+    for bad in [forged, token.replace('.', ".0")] {
+        let err = dep
+            .complete_action_step(pb::CompleteActionStepRequest {
+                step_id: step_id.clone(),
+                callback_token: bad,
+                outcome: pb::StepOutcome::Succeeded as i32,
+                ..Default::default()
+            })
+            .await
+            .expect_err("bad token");
+        assert_eq!(err.code(), Code::PermissionDenied);
+    }
+    assert_eq!(
+        action_run(&mut dep, &run.id).await.status,
+        pb::ActionRunStatus::Running as i32
+    );
+
+    let done = dep
+        .complete_action_step(pb::CompleteActionStepRequest {
+            step_id,
+            callback_token: token,
+            outcome: pb::StepOutcome::Succeeded as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("callback")
+        .into_inner()
+        .action_run
+        .expect("run");
+    assert_eq!(done.status, pb::ActionRunStatus::Succeeded as i32);
+    assert_eq!(entity(&mut dep, &tenant.id).await.state, "decommissioned");
+}
+
+#[tokio::test]
+async fn a_webhook_that_refuses_fails_the_step_and_reverts_the_entity() {
+    let cluster = Cluster::start(0).await;
+    let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
+    let (url, body) = one_webhook(500).await;
+    dep.apply_catalog(pb::ApplyCatalogRequest {
+        yaml: webhook_catalog(&url),
+        ..Default::default()
+    })
+    .await
+    .expect("catalog");
+    let f = fixture(&mut api, None, "w").await;
+    let tenant = dep
+        .create_entity(pb::CreateEntityRequest {
+            organization_id: f.org.id.clone(),
+            kind: "pr_tenant".into(),
+            name: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("entity")
+        .into_inner()
+        .entity
+        .expect("entity");
+    let run = dep
+        .trigger_action(pb::TriggerActionRequest {
+            entity_id: tenant.id.clone(),
+            action: "DeprovisionByPr".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner()
+        .action_run
+        .expect("run");
+    tokio::time::timeout(WAIT, body)
+        .await
+        .expect("the webhook was called")
+        .expect("body");
+    let failed = eventually(WAIT, "the action run failed", || {
+        let mut dep = dep.clone();
+        let id = run.id.clone();
+        async move {
+            let r = action_run(&mut dep, &id).await;
+            (r.status == pb::ActionRunStatus::Failed as i32).then_some(r)
+        }
+    })
+    .await;
+    assert!(failed.error.contains("500"), "{}", failed.error);
+    assert_eq!(
+        entity(&mut dep, &tenant.id).await.state,
+        "active",
+        "onFailure"
+    );
+}
