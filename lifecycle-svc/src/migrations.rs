@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(crate::relay::M0002Relay),
             Box::new(crate::tokens::M0003Tokens),
             Box::new(M0004Deprovisioning),
+            Box::new(M0005InactivityExtension),
         ]
     }
 }
@@ -390,6 +391,29 @@ impl MigrationTrait for M0004Deprovisioning {
         db.execute_unprepared(specific).await?;
         // Which deprovisioning step a destroy run carries out.
         db.execute_unprepared("ALTER TABLE runs ADD COLUMN action_step_id TEXT")
+            .await?;
+        Ok(())
+    }
+}
+
+/// Extensions of an inactivity deadline kept apart from the time of the last applied state.
+pub struct M0005InactivityExtension;
+
+impl MigrationName for M0005InactivityExtension {
+    fn name(&self) -> &str {
+        "m0005_inactivity_extension"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0005InactivityExtension {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE workspaces ADD COLUMN inactivity_extension_ms BIGINT NOT NULL DEFAULT 0 \
+                 CHECK (inactivity_extension_ms >= 0)",
+            )
             .await?;
         Ok(())
     }

@@ -64,7 +64,7 @@ pub const WORKSPACE_COLUMNS: &str = "w.id, w.organization_id, w.project_id, w.na
     w.auto_destroy_at, w.auto_destroy_inactivity_ms, w.inherits_project_auto_destroy, \
     w.auto_destroy_status, w.last_state_change_at, w.latest_serial, w.applied_since_destroy, \
     w.last_fired_due_at, w.auto_destroy_failures, w.auto_destroy_retry_at, \
-    w.next_auto_destroy_at, w.next_reminder_at, w.shard_key, w.created_at, w.updated_at, \
+    w.next_auto_destroy_at, w.next_reminder_at, w.inactivity_extension_ms, w.shard_key, w.created_at, w.updated_at, \
     p.default_inactivity_ms AS project_default_inactivity_ms";
 
 /// `FROM` clause joining a workspace to its project.
@@ -96,6 +96,7 @@ pub struct WorkspaceRow {
     pub auto_destroy_retry_at: Option<i64>,
     pub next_auto_destroy_at: Option<i64>,
     pub next_reminder_at: Option<i64>,
+    pub inactivity_extension_ms: i64,
     pub shard_key: i32,
     pub created_at: i64,
     pub updated_at: i64,
@@ -134,6 +135,7 @@ impl WorkspaceRow {
             applied_since_destroy: self.applied_since_destroy,
             last_fired_due_at: self.last_fired_due_at,
             retry_at: self.auto_destroy_retry_at,
+            inactivity_extension_ms: self.inactivity_extension_ms,
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Timing {
     pub last_fired_due_at: Option<EpochMs>,
     /// A scheduled retry of a failed auto-destroy.
     pub retry_at: Option<EpochMs>,
+    /// How far operators pushed the inactivity deadline since the last applied state.
+    pub inactivity_extension_ms: i64,
 }
 
 impl Timing {
@@ -35,7 +37,8 @@ impl Timing {
         }
         Some(
             self.last_state_change_at?
-                .saturating_add(self.inactivity_ms?),
+                .saturating_add(self.inactivity_ms?)
+                .saturating_add(self.inactivity_extension_ms),
         )
     }
 
@@ -157,6 +160,18 @@ mod tests {
             "a fired due time never fires again"
         );
         assert_eq!(t.reason(), "auto_destroy_at");
+    }
+
+    #[test]
+    fn an_extension_pushes_only_the_inactivity_deadline() {
+        let t = Timing {
+            inactivity_ms: Some(2 * H),
+            last_state_change_at: Some(H),
+            applied_since_destroy: true,
+            inactivity_extension_ms: H,
+            ..Timing::default()
+        };
+        assert_eq!(t.inactivity_due(), Some(4 * H));
     }
 
     #[test]

@@ -225,26 +225,29 @@ pub async fn update_project(
         check_inactivity_max("default_auto_destroy_inactivity", d, &org)?;
         project.default_inactivity_ms = d;
     }
-    let result = exec(
-        conn,
-        "UPDATE projects SET name = $1, default_inactivity_ms = $2, updated_at = $3 WHERE id = $4",
-        [
-            project.name.clone().into(),
-            project.default_inactivity_ms.into(),
-            now.into(),
-            id.into(),
-        ],
-    )
-    .await;
-    if let Err(Error::Internal(msg)) = &result
-        && (msg.contains("UNIQUE") || msg.contains("unique"))
-    {
-        return Err(Error::AlreadyExists(format!(
-            "a project named {:?} already exists in the organization",
-            project.name
-        )));
+    let renamed = conn
+        .execute_raw(ebb_common::db::stmt(
+            conn.get_database_backend(),
+            "UPDATE projects SET name = $1, default_inactivity_ms = $2, updated_at = $3 WHERE id = $4",
+            [
+                project.name.clone().into(),
+                project.default_inactivity_ms.into(),
+                now.into(),
+                id.into(),
+            ],
+        ))
+        .await;
+    match renamed {
+        Err(e) if ebb_common::db::is_unique_violation(&e) => {
+            return Err(Error::AlreadyExists(format!(
+                "a project named {:?} already exists in the organization",
+                project.name
+            )));
+        }
+        other => {
+            other?;
+        }
     }
-    result?;
     if default_inactivity_ms.is_some() {
         let workspaces: Vec<WorkspaceRow> = query_all(
             conn,
@@ -451,7 +454,8 @@ pub async fn save(
          inherits_project_auto_destroy = $11, auto_destroy_status = $12, \
          last_state_change_at = $13, latest_serial = $14, applied_since_destroy = $15, \
          last_fired_due_at = $16, auto_destroy_failures = $17, auto_destroy_retry_at = $18, \
-         next_auto_destroy_at = $19, next_reminder_at = $20, updated_at = $21 WHERE id = $22",
+         next_auto_destroy_at = $19, next_reminder_at = $20, updated_at = $21, \
+         inactivity_extension_ms = $23 WHERE id = $22",
         [
             ws.name.clone().into(),
             ws.labels.clone().into(),
@@ -475,6 +479,7 @@ pub async fn save(
             ws.next_reminder_at.into(),
             now.into(),
             ws.id.clone().into(),
+            ws.inactivity_extension_ms.into(),
         ],
     )
     .await?;
@@ -503,7 +508,7 @@ pub async fn update_workspace(
     let org = get_org(conn, &ws.organization_id).await?;
     if let Some(name) = changes.name {
         if name != ws.name {
-            let clash: Option<StateVersionRowId> = query_one(
+            let clash: Option<IdRow> = query_one(
                 conn,
                 "SELECT id FROM workspaces WHERE project_id = $1 AND name = $2",
                 [ws.project_id.clone().into(), name.clone().into()],
@@ -546,8 +551,9 @@ pub async fn update_workspace(
     get_workspace(conn, id).await
 }
 
+/// A row of which only existence matters.
 #[derive(FromQueryResult)]
-struct StateVersionRowId {
+struct IdRow {
     #[allow(dead_code)]
     id: String,
 }
@@ -646,7 +652,7 @@ pub async fn set_archived(
 
 /// Whether the workspace has a queued or running run.
 pub async fn has_active_run(conn: &impl ConnectionTrait, workspace_id: &str) -> Result<bool> {
-    let row: Option<StateVersionRowId> = query_one(
+    let row: Option<IdRow> = query_one(
         conn,
         "SELECT id FROM runs WHERE workspace_id = $1 AND status IN ('queued', 'running') LIMIT 1",
         [workspace_id.into()],
@@ -699,6 +705,7 @@ pub async fn record_state_version(
     if !from_destroy {
         ws.last_state_change_at = Some(now);
         ws.applied_since_destroy = true;
+        ws.inactivity_extension_ms = 0;
         if ws.auto_destroy_status == "succeeded" {
             ws.auto_destroy_status = "idle".into();
         }
@@ -812,6 +819,7 @@ pub async fn set_auto_destroy(
     }
     if inactivity_ms.is_some() {
         ws.auto_destroy_inactivity_ms = inactivity_ms;
+        ws.inactivity_extension_ms = 0;
         ws.inherits_project_auto_destroy = false;
     }
     // A new schedule starts afresh.
@@ -916,7 +924,7 @@ pub async fn extend_auto_destroy(
         ws.auto_destroy_at = Some(target);
     }
     if timing.inactivity_due() == Some(current) {
-        ws.last_state_change_at = ws.last_state_change_at.map(|t| t + by_ms);
+        ws.inactivity_extension_ms = ws.inactivity_extension_ms.saturating_add(by_ms);
     }
     if ws.auto_destroy_retry_at == Some(current) {
         ws.auto_destroy_retry_at = Some(target);

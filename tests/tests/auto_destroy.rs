@@ -842,6 +842,57 @@ async fn extend_stays_within_the_maximum_and_preview_changes_nothing() {
         unchanged.next_auto_destroy_at.is_none(),
         "preview changes nothing"
     );
+
+    // Extending an inactivity deadline moves the deadline, not the recorded last change.
+    let set = api
+        .set_auto_destroy(pb::SetAutoDestroyRequest {
+            workspace_id: other.id.clone(),
+            auto_destroy_inactivity: "2h".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("inactivity")
+        .into_inner()
+        .workspace
+        .expect("ws");
+    let extended = api
+        .extend_auto_destroy(pb::ExtendAutoDestroyRequest {
+            workspace_id: other.id.clone(),
+            extend_by: "1h".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("extend inactivity")
+        .into_inner()
+        .workspace
+        .expect("ws");
+    assert_eq!(
+        extended.last_state_change_at, set.last_state_change_at,
+        "the last applied state stays what it was"
+    );
+    assert_eq!(
+        extended.next_auto_destroy_at.expect("next").seconds,
+        set.next_auto_destroy_at.expect("next").seconds + 3600
+    );
+    let reapplied = api
+        .record_state_version(pb::RecordStateVersionRequest {
+            workspace_id: other.id.clone(),
+            serial: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("apply")
+        .into_inner()
+        .workspace
+        .expect("ws");
+    let (next, last) = (
+        reapplied.next_auto_destroy_at.expect("next"),
+        reapplied.last_state_change_at.expect("last"),
+    );
+    assert!(
+        (next.seconds - last.seconds - 7200).abs() <= 1,
+        "a new applied state drops the extension"
+    );
 }
 
 #[tokio::test]
