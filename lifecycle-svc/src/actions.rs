@@ -551,9 +551,18 @@ pub async fn advance(
         if ready.is_empty() {
             return Ok(queued);
         }
+        // The trigger is the action's; read it once for every step started in this round.
+        let trigger = load_action(
+            conn,
+            &entities::get_entity(conn, &run.entity_id).await?,
+            &run.action,
+        )
+        .await?
+        .1
+        .trigger;
         let mut finished_any = false;
         for step in ready {
-            match start_step(conn, engine, &run, step, actor, now).await? {
+            match start_step(conn, engine, &run, &trigger, step, actor, now).await? {
                 Started::Running { queued_run } => queued |= queued_run,
                 Started::Finished => finished_any = true,
             }
@@ -590,6 +599,7 @@ async fn start_step(
     conn: &impl ConnectionTrait,
     engine: &Engine,
     run: &ActionRunRow,
+    trigger: &TriggerDef,
     step: &StepRow,
     actor: &str,
     now: EpochMs,
@@ -603,13 +613,7 @@ async fn start_step(
         [now.into(), deadline.into(), step.id.clone().into()],
     )
     .await?;
-    let (_, def) = load_action(
-        conn,
-        &entities::get_entity(conn, &run.entity_id).await?,
-        &run.action,
-    )
-    .await?;
-    match (&def.trigger, &entity.workspace_id) {
+    match (trigger, &entity.workspace_id) {
         (TriggerDef::Noop, _) => {
             set_step(conn, &step.id, "succeeded", "", now).await?;
             Ok(Started::Finished)

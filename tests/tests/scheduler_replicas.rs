@@ -81,7 +81,7 @@ async fn three_replicas_queue_every_due_workspace_exactly_once_despite_a_sigkill
     while tasks.join_next().await.is_some() {}
 
     // SIGKILL a replica the moment it is seen holding a lease while the wave is due.
-    let mut admin = SchedulerServiceClient::new(cluster.schedulers[0].channel().await);
+    let admin = SchedulerServiceClient::new(cluster.schedulers[0].channel().await);
     let victim = eventually(Duration::from_secs(30), "a replica holding a lease", || {
         let mut admin = admin.clone();
         async move {
@@ -149,5 +149,4 @@ async fn three_replicas_queue_every_due_workspace_exactly_once_despite_a_sigkill
     assert_eq!(subjects.len(), WORKSPACES);
     let run_events = ebb_tests::cluster::events(&mut api, &f.org.id, "run.queued").await;
     assert_eq!(run_events.len(), WORKSPACES);
-    let _ = &mut admin;
 }

@@ -152,7 +152,8 @@ pub fn json_to_struct(v: &serde_json::Value) -> prost_types::Struct {
     }
 }
 
-fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
+/// A JSON value as a protobuf `Value`.
+pub fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
     use prost_types::value::Kind;
     let kind = match v {
         serde_json::Value::Null => Kind::NullValue(0),

@@ -11,7 +11,7 @@ use sea_orm::ConnectionTrait;
 use serde_json::{Map, Value as Json};
 use tonic::{Request, Response, Status};
 
-use super::convert::json_to_struct;
+use super::convert::{json_to_struct, json_to_value};
 use super::validate as check;
 use crate::actions::{self, ActionRunRow, ScheduledRow};
 use crate::catalog::{self, KindDef, TriggerDef};
@@ -83,15 +83,6 @@ fn kind_pb(k: &KindDef) -> pb::EntityKind {
             })
             .collect(),
     }
-}
-
-fn json_to_value(v: &Json) -> prost_types::Value {
-    let mut wrapper = serde_json::Map::new();
-    wrapper.insert("v".into(), v.clone());
-    json_to_struct(&Json::Object(wrapper))
-        .fields
-        .remove("v")
-        .unwrap_or_default()
 }
 
 fn entity_pb(e: &EntityRow) -> pb::Entity {
