@@ -3,6 +3,7 @@
 mod api;
 pub mod chain;
 pub mod data;
+pub mod gauges;
 pub mod migrations;
 pub mod store;
 
@@ -31,6 +32,7 @@ impl Default for Config {
             server: ServerConfig::with_defaults(
                 SocketAddr::from(([127, 0, 0, 1], 50064)),
                 "ebb-data/audit.db",
+                "127.0.0.1:9464",
             ),
         }
     }
@@ -53,6 +55,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let mut component = Component::new();
+    component.add_metrics_source(Arc::new(gauges::AuditMetrics::new(db.clone())));
     component.ask_lifecycle_for_tokens(&config.server, "")?;
     component.add_resolver(Arc::new(ebb_common::auth::TableResolver::new(
         db.clone(),

@@ -194,7 +194,13 @@ impl Store {
             let txn = self.db.conn.begin().await?;
             match append_in(&txn, events, now_ms).await {
                 Ok(appended) => match txn.commit().await {
-                    Ok(()) => return Ok(appended),
+                    Ok(()) => {
+                        metrics::counter!("ebb_audit_events_appended_total", "outcome" => "recorded")
+                            .increment(appended.appended as u64);
+                        metrics::counter!("ebb_audit_events_appended_total", "outcome" => "duplicate")
+                            .increment(appended.already_recorded as u64);
+                        return Ok(appended);
+                    }
                     Err(e) if is_unique_violation(&e) && attempt < APPEND_ATTEMPTS => continue,
                     Err(e) => return Err(e.into()),
                 },

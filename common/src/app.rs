@@ -32,6 +32,10 @@ pub struct ServerFlags {
     #[arg(long, value_enum)]
     #[serde(skip)]
     pub log_format: Option<LogFormat>,
+    /// Address of the Prometheus endpoint, e.g. 0.0.0.0:9461; empty turns it off.
+    #[arg(long)]
+    #[serde(skip)]
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -40,6 +44,15 @@ struct Overrides<'a> {
     flags: &'a ServerFlags,
     #[serde(skip_serializing_if = "Option::is_none")]
     telemetry: Option<TelemetryOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<MetricsOverride>,
+}
+
+/// `metrics.listen` from `--metrics-listen`.
+#[derive(Serialize)]
+pub struct MetricsOverride {
+    /// The address, or empty for none.
+    pub listen: String,
 }
 
 #[derive(Serialize)]
@@ -66,6 +79,10 @@ where
         telemetry: flags
             .log_format
             .map(|log_format| TelemetryOverride { log_format }),
+        metrics: flags
+            .metrics_listen
+            .clone()
+            .map(|listen| MetricsOverride { listen }),
     };
     let config = match config::load(&defaults, flags.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -115,8 +132,14 @@ where
     let server = config.server().clone();
     let listener = serving::bind(server.listen).await?;
     let addr = listener.local_addr()?;
+    let metrics = crate::metrics::bind(&server.metrics.listen).await?;
     crate::client::install(crate::client::ClientSettings::for_service(&server));
-    let component = build(config, shutdown.clone()).await?;
+    let mut component = build(config, shutdown.clone()).await?;
+    if let Some(metrics) = metrics {
+        // Printed before the gRPC line, which the harness and scripts wait for.
+        println!("{name} metrics on http://{}/metrics", metrics.local_addr()?);
+        component.set_metrics_listener(metrics);
+    }
     // The harness and scripts read this line to find a port chosen by the OS (`--listen :0`).
     let scheme = if server.tls.enabled() {
         "https"

@@ -54,6 +54,34 @@ pub struct ServerConfig {
     /// Limits every call is held to.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The Prometheus endpoint: `GET /metrics` over plain HTTP on its own address.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// Address of the endpoint, such as `0.0.0.0:9461`; empty turns it off. It carries counts
+    /// and organization ids but no secrets; keep it on a network only the scraper reaches.
+    pub listen: String,
+}
+
+impl Validate for MetricsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() {
+            self.listen.parse::<SocketAddr>().map_err(|e| {
+                ConfigError::field(
+                    "metrics.listen",
+                    format!(
+                        "{e}: expected HOST:PORT such as 0.0.0.0:9461, or empty to turn it off"
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 /// How tokens are checked and presented.
@@ -134,8 +162,9 @@ impl Default for LimitsConfig {
 }
 
 impl ServerConfig {
-    /// Defaults for a service listening on `listen` with its own SQLite file.
-    pub fn with_defaults(listen: SocketAddr, sqlite_file: &str) -> Self {
+    /// Defaults for a service listening on `listen` with its own SQLite file and its metrics
+    /// on `metrics_listen`.
+    pub fn with_defaults(listen: SocketAddr, sqlite_file: &str, metrics_listen: &str) -> Self {
         Self {
             listen,
             database_url: format!("sqlite://{sqlite_file}?mode=rwc"),
@@ -145,6 +174,9 @@ impl ServerConfig {
             auth: AuthConfig::default(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig {
+                listen: metrics_listen.to_owned(),
+            },
         }
     }
 
@@ -250,6 +282,7 @@ impl Validate for ServerConfig {
                 "must be between 1 and 10000",
             ));
         }
+        self.metrics.validate()?;
         self.telemetry.validate()
     }
 }
@@ -493,7 +526,11 @@ mod tests {
     impl Default for Sample {
         fn default() -> Self {
             Self {
-                server: ServerConfig::with_defaults("127.0.0.1:1".parse().expect("addr"), "x.db"),
+                server: ServerConfig::with_defaults(
+                    "127.0.0.1:1".parse().expect("addr"),
+                    "x.db",
+                    "",
+                ),
                 batch: 10,
             }
         }

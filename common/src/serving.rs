@@ -25,6 +25,7 @@ use crate::auth::{
 };
 use crate::config::{LimitsConfig, ServerConfig};
 use crate::db::Db;
+use crate::metrics::{MetricsLayer, MetricsSource};
 
 type Adder = Box<dyn FnOnce(&mut RoutesBuilder) + Send>;
 
@@ -40,6 +41,8 @@ pub struct Component {
     authority: Option<(Authority, Arc<dyn TokenAuthority>)>,
     resolvers: Vec<Arc<dyn OrganizationResolver>>,
     denials: Vec<Arc<dyn DenialSink>>,
+    metrics_sources: Vec<Arc<dyn MetricsSource>>,
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Whether a token authority reads the token store itself or asks lifecycle.
@@ -134,8 +137,24 @@ impl Component {
         self.denials.push(sink);
     }
 
-    /// Takes over the services, tasks and authorization parts of `other`.
+    /// Reads gauges from `source` whenever the metrics endpoint is scraped.
+    pub fn add_metrics_source(&mut self, source: Arc<dyn MetricsSource>) {
+        metrics::counter!("ebb_metrics_refresh_failures_total", "source" => source.name())
+            .increment(0);
+        self.metrics_sources.push(source);
+    }
+
+    /// Serves `GET /metrics` on `listener` alongside the gRPC server.
+    pub fn set_metrics_listener(&mut self, listener: TcpListener) {
+        self.metrics_listener = Some(listener);
+    }
+
+    /// Takes over the services, tasks, metrics and authorization parts of `other`.
     pub fn merge(&mut self, mut other: Component) {
+        self.metrics_sources.append(&mut other.metrics_sources);
+        if other.metrics_listener.is_some() {
+            self.metrics_listener = other.metrics_listener.take();
+        }
         self.adders.append(&mut other.adders);
         self.readiness.append(&mut other.readiness);
         self.tasks.append(&mut other.tasks);
@@ -207,6 +226,12 @@ pub async fn serve(
 
     let readiness = std::mem::take(&mut component.readiness);
     let monitor = tokio::spawn(watch_readiness(readiness, reporter, shutdown.clone()));
+    // Recorder first, so that calls are counted from the first one.
+    let _ = crate::metrics::handle();
+    let metrics = component.metrics_listener.take().map(|listener| {
+        let sources = std::mem::take(&mut component.metrics_sources);
+        tokio::spawn(crate::metrics::serve(listener, sources, shutdown.clone()))
+    });
 
     let guard = Guard {
         static_tokens: StaticTokens::new(&server.admin_token, &server.auth.service_token),
@@ -233,6 +258,7 @@ pub async fn serve(
         .max_concurrent_streams(streams)
         .http2_max_header_list_size(64 * 1024)
         .trace_fn(crate::telemetry::server_span)
+        .layer(MetricsLayer)
         .layer(LimitsLayer::new(limits))
         .layer(AuthLayer::new(guard))
         .add_routes(routes.routes())
@@ -250,6 +276,9 @@ pub async fn serve(
         }
     }
     monitor.abort();
+    if let Some(metrics) = metrics {
+        let _ = tokio::time::timeout(Duration::from_secs(1), metrics).await;
+    }
     let tasks = std::mem::take(&mut component.tasks);
     let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
     if tokio::time::timeout(grace, futures::future::join_all(tasks))

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use ebb_common::app::ServiceConfig;
 use ebb_common::config::{
-    self, ConfigError, LimitsConfig, ServerConfig, TelemetryConfig, TlsConfig, Validate,
+    self, ConfigError, LimitsConfig, MetricsConfig, ServerConfig, TelemetryConfig, TlsConfig,
+    Validate,
 };
 use ebb_common::serving::{self, Component};
 use serde::{Deserialize, Serialize};
@@ -28,6 +29,19 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// Address of the Prometheus endpoint, e.g. 127.0.0.1:9460; empty turns it off.
+    #[arg(long)]
+    #[serde(skip)]
+    pub metrics_listen: Option<String>,
+}
+
+/// The flags as configuration overrides.
+#[derive(Serialize)]
+struct Overrides<'a> {
+    #[serde(flatten)]
+    args: &'a ServeArgs,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<ebb_common::app::MetricsOverride>,
 }
 
 /// Configuration of `ebb serve`.
@@ -50,6 +64,8 @@ pub struct ServeConfig {
     pub tls: TlsConfig,
     /// Limits every call is held to.
     pub limits: LimitsConfig,
+    /// The one Prometheus endpoint of the process, with every service's metrics.
+    pub metrics: MetricsConfig,
     /// lifecycle-svc settings (its address and database are set by `ebb serve`).
     pub lifecycle: lifecycle_svc::Config,
     /// scheduler-svc settings.
@@ -70,6 +86,9 @@ impl Default for ServeConfig {
             admin_token: String::new(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            metrics: MetricsConfig {
+                listen: "127.0.0.1:9460".into(),
+            },
             lifecycle: lifecycle_svc::Config::default(),
             scheduler: scheduler_svc::Config::default(),
             notifier: notifier_svc::Config::default(),
@@ -84,6 +103,7 @@ impl Validate for ServeConfig {
             return Err(ConfigError::field("data_dir", "must not be empty"));
         }
         self.telemetry.validate()?;
+        self.metrics.validate()?;
         let mut shared = self.lifecycle.server.clone();
         shared.admin_token = self.admin_token.clone();
         shared.tls = self.tls.clone();
@@ -140,6 +160,8 @@ impl ServeConfig {
             server.auth.service_token = service_token.to_owned();
             server.tls = self.tls.clone();
             server.limits = self.limits.clone();
+            // The process serves one metrics endpoint, not one per service.
+            server.metrics.listen = String::new();
         }
         self.scheduler.lifecycle_url = url.clone();
         self.lifecycle.peers(&url);
@@ -148,7 +170,14 @@ impl ServeConfig {
 
 /// Runs `ebb serve` to completion.
 pub fn main(args: ServeArgs) -> std::process::ExitCode {
-    let config = match config::load(&ServeConfig::default(), args.config.as_deref(), &args) {
+    let overrides = Overrides {
+        args: &args,
+        metrics: args
+            .metrics_listen
+            .clone()
+            .map(|listen| ebb_common::app::MetricsOverride { listen }),
+    };
+    let config = match config::load(&ServeConfig::default(), args.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("ebb serve: {e}");
@@ -195,6 +224,7 @@ async fn run(mut config: ServeConfig) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
+    let metrics = ebb_common::metrics::bind(&config.metrics.listen).await?;
     let admin_token = admin_token(&config)?;
     // The services of one process call each other with a token that lives as long as it.
     let service_token = ebb_common::auth::new_secret();
@@ -208,6 +238,10 @@ async fn run(mut config: ServeConfig) -> anyhow::Result<()> {
     component.merge(notifier_svc::build(config.notifier.clone(), shutdown.clone()).await?);
     component.merge(lifecycle_svc::build(config.lifecycle.clone(), shutdown.clone()).await?);
     component.merge(scheduler_svc::build(config.scheduler.clone(), shutdown.clone()).await?);
+    if let Some(metrics) = metrics {
+        println!("ebb metrics on http://{}/metrics", metrics.local_addr()?);
+        component.set_metrics_listener(metrics);
+    }
 
     if config.tls.enabled() {
         println!("ebb listening on {addr} (TLS)");

@@ -43,6 +43,7 @@ impl Default for Config {
             server: ServerConfig::with_defaults(
                 SocketAddr::from(([127, 0, 0, 1], 50061)),
                 "ebb-data/lifecycle.db",
+                "127.0.0.1:9461",
             ),
             min_inactivity: Duration::from_secs(3600),
             run_lease_ttl: Duration::from_secs(60),

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod config;
 pub mod core;
 pub mod entities;
+pub mod gauges;
 pub mod idempotency;
 pub mod migrations;
 pub mod outbox;
@@ -46,9 +47,11 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         load_catalog_file(&db, &config.catalog_file).await?;
     }
     let secret = webhooks::callback_secret(&db.conn).await?;
+    let gauges = Arc::new(gauges::LifecycleMetrics::new(db.clone(), &config));
     let core = core::Lifecycle::new(db.clone(), config).with_callback_secret(secret);
     let mut component = Component::new();
     component.spawn(relay);
+    component.add_metrics_source(gauges);
     component.set_authority(
         serving::Authority::Local,
         Arc::new(tokens::LocalAuthority::new(db.clone())),

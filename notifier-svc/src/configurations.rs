@@ -25,7 +25,8 @@ pub enum Destination {
 }
 
 impl Destination {
-    fn as_str(self) -> &'static str {
+    /// Stored name.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Webhook => "webhook",
             Self::Slack => "slack",

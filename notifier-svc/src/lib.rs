@@ -5,6 +5,7 @@ mod api;
 mod configurations;
 mod deliveries;
 mod egress;
+mod gauges;
 mod idempotency;
 pub mod migrations;
 mod paging;
@@ -50,6 +51,7 @@ impl Default for Config {
             server: ServerConfig::with_defaults(
                 SocketAddr::from(([127, 0, 0, 1], 50063)),
                 "ebb-data/notifier.db",
+                "127.0.0.1:9463",
             ),
             delivery: DeliveryConfig::default(),
             egress: EgressConfig::default(),
@@ -311,6 +313,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let sender = Arc::new(transport::Sender::new(&config)?);
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut component = Component::new();
+    component.add_metrics_source(Arc::new(gauges::NotifierMetrics::new(db.clone())));
     component.ask_lifecycle_for_tokens(&config.server, "")?;
     component.add_resolver(Arc::new(ebb_common::auth::TableResolver::new(
         db.clone(),

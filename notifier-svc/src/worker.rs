@@ -149,6 +149,13 @@ impl AttemptCtx {
             .sender
             .send(target, &message, &job.message_id, &job.secrets)
             .await;
+        let destination = job.destination.as_str();
+        metrics::counter!("ebb_notifier_delivery_attempts_total", "destination" => destination, "outcome" => result.outcome.as_str())
+            .increment(1);
+        if result.outcome != crate::transport::Outcome::Succeeded {
+            metrics::counter!("ebb_notifier_delivery_failures_total", "destination" => destination)
+                .increment(1);
+        }
         let attempts_in_cycle = (job.cycle_attempts + 1) as usize;
         let next = self.policy.next(attempts_in_cycle, result.verdict());
         Finished {

@@ -50,6 +50,7 @@ impl Default for Config {
             server: ServerConfig::with_defaults(
                 SocketAddr::from(([127, 0, 0, 1], 50062)),
                 "ebb-data/scheduler.db",
+                "127.0.0.1:9462",
             ),
             lifecycle_url: "http://127.0.0.1:50061".into(),
             replica_id: String::new(),

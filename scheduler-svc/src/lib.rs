@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod gauges;
 pub mod leases;
 pub mod migrations;
 pub mod tasks;
@@ -31,6 +32,10 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let leases = leases::Leases::new(db.clone(), owner.clone());
     let specs = tasks::specs(&config);
     for spec in &specs {
+        for outcome in ["ok", "error", "lease_lost"] {
+            metrics::counter!("ebb_scheduler_task_runs_total", "task" => spec.name, "outcome" => outcome)
+                .increment(0);
+        }
         let interval_ms = i64::try_from(spec.interval.as_millis()).unwrap_or(i64::MAX);
         leases.ensure(spec.name, spec.shards, interval_ms).await?;
     }
@@ -41,6 +46,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     tracing::info!(replica = %owner, lifecycle = %config.lifecycle_url, "scheduler replica starting");
 
     let mut component = Component::new();
+    component.add_metrics_source(Arc::new(gauges::SchedulerMetrics::new(db.clone())));
     component.ask_lifecycle_for_tokens(&config.server, &config.lifecycle_url)?;
     component.add_service(
         SchedulerServiceServer::new(api::SchedulerApi::new(leases.clone(), specs)),

@@ -85,6 +85,7 @@ async fn run_one(
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!("lease lost to another replica; abandoning the run");
+                    metrics::counter!("ebb_scheduler_task_runs_total", "task" => lease.task.clone(), "outcome" => "lease_lost").increment(1);
                     break None;
                 }
                 Err(e) => tracing::warn!(error = %e, "renewing the lease failed"),
@@ -92,13 +93,17 @@ async fn run_one(
         }
     };
     let Some(outcome) = outcome else { return };
-    let text = match &outcome {
-        Ok(summary) => format!("ok: {summary}"),
+    let (text, label) = match &outcome {
+        Ok(summary) => (format!("ok: {summary}"), "ok"),
         Err(e) => {
             tracing::warn!(error = %e, "task run failed");
-            format!("error: {e}")
+            (format!("error: {e}"), "error")
         }
     };
+    metrics::counter!("ebb_scheduler_task_runs_total", "task" => lease.task.clone(), "outcome" => label)
+        .increment(1);
+    metrics::histogram!("ebb_scheduler_task_run_seconds", "task" => lease.task.clone())
+        .record(started.elapsed().as_secs_f64());
     let ms = i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX);
     match leases.release(&lease, &text, ms).await {
         Ok(true) => {}

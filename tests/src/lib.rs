@@ -235,6 +235,8 @@ pub struct Process {
     pub name: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its Prometheus endpoint listens, if it has one.
+    pub metrics_addr: Option<SocketAddr>,
     child: Child,
     log: PathBuf,
 }
@@ -279,6 +281,12 @@ impl Process {
         if server && !args.contains(&"--listen") && !envs.iter().any(|(k, _)| *k == "EBB_LISTEN") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        if server
+            && !args.contains(&"--metrics-listen")
+            && !envs.iter().any(|(k, _)| *k == "EBB_METRICS__LISTEN")
+        {
+            cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
         for (k, v) in credentials(envs) {
             cmd.env(k, v);
         }
@@ -293,10 +301,16 @@ impl Process {
         let mut child = cmd.spawn().with_context(|| format!("spawn {binary}"))?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        let mut metrics_addr = None;
         let found = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
                 if !server {
                     return Ok(Some(SocketAddr::from(([0, 0, 0, 0], 0))));
+                }
+                if let Some((_, url)) = line.split_once(" metrics on http://") {
+                    let addr = url.trim_end_matches("/metrics");
+                    metrics_addr = Some(addr.parse::<SocketAddr>()?);
+                    continue;
                 }
                 if let Some((_, addr)) = line.split_once(" listening on ") {
                     let addr = addr.split_whitespace().next().unwrap_or_default();
@@ -318,9 +332,31 @@ impl Process {
         Ok(Self {
             name: binary.to_owned(),
             addr,
+            metrics_addr,
             child,
             log,
         })
+    }
+
+    /// One scrape of the process's Prometheus endpoint.
+    pub async fn scrape(&self) -> anyhow::Result<Scrape> {
+        let addr = self
+            .metrics_addr
+            .with_context(|| format!("{} has no metrics endpoint", self.name))?;
+        let response = reqwest::get(format!("http://{addr}/metrics")).await?;
+        if !response.status().is_success() {
+            bail!("GET /metrics answered {}", response.status());
+        }
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        if !content_type.starts_with("text/plain") {
+            bail!("GET /metrics answered content type {content_type:?}");
+        }
+        Scrape::parse(&response.text().await?)
     }
 
     /// `http://ADDR`.
@@ -421,4 +457,89 @@ pub async fn run_to_exit(
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     ))
+}
+
+/// The series of one Prometheus text-format scrape.
+#[derive(Debug, Clone)]
+pub struct Scrape {
+    /// Name, labels and value of each sample line.
+    pub series: Vec<(String, std::collections::BTreeMap<String, String>, f64)>,
+}
+
+impl Scrape {
+    /// Parses the text format (comments skipped; label values without escapes other than
+    /// `\"`); a malformed line is an error naming it.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut series = Vec::new();
+        for line in text.lines() {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (head, value) = line
+                .rsplit_once(' ')
+                .with_context(|| format!("no value in {line:?}"))?;
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v
+                    .parse()
+                    .with_context(|| format!("bad value in {line:?}"))?,
+            };
+            let (name, labels) = match head.split_once('{') {
+                None => (head.to_owned(), std::collections::BTreeMap::new()),
+                Some((name, rest)) => {
+                    let body = rest
+                        .strip_suffix('}')
+                        .with_context(|| format!("unclosed labels in {line:?}"))?;
+                    let mut labels = std::collections::BTreeMap::new();
+                    let mut rest = body;
+                    while !rest.is_empty() {
+                        let (key, after) = rest
+                            .split_once("=\"")
+                            .with_context(|| format!("bad label in {line:?}"))?;
+                        let mut end = None;
+                        let bytes = after.as_bytes();
+                        let mut i = 0;
+                        while i < bytes.len() {
+                            match bytes[i] {
+                                b'\\' => i += 2,
+                                b'"' => {
+                                    end = Some(i);
+                                    break;
+                                }
+                                _ => i += 1,
+                            }
+                        }
+                        let end = end.with_context(|| format!("unclosed label in {line:?}"))?;
+                        labels.insert(
+                            key.trim_start_matches(',').to_owned(),
+                            after[..end].replace("\\\"", "\""),
+                        );
+                        rest = after[end + 1..].trim_start_matches(',');
+                    }
+                    (name.to_owned(), labels)
+                }
+            };
+            series.push((name, labels, value));
+        }
+        Ok(Self { series })
+    }
+
+    /// The value of the first series `name` whose labels include `labels`.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.series
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, _, v)| *v)
+    }
+
+    /// Whether any series is called `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.series.iter().any(|(n, _, _)| n == name)
+    }
 }

@@ -593,6 +593,12 @@ async fn overdue_edges_are_listed_and_the_database_refuses_deleting_relationship
         .into_inner()
         .relationships;
     assert_eq!(overdue.len(), 3);
+    let scrape = cluster.lifecycle.scrape().await.expect("scrape");
+    assert_eq!(
+        scrape.value("ebb_deprovision_overdue_grace_edges", &[]),
+        Some(3.0)
+    );
+    assert!(scrape.value("ebb_scheduler_lag_seconds", &[("kind", "grace_period")]) >= Some(0.2));
     let sql = cluster.lifecycle_sql().await;
     let refused = sql
         .execute_unprepared(&format!(

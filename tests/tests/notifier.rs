@@ -813,6 +813,32 @@ async fn webhooks_are_signed_retried_until_accepted_and_published_once() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(receiver.requests("/hook").len(), 4);
 
+    // The two refused attempts count as failures, the accepted one as delivered; nothing waits.
+    let scrape = p.scrape().await.expect("scrape");
+    let webhook = ("destination", "webhook");
+    assert_eq!(
+        scrape.value("ebb_notifier_delivery_failures_total", &[webhook]),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "ebb_notifier_delivery_attempts_total",
+            &[webhook, ("outcome", "rejected")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        scrape.value(
+            "ebb_notifier_delivery_attempts_total",
+            &[webhook, ("outcome", "succeeded")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value("ebb_notifier_deliveries", &[("status", "pending")]),
+        Some(0.0)
+    );
+
     // Secrets are never returned again.
     let fetched = c
         .get_notification_configuration(pb::GetNotificationConfigurationRequest {

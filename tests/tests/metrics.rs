@@ -1,0 +1,301 @@
+//! Every service serves Prometheus metrics, the ones docs/metrics.md lists, and the gauges
+//! follow the work: due items and the scheduler's lag, paused tasks, lease takeovers, queued
+//! runs, the outbox backlog while audit-svc is down, and each organization's chain head.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use ebb_tests::cluster::{Cluster, eventually, fixture, from_now};
+use ebb_tests::proto::lifecycle::v1 as pb;
+use ebb_tests::proto::scheduler::v1 as spb;
+use ebb_tests::proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
+use ebb_tests::{Process, Scrape, TestDatabases};
+use sea_orm::{ConnectionTrait, Database, FromQueryResult};
+
+/// The metric names of docs/metrics.md, by the service that serves them.
+fn documented() -> BTreeMap<String, Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
+    let text = std::fs::read_to_string(&path).expect("read docs/metrics.md");
+    let mut by_service: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | `name` | type | service | meaning |
+        if cells.len() >= 5 && cells[1].starts_with("`ebb_") {
+            let name = cells[1].trim_matches('`').to_owned();
+            for service in cells[3].split(',') {
+                by_service
+                    .entry(service.trim().to_owned())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+    }
+    by_service
+}
+
+async fn start(binary: &str, dbs: &mut TestDatabases, env: &[(&str, String)]) -> Process {
+    let url = dbs.create(binary.trim_end_matches("-svc")).await;
+    let mut env = env.to_vec();
+    env.push(("EBB_DATABASE_URL", url));
+    let p = Process::spawn(binary, &[], &env, dbs.dir())
+        .await
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+    p.wait_serving("").await.expect("serving");
+    p
+}
+
+#[tokio::test]
+async fn every_service_serves_the_metrics_the_documentation_lists() {
+    let documented = documented();
+    assert!(
+        documented.len() >= 5,
+        "docs/metrics.md lists metrics of every service and `all`: {documented:?}"
+    );
+    let mut dbs = TestDatabases::new();
+    let audit = start("audit-svc", &mut dbs, &[]).await;
+    let notifier = start("notifier-svc", &mut dbs, &[]).await;
+    let lifecycle = start(
+        "lifecycle-svc",
+        &mut dbs,
+        &[
+            ("EBB_AUDIT_URL", audit.url()),
+            ("EBB_NOTIFIER_URL", notifier.url()),
+        ],
+    )
+    .await;
+    let scheduler = start(
+        "scheduler-svc",
+        &mut dbs,
+        &ebb_tests::cluster::fast_scheduler_env(&lifecycle.url()),
+    )
+    .await;
+    // Gauges exist from the first scrape (the chain head once an organization has events);
+    // gRPC counters once a call was answered (the health checks above).
+    let mut api =
+        ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient::new(
+            lifecycle.channel().await,
+        );
+    let org = fixture(&mut api, None, "w").await.org.id;
+    eventually(
+        Duration::from_secs(10),
+        "the organization's chain",
+        || async {
+            scrape(&audit)
+                .await
+                .value(
+                    "ebb_audit_chain_head_sequence",
+                    &[("organization_id", &org)],
+                )
+                .filter(|head| *head >= 1.0)
+        },
+    )
+    .await;
+    for (service, process) in [
+        ("lifecycle", &lifecycle),
+        ("scheduler", &scheduler),
+        ("notifier", &notifier),
+        ("audit", &audit),
+    ] {
+        let scrape = process.scrape().await.expect("scrape");
+        for name in documented[service].iter().chain(&documented["all"]) {
+            let found = scrape.has(name)
+                || scrape.has(&format!("{name}_bucket"))
+                || scrape.has(&format!("{name}_count"));
+            assert!(found, "{service} does not serve {name}");
+        }
+        let ours = |n: &str| n.starts_with("ebb_");
+        for (name, _, _) in scrape.series.iter().filter(|(n, _, _)| ours(n)) {
+            let base = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_count")
+                .trim_end_matches("_sum");
+            assert!(
+                documented.values().flatten().any(|d| d == base),
+                "{service} serves {name}, which docs/metrics.md does not list"
+            );
+        }
+    }
+}
+
+#[derive(FromQueryResult)]
+struct Seq {
+    event_seq: i64,
+}
+
+async fn event_seq(cluster: &Cluster, org: &str) -> i64 {
+    let sql = cluster.lifecycle_sql().await;
+    Seq::find_by_statement(sea_orm::Statement::from_string(
+        sql.get_database_backend(),
+        format!("SELECT event_seq FROM organizations WHERE id = '{org}'"),
+    ))
+    .one(&sql)
+    .await
+    .expect("query")
+    .expect("organization")
+    .event_seq
+}
+
+async fn scrape(p: &Process) -> Scrape {
+    p.scrape().await.expect("scrape")
+}
+
+#[tokio::test]
+async fn gauges_follow_due_work_leases_and_the_outbox() {
+    let mut dbs = TestDatabases::new();
+    let audit = start("audit-svc", &mut dbs, &[]).await;
+    let cluster = Cluster::start_on(dbs, 1, &[("EBB_AUDIT_URL", audit.url())]).await;
+    let lifecycle = &cluster.lifecycle;
+    let scheduler = &cluster.schedulers[0];
+    let mut tasks = SchedulerServiceClient::new(scheduler.channel().await);
+    tasks
+        .pause_task(spb::PauseTaskRequest {
+            name: "auto_destroy_check".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("pause");
+
+    // Three workspaces fall due while the check is paused: they are the backlog, and the
+    // lag grows with the age of the oldest.
+    let mut api = cluster.api().await;
+    let f = fixture(&mut api, None, "w-0").await;
+    let mut ids = vec![f.workspace.id.clone()];
+    for i in 1..3 {
+        ids.push(
+            ebb_tests::cluster::create_workspace(&mut api, &f.project.id, &format!("w-{i}"))
+                .await
+                .id,
+        );
+    }
+    for id in &ids {
+        api.set_auto_destroy(pb::SetAutoDestroyRequest {
+            workspace_id: id.clone(),
+            auto_destroy_at: Some(from_now(Duration::from_millis(500))),
+            ..Default::default()
+        })
+        .await
+        .expect("set");
+    }
+    let paused = scrape(scheduler).await;
+    assert_eq!(
+        paused.value(
+            "ebb_scheduler_task_paused",
+            &[("task", "auto_destroy_check")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        paused.value(
+            "ebb_scheduler_task_paused",
+            &[("task", "grace_period_sweep")]
+        ),
+        Some(0.0)
+    );
+    let due = [("kind", "auto_destroy")];
+    eventually(Duration::from_secs(10), "three due workspaces", || async {
+        let s = scrape(lifecycle).await;
+        (s.value("ebb_due_backlog", &due) == Some(3.0)
+            && s.value("ebb_scheduler_lag_seconds", &due) > Some(0.5))
+        .then_some(())
+    })
+    .await;
+    let s = scrape(lifecycle).await;
+    assert_eq!(s.value("ebb_runs", &[("status", "queued")]), Some(0.0));
+
+    // Resumed: the backlog drains into three queued destroy runs.
+    tasks
+        .resume_task(spb::ResumeTaskRequest {
+            name: "auto_destroy_check".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("resume");
+    eventually(Duration::from_secs(10), "the backlog drained", || async {
+        let s = scrape(lifecycle).await;
+        (s.value("ebb_due_backlog", &due) == Some(0.0)
+            && s.value("ebb_scheduler_lag_seconds", &due) == Some(0.0)
+            && s.value("ebb_runs", &[("status", "queued")]) == Some(3.0))
+        .then_some(())
+    })
+    .await;
+
+    // Everything relayed: the audit backlog is empty and the chain head is the
+    // organization's last event.
+    let org = f.org.id.clone();
+    eventually(Duration::from_secs(10), "the outbox relayed", || async {
+        let expected = event_seq(&cluster, &org).await as f64;
+        let head = scrape(&audit).await.value(
+            "ebb_audit_chain_head_sequence",
+            &[("organization_id", &org)],
+        );
+        let backlog = scrape(lifecycle)
+            .await
+            .value("ebb_outbox_backlog", &[("sink", "audit")]);
+        (head == Some(expected) && backlog == Some(0.0)).then_some(())
+    })
+    .await;
+    let relayed = event_seq(&cluster, &org).await;
+
+    // audit-svc goes away: the events of four more changes wait in the outbox.
+    audit.kill().await;
+    for i in 0..4 {
+        api.set_auto_destroy(pb::SetAutoDestroyRequest {
+            workspace_id: ids[0].clone(),
+            auto_destroy_at: Some(from_now(Duration::from_secs(3600 + i))),
+            ..Default::default()
+        })
+        .await
+        .ok();
+    }
+    let waiting = event_seq(&cluster, &org).await - relayed;
+    assert!(waiting >= 1, "the changes wrote events");
+    eventually(Duration::from_secs(10), "the outbox backlog", || async {
+        let s = scrape(lifecycle).await;
+        (s.value("ebb_outbox_backlog", &[("sink", "audit")]) == Some(waiting as f64)
+            && s.value("ebb_outbox_lag_seconds", &[("sink", "audit")]) > Some(0.0))
+        .then_some(())
+    })
+    .await;
+    assert!(
+        scrape(lifecycle)
+            .await
+            .value("ebb_outbox_backlog", &[("sink", "notifier")])
+            .is_none(),
+        "no notifier is configured, so its backlog is not reported"
+    );
+
+    // A replica that died holding a lease leaves an expired lease behind; the live replica
+    // takes it over and the takeover is counted.
+    let before = scrape(scheduler)
+        .await
+        .value(
+            "ebb_scheduler_lease_takeovers_total",
+            &[("task", "run_lease_rescue")],
+        )
+        .unwrap_or(-1.0);
+    assert_eq!(before, 0.0);
+    let sql = Database::connect(cluster.scheduler_db.as_str())
+        .await
+        .expect("connect");
+    eventually(Duration::from_secs(10), "a lease to plant", || async {
+        let planted = sql
+            .execute_unprepared(
+                "UPDATE task_leases SET owner = 'replica-gone', lease_expires_at = 1, \
+                 next_run_at = 1 WHERE task = 'run_lease_rescue' AND owner IS NULL",
+            )
+            .await
+            .expect("update");
+        (planted.rows_affected() == 1).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "the takeover", || async {
+        let s = scrape(scheduler).await;
+        (s.value(
+            "ebb_scheduler_lease_takeovers_total",
+            &[("task", "run_lease_rescue")],
+        ) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+}
