@@ -75,6 +75,12 @@ fn new_event(v: &mut Violations, field: &str, input: &EventInput) -> Option<NewE
     for (name, value, required) in names {
         names_ok &= check_name(v, &format!("{field}.{name}"), value, required);
     }
+    if input.traceparent.len() > 256 {
+        v.add(
+            format!("{field}.traceparent"),
+            "must be at most 256 characters",
+        );
+    }
     let occur_time_ms = match &input.occur_time {
         None => {
             v.add(format!("{field}.occur_time"), "is required");
@@ -120,6 +126,8 @@ fn to_proto(event: StoredEvent) -> Result<AuditEvent> {
             actor: event.event.actor,
             data: Some(data),
             occur_time: Some(to_timestamp(event.event.occur_time_ms)),
+            // Not recorded: it describes the delivery, not the event.
+            traceparent: String::new(),
         }),
         sequence: event.sequence,
         prev_hash: event.prev_hash,
@@ -283,10 +291,26 @@ impl AuditService for AuditApi {
         }
         v.finish()?;
         let duplicates = request.events.len() - events.len();
+        // Each event's own trace gets a span covering the append that records it.
+        let spans: Vec<tracing::Span> = request
+            .events
+            .iter()
+            .filter(|input| !input.traceparent.is_empty())
+            .map(|input| {
+                let span = tracing::info_span!(
+                    "audit.record",
+                    event_id = %input.id,
+                    organization_id = %input.organization_id,
+                    action = %input.action,
+                );
+                ebb_common::telemetry::follow_remote(&input.traceparent, span)
+            })
+            .collect();
         let out = self
             .store
             .append(&events, ebb_common::time::now_ms())
             .await?;
+        drop(spans);
         tracing::debug!(
             appended = out.appended,
             already_recorded = out.already_recorded,

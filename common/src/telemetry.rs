@@ -134,6 +134,30 @@ pub fn server_span<B>(request: &http::Request<B>) -> tracing::Span {
     span
 }
 
+/// The W3C `traceparent` of the current span; empty outside any span.
+pub fn current_traceparent() -> String {
+    let context = tracing::Span::current().context();
+    let mut carrier = std::collections::HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier.remove("traceparent").unwrap_or_default()
+}
+
+/// Makes `span` a child of the remote span `traceparent` names (W3C). An empty or invalid
+/// `traceparent` leaves `span` where it is (a child of the current span, if any).
+pub fn follow_remote(traceparent: &str, span: tracing::Span) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    if traceparent.is_empty() || traceparent.len() > 256 {
+        return span;
+    }
+    let carrier =
+        std::collections::HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let parent: Context = global::get_text_map_propagator(|p| p.extract(&carrier));
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
 /// Writes the current span's trace context into outgoing request metadata.
 pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
     let context = tracing::Span::current().context();

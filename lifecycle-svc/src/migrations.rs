@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(crate::tokens::M0003Tokens),
             Box::new(M0004Deprovisioning),
             Box::new(M0005InactivityExtension),
+            Box::new(M0006OutboxTraceContext),
         ]
     }
 }
@@ -413,6 +414,30 @@ impl MigrationTrait for M0005InactivityExtension {
             .execute_unprepared(
                 "ALTER TABLE workspaces ADD COLUMN inactivity_extension_ms BIGINT NOT NULL DEFAULT 0 \
                  CHECK (inactivity_extension_ms >= 0)",
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The W3C trace context of the change that wrote each outbox row, so that the sinks' work
+/// joins the trace of that change.
+pub struct M0006OutboxTraceContext;
+
+impl MigrationName for M0006OutboxTraceContext {
+    fn name(&self) -> &str {
+        "m0006_outbox_trace_context"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for M0006OutboxTraceContext {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE outbox ADD COLUMN trace_context TEXT NOT NULL DEFAULT '' \
+                 CHECK (length(trace_context) <= 256)",
             )
             .await?;
         Ok(())

@@ -1,6 +1,7 @@
 //! The transactional outbox: every state change writes its domain event in the same
 //! transaction. Each organization's events get a gapless sequence number in commit order: the
-//! writer bumps the organization's counter, whose row lock is held until commit.
+//! writer bumps the organization's counter, whose row lock is held until commit. Each row keeps
+//! the W3C trace context of the change, so that audit and notifier join its trace.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +43,7 @@ impl NewEvent {
     }
 }
 
-const COLUMNS: usize = 9;
+const COLUMNS: usize = 10;
 /// Rows per INSERT, well below SQLite's bound-parameter limit.
 const CHUNK: usize = 1000;
 
@@ -52,6 +53,8 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
         return Ok(());
     }
     let backend = conn.get_database_backend();
+    // The change's trace, carried to the sinks with each of its events.
+    let trace_context = ebb_common::telemetry::current_traceparent();
     let mut by_org: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
     for event in events {
         by_org
@@ -82,7 +85,7 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
     for chunk in rows.chunks(CHUNK) {
         let mut sql = String::from(
             "INSERT INTO outbox (id, organization_id, org_seq, type, subject_type, subject_id, \
-             actor, data, created_at) VALUES ",
+             actor, data, created_at, trace_context) VALUES ",
         );
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * COLUMNS);
         for (i, (org_seq, e)) in chunk.iter().enumerate() {
@@ -91,7 +94,7 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
             }
             let b = i * COLUMNS;
             sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${},${})",
+                "(${},${},${},${},${},${},${},${},${},${})",
                 b + 1,
                 b + 2,
                 b + 3,
@@ -100,7 +103,8 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
                 b + 6,
                 b + 7,
                 b + 8,
-                b + 9
+                b + 9,
+                b + 10
             ));
             values.extend([
                 uuid::Uuid::now_v7().to_string().into(),
@@ -112,6 +116,7 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
                 e.actor.clone().into(),
                 e.data.to_string().into(),
                 now.into(),
+                trace_context.clone().into(),
             ]);
         }
         conn.execute_raw(stmt(backend, &sql, values)).await?;

@@ -25,6 +25,7 @@ use ebb_proto::notifier::v1::{Event, PublishEventRequest};
 use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
 use sea_orm_migration::prelude::*;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::Config;
 
@@ -116,6 +117,8 @@ struct OutboxEvent {
     actor: String,
     data: String,
     created_at: i64,
+    /// W3C `traceparent` of the change that wrote it; may be empty.
+    trace_context: String,
 }
 
 /// What one round did.
@@ -244,7 +247,7 @@ async fn pending(db: &Db, kind: SinkKind) -> Result<Vec<OutboxEvent>, DbErr> {
         .conn
         .query_all_raw(db.stmt(
             "SELECT o.id, o.organization_id, o.org_seq, o.type, o.subject_type, o.subject_id, \
-                    o.actor, o.data, o.created_at, COALESCE(c.last_org_seq, 0) \
+                    o.actor, o.data, o.created_at, COALESCE(c.last_org_seq, 0), o.trace_context \
              FROM outbox o LEFT JOIN outbox_relay_cursors c \
                  ON c.sink = $1 AND c.organization_id = o.organization_id \
              WHERE o.org_seq > COALESCE(c.last_org_seq, 0) \
@@ -264,6 +267,7 @@ async fn pending(db: &Db, kind: SinkKind) -> Result<Vec<OutboxEvent>, DbErr> {
             actor: row.try_get_by_index(6)?,
             data: row.try_get_by_index(7)?,
             created_at: row.try_get_by_index(8)?,
+            trace_context: row.try_get_by_index(10)?,
         };
         let cursor: i64 = row.try_get_by_index(9)?;
         by_org
@@ -377,10 +381,14 @@ async fn round(kind: SinkKind, sink: &mut Sink, db: &Db, owner: &str) -> Result<
             let mut published = 0;
             let mut failure = None;
             for e in &events {
+                // Each call joins the trace of the change that wrote the event.
+                let span = tracing::info_span!("outbox.publish", event_id = %e.id);
+                let span = ebb_common::telemetry::follow_remote(&e.trace_context, span);
                 match client
                     .publish_event(PublishEventRequest {
                         event: Some(notifier_event(e)),
                     })
+                    .instrument(span)
                     .await
                 {
                     Ok(_) => published += 1,
@@ -418,6 +426,7 @@ fn audit_input(e: &OutboxEvent) -> EventInput {
         actor: e.actor.clone(),
         data: Some(data_struct(&e.data)),
         occur_time: Some(ebb_common::time::to_timestamp(e.created_at)),
+        traceparent: e.trace_context.clone(),
     }
 }
 

@@ -65,6 +65,7 @@ fn event(org: &str, n: i64, action: &str, subject: &str, actor: &str) -> EventIn
         actor: actor.into(),
         data: Some(data),
         occur_time: Some(ts(1_700_000_000_000 + n * 1000)),
+        ..Default::default()
     }
 }
 
