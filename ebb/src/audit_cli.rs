@@ -44,6 +44,11 @@ enum AuditCommand {
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
     },
+    /// Verify an organization's chain on the server (in chunks, with a progress bar);
+    /// exits 1 naming the first bad sequence number.
+    VerifyChain(crate::cli::audit::VerifyChainArgs),
+    /// List an organization's audit events, newest first.
+    Events(crate::cli::audit::EventsArgs),
 }
 
 /// Runs `ebb audit`: 0 when the chain verifies (or the export completed), 1 when it does
@@ -51,6 +56,8 @@ enum AuditCommand {
 pub fn main(args: AuditArgs) -> ExitCode {
     match args.command {
         AuditCommand::Verify { file } => verify(&file),
+        AuditCommand::VerifyChain(args) => crate::cli::audit::verify_chain(args),
+        AuditCommand::Events(args) => crate::cli::audit::events(args),
         AuditCommand::Export {
             server,
             organization_id,

@@ -1,6 +1,7 @@
 //! `ebb`: the front door to Ebb.
 
 mod audit_cli;
+mod cli;
 mod runner;
 mod serve;
 
@@ -22,8 +23,24 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Claim runs and execute them with a command template (or a simulation).
     Runner(runner::RunnerArgs),
-    /// Export and verify audit chains.
+    /// Export and verify audit chains (offline from a file, or online on the server), and
+    /// list audit events.
     Audit(audit_cli::AuditArgs),
+    /// Create organizations and look at them.
+    Orgs(cli::orgs::OrgsArgs),
+    /// Create projects, look at them and set their default inactivity period.
+    Projects(cli::orgs::ProjectsArgs),
+    /// Workspaces: list, show, schedule, clear, extend, upcoming destroys, preview, lock,
+    /// and why a destroy was deferred.
+    Workspaces(cli::workspaces::WorkspacesArgs),
+    /// Runs: list, show, cancel.
+    Runs(cli::runs::RunsArgs),
+    /// Deprovisioning: plan, trigger and follow catalog actions; grace periods.
+    Deprovision(cli::deprovision::DeprovisionArgs),
+    /// Notification deliveries and configurations: failed deliveries, redelivery.
+    Notifier(cli::notifier::NotifierArgs),
+    /// Scheduler tasks: list, run now, pause, resume.
+    Scheduler(cli::scheduler::SchedulerArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,5 +48,12 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::main(args),
         Command::Runner(args) => runner::main(args),
         Command::Audit(args) => audit_cli::main(args),
+        Command::Orgs(args) => cli::orgs::orgs(args),
+        Command::Projects(args) => cli::orgs::projects(args),
+        Command::Workspaces(args) => cli::workspaces::main(args),
+        Command::Runs(args) => cli::runs::main(args),
+        Command::Deprovision(args) => cli::deprovision::main(args),
+        Command::Notifier(args) => cli::notifier::main(args),
+        Command::Scheduler(args) => cli::scheduler::main(args),
     }
 }

@@ -1,0 +1,765 @@
+//! `ebb deprovision`: plan (dry run) and trigger catalog actions on entities, follow an action
+//! run's steps with a progress bar until it ends, list overdue grace periods and force one.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use ebb_proto::lifecycle::v1 as pb;
+use ebb_proto::lifecycle::v1::deprovision_service_client::DeprovisionServiceClient;
+
+use super::output::{self, fields, label, or_none, relative, struct_text, table, text, time, when};
+use super::{CliError, Connection, Ctx, enum_parser, parse_duration, request_id};
+
+/// `ebb deprovision`.
+#[derive(Debug, clap::Args)]
+pub struct DeprovisionArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How an action is fired: on what, which action, with which parameters.
+#[derive(Debug, clap::Args)]
+struct ActionCall {
+    /// Entity id (the tenant, account, stack the action starts from).
+    entity: String,
+    /// Action name from the catalog, e.g. DeprovisionTenant.
+    #[arg(long)]
+    action: String,
+    /// A parameter, NAME=VALUE (VALUE read as JSON when it parses, else as text); repeatable.
+    #[arg(long = "param", value_parser = super::parse_key_value)]
+    params: Vec<(String, String)>,
+}
+
+/// Following a run to its end.
+#[derive(Debug, clap::Args)]
+struct Waiting {
+    /// Follow the run until it ends, with a progress bar of its steps on standard error;
+    /// exits 1 if it fails.
+    #[arg(long)]
+    wait: bool,
+    /// How often to look while waiting.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    poll: Duration,
+    /// Give up waiting after this long (the run goes on).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    wait_timeout: Duration,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Dry run: the steps an action would take, leaves first. Changes nothing.
+    Plan(ActionCall),
+    /// Trigger an action; with --wait, follow its steps until the run ends.
+    Trigger {
+        #[command(flatten)]
+        call: ActionCall,
+        #[command(flatten)]
+        waiting: Waiting,
+    },
+    /// Show an action run and its steps; with --wait, follow it until it ends.
+    Status {
+        /// Action run id.
+        action_run: String,
+        #[command(flatten)]
+        waiting: Waiting,
+    },
+    /// List action runs of an organization, newest first.
+    Runs {
+        /// Organization whose runs are listed.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+        /// Only runs that started from this entity.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Only runs in this status: running, succeeded, failed, canceled.
+        #[arg(long, value_parser = enum_parser("ACTION_RUN_STATUS_", pb::ActionRunStatus::from_str_name))]
+        status: Option<pb::ActionRunStatus>,
+    },
+    /// Resume a failed action run at its failed steps.
+    Retry {
+        /// Action run id.
+        action_run: String,
+        #[command(flatten)]
+        waiting: Waiting,
+    },
+    /// Cancel an action run.
+    Cancel {
+        /// Action run id.
+        action_run: String,
+    },
+    /// List an organization's entities.
+    Entities {
+        /// Organization whose entities are listed.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+        /// Only this kind, e.g. tenant.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this state, e.g. active.
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Create an entity (a tenant, an account, a stack) of a catalog kind.
+    CreateEntity {
+        /// Organization the entity belongs to.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+        /// Kind from the catalog, e.g. tenant.
+        #[arg(long)]
+        kind: String,
+        /// Entity name.
+        name: String,
+        /// The workspace that materializes it, destroyed by `destroy_run` steps.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// An attribute, KEY=VALUE; repeatable.
+        #[arg(long = "attribute", value_parser = super::parse_key_value)]
+        attributes: Vec<(String, String)>,
+    },
+    /// Create a relationship: FROM depends on TO (for `runs_on`, FROM runs on TO).
+    Relate {
+        /// The dependent entity's id.
+        from: String,
+        /// The entity it depends on.
+        to: String,
+        /// Relationship type, e.g. runs_on.
+        #[arg(long = "type", default_value = "runs_on")]
+        kind: String,
+    },
+    /// List relationships (edges) of an organization or one entity.
+    Relationships {
+        /// Organization whose relationships are listed.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+        /// Only edges from or to this entity.
+        #[arg(long)]
+        entity: Option<String>,
+        /// Only this state: active, removing, removed.
+        #[arg(long, value_parser = enum_parser("RELATIONSHIP_STATE_", pb::RelationshipState::from_str_name))]
+        state: Option<pb::RelationshipState>,
+    },
+    /// Relationships still `removing` after their grace period ended (the sweep is behind).
+    Overdue {
+        /// Organization whose relationships are listed.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+    },
+    /// Finalize one relationship now, skipping the rest of its grace period.
+    ForceFinalize {
+        /// Relationship id.
+        relationship: String,
+    },
+    /// Load a catalog of entity kinds and actions (YAML) into the server.
+    ApplyCatalog {
+        /// The catalog file.
+        file: PathBuf,
+    },
+}
+
+type Deprovision = DeprovisionServiceClient<ebb_common::client::TracedChannel>;
+
+const ACTION_RUN: &str = "ebb.lifecycle.v1.ActionRun";
+
+/// Runs `ebb deprovision`.
+pub fn main(args: DeprovisionArgs) -> std::process::ExitCode {
+    super::run("deprovision", async move {
+        let ctx = super::connect(&args.conn)?;
+        run(&ctx, args.command).await
+    })
+}
+
+/// Parameters as a protobuf `Struct`.
+fn parameters(params: &[(String, String)]) -> Option<prost_types::Struct> {
+    if params.is_empty() {
+        return None;
+    }
+    Some(prost_types::Struct {
+        fields: params
+            .iter()
+            .map(|(k, v)| {
+                let value = match serde_json::from_str::<serde_json::Value>(v) {
+                    Ok(json) => output::from_json(&json),
+                    Err(_) => output::from_json(&serde_json::Value::String(v.clone())),
+                };
+                (k.clone(), value)
+            })
+            .collect(),
+    })
+}
+
+async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
+    let mut api = Deprovision::new(ctx.channel.clone());
+    match command {
+        Command::Plan(call) => {
+            let answer = api
+                .trigger_action(pb::TriggerActionRequest {
+                    request_id: request_id(),
+                    entity_id: call.entity.clone(),
+                    action: call.action.clone(),
+                    parameters: parameters(&call.params),
+                    dry_run: true,
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(format!("plan {} on entity {}", call.action, call.entity), s)
+                })?
+                .into_inner();
+            ctx.print(&answer, "ebb.lifecycle.v1.TriggerActionResponse", &|r| {
+                format!(
+                    "{}\n{} step(s), leaves first; nothing was changed (dry run)",
+                    plan_table(&r.plan),
+                    r.plan.len()
+                )
+            })
+        }
+        Command::Trigger { call, waiting } => {
+            let answer = api
+                .trigger_action(pb::TriggerActionRequest {
+                    request_id: request_id(),
+                    entity_id: call.entity.clone(),
+                    action: call.action.clone(),
+                    parameters: parameters(&call.params),
+                    dry_run: false,
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(
+                        format!("trigger {} on entity {}", call.action, call.entity),
+                        s,
+                    )
+                })?
+                .into_inner();
+            let run = answer.action_run.ok_or_else(|| {
+                CliError::Failed(format!(
+                    "trigger {} on entity {}: the answer holds no action run",
+                    call.action, call.entity
+                ))
+            })?;
+            if !waiting.wait && ctx.output == super::Output::Table {
+                eprintln!(
+                    "action run {} started; follow it with `ebb deprovision status {} --wait`",
+                    run.id, run.id
+                );
+            }
+            finish(ctx, &mut api, run, &waiting).await
+        }
+        Command::Status {
+            action_run,
+            waiting,
+        } => {
+            let run = get(&mut api, &action_run).await?;
+            finish(ctx, &mut api, run, &waiting).await
+        }
+        Command::Runs {
+            organization,
+            entity,
+            status,
+        } => {
+            let answer = api
+                .list_action_runs(pb::ListActionRunsRequest {
+                    organization_id: organization.clone(),
+                    entity_id: entity.unwrap_or_default(),
+                    status: status.map_or(0, |s| s as i32),
+                    page_size: 100,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(format!("action runs of organization {organization}"), s)
+                })?
+                .into_inner();
+            ctx.print(&answer, "ebb.lifecycle.v1.ListActionRunsResponse", &|r| {
+                runs_table(&r.action_runs)
+            })
+        }
+        Command::Retry {
+            action_run,
+            waiting,
+        } => {
+            let run = api
+                .retry_action_run(pb::RetryActionRunRequest {
+                    request_id: request_id(),
+                    action_run_id: action_run.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("retry action run {action_run}"), s))?
+                .into_inner()
+                .action_run
+                .unwrap_or_default();
+            finish(ctx, &mut api, run, &waiting).await
+        }
+        Command::Cancel { action_run } => {
+            let run = api
+                .cancel_action_run(pb::CancelActionRunRequest {
+                    request_id: request_id(),
+                    action_run_id: action_run.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("cancel action run {action_run}"), s))?
+                .into_inner()
+                .action_run
+                .unwrap_or_default();
+            ctx.print(&run, ACTION_RUN, &|r| run_report(r))
+        }
+        Command::Entities {
+            organization,
+            kind,
+            state,
+        } => {
+            let answer = api
+                .list_entities(pb::ListEntitiesRequest {
+                    organization_id: organization.clone(),
+                    kind: kind.unwrap_or_default(),
+                    state: state.unwrap_or_default(),
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(format!("entities of organization {organization}"), s)
+                })?
+                .into_inner();
+            ctx.print(&answer, "ebb.lifecycle.v1.ListEntitiesResponse", &|r| {
+                let mut t = table(&["id", "kind", "name", "state", "workspace", "updated"]);
+                for e in &r.entities {
+                    t.add_row(vec![
+                        e.id.clone(),
+                        e.kind.clone(),
+                        e.name.clone(),
+                        e.state.clone(),
+                        text(&e.workspace_id),
+                        when(e.update_time.as_ref()),
+                    ]);
+                }
+                or_none(t, r.entities.len(), "no entities")
+            })
+        }
+        Command::CreateEntity {
+            organization,
+            kind,
+            name,
+            workspace,
+            attributes,
+        } => {
+            let entity = api
+                .create_entity(pb::CreateEntityRequest {
+                    request_id: request_id(),
+                    organization_id: organization.clone(),
+                    kind: kind.clone(),
+                    name: name.clone(),
+                    attributes: attributes.into_iter().collect(),
+                    workspace_id: workspace.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("create {kind} {name}"), s))?
+                .into_inner()
+                .entity
+                .unwrap_or_default();
+            ctx.print(&entity, "ebb.lifecycle.v1.Entity", &|e| {
+                let mut attributes: Vec<String> = e
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
+                attributes.sort();
+                fields(vec![
+                    ("id", e.id.clone()),
+                    ("kind", e.kind.clone()),
+                    ("name", e.name.clone()),
+                    ("state", e.state.clone()),
+                    ("organization", e.organization_id.clone()),
+                    ("workspace", text(&e.workspace_id)),
+                    ("attributes", text(&attributes.join(", "))),
+                ])
+            })
+        }
+        Command::Relate { from, to, kind } => {
+            let r = api
+                .create_relationship(pb::CreateRelationshipRequest {
+                    request_id: request_id(),
+                    r#type: kind.clone(),
+                    from_entity_id: from.clone(),
+                    to_entity_id: to.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("relate {from} {kind} {to}"), s))?
+                .into_inner()
+                .relationship
+                .unwrap_or_default();
+            ctx.print(&r, "ebb.lifecycle.v1.Relationship", &|r| {
+                relationships_table(std::slice::from_ref(r), "")
+            })
+        }
+        Command::Relationships {
+            organization,
+            entity,
+            state,
+        } => {
+            let answer = list_relationships(
+                &mut api,
+                pb::ListRelationshipsRequest {
+                    organization_id: organization.clone(),
+                    entity_id: entity.unwrap_or_default(),
+                    state: state.map_or(0, |s| s as i32),
+                    page_size: 1000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            ctx.print(
+                &answer,
+                "ebb.lifecycle.v1.ListRelationshipsResponse",
+                &|r| relationships_table(&r.relationships, "no relationships"),
+            )
+        }
+        Command::Overdue { organization } => {
+            let answer = list_relationships(
+                &mut api,
+                pb::ListRelationshipsRequest {
+                    organization_id: organization.clone(),
+                    overdue: true,
+                    page_size: 1000,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            ctx.print(
+                &answer,
+                "ebb.lifecycle.v1.ListRelationshipsResponse",
+                &|r| relationships_table(&r.relationships, "no overdue grace periods"),
+            )
+        }
+        Command::ForceFinalize { relationship } => {
+            let r = api
+                .force_finalize_relationship(pb::ForceFinalizeRelationshipRequest {
+                    request_id: request_id(),
+                    relationship_id: relationship.clone(),
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(format!("force-finalize relationship {relationship}"), s)
+                })?
+                .into_inner()
+                .relationship
+                .unwrap_or_default();
+            ctx.print(&r, "ebb.lifecycle.v1.Relationship", &|r| {
+                relationships_table(std::slice::from_ref(r), "")
+            })
+        }
+        Command::ApplyCatalog { file } => {
+            let yaml = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::Usage(format!("cannot read {}: {e}", file.display())))?;
+            let answer = api
+                .apply_catalog(pb::ApplyCatalogRequest {
+                    request_id: request_id(),
+                    yaml,
+                })
+                .await
+                .map_err(|s| CliError::status(format!("apply catalog {}", file.display()), s))?
+                .into_inner();
+            ctx.print(&answer, "ebb.lifecycle.v1.ApplyCatalogResponse", &|r| {
+                let mut t = table(&["kind", "states", "actions"]);
+                for k in &r.kinds {
+                    t.add_row(vec![
+                        k.name.clone(),
+                        k.states.join(", "),
+                        text(
+                            &k.actions
+                                .iter()
+                                .map(|a| a.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                        ),
+                    ]);
+                }
+                or_none(t, r.kinds.len(), "the catalog holds no kinds")
+            })
+        }
+    }
+}
+
+async fn get(api: &mut Deprovision, action_run: &str) -> Result<pb::ActionRun, CliError> {
+    api.get_action_run(pb::GetActionRunRequest {
+        action_run_id: action_run.to_owned(),
+    })
+    .await
+    .map_err(|s| CliError::status(format!("action run {action_run}"), s))?
+    .into_inner()
+    .action_run
+    .ok_or_else(|| CliError::Failed(format!("action run {action_run}: the answer is empty")))
+}
+
+async fn list_relationships(
+    api: &mut Deprovision,
+    mut request: pb::ListRelationshipsRequest,
+) -> Result<pb::ListRelationshipsResponse, CliError> {
+    let org = request.organization_id.clone();
+    let mut all = pb::ListRelationshipsResponse::default();
+    loop {
+        let page = api
+            .list_relationships(request.clone())
+            .await
+            .map_err(|s| CliError::status(format!("relationships of organization {org}"), s))?
+            .into_inner();
+        all.relationships.extend(page.relationships);
+        if page.next_page_token.is_empty() || all.relationships.len() >= 10_000 {
+            return Ok(all);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
+fn is_done(status: i32) -> bool {
+    [
+        pb::ActionStepStatus::Succeeded as i32,
+        pb::ActionStepStatus::Failed as i32,
+        pb::ActionStepStatus::Canceled as i32,
+    ]
+    .contains(&status)
+}
+
+/// Prints the run (after following it with `--wait`); exits 1 when it failed or was
+/// canceled.
+async fn finish(
+    ctx: &Ctx,
+    api: &mut Deprovision,
+    run: pb::ActionRun,
+    waiting: &Waiting,
+) -> Result<(), CliError> {
+    let run = if waiting.wait {
+        wait(api, run, waiting).await?
+    } else {
+        run
+    };
+    ctx.print(&run, ACTION_RUN, &|r| run_report(r))?;
+    if run.status == pb::ActionRunStatus::Failed as i32
+        || run.status == pb::ActionRunStatus::Canceled as i32
+    {
+        return Err(CliError::Failed(format!(
+            "action run {} {}{}",
+            run.id,
+            run_status(&run),
+            if run.error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", run.error)
+            }
+        )));
+    }
+    Ok(())
+}
+
+/// Polls the run until it is no longer running, showing steps done out of all.
+async fn wait(
+    api: &mut Deprovision,
+    mut run: pb::ActionRun,
+    waiting: &Waiting,
+) -> Result<pb::ActionRun, CliError> {
+    let started = Instant::now();
+    let names = entity_names(&run);
+    let bar = super::progress_bar(run.steps.len().max(run.plan.len()) as u64, "steps");
+    loop {
+        let total = run.steps.len().max(run.plan.len()) as u64;
+        let done = run.steps.iter().filter(|s| is_done(s.status)).count() as u64;
+        let running: Vec<String> = run
+            .steps
+            .iter()
+            .filter(|s| s.status == pb::ActionStepStatus::Running as i32)
+            .map(|s| {
+                names
+                    .get(&s.entity_id)
+                    .cloned()
+                    .unwrap_or(s.entity_id.clone())
+            })
+            .collect();
+        bar.set_length(total);
+        bar.set_position(done);
+        bar.set_message(if running.is_empty() {
+            String::new()
+        } else {
+            format!("running: {}", running.join(", "))
+        });
+        if run.status != pb::ActionRunStatus::Running as i32 {
+            bar.finish_and_clear();
+            return Ok(run);
+        }
+        if started.elapsed() >= waiting.wait_timeout {
+            bar.finish_and_clear();
+            return Err(CliError::Failed(format!(
+                "action run {} is still running after {} ({done} of {total} steps done); \
+                 follow it with `ebb deprovision status {} --wait`",
+                run.id,
+                output::compact(waiting.wait_timeout.as_secs()),
+                run.id
+            )));
+        }
+        tokio::time::sleep(waiting.poll).await;
+        let id = run.id.clone();
+        run = match get(api, &id).await {
+            Ok(r) => r,
+            Err(e) => {
+                bar.finish_and_clear();
+                return Err(e);
+            }
+        };
+    }
+}
+
+fn entity_names(run: &pb::ActionRun) -> HashMap<String, String> {
+    run.plan
+        .iter()
+        .map(|p| (p.entity_id.clone(), p.entity_name.clone()))
+        .collect()
+}
+
+fn run_status(r: &pb::ActionRun) -> String {
+    label(
+        r.status,
+        "ACTION_RUN_STATUS_",
+        pb::ActionRunStatus::as_str_name,
+    )
+}
+
+fn plan_table(plan: &[pb::PlanStep]) -> String {
+    let names: HashMap<&str, &str> = plan
+        .iter()
+        .map(|p| (p.entity_id.as_str(), p.entity_name.as_str()))
+        .collect();
+    let mut t = table(&["order", "entity", "kind", "name", "after"]);
+    let mut steps: Vec<&pb::PlanStep> = plan.iter().collect();
+    steps.sort_by_key(|p| p.order);
+    for p in steps {
+        let after: Vec<&str> = p
+            .waits_for_entity_ids
+            .iter()
+            .map(|id| names.get(id.as_str()).copied().unwrap_or(id.as_str()))
+            .collect();
+        t.add_row(vec![
+            p.order.to_string(),
+            p.entity_id.clone(),
+            p.entity_kind.clone(),
+            p.entity_name.clone(),
+            text(&after.join(", ")),
+        ]);
+    }
+    or_none(t, plan.len(), "nothing to do")
+}
+
+/// An action run: its summary and a table of its steps in order.
+fn run_report(r: &pb::ActionRun) -> String {
+    let summary = fields(vec![
+        ("action run", r.id.clone()),
+        ("action", r.action.clone()),
+        ("entity", r.entity_id.clone()),
+        ("status", run_status(r)),
+        ("parameters", struct_text(r.parameters.as_ref())),
+        ("actor", text(&r.actor)),
+        ("started", when(r.create_time.as_ref())),
+        ("finished", when(r.finish_time.as_ref())),
+        ("error", text(&r.error)),
+    ]);
+    let plan: HashMap<&str, &pb::PlanStep> =
+        r.plan.iter().map(|p| (p.entity_id.as_str(), p)).collect();
+    let mut steps: Vec<&pb::ActionStep> = r.steps.iter().collect();
+    steps.sort_by_key(|s| s.order);
+    let mut t = table(&[
+        "order", "entity", "kind", "status", "trigger", "run", "attempt", "started", "finished",
+        "error",
+    ]);
+    for s in &steps {
+        let p = plan.get(s.entity_id.as_str());
+        t.add_row(vec![
+            s.order.to_string(),
+            p.map_or(s.entity_id.clone(), |p| p.entity_name.clone()),
+            p.map_or("-".to_owned(), |p| p.entity_kind.clone()),
+            label(
+                s.status,
+                "ACTION_STEP_STATUS_",
+                pb::ActionStepStatus::as_str_name,
+            ),
+            text(&s.trigger_type),
+            text(&s.run_id),
+            s.attempt.to_string(),
+            time(s.start_time.as_ref()),
+            time(s.finish_time.as_ref()),
+            text(&s.error),
+        ]);
+    }
+    let done = steps.iter().filter(|s| is_done(s.status)).count();
+    format!(
+        "{summary}\n{}\n{done} of {} step(s) done",
+        or_none(t, steps.len(), "no steps"),
+        steps.len()
+    )
+}
+
+fn runs_table(runs: &[pb::ActionRun]) -> String {
+    let mut t = table(&[
+        "action run",
+        "action",
+        "entity",
+        "status",
+        "steps done",
+        "started (UTC)",
+        "finished (UTC)",
+        "error",
+    ]);
+    for r in runs {
+        let done = r.steps.iter().filter(|s| is_done(s.status)).count();
+        t.add_row(vec![
+            r.id.clone(),
+            r.action.clone(),
+            r.entity_id.clone(),
+            run_status(r),
+            format!("{done}/{}", r.steps.len()),
+            time(r.create_time.as_ref()),
+            time(r.finish_time.as_ref()),
+            text(&r.error),
+        ]);
+    }
+    or_none(t, runs.len(), "no action runs")
+}
+
+fn relationships_table(list: &[pb::Relationship], none: &str) -> String {
+    let mut t = table(&[
+        "relationship",
+        "type",
+        "from",
+        "to",
+        "state",
+        "deletion scheduled (UTC)",
+        "due",
+        "finalized",
+        "method",
+    ]);
+    let now = Utc::now();
+    for r in list {
+        let due = match output::datetime(r.deletion_scheduled_time.as_ref()) {
+            Some(t) if r.state == pb::RelationshipState::Removing as i32 && t < now => {
+                format!("overdue {}", relative(r.deletion_scheduled_time.as_ref()))
+            }
+            Some(_) => relative(r.deletion_scheduled_time.as_ref()),
+            None => "-".to_owned(),
+        };
+        t.add_row(vec![
+            r.id.clone(),
+            r.r#type.clone(),
+            r.from_entity_id.clone(),
+            r.to_entity_id.clone(),
+            label(
+                r.state,
+                "RELATIONSHIP_STATE_",
+                pb::RelationshipState::as_str_name,
+            ),
+            time(r.deletion_scheduled_time.as_ref()),
+            due,
+            time(r.finalize_time.as_ref()),
+            text(&r.finalize_method),
+        ]);
+    }
+    or_none(t, list.len(), none)
+}

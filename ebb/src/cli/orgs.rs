@@ -1,0 +1,209 @@
+//! `ebb orgs` and `ebb projects`: create and look at organizations and projects, and set a
+//! project's default inactivity period.
+
+use ebb_proto::lifecycle::v1 as pb;
+use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+
+use super::output::{fields, span, text, when};
+use super::{CliError, Connection, Ctx, duration_text, request_id};
+
+/// `ebb orgs`.
+#[derive(Debug, clap::Args)]
+pub struct OrgsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: OrgsCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum OrgsCommand {
+    /// Create an organization with default settings.
+    Create {
+        /// Organization name.
+        name: String,
+    },
+    /// Show an organization and its auto-destroy settings.
+    Show {
+        /// Organization id.
+        organization: String,
+    },
+}
+
+/// `ebb projects`.
+#[derive(Debug, clap::Args)]
+pub struct ProjectsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: ProjectsCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ProjectsCommand {
+    /// Create a project in an organization.
+    Create {
+        /// Organization the project belongs to.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+        /// Project name.
+        name: String,
+        /// Inactivity period inherited by its workspaces, e.g. 14d.
+        #[arg(long, value_parser = duration_text)]
+        default_inactivity: Option<String>,
+    },
+    /// Show a project.
+    Show {
+        /// Project id.
+        project: String,
+    },
+    /// Set (or with --none clear) the inactivity period its workspaces inherit.
+    SetDefaultInactivity {
+        /// Project id.
+        project: String,
+        /// The period, e.g. 7d.
+        #[arg(value_parser = duration_text, required_unless_present = "none")]
+        period: Option<String>,
+        /// Clear the default instead.
+        #[arg(long, conflicts_with = "period")]
+        none: bool,
+    },
+}
+
+type Lifecycle = LifecycleServiceClient<ebb_common::client::TracedChannel>;
+
+/// Runs `ebb orgs`.
+pub fn orgs(args: OrgsArgs) -> std::process::ExitCode {
+    super::run("orgs", async move {
+        let ctx = super::connect(&args.conn)?;
+        let mut api = Lifecycle::new(ctx.channel.clone());
+        let org = match args.command {
+            OrgsCommand::Create { name } => {
+                api.create_organization(pb::CreateOrganizationRequest {
+                    request_id: request_id(),
+                    name: name.clone(),
+                    settings: None,
+                })
+                .await
+                .map_err(|s| CliError::status(format!("create organization {name}"), s))?
+                .into_inner()
+                .organization
+            }
+            OrgsCommand::Show { organization } => {
+                api.get_organization(pb::GetOrganizationRequest {
+                    organization_id: organization.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("organization {organization}"), s))?
+                .into_inner()
+                .organization
+            }
+        };
+        print_org(&ctx, &org.unwrap_or_default())
+    })
+}
+
+fn print_org(ctx: &Ctx, org: &pb::Organization) -> Result<(), CliError> {
+    ctx.print(org, "ebb.lifecycle.v1.Organization", &|o| {
+        let s = o.settings.clone().unwrap_or_default();
+        let mut protected: Vec<String> = s
+            .protected_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        protected.sort();
+        fields(vec![
+            ("id", o.id.clone()),
+            ("name", o.name.clone()),
+            (
+                "reminders before",
+                text(
+                    &s.reminder_lead_times
+                        .iter()
+                        .map(|d| span(Some(d)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                ),
+            ),
+            ("destroy retries", s.destroy_retry_limit.to_string()),
+            ("max inactivity", span(s.max_inactivity.as_ref())),
+            ("protected labels", text(&protected.join(", "))),
+            ("created", when(o.create_time.as_ref())),
+        ])
+    })
+}
+
+/// Runs `ebb projects`.
+pub fn projects(args: ProjectsArgs) -> std::process::ExitCode {
+    super::run("projects", async move {
+        let ctx = super::connect(&args.conn)?;
+        let mut api = Lifecycle::new(ctx.channel.clone());
+        let project = match args.command {
+            ProjectsCommand::Create {
+                organization,
+                name,
+                default_inactivity,
+            } => {
+                api.create_project(pb::CreateProjectRequest {
+                    request_id: request_id(),
+                    organization_id: organization.clone(),
+                    name: name.clone(),
+                    default_auto_destroy_inactivity: default_inactivity.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(
+                        format!("create project {name} in organization {organization}"),
+                        s,
+                    )
+                })?
+                .into_inner()
+                .project
+            }
+            ProjectsCommand::Show { project } => {
+                api.get_project(pb::GetProjectRequest {
+                    project_id: project.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("project {project}"), s))?
+                .into_inner()
+                .project
+            }
+            ProjectsCommand::SetDefaultInactivity {
+                project,
+                period,
+                none: _,
+            } => {
+                api.update_project(pb::UpdateProjectRequest {
+                    request_id: request_id(),
+                    project_id: project.clone(),
+                    default_auto_destroy_inactivity: period.unwrap_or_default(),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["default_auto_destroy_inactivity".into()],
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| CliError::status(format!("update project {project}"), s))?
+                .into_inner()
+                .project
+            }
+        };
+        ctx.print(
+            &project.unwrap_or_default(),
+            "ebb.lifecycle.v1.Project",
+            &|p| {
+                fields(vec![
+                    ("id", p.id.clone()),
+                    ("name", p.name.clone()),
+                    ("organization", p.organization_id.clone()),
+                    (
+                        "default inactivity",
+                        span(p.default_auto_destroy_inactivity.as_ref()),
+                    ),
+                    ("created", when(p.create_time.as_ref())),
+                ])
+            },
+        )
+    })
+}

@@ -1,0 +1,164 @@
+//! `ebb runs`: list, show and cancel runs (the destroy runs auto-destroy queues among them).
+
+use ebb_proto::lifecycle::v1 as pb;
+use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+
+use super::output::{fields, label, or_none, table, text, time, when, yes_no};
+use super::{CliError, Connection, enum_parser, request_id};
+
+/// `ebb runs`.
+#[derive(Debug, clap::Args)]
+pub struct RunsArgs {
+    #[command(flatten)]
+    conn: Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// List an organization's runs, newest first.
+    List {
+        /// Organization whose runs are listed.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+        /// Only runs of this workspace.
+        #[arg(long)]
+        workspace: Option<String>,
+        /// Only this status: queued, running, succeeded, failed, errored, canceled.
+        #[arg(long, value_parser = enum_parser("RUN_STATUS_", pb::RunStatus::from_str_name))]
+        status: Option<pb::RunStatus>,
+        /// Only this source: manual, auto-destroy, deprovision.
+        #[arg(long, value_parser = enum_parser("RUN_SOURCE_", pb::RunSource::from_str_name))]
+        source: Option<pb::RunSource>,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i32).range(1..=1000))]
+        limit: i32,
+    },
+    /// Show one run with its runner, attempts, exit code and the tail of its output.
+    Show {
+        /// Run id.
+        run: String,
+    },
+    /// Cancel a run (a running one stops at its runner's next heartbeat).
+    Cancel {
+        /// Run id.
+        run: String,
+    },
+}
+
+type Lifecycle = LifecycleServiceClient<ebb_common::client::TracedChannel>;
+
+/// Runs `ebb runs`.
+pub fn main(args: RunsArgs) -> std::process::ExitCode {
+    super::run("runs", async move {
+        let ctx = super::connect(&args.conn)?;
+        let mut api = Lifecycle::new(ctx.channel.clone());
+        let run = match args.command {
+            Command::List {
+                organization,
+                workspace,
+                status,
+                source,
+                limit,
+            } => {
+                let answer = api
+                    .list_runs(pb::ListRunsRequest {
+                        organization_id: organization.clone(),
+                        workspace_id: workspace.unwrap_or_default(),
+                        status: status.map_or(0, |s| s as i32),
+                        source: source.map_or(0, |s| s as i32),
+                        page_size: limit,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| {
+                        CliError::status(format!("runs of organization {organization}"), s)
+                    })?
+                    .into_inner();
+                return ctx.print(&answer, "ebb.lifecycle.v1.ListRunsResponse", &|r| {
+                    runs_table(&r.runs)
+                });
+            }
+            Command::Show { run } => {
+                api.get_run(pb::GetRunRequest {
+                    run_id: run.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("run {run}"), s))?
+                .into_inner()
+                .run
+            }
+            Command::Cancel { run } => {
+                api.cancel_run(pb::CancelRunRequest {
+                    request_id: request_id(),
+                    run_id: run.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("cancel run {run}"), s))?
+                .into_inner()
+                .run
+            }
+        };
+        ctx.print(&run.unwrap_or_default(), "ebb.lifecycle.v1.Run", &|r| {
+            run_fields(r)
+        })
+    })
+}
+
+fn status(r: &pb::Run) -> String {
+    label(r.status, "RUN_STATUS_", pb::RunStatus::as_str_name)
+}
+
+fn source(r: &pb::Run) -> String {
+    label(r.source, "RUN_SOURCE_", pb::RunSource::as_str_name)
+}
+
+fn runs_table(runs: &[pb::Run]) -> String {
+    let mut t = table(&[
+        "run",
+        "workspace",
+        "kind",
+        "source",
+        "status",
+        "attempt",
+        "runner",
+        "created (UTC)",
+        "finished (UTC)",
+    ]);
+    for r in runs {
+        t.add_row(vec![
+            r.id.clone(),
+            r.workspace_id.clone(),
+            if r.is_destroy { "destroy" } else { "apply" }.to_owned(),
+            source(r),
+            status(r),
+            r.attempt.to_string(),
+            text(&r.runner_id),
+            time(r.create_time.as_ref()),
+            time(r.finish_time.as_ref()),
+        ]);
+    }
+    or_none(t, runs.len(), "no runs")
+}
+
+fn run_fields(r: &pb::Run) -> String {
+    fields(vec![
+        ("id", r.id.clone()),
+        ("workspace", r.workspace_id.clone()),
+        ("destroy", yes_no(r.is_destroy)),
+        ("auto apply", yes_no(r.auto_apply)),
+        ("source", source(r)),
+        ("status", status(r)),
+        ("due time that fired it", when(r.fire_due_time.as_ref())),
+        ("attempt", r.attempt.to_string()),
+        ("runner", text(&r.runner_id)),
+        ("lease until", when(r.lease_expire_time.as_ref())),
+        ("exit code", r.exit_code.to_string()),
+        ("message", text(&r.message)),
+        ("created", when(r.create_time.as_ref())),
+        ("claimed", when(r.claim_time.as_ref())),
+        ("finished", when(r.finish_time.as_ref())),
+        ("output tail", text(r.output_tail.trim_end())),
+    ])
+}
