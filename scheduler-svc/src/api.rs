@@ -58,6 +58,7 @@ impl SchedulerApi {
                 last_run_time: to_timestamp_opt(r.last_run_at),
                 last_outcome: r.last_outcome,
                 last_duration: r.last_duration_ms.map(to_duration),
+                takeovers: r.takeovers,
             });
         }
         Ok(tasks.into_values().collect())

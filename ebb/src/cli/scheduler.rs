@@ -109,7 +109,7 @@ fn tasks_table(tasks: &[pb::Task]) -> String {
         "last run",
         "last outcome",
         "took",
-        "claims",
+        "takeovers",
     ]);
     let mut rows = 0;
     for task in tasks {
@@ -136,7 +136,7 @@ fn tasks_table(tasks: &[pb::Task]) -> String {
                 when(s.last_run_time.as_ref()),
                 text(&s.last_outcome),
                 span(s.last_duration.as_ref()),
-                s.epoch.to_string(),
+                s.takeovers.to_string(),
             ]);
         }
     }
