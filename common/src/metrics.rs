@@ -193,7 +193,9 @@ where
                 .get("grpc-status")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
-                .map_or("OK", code_name);
+                .map_or("OK", |code| {
+                    crate::error::code_name(tonic::Code::from_i32(code))
+                });
             metrics::counter!("ebb_grpc_server_handled_total", "method" => method.clone(), "code" => code)
                 .increment(1);
             metrics::histogram!("ebb_grpc_server_handling_seconds", "method" => method)
@@ -210,30 +212,6 @@ fn method_label(path: &str) -> String {
         path.to_owned()
     } else {
         "unknown".to_owned()
-    }
-}
-
-/// The canonical name of a gRPC status code (as in `grpc-status`); the status in the trailers
-/// of a response that started successfully counts as OK.
-fn code_name(code: i32) -> &'static str {
-    match tonic::Code::from_i32(code) {
-        tonic::Code::Ok => "OK",
-        tonic::Code::Cancelled => "CANCELLED",
-        tonic::Code::Unknown => "UNKNOWN",
-        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
-        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        tonic::Code::NotFound => "NOT_FOUND",
-        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
-        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
-        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
-        tonic::Code::Aborted => "ABORTED",
-        tonic::Code::OutOfRange => "OUT_OF_RANGE",
-        tonic::Code::Unimplemented => "UNIMPLEMENTED",
-        tonic::Code::Internal => "INTERNAL",
-        tonic::Code::Unavailable => "UNAVAILABLE",
-        tonic::Code::DataLoss => "DATA_LOSS",
-        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -256,9 +234,10 @@ mod tests {
 
     #[test]
     fn codes_have_their_canonical_names() {
-        assert_eq!(code_name(5), "NOT_FOUND");
-        assert_eq!(code_name(16), "UNAUTHENTICATED");
-        assert_eq!(code_name(99), "UNKNOWN");
+        let name = |n| crate::error::code_name(tonic::Code::from_i32(n));
+        assert_eq!(name(5), "NOT_FOUND");
+        assert_eq!(name(16), "UNAUTHENTICATED");
+        assert_eq!(name(99), "UNKNOWN");
     }
 
     #[test]

@@ -103,11 +103,14 @@ impl std::fmt::Display for CliError {
 /// One line for a gRPC status: its code, its message, and the field violations and failed
 /// preconditions it carries that the message does not already say.
 pub fn describe_status(status: &tonic::Status) -> String {
-    let code = code_name(status.code());
+    // "NOT_FOUND" reads "not found".
+    let code = ebb_common::error::code_name(status.code())
+        .to_ascii_lowercase()
+        .replace('_', " ");
     let message = status.message().trim();
     // Ebb's messages often start with the code's name already.
     let mut line = if message.is_empty() {
-        code.to_owned()
+        code.clone()
     } else if message
         .to_ascii_lowercase()
         .starts_with(&format!("{code}:"))
@@ -139,29 +142,6 @@ pub fn describe_status(status: &tonic::Status) -> String {
         line.push(')');
     }
     line.replace('\n', " ")
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    use tonic::Code::*;
-    match code {
-        Ok => "ok",
-        Cancelled => "cancelled",
-        Unknown => "unknown error",
-        InvalidArgument => "invalid argument",
-        DeadlineExceeded => "deadline exceeded",
-        NotFound => "not found",
-        AlreadyExists => "already exists",
-        PermissionDenied => "permission denied",
-        ResourceExhausted => "resource exhausted",
-        FailedPrecondition => "failed precondition",
-        Aborted => "aborted",
-        OutOfRange => "out of range",
-        Unimplemented => "unimplemented",
-        Internal => "internal error",
-        Unavailable => "unavailable",
-        DataLoss => "data loss",
-        Unauthenticated => "unauthenticated",
-    }
 }
 
 /// A connected command: the channel to the server and how to print.

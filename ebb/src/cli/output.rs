@@ -2,11 +2,10 @@
 //! or the proto answer as JSON (proto3 JSON mapping, defaults included) for scripts.
 
 use std::io::Write;
-use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
 use comfy_table::{ContentArrangement, Table, presets};
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
+use prost_reflect::{DynamicMessage, SerializeOptions};
 
 use super::CliError;
 
@@ -48,19 +47,10 @@ pub fn emit(text: &str) {
     let _ = out.flush();
 }
 
-fn pool() -> Result<&'static DescriptorPool, CliError> {
-    static POOL: OnceLock<Result<DescriptorPool, String>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(ebb_proto::FILE_DESCRIPTOR_SET).map_err(|e| e.to_string())
-    })
-    .as_ref()
-    .map_err(|e| CliError::Failed(format!("the API descriptors do not load: {e}")))
-}
-
 /// `message` (of proto type `full_name`) in the proto3 JSON mapping, pretty-printed, with
 /// fields at their default values included so scripts always find them.
 pub fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<String, CliError> {
-    let descriptor = pool()?
+    let descriptor = ebb_common::auth::DESCRIPTORS
         .get_message_by_name(full_name)
         .ok_or_else(|| CliError::Failed(format!("unknown message type {full_name}")))?;
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())

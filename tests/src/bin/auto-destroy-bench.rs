@@ -1,5 +1,6 @@
 //! Auto-destroy benchmark on PostgreSQL: due→queued latency and queued runs per second with 1
-//! and 3 scheduler replicas, and the cost of an idle tick as the number of workspaces grows.
+//! and 3 scheduler replicas, the cost of an idle tick as the number of workspaces grows, and
+//! the cost of a metrics scrape with a due backlog.
 //!
 //! ```sh
 //! cargo build --release --bins
@@ -133,6 +134,31 @@ async fn idle_tick(pg: &str, total: usize) {
     );
 }
 
+/// The cost of one scrape of lifecycle's metrics with `due` workspaces due and unhandled (no
+/// scheduler runs) among `total`: the gauges are read from the database at scrape time.
+async fn scrape_cost(pg: &str, total: usize, due: usize) {
+    let cluster = Cluster::start_on(TestDatabases::on(Some(pg.to_owned())), 0, &[]).await;
+    let sql = cluster.lifecycle_sql().await;
+    let past = chrono::Utc::now().timestamp_millis() - 60_000;
+    seed(&sql, total, due, past).await;
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let scrape = cluster.lifecycle.scrape().await.expect("scrape");
+        samples.push(t.elapsed());
+        assert_eq!(
+            scrape.value("ebb_due_backlog", &[("kind", "auto_destroy")]),
+            Some(due as f64)
+        );
+    }
+    samples.sort();
+    println!(
+        "metrics scrape workspaces={total} due={due} median={:.2}ms p99={:.2}ms",
+        samples[samples.len() / 2].as_secs_f64() * 1000.0,
+        samples[samples.len() * 99 / 100].as_secs_f64() * 1000.0
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let Some(pg) = ebb_tests::postgres_url() else {
@@ -150,6 +176,7 @@ async fn main() {
         queue_wave(&pg, total, due, r).await;
     }
     idle_tick(&pg, total).await;
+    scrape_cost(&pg, total, due).await;
     if large > 0 {
         idle_tick(&pg, large).await;
     }
