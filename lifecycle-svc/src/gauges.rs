@@ -44,7 +44,6 @@ struct Due {
 
 #[derive(FromQueryResult)]
 struct Backlog {
-    sink: String,
     backlog: Option<i64>,
     oldest: Option<i64>,
 }
@@ -117,24 +116,23 @@ impl LifecycleMetrics {
     }
 
     /// The backlog of each sink is the sum over organizations of their event counter minus
-    /// the sink's cursor; the oldest waiting event is the one right after each cursor.
+    /// the sink's cursor; the oldest waiting event is the one right after each cursor. One
+    /// query per sink keeps the plan small (a cross join with the lease table was estimated
+    /// expensive enough for PostgreSQL to JIT-compile it, which took longer than the query).
     async fn outbox(&self, now: i64) -> anyhow::Result<()> {
-        let rows = Backlog::find_by_statement(self.db.stmt(
-            "SELECT l.sink AS sink, \
-                    CAST(SUM(o.event_seq - COALESCE(c.last_org_seq, 0)) AS BIGINT) AS backlog, \
-                    MIN((SELECT e.created_at FROM outbox e WHERE e.organization_id = o.id \
-                         AND e.org_seq = COALESCE(c.last_org_seq, 0) + 1)) AS oldest \
-             FROM outbox_relay_leases l CROSS JOIN organizations o \
-             LEFT JOIN outbox_relay_cursors c ON c.sink = l.sink AND c.organization_id = o.id \
-             WHERE o.event_seq > COALESCE(c.last_org_seq, 0) \
-             GROUP BY l.sink",
-            [],
-        ))
-        .all(&self.db.conn)
-        .await?;
         for &sink in &self.sinks {
-            let row = rows.iter().find(|r| r.sink == sink);
-            let backlog = row.and_then(|r| r.backlog).unwrap_or(0);
+            let row = Backlog::find_by_statement(self.db.stmt(
+                "SELECT CAST(SUM(o.event_seq - COALESCE(c.last_org_seq, 0)) AS BIGINT) AS backlog, \
+                        MIN((SELECT e.created_at FROM outbox e WHERE e.organization_id = o.id \
+                             AND e.org_seq = COALESCE(c.last_org_seq, 0) + 1)) AS oldest \
+                 FROM organizations o LEFT JOIN outbox_relay_cursors c \
+                     ON c.sink = $1 AND c.organization_id = o.id \
+                 WHERE o.event_seq > COALESCE(c.last_org_seq, 0)",
+                [sink.into()],
+            ))
+            .one(&self.db.conn)
+            .await?;
+            let backlog = row.as_ref().and_then(|r| r.backlog).unwrap_or(0);
             let oldest = row.and_then(|r| r.oldest);
             metrics::gauge!("ebb_outbox_backlog", "sink" => sink).set(backlog as f64);
             metrics::gauge!("ebb_outbox_lag_seconds", "sink" => sink).set(age_seconds(oldest, now));

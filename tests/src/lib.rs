@@ -459,6 +459,23 @@ pub async fn run_to_exit(
     ))
 }
 
+/// Starts `binary` on a new database of its own (named after it) with `env`, and waits until
+/// it serves.
+pub async fn start_service(
+    binary: &str,
+    dbs: &mut TestDatabases,
+    env: &[(&str, String)],
+) -> Process {
+    let url = dbs.create(binary.trim_end_matches("-svc")).await;
+    let mut env = env.to_vec();
+    env.push(("EBB_DATABASE_URL", url));
+    let p = Process::spawn(binary, &[], &env, dbs.dir())
+        .await
+        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+    p.wait_serving("").await.expect("serving");
+    p
+}
+
 /// The series of one Prometheus text-format scrape.
 #[derive(Debug, Clone)]
 pub struct Scrape {

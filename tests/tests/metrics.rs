@@ -10,7 +10,7 @@ use ebb_tests::cluster::{Cluster, eventually, fixture, from_now};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::scheduler::v1 as spb;
 use ebb_tests::proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
-use ebb_tests::{Process, Scrape, TestDatabases};
+use ebb_tests::{Process, Scrape, TestDatabases, start_service};
 use sea_orm::{ConnectionTrait, Database, FromQueryResult};
 
 /// The metric names of docs/metrics.md, by the service that serves them.
@@ -34,17 +34,6 @@ fn documented() -> BTreeMap<String, Vec<String>> {
     by_service
 }
 
-async fn start(binary: &str, dbs: &mut TestDatabases, env: &[(&str, String)]) -> Process {
-    let url = dbs.create(binary.trim_end_matches("-svc")).await;
-    let mut env = env.to_vec();
-    env.push(("EBB_DATABASE_URL", url));
-    let p = Process::spawn(binary, &[], &env, dbs.dir())
-        .await
-        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-    p.wait_serving("").await.expect("serving");
-    p
-}
-
 #[tokio::test]
 async fn every_service_serves_the_metrics_the_documentation_lists() {
     let documented = documented();
@@ -53,9 +42,9 @@ async fn every_service_serves_the_metrics_the_documentation_lists() {
         "docs/metrics.md lists metrics of every service and `all`: {documented:?}"
     );
     let mut dbs = TestDatabases::new();
-    let audit = start("audit-svc", &mut dbs, &[]).await;
-    let notifier = start("notifier-svc", &mut dbs, &[]).await;
-    let lifecycle = start(
+    let audit = start_service("audit-svc", &mut dbs, &[]).await;
+    let notifier = start_service("notifier-svc", &mut dbs, &[]).await;
+    let lifecycle = start_service(
         "lifecycle-svc",
         &mut dbs,
         &[
@@ -64,7 +53,7 @@ async fn every_service_serves_the_metrics_the_documentation_lists() {
         ],
     )
     .await;
-    let scheduler = start(
+    let scheduler = start_service(
         "scheduler-svc",
         &mut dbs,
         &ebb_tests::cluster::fast_scheduler_env(&lifecycle.url()),
@@ -143,7 +132,7 @@ async fn scrape(p: &Process) -> Scrape {
 #[tokio::test]
 async fn gauges_follow_due_work_leases_and_the_outbox() {
     let mut dbs = TestDatabases::new();
-    let audit = start("audit-svc", &mut dbs, &[]).await;
+    let audit = start_service("audit-svc", &mut dbs, &[]).await;
     let cluster = Cluster::start_on(dbs, 1, &[("EBB_AUDIT_URL", audit.url())]).await;
     let lifecycle = &cluster.lifecycle;
     let scheduler = &cluster.schedulers[0];

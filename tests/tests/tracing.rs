@@ -10,7 +10,7 @@ use std::time::Duration;
 use ebb_tests::cluster::{eventually, fast_lifecycle_env, fast_scheduler_env, fixture, from_now};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use ebb_tests::{Process, TestDatabases};
+use ebb_tests::{Process, TestDatabases, start_service};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -146,22 +146,17 @@ impl Collector {
     }
 }
 
+/// `binary` on a database of its own, exporting its spans to `otlp` every 200ms (instead of
+/// every 5s).
 async fn start(
     binary: &str,
     dbs: &mut TestDatabases,
     otlp: &str,
     mut env: Vec<(&'static str, String)>,
 ) -> Process {
-    let url = dbs.create(binary.trim_end_matches("-svc")).await;
-    env.push(("EBB_DATABASE_URL", url));
     env.push(("EBB_TELEMETRY__OTLP_ENDPOINT", otlp.to_owned()));
-    // Export every 200ms instead of every 5s.
     env.push(("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()));
-    let p = Process::spawn(binary, &[], &env, dbs.dir())
-        .await
-        .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-    p.wait_serving("").await.expect("serving");
-    p
+    start_service(binary, dbs, &env).await
 }
 
 #[tokio::test]
