@@ -78,10 +78,12 @@ impl MetricsSource for NotifierMetrics {
         let (n, oldest) = due.map_or((0, None), |d| (d.n, d.oldest));
         metrics::gauge!("ebb_notifier_due_deliveries").set(n as f64);
         metrics::gauge!("ebb_notifier_delivery_lag_seconds").set(age_seconds(oldest, now));
+        // The status is written into the statement, not bound, so that PostgreSQL can use the
+        // partial index of that status even with a generic plan.
         for status in ["pending", "failed"] {
             let count = Count::find_by_statement(self.db.stmt(
-                "SELECT COUNT(*) AS n FROM deliveries WHERE status = $1",
-                [status.into()],
+                &format!("SELECT COUNT(*) AS n FROM deliveries WHERE status = '{status}'"),
+                [],
             ))
             .one(&self.db.conn)
             .await?;

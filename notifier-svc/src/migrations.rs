@@ -13,7 +13,7 @@ impl MigratorTrait for Migrator {
     }
 
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(FailedIndex)]
     }
 }
 
@@ -143,6 +143,37 @@ impl MigrationTrait for Initial {
             conn.execute_unprepared(&format!("DROP TABLE {table}"))
                 .await?;
         }
+        Ok(())
+    }
+}
+
+/// Failed deliveries by when they failed, so that the metrics count them at every scrape
+/// without reading the whole table.
+struct FailedIndex;
+
+impl MigrationName for FailedIndex {
+    fn name(&self) -> &str {
+        "m0002_failed_deliveries_index"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for FailedIndex {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "CREATE INDEX deliveries_failed ON deliveries (completed_ms) WHERE status = 'failed'",
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("DROP INDEX deliveries_failed")
+            .await?;
         Ok(())
     }
 }
