@@ -132,9 +132,9 @@ pub async fn bind(listen: &str) -> anyhow::Result<Option<TcpListener>> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| anyhow::anyhow!("metrics.listen: {listen:?} is not an address: {e}"))?;
-    let listener = TcpListener::bind(addr)
+    let listener = crate::serving::bind(addr)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} (metrics.listen): {e}"))?;
+        .map_err(|e| anyhow::anyhow!("metrics.listen: {e}"))?;
     Ok(Some(listener))
 }
 

@@ -226,8 +226,6 @@ pub async fn serve(
 
     let readiness = std::mem::take(&mut component.readiness);
     let monitor = tokio::spawn(watch_readiness(readiness, reporter, shutdown.clone()));
-    // Recorder first, so that calls are counted from the first one.
-    let _ = crate::metrics::handle();
     let metrics = component.metrics_listener.take().map(|listener| {
         let sources = std::mem::take(&mut component.metrics_sources);
         tokio::spawn(crate::metrics::serve(listener, sources, shutdown.clone()))

@@ -853,11 +853,20 @@ fn webhook_catalog(url: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn a_webhook_step_is_completed_by_its_callback_token_only() {
+/// A cluster whose catalog deprovisions a tenant through a webhook answering `status`, with
+/// the tenant's action triggered: the run, and the body the webhook received.
+async fn webhook_tenant_triggered(
+    status: u16,
+) -> (
+    Cluster,
+    Dep,
+    pb::Entity,
+    pb::ActionRun,
+    tokio::sync::oneshot::Receiver<serde_json::Value>,
+) {
     let cluster = Cluster::start(0).await;
     let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
-    let (url, body) = one_webhook(202).await;
+    let (url, body) = one_webhook(status).await;
     dep.apply_catalog(pb::ApplyCatalogRequest {
         yaml: webhook_catalog(&url),
         ..Default::default()
@@ -888,6 +897,12 @@ async fn a_webhook_step_is_completed_by_its_callback_token_only() {
         .into_inner()
         .action_run
         .expect("run");
+    (cluster, dep, tenant, run, body)
+}
+
+#[tokio::test]
+async fn a_webhook_step_is_completed_by_its_callback_token_only() {
+    let (_cluster, mut dep, tenant, run, body) = webhook_tenant_triggered(202).await;
     let request = tokio::time::timeout(WAIT, body)
         .await
         .expect("the webhook was called")
@@ -944,39 +959,7 @@ async fn a_webhook_step_is_completed_by_its_callback_token_only() {
 
 #[tokio::test]
 async fn a_webhook_that_refuses_fails_the_step_and_reverts_the_entity() {
-    let cluster = Cluster::start(0).await;
-    let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
-    let (url, body) = one_webhook(500).await;
-    dep.apply_catalog(pb::ApplyCatalogRequest {
-        yaml: webhook_catalog(&url),
-        ..Default::default()
-    })
-    .await
-    .expect("catalog");
-    let f = fixture(&mut api, None, "w").await;
-    let tenant = dep
-        .create_entity(pb::CreateEntityRequest {
-            organization_id: f.org.id.clone(),
-            kind: "pr_tenant".into(),
-            name: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("entity")
-        .into_inner()
-        .entity
-        .expect("entity");
-    let run = dep
-        .trigger_action(pb::TriggerActionRequest {
-            entity_id: tenant.id.clone(),
-            action: "DeprovisionByPr".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner()
-        .action_run
-        .expect("run");
+    let (_cluster, mut dep, tenant, run, body) = webhook_tenant_triggered(500).await;
     tokio::time::timeout(WAIT, body)
         .await
         .expect("the webhook was called")

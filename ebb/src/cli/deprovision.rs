@@ -399,39 +399,21 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             entity,
             state,
         } => {
-            let answer = list_relationships(
-                &mut api,
-                pb::ListRelationshipsRequest {
-                    organization_id: organization.clone(),
-                    entity_id: entity.unwrap_or_default(),
-                    state: state.map_or(0, |s| s as i32),
-                    page_size: 1000,
-                    ..Default::default()
-                },
-            )
-            .await?;
-            ctx.print(
-                &answer,
-                "ebb.lifecycle.v1.ListRelationshipsResponse",
-                &|r| relationships_table(&r.relationships, "no relationships"),
-            )
+            let request = pb::ListRelationshipsRequest {
+                organization_id: organization.clone(),
+                entity_id: entity.unwrap_or_default(),
+                state: state.map_or(0, |s| s as i32),
+                ..Default::default()
+            };
+            print_relationships(ctx, &mut api, request, "no relationships").await
         }
         Command::Overdue { organization } => {
-            let answer = list_relationships(
-                &mut api,
-                pb::ListRelationshipsRequest {
-                    organization_id: organization.clone(),
-                    overdue: true,
-                    page_size: 1000,
-                    ..Default::default()
-                },
-            )
-            .await?;
-            ctx.print(
-                &answer,
-                "ebb.lifecycle.v1.ListRelationshipsResponse",
-                &|r| relationships_table(&r.relationships, "no overdue grace periods"),
-            )
+            let request = pb::ListRelationshipsRequest {
+                organization_id: organization.clone(),
+                overdue: true,
+                ..Default::default()
+            };
+            print_relationships(ctx, &mut api, request, "no overdue grace periods").await
         }
         Command::ForceFinalize { relationship } => {
             let r = api
@@ -493,11 +475,19 @@ async fn get(api: &mut Deprovision, action_run: &str) -> Result<pb::ActionRun, C
     .ok_or_else(|| CliError::Failed(format!("action run {action_run}: the answer is empty")))
 }
 
-async fn list_relationships(
+/// Most relationships one listing prints.
+const MAX_RELATIONSHIPS: usize = 10_000;
+
+/// Prints every page of a relationship listing (at most [`MAX_RELATIONSHIPS`], saying so when
+/// there are more); `none` when there is nothing.
+async fn print_relationships(
+    ctx: &Ctx,
     api: &mut Deprovision,
     mut request: pb::ListRelationshipsRequest,
-) -> Result<pb::ListRelationshipsResponse, CliError> {
+    none: &str,
+) -> Result<(), CliError> {
     let org = request.organization_id.clone();
+    request.page_size = 1000;
     let mut all = pb::ListRelationshipsResponse::default();
     loop {
         let page = api
@@ -506,11 +496,21 @@ async fn list_relationships(
             .map_err(|s| CliError::status(format!("relationships of organization {org}"), s))?
             .into_inner();
         all.relationships.extend(page.relationships);
-        if page.next_page_token.is_empty() || all.relationships.len() >= 10_000 {
-            return Ok(all);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        if all.relationships.len() >= MAX_RELATIONSHIPS {
+            eprintln!(
+                "showing the first {} relationships; there are more",
+                all.relationships.len()
+            );
+            break;
         }
         request.page_token = page.next_page_token;
     }
+    ctx.print(&all, "ebb.lifecycle.v1.ListRelationshipsResponse", &|r| {
+        relationships_table(&r.relationships, none)
+    })
 }
 
 fn is_done(status: i32) -> bool {
