@@ -10,8 +10,8 @@ use prost::Message;
 use sea_orm::{DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 use tokio::sync::Notify;
 
-use crate::config::Config;
-use crate::idempotency;
+use crate::Config;
+use crate::store::idempotency;
 
 /// lifecycle-svc's state, cheap to clone.
 #[derive(Clone)]
@@ -41,19 +41,6 @@ impl Lifecycle {
     pub fn with_callback_secret(mut self, secret: Vec<u8>) -> Self {
         self.callback_secret = Arc::new(secret);
         self
-    }
-
-    /// What finishing runs and walking action steps needs.
-    pub fn policy(&self) -> crate::runs::Policy {
-        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        crate::runs::Policy {
-            retry_backoff_ms: ms(self.config.auto_destroy_retry_backoff),
-            engine: crate::actions::Engine {
-                callback_secret: self.callback_secret.as_ref().clone(),
-                step_timeout_ms: ms(self.config.action_step_timeout),
-                callback_ttl_ms: ms(self.config.callback_token_ttl),
-            },
-        }
     }
 
     /// The one clock every decision reads.

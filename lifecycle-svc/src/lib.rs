@@ -1,26 +1,21 @@
 //! lifecycle-svc: the source of truth for organizations, projects, workspaces, state versions,
 //! runs and auto-destroy schedules, with a transactional outbox of domain events.
 
-pub mod actions;
-pub mod api;
-pub mod catalog;
+mod api;
+mod auth;
+mod auto_destroy;
 pub mod config;
-pub mod core;
-pub mod entities;
-pub mod gauges;
-pub mod idempotency;
-pub mod migrations;
-pub mod outbox;
-pub mod previews;
-pub mod relay;
-pub mod rows;
-pub mod runs;
-pub mod schedule;
-pub mod scheduling;
-pub mod sql;
-pub mod tokens;
-pub mod webhooks;
-pub mod workspaces;
+mod core;
+mod deprovision;
+mod events;
+mod finish;
+mod gauges;
+mod migrations;
+mod runs;
+mod store;
+mod tenancy;
+mod timing;
+mod workspaces;
 
 use std::sync::Arc;
 
@@ -38,7 +33,7 @@ pub use config::Config;
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
-    let relay = relay::run(&config, db.clone(), shutdown.clone());
+    let relay = events::relay::run(&config, db.clone(), shutdown.clone());
     let configured = ebb_common::auth::StaticTokens::new(
         &config.server.admin_token,
         &config.server.auth.service_token,
@@ -46,7 +41,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if !config.catalog_file.is_empty() {
         load_catalog_file(&db, &config.catalog_file).await?;
     }
-    let secret = webhooks::callback_secret(&db.conn).await?;
+    let secret = deprovision::webhooks::callback_secret(&db.conn).await?;
     let gauges = Arc::new(gauges::LifecycleMetrics::new(db.clone(), &config));
     let core = core::Lifecycle::new(db.clone(), config).with_callback_secret(secret);
     let mut component = Component::new();
@@ -54,10 +49,10 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     component.add_metrics_source(gauges);
     component.set_authority(
         serving::Authority::Local,
-        Arc::new(tokens::LocalAuthority::new(db.clone())),
+        Arc::new(auth::LocalAuthority::new(db.clone())),
     );
-    component.add_resolver(Arc::new(tokens::resolver(db.clone())));
-    component.add_denial_sink(tokens::DeniedEvents::new(core.clone()));
+    component.add_resolver(Arc::new(auth::resolver(db.clone())));
+    component.add_denial_sink(auth::DeniedEvents::new(core.clone()));
     component.add_service(
         TokenServiceServer::new(api::TokenApi::new(core.clone(), configured)),
         &db,
@@ -74,7 +69,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         DeprovisionServiceServer::new(api::DeprovisionApi::new(core.clone())),
         &db,
     );
-    component.spawn(webhooks::run(core.clone(), shutdown.clone()));
+    component.spawn(deprovision::webhooks::run(core.clone(), shutdown.clone()));
     component.add_service(
         SchedulingServiceServer::new(api::SchedulingApi::new(core)),
         &db,
@@ -85,8 +80,9 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 /// Loads the catalog file; a bad catalog stops the service naming the file, path and reason.
 async fn load_catalog_file(db: &ebb_common::db::Db, path: &str) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("catalog {path}: {e}"))?;
-    let catalog = catalog::parse(&text).map_err(|e| anyhow::anyhow!("catalog {path}: {e}"))?;
-    catalog::store(&db.conn, &catalog, "file", ebb_common::time::now_ms())
+    let catalog =
+        deprovision::catalog::parse(&text).map_err(|e| anyhow::anyhow!("catalog {path}: {e}"))?;
+    deprovision::catalog::store(&db.conn, &catalog, "file", ebb_common::time::now_ms())
         .await
         .map_err(|e| anyhow::anyhow!("catalog {path}: {e}"))?;
     tracing::info!(

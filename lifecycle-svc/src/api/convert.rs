@@ -1,10 +1,14 @@
 //! Rows to protobuf messages, and protobuf enums to the database's words.
 
+use crate::events::outbox::OutboxRow;
+use crate::runs::RunRow;
+use crate::tenancy::orgs::OrgRow;
+use crate::tenancy::projects::ProjectRow;
+use crate::workspaces::WorkspaceRow;
+use crate::workspaces::state_versions::StateVersionRow;
 use ebb_common::time::{to_duration, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::lifecycle::v1 as pb;
-
-use crate::rows::{OrgRow, OutboxRow, ProjectRow, RunRow, StateVersionRow, WorkspaceRow};
 
 pub fn organization(o: &OrgRow) -> pb::Organization {
     pb::Organization {

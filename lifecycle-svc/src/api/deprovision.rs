@@ -2,9 +2,8 @@
 //! catalog and action runs.
 
 use ebb_common::error::Violations;
-use ebb_common::page;
 use ebb_common::time::{to_timestamp, to_timestamp_opt};
-use ebb_common::{Error, Result};
+use ebb_common::{Error, Result, page};
 use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::deprovision_service_server::DeprovisionService;
 use sea_orm::ConnectionTrait;
@@ -13,11 +12,18 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{json_to_struct, json_to_value};
 use super::validate as check;
-use crate::actions::{self, ActionRunRow, ScheduledRow};
-use crate::catalog::{self, KindDef, TriggerDef};
 use crate::core::Lifecycle;
-use crate::entities::{self, EntityRow, RelationshipFilter, RelationshipRow};
-use crate::sql::query_all;
+use crate::deprovision::action_runs::ActionRunRow;
+use crate::deprovision::catalog::{KindDef, TriggerDef};
+use crate::deprovision::entities::EntityRow;
+use crate::deprovision::relationships::{RelationshipFilter, RelationshipRow};
+use crate::deprovision::scheduled::ScheduledRow;
+use crate::deprovision::trigger;
+use crate::deprovision::{
+    action_runs, callbacks, catalog, entities, plan, relationships, scheduled, steps,
+};
+use crate::finish;
+use crate::store::query_all;
 
 const ACTOR: &str = super::lifecycle::API_ACTOR;
 
@@ -122,7 +128,7 @@ fn relationship_pb(r: &RelationshipRow) -> pb::Relationship {
     }
 }
 
-fn plan_pb(plan: &actions::Plan) -> Vec<pb::PlanStep> {
+fn plan_pb(plan: &plan::Plan) -> Vec<pb::PlanStep> {
     plan.nodes
         .iter()
         .map(|n| pb::PlanStep {
@@ -157,7 +163,7 @@ fn run_status(s: &str) -> pb::ActionRunStatus {
 }
 
 async fn action_run_pb(conn: &impl ConnectionTrait, r: &ActionRunRow) -> Result<pb::ActionRun> {
-    let steps = actions::steps(conn, &r.id).await?;
+    let steps = action_runs::steps(conn, &r.id).await?;
     Ok(pb::ActionRun {
         id: r.id.clone(),
         organization_id: r.organization_id.clone(),
@@ -489,8 +495,9 @@ impl DeprovisionService for DeprovisionApi {
             .core
             .mutate("CreateRelationship", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let r = entities::create_relationship(txn, &rel_type, &from, &to, ACTOR, now)
-                        .await?;
+                    let r =
+                        relationships::create_relationship(txn, &rel_type, &from, &to, ACTOR, now)
+                            .await?;
                     Ok(pb::CreateRelationshipResponse {
                         relationship: Some(relationship_pb(&r)),
                     })
@@ -507,7 +514,7 @@ impl DeprovisionService for DeprovisionApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "relationship_id", &req.relationship_id);
         v.finish()?;
-        let r = entities::get_relationship(&self.core.db.conn, &id).await?;
+        let r = relationships::get_relationship(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetRelationshipResponse {
             relationship: Some(relationship_pb(&r)),
         }))
@@ -549,7 +556,7 @@ impl DeprovisionService for DeprovisionApi {
             Some(p) => Some(after(&p)?),
             None => None,
         };
-        let rows = entities::list_relationships(
+        let rows = relationships::list_relationships(
             &self.core.db.conn,
             &filter,
             pos,
@@ -583,7 +590,7 @@ impl DeprovisionService for DeprovisionApi {
                 &req,
                 move |txn| {
                     Box::pin(async move {
-                        let r = entities::force_finalize(txn, &id, ACTOR, now).await?;
+                        let r = relationships::force_finalize(txn, &id, ACTOR, now).await?;
                         Ok(pb::ForceFinalizeRelationshipResponse {
                             relationship: Some(relationship_pb(&r)),
                         })
@@ -603,12 +610,12 @@ impl DeprovisionService for DeprovisionApi {
         let action = short_name(&mut v, "action", &req.action);
         let params = parameters(&mut v, &req.parameters);
         v.finish()?;
-        let (dry_run, now, engine) = (req.dry_run, self.core.now(), self.core.policy().engine);
+        let (dry_run, now, engine) = (req.dry_run, self.core.now(), steps::Engine::of(&self.core));
         let resp = self
             .core
             .mutate("TriggerAction", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let t = actions::trigger(
+                    let t = trigger::trigger(
                         txn, &engine, &entity, &action, &params, dry_run, None, ACTOR, now,
                     )
                     .await?;
@@ -635,7 +642,7 @@ impl DeprovisionService for DeprovisionApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "action_run_id", &req.action_run_id);
         v.finish()?;
-        let r = actions::get_action_run(&self.core.db.conn, &id).await?;
+        let r = action_runs::get_action_run(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetActionRunResponse {
             action_run: Some(action_run_pb(&self.core.db.conn, &r).await?),
         }))
@@ -674,7 +681,7 @@ impl DeprovisionService for DeprovisionApi {
         ]);
         let mut sql = format!(
             "SELECT {} FROM action_runs WHERE organization_id = $1",
-            actions::ACTION_RUN_COLUMNS
+            action_runs::ACTION_RUN_COLUMNS
         );
         let mut values: Vec<sea_orm::Value> = vec![org.clone().into()];
         if let Some(e) = entity {
@@ -721,12 +728,12 @@ impl DeprovisionService for DeprovisionApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "action_run_id", &req.action_run_id);
         v.finish()?;
-        let (now, engine) = (self.core.now(), self.core.policy().engine);
+        let (now, engine) = (self.core.now(), steps::Engine::of(&self.core));
         let resp = self
             .core
             .mutate("RetryActionRun", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let (r, _) = actions::retry(txn, &engine, &id, ACTOR, now).await?;
+                    let (r, _) = trigger::retry(txn, &engine, &id, ACTOR, now).await?;
                     Ok(pb::RetryActionRunResponse {
                         action_run: Some(action_run_pb(txn, &r).await?),
                     })
@@ -745,12 +752,12 @@ impl DeprovisionService for DeprovisionApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "action_run_id", &req.action_run_id);
         v.finish()?;
-        let (now, policy) = (self.core.now(), self.core.policy());
+        let (now, _policy) = (self.core.now(), finish::Policy::of(&self.core));
         ok(self
             .core
             .mutate("CancelActionRun", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let r = actions::cancel(txn, &policy, &id, ACTOR, now).await?;
+                    let r = trigger::cancel(txn, &id, ACTOR, now).await?;
                     Ok(pb::CancelActionRunResponse {
                         action_run: Some(action_run_pb(txn, &r).await?),
                     })
@@ -787,14 +794,14 @@ impl DeprovisionService for DeprovisionApi {
         v.finish()?;
         let (now, engine, token) = (
             self.core.now(),
-            self.core.policy().engine,
+            steps::Engine::of(&self.core),
             req.callback_token.clone(),
         );
         let resp = self
             .core
             .mutate("CompleteActionStep", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let (r, _) = actions::complete_step(
+                    let (r, _) = callbacks::complete_step(
                         txn, &engine, &step, &token, succeeded, &message, now,
                     )
                     .await?;
@@ -828,7 +835,7 @@ impl DeprovisionService for DeprovisionApi {
             .mutate("ScheduleAction", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let s =
-                        actions::schedule_action(txn, &entity, &action, &params, at, ACTOR, now)
+                        scheduled::schedule_action(txn, &entity, &action, &params, at, ACTOR, now)
                             .await?;
                     Ok(pb::ScheduleActionResponse {
                         scheduled_action: Some(scheduled_pb(&s)),
@@ -856,7 +863,7 @@ impl DeprovisionService for DeprovisionApi {
         ]);
         let mut sql = format!(
             "SELECT {} FROM scheduled_actions WHERE organization_id = $1",
-            actions::SCHEDULED_COLUMNS
+            scheduled::SCHEDULED_COLUMNS
         );
         let mut values: Vec<sea_orm::Value> = vec![org.clone().into()];
         if let Some(e) = entity {
@@ -897,7 +904,7 @@ impl DeprovisionService for DeprovisionApi {
             .core
             .mutate("CancelScheduledAction", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let s = actions::cancel_scheduled(txn, &id, ACTOR, now).await?;
+                    let s = scheduled::cancel_scheduled(txn, &id, ACTOR, now).await?;
                     Ok(pb::CancelScheduledActionResponse {
                         scheduled_action: Some(scheduled_pb(&s)),
                     })

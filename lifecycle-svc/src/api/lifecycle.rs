@@ -1,20 +1,22 @@
 //! `ebb.lifecycle.v1.LifecycleService`: thin handlers that validate, call the domain and map.
 
 use ebb_common::error::Violations;
-use ebb_common::page;
 use ebb_common::time::from_duration;
-use ebb_common::{Error, Result};
+use ebb_common::{Error, Result, page};
 use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::lifecycle_service_server::LifecycleService;
 use sea_orm::Value;
 use tonic::{Request, Response, Status};
 
-use super::convert;
-use super::validate as check;
+use super::{convert, validate as check};
+use crate::auto_destroy::policy;
+use crate::auto_destroy::{preview, settings};
 use crate::core::Lifecycle;
-use crate::rows::OutboxRow;
-use crate::workspaces::{self as ws, OrgSettings, WorkspaceChanges, WorkspaceFilter};
-use crate::{previews, runs};
+use crate::events::outbox::OutboxRow;
+use crate::tenancy::orgs::OrgSettings;
+use crate::tenancy::{orgs, projects};
+use crate::workspaces::{WorkspaceChanges, WorkspaceFilter, lock, manual_runs, state_versions};
+use crate::{finish, runs, store, workspaces};
 
 /// The actor recorded on events caused through this API.
 pub const API_ACTOR: &str = "api";
@@ -130,7 +132,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("CreateOrganization", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let org = ws::create_org(txn, &name, &settings, API_ACTOR, now).await?;
+                    let org = orgs::create_org(txn, &name, &settings, API_ACTOR, now).await?;
                     Ok(pb::CreateOrganizationResponse {
                         organization: Some(convert::organization(&org)),
                     })
@@ -147,7 +149,7 @@ impl LifecycleService for LifecycleApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "organization_id", &req.organization_id);
         v.finish()?;
-        let org = ws::get_org(&self.core.db.conn, &id).await?;
+        let org = orgs::get_org(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetOrganizationResponse {
             organization: Some(convert::organization(&org)),
         }))
@@ -164,7 +166,7 @@ impl LifecycleService for LifecycleApi {
             v.add("settings", "is required");
         }
         v.finish()?;
-        let current = ws::get_org(&self.core.db.conn, &id).await?;
+        let current = orgs::get_org(&self.core.db.conn, &id).await?;
         let base = OrgSettings {
             reminder_lead_times_ms: current.lead_times(),
             destroy_retry_limit: current.destroy_retry_limit,
@@ -188,8 +190,8 @@ impl LifecycleService for LifecycleApi {
                 &req,
                 move |txn| {
                     Box::pin(async move {
-                        let org =
-                            ws::update_org_settings(txn, &id, &settings, API_ACTOR, now).await?;
+                        let org = policy::update_org_settings(txn, &id, &settings, API_ACTOR, now)
+                            .await?;
                         Ok(pb::UpdateOrganizationSettingsResponse {
                             organization: Some(convert::organization(&org)),
                         })
@@ -224,7 +226,8 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("CreateProject", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let p = ws::create_project(txn, &org, &name, default, API_ACTOR, now).await?;
+                    let p =
+                        projects::create_project(txn, &org, &name, default, API_ACTOR, now).await?;
                     Ok(pb::CreateProjectResponse {
                         project: Some(convert::project(&p)),
                     })
@@ -241,7 +244,7 @@ impl LifecycleService for LifecycleApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "project_id", &req.project_id);
         v.finish()?;
-        let p = ws::get_project(&self.core.db.conn, &id).await?;
+        let p = projects::get_project(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetProjectResponse {
             project: Some(convert::project(&p)),
         }))
@@ -290,8 +293,9 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("UpdateProject", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let p = ws::update_project(txn, &id, name.as_deref(), default, API_ACTOR, now)
-                        .await?;
+                    let p =
+                        policy::update_project(txn, &id, name.as_deref(), default, API_ACTOR, now)
+                            .await?;
                     Ok(pb::UpdateProjectResponse {
                         project: Some(convert::project(&p)),
                     })
@@ -306,7 +310,7 @@ impl LifecycleService for LifecycleApi {
     ) -> Reply<pb::CreateWorkspaceResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        let new = ws::NewWorkspace {
+        let new = workspaces::NewWorkspace {
             project_id: check::id(&mut v, "project_id", &req.project_id),
             name: check::name(&mut v, "name", &req.name),
             labels: check::labels(&mut v, "labels", &req.labels),
@@ -324,7 +328,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("CreateWorkspace", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::create_workspace(txn, new, API_ACTOR, now).await?;
+                    let w = workspaces::create_workspace(txn, new, API_ACTOR, now).await?;
                     Ok(pb::CreateWorkspaceResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -341,7 +345,7 @@ impl LifecycleService for LifecycleApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
         v.finish()?;
-        let w = ws::get_workspace(&self.core.db.conn, &id).await?;
+        let w = workspaces::get_workspace(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetWorkspaceResponse {
             workspace: Some(convert::workspace(&w)),
         }))
@@ -388,7 +392,8 @@ impl LifecycleService for LifecycleApi {
             Some(pos) => Some(after_position(&pos)?),
             None => None,
         };
-        let rows = ws::list_workspaces(&self.core.db.conn, &filter, after, size + 1).await?;
+        let rows =
+            workspaces::list_workspaces(&self.core.db.conn, &filter, after, size + 1).await?;
         let (rows, next_page_token) = page::split(rows, size, &fh, |last| {
             vec![last.created_at.to_string(), last.id.clone()]
         });
@@ -447,7 +452,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("UpdateWorkspace", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::update_workspace(txn, &id, changes, API_ACTOR, now).await?;
+                    let w = workspaces::update_workspace(txn, &id, changes, API_ACTOR, now).await?;
                     Ok(pb::UpdateWorkspaceResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -470,7 +475,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("LockWorkspace", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::set_lock(txn, &id, Some(reason), API_ACTOR, now).await?;
+                    let w = lock::set_lock(txn, &id, Some(reason), API_ACTOR, now).await?;
                     Ok(pb::LockWorkspaceResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -492,7 +497,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("UnlockWorkspace", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::set_lock(txn, &id, None, API_ACTOR, now).await?;
+                    let w = lock::set_lock(txn, &id, None, API_ACTOR, now).await?;
                     Ok(pb::UnlockWorkspaceResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -514,7 +519,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("ArchiveWorkspace", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::set_archived(txn, &id, true, API_ACTOR, now).await?;
+                    let w = lock::set_archived(txn, &id, true, API_ACTOR, now).await?;
                     Ok(pb::ArchiveWorkspaceResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -536,7 +541,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("RestoreWorkspace", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::set_archived(txn, &id, false, API_ACTOR, now).await?;
+                    let w = lock::set_archived(txn, &id, false, API_ACTOR, now).await?;
                     Ok(pb::RestoreWorkspaceResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -562,9 +567,10 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("RecordStateVersion", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let (sv, w) =
-                        ws::record_state_version(txn, &id, serial, None, false, API_ACTOR, now)
-                            .await?;
+                    let (sv, w) = state_versions::record_state_version(
+                        txn, &id, serial, None, false, API_ACTOR, now,
+                    )
+                    .await?;
                     Ok(pb::RecordStateVersionResponse {
                         state_version: Some(convert::state_version(&sv)),
                         workspace: Some(convert::workspace(&w)),
@@ -594,7 +600,8 @@ impl LifecycleService for LifecycleApi {
             Some(_) => return Err(Error::invalid("page_token", "malformed").into()),
             None => None,
         };
-        let rows = ws::list_state_versions(&self.core.db.conn, &id, before, size + 1).await?;
+        let rows =
+            state_versions::list_state_versions(&self.core.db.conn, &id, before, size + 1).await?;
         let (rows, next_page_token) =
             page::split(rows, size, &fh, |last| vec![last.serial.to_string()]);
         ok(Ok(pb::ListStateVersionsResponse {
@@ -618,7 +625,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("CreateRun", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let r = runs::create_manual_run(
+                    let r = manual_runs::create_manual_run(
                         txn, &id, is_destroy, auto_apply, &message, API_ACTOR, now,
                     )
                     .await?;
@@ -694,12 +701,12 @@ impl LifecycleService for LifecycleApi {
         let id = check::id(&mut v, "run_id", &req.run_id);
         v.finish()?;
         let now = self.core.now();
-        let policy = self.core.policy();
+        let policy = finish::Policy::of(&self.core);
         ok(self
             .core
             .mutate("CancelRun", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let r = runs::cancel_run(txn, &id, API_ACTOR, now, &policy).await?;
+                    let r = finish::cancel_run(txn, &id, API_ACTOR, now, &policy).await?;
                     Ok(pb::CancelRunResponse {
                         run: Some(convert::run(&r)),
                     })
@@ -741,7 +748,8 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("SetAutoDestroy", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::set_auto_destroy(txn, &id, at, inactivity, API_ACTOR, now).await?;
+                    let w = settings::set_auto_destroy(txn, &id, at, inactivity, API_ACTOR, now)
+                        .await?;
                     Ok(pb::SetAutoDestroyResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -780,7 +788,8 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("ClearAutoDestroy", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::clear_auto_destroy(txn, &id, a, i, inherit, API_ACTOR, now).await?;
+                    let w = settings::clear_auto_destroy(txn, &id, a, i, inherit, API_ACTOR, now)
+                        .await?;
                     Ok(pb::ClearAutoDestroyResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -804,7 +813,7 @@ impl LifecycleService for LifecycleApi {
             .core
             .mutate("ExtendAutoDestroy", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = ws::extend_auto_destroy(txn, &id, by, API_ACTOR, now).await?;
+                    let w = settings::extend_auto_destroy(txn, &id, by, API_ACTOR, now).await?;
                     Ok(pb::ExtendAutoDestroyResponse {
                         workspace: Some(convert::workspace(&w)),
                     })
@@ -839,14 +848,14 @@ impl LifecycleService for LifecycleApi {
         let selector = check::labels(&mut v, "label_selector", &req.label_selector);
         let size = v.check("page_size", page::page_size(req.page_size));
         v.finish()?;
-        let proposal = previews::Proposal {
+        let proposal = preview::Proposal {
             organization_id: org,
             project_id: project,
             inactivity_ms: inactivity,
             auto_destroy_at: at,
             label_selector: selector,
         };
-        let (items, skipped) = previews::preview(&self.core.db.conn, &proposal, now).await?;
+        let (items, skipped) = preview::preview(&self.core.db.conn, &proposal, now).await?;
         let size = size.unwrap_or(page::DEFAULT_PAGE_SIZE) as usize;
         let fh = page::filter_hash(&["preview", &format!("{proposal:?}")]);
         let start = match page::decode(&req.page_token, &fh)?.as_deref() {
@@ -921,7 +930,7 @@ impl LifecycleService for LifecycleApi {
             sql.push_str(&format!(" AND subject_id = ${}", values.len()));
         }
         sql.push_str(&format!(" ORDER BY seq LIMIT {}", size + 1));
-        let rows: Vec<OutboxRow> = crate::sql::query_all(&self.core.db.conn, &sql, values).await?;
+        let rows: Vec<OutboxRow> = store::query_all(&self.core.db.conn, &sql, values).await?;
         let (rows, next_page_token) =
             page::split(rows, size, &fh, |last| vec![last.seq.to_string()]);
         ok(Ok(pb::ListOutboxEventsResponse {

@@ -9,10 +9,12 @@ use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::runner_service_server::RunnerService;
 use tonic::{Request, Response, Status};
 
-use super::convert;
-use super::validate as check;
+use super::{convert, validate as check};
 use crate::core::Lifecycle;
-use crate::runs::{self, Completion};
+use crate::finish;
+use crate::finish::Completion;
+use crate::runs::lease;
+use crate::tenancy::orgs;
 
 /// The longest a claim may wait for a run.
 pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(60);
@@ -37,7 +39,7 @@ impl RunnerApi {
 
     async fn try_claim(&self, org: &str, runner: &str) -> Result<Option<pb::ClaimRunResponse>> {
         let txn = self.core.begin().await?;
-        let claimed = runs::claim_run(&txn, org, runner, self.lease_ms(), self.core.now()).await?;
+        let claimed = lease::claim_run(&txn, org, runner, self.lease_ms(), self.core.now()).await?;
         txn.commit().await?;
         Ok(claimed.map(|(run, token)| pb::ClaimRunResponse {
             run: Some(convert::run(&run)),
@@ -76,7 +78,7 @@ impl RunnerService for RunnerApi {
         };
         v.finish()?;
         // Refuse an unknown organization instead of waiting on it.
-        crate::workspaces::get_org(&self.core.db.conn, &org).await?;
+        orgs::get_org(&self.core.db.conn, &org).await?;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.core.runs_queued.notified();
@@ -107,7 +109,7 @@ impl RunnerService for RunnerApi {
         }
         v.finish()?;
         let txn = self.core.begin().await?;
-        let run = runs::heartbeat(
+        let run = lease::heartbeat(
             &txn,
             &id,
             &req.lease_token,
@@ -162,13 +164,13 @@ impl RunnerService for RunnerApi {
         };
         let token = req.lease_token.clone();
         let now = self.core.now();
-        let policy = self.core.policy();
+        let policy = finish::Policy::of(&self.core);
         let resp = self
             .core
             .mutate("CompleteRun", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let run =
-                        runs::complete_run(txn, &id, &token, completion, now, &policy).await?;
+                        finish::complete_run(txn, &id, &token, completion, now, &policy).await?;
                     Ok(pb::CompleteRunResponse {
                         run: Some(convert::run(&run)),
                     })

@@ -8,8 +8,11 @@ use ebb_proto::lifecycle::v1::scheduling_service_server::SchedulingService;
 use tonic::{Request, Response, Status};
 
 use super::validate as check;
+use crate::auto_destroy::queue::{Decision, FireKey};
+use crate::auto_destroy::{queue, reminders};
 use crate::core::Lifecycle;
-use crate::scheduling::{self, Decision, FireKey};
+use crate::deprovision::{relationships, scheduled, steps};
+use crate::finish;
 
 /// The most fire keys one queue call takes.
 pub const MAX_BATCH: usize = 5000;
@@ -108,7 +111,7 @@ impl SchedulingService for SchedulingApi {
             .and_then(|k| fire_key(&mut v, "after", k));
         v.finish()?;
         let now = self.core.now();
-        let due = scheduling::find_due(
+        let due = queue::find_due(
             &self.core.db.conn,
             req.shard,
             req.shard_count,
@@ -190,16 +193,11 @@ impl SchedulingService for SchedulingApi {
         let limit = limit(&mut v, req.limit);
         v.finish()?;
         let txn = self.core.begin().await?;
-        let sent = scheduling::send_due_reminders(
-            &txn,
-            req.shard,
-            req.shard_count,
-            limit,
-            self.core.now(),
-        )
-        .await?;
+        let sent =
+            reminders::send_due_reminders(&txn, req.shard, req.shard_count, limit, self.core.now())
+                .await?;
         let sent = sent
-            + crate::actions::send_scheduled_reminders(
+            + scheduled::send_scheduled_reminders(
                 &txn,
                 req.shard,
                 req.shard_count,
@@ -224,9 +222,9 @@ impl SchedulingService for SchedulingApi {
             v.add("max_attempts", "must be between 1 and 100");
         }
         v.finish()?;
-        let policy = self.core.policy();
+        let policy = finish::Policy::of(&self.core);
         let txn = self.core.begin().await?;
-        let (requeued, errored) = scheduling::rescue_expired_run_leases(
+        let (requeued, errored) = finish::rescue_expired_run_leases(
             &txn,
             limit,
             req.max_attempts,
@@ -259,7 +257,7 @@ impl SchedulingService for SchedulingApi {
             .map(|(id, t)| (t, id));
         v.finish()?;
         let now = self.core.now();
-        let due = crate::actions::find_due_scheduled(
+        let due = scheduled::find_due_scheduled(
             &self.core.db.conn,
             req.shard,
             req.shard_count,
@@ -303,25 +301,21 @@ impl SchedulingService for SchedulingApi {
             .filter_map(|(i, k)| scheduled_key(&mut v, &format!("fire_keys[{i}]"), k))
             .collect();
         v.finish()?;
-        let engine = self.core.policy().engine;
+        let engine = steps::Engine::of(&self.core);
         let mut results = Vec::with_capacity(keys.len());
         // Each scheduled action fires in its own transaction: one that cannot fire does not
         // hold back the others.
         for (id, due) in keys {
             let txn = self.core.begin().await?;
             let (decision, _) =
-                crate::actions::fire_scheduled(&txn, &engine, &id, due, self.core.now()).await?;
+                scheduled::fire_scheduled(&txn, &engine, &id, due, self.core.now()).await?;
             txn.commit().await.map_err(Error::from)?;
             let (d, run_id, reason) = match decision {
-                crate::actions::FireDecision::Fired { action_run_id } => {
+                scheduled::FireDecision::Fired { action_run_id } => {
                     (pb::QueueDecision::Queued, action_run_id, String::new())
                 }
-                crate::actions::FireDecision::Stale(r) => {
-                    (pb::QueueDecision::Stale, String::new(), r)
-                }
-                crate::actions::FireDecision::Failed(r) => {
-                    (pb::QueueDecision::Stale, String::new(), r)
-                }
+                scheduled::FireDecision::Stale(r) => (pb::QueueDecision::Stale, String::new(), r),
+                scheduled::FireDecision::Failed(r) => (pb::QueueDecision::Stale, String::new(), r),
             };
             results.push(pb::QueueItemResult {
                 fire_key: Some(pb::FireKey {
@@ -347,7 +341,7 @@ impl SchedulingService for SchedulingApi {
         let limit = limit(&mut v, req.limit);
         v.finish()?;
         let txn = self.core.begin().await?;
-        let n = crate::entities::finalize_elapsed(&txn, limit, self.core.now()).await?;
+        let n = relationships::finalize_elapsed(&txn, limit, self.core.now()).await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::FinalizeElapsedGracePeriodsResponse {
             finalized: n as i32,
@@ -362,11 +356,9 @@ impl SchedulingService for SchedulingApi {
         let mut v = Violations::new();
         let limit = limit(&mut v, req.limit);
         v.finish()?;
-        let policy = self.core.policy();
+        let policy = finish::Policy::of(&self.core);
         let txn = self.core.begin().await?;
-        let n =
-            crate::actions::time_out_steps(&txn, &policy.engine, &policy, limit, self.core.now())
-                .await?;
+        let n = steps::time_out_steps(&txn, &policy.engine, limit, self.core.now()).await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::TimeOutActionStepsResponse {
             timed_out: n as i32,
@@ -377,7 +369,7 @@ impl SchedulingService for SchedulingApi {
 impl SchedulingApi {
     async fn queue(&self, keys: &[FireKey]) -> Result<Vec<(FireKey, Decision)>> {
         let txn = self.core.begin().await?;
-        let results = scheduling::queue_auto_destroy_runs(&txn, keys, self.core.now()).await?;
+        let results = queue::queue_auto_destroy_runs(&txn, keys, self.core.now()).await?;
         txn.commit().await?;
         Ok(results)
     }

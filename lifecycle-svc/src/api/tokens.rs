@@ -11,8 +11,9 @@ use tonic::{Request, Response, Status};
 
 use super::validate as check;
 use crate::core::Lifecycle;
-use crate::idempotency;
-use crate::tokens::{self, NewToken, TokenRow};
+use crate::store::idempotency;
+use crate::tenancy::tokens;
+use crate::tenancy::tokens::{NewToken, TokenRow};
 
 /// The furthest ahead a token may expire.
 const MAX_TOKEN_LIFETIME_MS: i64 = 10 * 366 * 86_400_000;

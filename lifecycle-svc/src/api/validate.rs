@@ -1,7 +1,6 @@
 //! Request-field checks shared by the handlers; every refusal names its field.
 
-use std::collections::BTreeMap;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use ebb_common::config::parse_duration;
 use ebb_common::error::Violations;

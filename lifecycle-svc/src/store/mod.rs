@@ -1,4 +1,7 @@
-//! Running `$n`-placeholder SQL through SeaORM and reading typed rows.
+//! The SQL dialect shared by every room: running `$n`-placeholder statements through SeaORM,
+//! reading typed rows, and the few clauses that differ between SQLite and PostgreSQL.
+
+pub(crate) mod idempotency;
 
 use ebb_common::db::stmt;
 use ebb_common::{Error, Result};
@@ -51,4 +54,21 @@ pub async fn exec(
         .execute_raw(stmt(conn.get_database_backend(), sql, values))
         .await?
         .rows_affected())
+}
+
+pub fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A row of which only existence matters.
+#[derive(Debug, FromQueryResult)]
+pub struct IdRow {
+    #[allow(
+        dead_code,
+        reason = "selected so the row decodes; only its presence is read"
+    )]
+    pub id: String,
 }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::Config;
 use ebb_common::client::{TracedChannel, channel};
 use ebb_common::db::{Db, now_ms_sql};
 use ebb_proto::audit::v1::audit_service_client::AuditServiceClient;
@@ -26,8 +27,6 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
 use sea_orm_migration::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-use crate::config::Config;
 
 /// Outbox rows sent per round (audit-svc accepts up to 1000 per call).
 const BATCH: i64 = 500;
@@ -43,46 +42,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Time limit of one call to a sink.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The relay's tables: one lease per sink and one cursor per (sink, organization).
-pub struct M0002Relay;
-
-impl MigrationName for M0002Relay {
-    fn name(&self) -> &str {
-        "m0002_relay"
-    }
-}
-
-const RELAY_TABLES: &str = r#"
-CREATE TABLE outbox_relay_leases (
-    sink TEXT PRIMARY KEY,
-    owner TEXT NOT NULL DEFAULT '',
-    -- Bumped whenever another replica takes the lease: a holder's writes are fenced by it.
-    epoch BIGINT NOT NULL DEFAULT 0,
-    expires_at BIGINT NOT NULL DEFAULT 0
-);
-INSERT INTO outbox_relay_leases (sink) VALUES ('audit'), ('notifier');
-
-CREATE TABLE outbox_relay_cursors (
-    sink TEXT NOT NULL REFERENCES outbox_relay_leases (sink),
-    organization_id TEXT NOT NULL,
-    -- Every event of the organization up to this org_seq was acknowledged by the sink.
-    last_org_seq BIGINT NOT NULL CHECK (last_org_seq >= 0),
-    updated_at BIGINT NOT NULL,
-    PRIMARY KEY (sink, organization_id)
-);
-"#;
-
-#[async_trait::async_trait]
-impl MigrationTrait for M0002Relay {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(RELAY_TABLES)
-            .await?;
-        Ok(())
-    }
-}
 
 /// Where events go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,11 +10,13 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{self, STEP_COLUMNS, StepRow};
-use crate::catalog::TriggerDef;
 use crate::core::Lifecycle;
-use crate::entities;
-use crate::sql::{exec, query_all, query_one};
+use crate::deprovision::catalog::TriggerDef;
+
+use crate::deprovision::action_runs::STEP_COLUMNS;
+use crate::deprovision::action_runs::StepRow;
+use crate::deprovision::{action_runs, callbacks, catalog, entities, steps};
+use crate::store::{exec, query_all, query_one};
 
 const POLL: Duration = Duration::from_millis(500);
 const BATCH: u64 = 20;
@@ -127,7 +129,7 @@ async fn claim(core: &Lifecycle) -> Result<Vec<Request>> {
         [],
     )
     .await?;
-    let policy = core.policy();
+    let engine = steps::Engine::of(core);
     let now = core.now();
     let mut requests = Vec::with_capacity(pending.len());
     for step in pending {
@@ -137,10 +139,10 @@ async fn claim(core: &Lifecycle) -> Result<Vec<Request>> {
             [now.into(), step.id.clone().into()],
         )
         .await?;
-        let run = actions::get_action_run(&txn, &step.action_run_id).await?;
+        let run = action_runs::get_action_run(&txn, &step.action_run_id).await?;
         let root = entities::get_entity(&txn, &run.entity_id).await?;
         let entity = entities::get_entity(&txn, &step.entity_id).await?;
-        let url = match crate::catalog::kind(&txn, &root.kind)
+        let url = match catalog::kind(&txn, &root.kind)
             .await?
             .action(&run.action)
             .map(|a| a.trigger.clone())
@@ -148,13 +150,9 @@ async fn claim(core: &Lifecycle) -> Result<Vec<Request>> {
             Some(TriggerDef::Webhook { url }) => url,
             _ => continue,
         };
-        let expires_at = now + policy.engine.callback_ttl_ms;
-        let token = actions::callback_token(
-            &policy.engine.callback_secret,
-            &step.id,
-            step.attempt,
-            expires_at,
-        );
+        let expires_at = now + engine.callback_ttl_ms;
+        let token =
+            callbacks::callback_token(&engine.callback_secret, &step.id, step.attempt, expires_at);
         let body = json!({
             "type": "action_step.requested",
             "action_run_id": run.id,
@@ -199,9 +197,9 @@ async fn fail(
     if failed == 0 {
         return Ok(());
     }
-    actions::advance(
+    steps::advance(
         conn,
-        &core.policy().engine,
+        &steps::Engine::of(core),
         &step.action_run_id,
         "webhook",
         now,

@@ -3,12 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::store::exec;
+use crate::store::query_all;
+use crate::store::query_one;
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde::{Deserialize, Serialize};
-
-use crate::sql::{exec, query_all, query_one};
 
 /// A catalog document.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -449,7 +450,7 @@ pub async fn kinds(conn: &impl ConnectionTrait) -> Result<Vec<KindDef>> {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../deploy/catalog/deprovision-tenant.yaml");
+    const EXAMPLE: &str = include_str!("../../../deploy/catalog/deprovision-tenant.yaml");
 
     #[test]
     fn the_example_catalog_is_valid() {

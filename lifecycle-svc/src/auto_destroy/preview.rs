@@ -2,13 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::query_all;
+use crate::workspaces::WORKSPACE_COLUMNS;
+use crate::workspaces::WORKSPACE_FROM;
+use crate::workspaces::WorkspaceRow;
 use ebb_common::Result;
 use ebb_common::time::{EpochMs, to_duration, to_timestamp};
 use ebb_proto::lifecycle::v1 as pb;
 use sea_orm::{ConnectionTrait, Value};
-
-use crate::rows::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
-use crate::sql::query_all;
 
 /// The most workspaces one preview evaluates.
 pub const MAX_PREVIEW_WORKSPACES: u64 = 100_000;

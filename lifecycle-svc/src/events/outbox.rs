@@ -1,14 +1,12 @@
-//! The transactional outbox: every state change writes its domain event in the same
-//! transaction. Each organization's events get a gapless sequence number in commit order: the
-//! writer bumps the organization's counter, whose row lock is held until commit. Each row keeps
-//! the W3C trace context of the change, so that audit and notifier join its trace.
+//! The transactional outbox: every change writes its domain events in its own transaction,
+//! with a gapless sequence per organization.
 
 use std::collections::BTreeMap;
 
 use ebb_common::Result;
 use ebb_common::db::stmt;
 use ebb_common::time::EpochMs;
-use sea_orm::{ConnectionTrait, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::Value as Json;
 
 /// A domain event about to be written.
@@ -44,6 +42,7 @@ impl NewEvent {
 }
 
 const COLUMNS: usize = 10;
+
 /// Rows per INSERT, well below SQLite's bound-parameter limit.
 const CHUNK: usize = 1000;
 
@@ -122,4 +121,19 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
         conn.execute_raw(stmt(backend, &sql, values)).await?;
     }
     Ok(())
+}
+
+/// An outbox event.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub id: String,
+    pub organization_id: String,
+    pub org_seq: i64,
+    pub event_type: String,
+    pub subject_type: String,
+    pub subject_id: String,
+    pub actor: String,
+    pub data: String,
+    pub created_at: i64,
 }

@@ -1,19 +1,21 @@
-//! What the scheduler asks of lifecycle: find due workspaces, queue their destroy runs, send
-//! reminders, rescue runs whose runner vanished. Every call is idempotent.
+//! Queuing auto-destroy runs for due workspaces, each fire key decided once in one
+//! transaction (AD-5, AD-6).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ebb_common::Result;
 use ebb_common::time::{EpochMs, rfc3339};
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 
-use crate::outbox::{self, NewEvent};
-use crate::rows::{OrgRow, RUN_COLUMNS, RunRow, WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
-use crate::runs;
-use crate::schedule;
-use crate::sql::{exec, query_all};
-use crate::workspaces;
+use crate::events::{NewEvent, outbox};
+use crate::runs::AutoDestroyRun;
+use crate::store::{exec, for_update, placeholders, query_all};
+use crate::tenancy::orgs;
+use crate::tenancy::orgs::OrgRow;
+use crate::timing::math;
+use crate::workspaces::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
+use crate::{runs, workspaces};
 
 /// The identity of one firing.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,7 +33,8 @@ pub enum Decision {
     SkippedProtected,
 }
 
-const ACTOR: &str = "scheduler";
+/// The actor of the scheduler's decisions.
+pub(crate) const ACTOR: &str = "scheduler";
 
 #[derive(FromQueryResult)]
 struct DueRow {
@@ -77,20 +80,6 @@ pub async fn find_due(
         .collect())
 }
 
-fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn lock_suffix(conn: &impl ConnectionTrait, alias: &str) -> String {
-    match conn.get_database_backend() {
-        DatabaseBackend::Postgres => format!(" FOR UPDATE OF {alias}"),
-        _ => String::new(),
-    }
-}
-
 /// Decides each fire key on its own, all in the caller's one transaction (rule 6).
 pub async fn queue_auto_destroy_runs(
     conn: &impl ConnectionTrait,
@@ -108,7 +97,7 @@ pub async fn queue_auto_destroy_runs(
         &format!(
             "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.id IN ({}) ORDER BY w.id{}",
             placeholders(1, ids.len()),
-            lock_suffix(conn, "w")
+            for_update(conn, "w")
         ),
         id_values.clone(),
     )
@@ -148,7 +137,7 @@ pub async fn queue_auto_destroy_runs(
             continue;
         };
         if !orgs.contains_key(&ws.organization_id) {
-            let org = workspaces::get_org(conn, &ws.organization_id).await?;
+            let org = orgs::get_org(conn, &ws.organization_id).await?;
             orgs.insert(org.id.clone(), org);
         }
         let org = &orgs[&ws.organization_id];
@@ -210,7 +199,20 @@ pub async fn queue_auto_destroy_runs(
     }
     // Everything that may fire is inserted in one statement; the unique indexes turn a key
     // that already fired (or a second active destroy) into a row that is not returned.
-    let inserted = insert_auto_destroy_runs(conn, &to_queue, &workspaces, now).await?;
+    let new_runs: Vec<AutoDestroyRun> = to_queue
+        .iter()
+        .filter_map(|(_, key, run_id)| {
+            let ws = workspaces.get(&key.workspace_id)?;
+            Some(AutoDestroyRun {
+                run_id: run_id.clone(),
+                organization_id: ws.organization_id.clone(),
+                workspace_id: ws.id.clone(),
+                due_at: key.due_at,
+                working_directory: ws.working_directory.clone(),
+            })
+        })
+        .collect();
+    let inserted = runs::insert_auto_destroy_runs(conn, &new_runs, now).await?;
     let mut fired = Vec::new();
     for (index, key, run_id) in to_queue {
         if !inserted.contains(&run_id) {
@@ -227,7 +229,7 @@ pub async fn queue_auto_destroy_runs(
         ws.auto_destroy_status = "queued".into();
         ws.next_auto_destroy_at = ws.timing().next_auto_destroy_at();
         ws.next_reminder_at =
-            schedule::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times(), now);
+            math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times(), now);
         fired.push(ws.clone());
         events.push(NewEvent::new(
             &ws.organization_id,
@@ -247,193 +249,6 @@ pub async fn queue_auto_destroy_runs(
     mark_fired(conn, &fired, now).await?;
     outbox::write(conn, events, now).await?;
     Ok(results)
-}
-
-/// Sends the reminders that are due in one shard; each (schedule, lead time) at most once.
-pub async fn send_due_reminders(
-    conn: &impl ConnectionTrait,
-    shard: i32,
-    shard_count: i32,
-    limit: u64,
-    now: EpochMs,
-) -> Result<u32> {
-    let skip_locked = match conn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE OF w SKIP LOCKED",
-        _ => "",
-    };
-    let due: Vec<WorkspaceRow> = query_all(
-        conn,
-        &format!(
-            "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.next_reminder_at <= $1 \
-             AND w.shard_key % $2 = $3 ORDER BY w.next_reminder_at LIMIT {limit}{skip_locked}"
-        ),
-        [now.into(), shard_count.into(), shard.into()],
-    )
-    .await?;
-    let mut orgs: BTreeMap<String, OrgRow> = BTreeMap::new();
-    let mut events = Vec::new();
-    let mut sent = 0;
-    for ws in due {
-        if !orgs.contains_key(&ws.organization_id) {
-            let org = workspaces::get_org(conn, &ws.organization_id).await?;
-            orgs.insert(org.id.clone(), org);
-        }
-        let leads = orgs[&ws.organization_id].lead_times();
-        let mut next_reminder = None;
-        if let Some(due_at) = ws.next_auto_destroy_at {
-            if let Some(lead) = schedule::due_lead_time(due_at, &leads, now) {
-                let mut first = true;
-                for l in std::iter::once(lead).chain(schedule::superseded(lead, &leads)) {
-                    let inserted = exec(
-                        conn,
-                        "INSERT INTO auto_destroy_reminders (workspace_id, due_at, lead_ms, sent_at) \
-                         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                        [ws.id.clone().into(), due_at.into(), l.into(), now.into()],
-                    )
-                    .await?;
-                    if first && inserted == 1 {
-                        sent += 1;
-                        events.push(NewEvent::new(
-                            &ws.organization_id,
-                            "workspace.auto_destroy.reminder",
-                            "workspace",
-                            &ws.id,
-                            ACTOR,
-                            json!({
-                                "workspace_name": ws.name,
-                                "due_at": rfc3339(due_at),
-                                "lead_time_ms": lead,
-                                "lead_time": ebb_common::time::human(lead),
-                                "reason": ws.timing().reason(),
-                            }),
-                        ));
-                    }
-                    first = false;
-                }
-            }
-            next_reminder = leads.iter().map(|l| due_at - l).filter(|t| *t > now).min();
-        }
-        exec(
-            conn,
-            "UPDATE workspaces SET next_reminder_at = $1 WHERE id = $2",
-            [next_reminder.into(), ws.id.clone().into()],
-        )
-        .await?;
-    }
-    outbox::write(conn, events, now).await?;
-    Ok(sent)
-}
-
-/// Requeues runs whose runner lease expired, or errors them after `max_attempts` claims.
-pub async fn rescue_expired_run_leases(
-    conn: &impl ConnectionTrait,
-    limit: u64,
-    max_attempts: i32,
-    now: EpochMs,
-    policy: &runs::Policy,
-) -> Result<(u32, u32)> {
-    let skip_locked = match conn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-        _ => "",
-    };
-    let expired: Vec<RunRow> = query_all(
-        conn,
-        &format!(
-            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' AND lease_expires_at < $1 \
-             ORDER BY lease_expires_at LIMIT {limit}{skip_locked}"
-        ),
-        [now.into()],
-    )
-    .await?;
-    let (mut requeued, mut errored) = (0, 0);
-    let mut events = Vec::new();
-    for run in expired {
-        if run.attempt >= max_attempts {
-            exec(
-                conn,
-                "UPDATE runs SET status = 'errored', finished_at = $1, lease_token = NULL, \
-                 lease_expires_at = NULL, message = $2 WHERE id = $3 AND status = 'running'",
-                [
-                    now.into(),
-                    format!("runner lease expired {} times", run.attempt).into(),
-                    run.id.clone().into(),
-                ],
-            )
-            .await?;
-            let run = runs::get_run(conn, &run.id).await?;
-            runs::finish_consequences(conn, &run, Some(false), ACTOR, now, policy).await?;
-            events.push(NewEvent::new(&run.organization_id, "run.errored", "run", &run.id, ACTOR, json!({
-                "workspace_id": run.workspace_id, "attempts": run.attempt, "reason": "runner lease expired",
-            })));
-            errored += 1;
-        } else {
-            exec(
-                conn,
-                "UPDATE runs SET status = 'queued', runner_id = '', lease_token = NULL, \
-                 lease_expires_at = NULL WHERE id = $1 AND status = 'running'",
-                [run.id.clone().into()],
-            )
-            .await?;
-            events.push(NewEvent::new(&run.organization_id, "run.queued", "run", &run.id, ACTOR, json!({
-                "workspace_id": run.workspace_id, "attempt": run.attempt, "reason": "runner lease expired; requeued",
-            })));
-            requeued += 1;
-        }
-    }
-    outbox::write(conn, events, now).await?;
-    Ok((requeued, errored))
-}
-
-/// Inserts the queued destroy runs of `to_queue` in chunks; the ids of the rows that went in.
-async fn insert_auto_destroy_runs(
-    conn: &impl ConnectionTrait,
-    to_queue: &[(usize, FireKey, String)],
-    workspaces: &HashMap<String, WorkspaceRow>,
-    now: EpochMs,
-) -> Result<BTreeSet<String>> {
-    #[derive(FromQueryResult)]
-    struct Id {
-        id: String,
-    }
-    let mut inserted = BTreeSet::new();
-    for chunk in to_queue.chunks(1000) {
-        let mut sql = String::from(
-            "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, status, \
-             fire_due_at, message, working_directory, created_at) VALUES ",
-        );
-        let mut values: Vec<Value> = vec![now.into()];
-        for (i, (_, key, run_id)) in chunk.iter().enumerate() {
-            let Some(ws) = workspaces.get(&key.workspace_id) else {
-                continue;
-            };
-            let b = values.len();
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, TRUE, TRUE, 'auto_destroy', 'queued', ${}, 'auto-destroy', ${}, $1)",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
-            values.extend([
-                run_id.clone().into(),
-                ws.organization_id.clone().into(),
-                ws.id.clone().into(),
-                key.due_at.into(),
-                ws.working_directory.clone().into(),
-            ]);
-        }
-        if values.len() == 1 {
-            continue;
-        }
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
-        let rows: Vec<Id> = query_all(conn, &sql, values).await?;
-        inserted.extend(rows.into_iter().map(|r| r.id));
-    }
-    Ok(inserted)
 }
 
 /// Records on each fired workspace the due time it fired and its recomputed schedule.

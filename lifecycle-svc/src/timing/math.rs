@@ -121,11 +121,6 @@ pub fn retry_backoff_ms(base_ms: i64, failures: i32) -> i64 {
     base_ms.saturating_mul(1i64 << exp).min(86_400_000)
 }
 
-/// The shard of a workspace's shard key among `count` shards.
-pub fn shard_of(shard_key: i64, count: i32) -> i32 {
-    (shard_key.rem_euclid(i64::from(count.max(1)))) as i32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,163 @@
+//! Action runs and their steps as stored: reading them, the action a run carries out, and the
+//! checks of its conditions and parameters (DP-1, DP-2).
+
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, FromQueryResult};
+use serde_json::{Map, Value as Json, json};
+
+use crate::deprovision::catalog;
+use crate::deprovision::catalog::{ActionDef, Condition, KindDef};
+use crate::deprovision::entities::EntityRow;
+use crate::deprovision::plan::Plan;
+use crate::store::{query_all, query_one};
+
+/// Columns of [`ActionRunRow`].
+pub const ACTION_RUN_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, plan, status, actor, error, \
+    scheduled_action_id, created_at, finished_at";
+
+/// An action run.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct ActionRunRow {
+    pub id: String,
+    pub organization_id: String,
+    pub entity_id: String,
+    pub action: String,
+    pub parameters: String,
+    pub plan: String,
+    pub status: String,
+    pub actor: String,
+    pub error: String,
+    pub scheduled_action_id: Option<String>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+impl ActionRunRow {
+    /// The stored plan.
+    pub fn plan(&self) -> Plan {
+        serde_json::from_str(&self.plan).unwrap_or_default()
+    }
+
+    /// The stored parameters.
+    pub fn parameters(&self) -> Map<String, Json> {
+        serde_json::from_str(&self.parameters).unwrap_or_default()
+    }
+}
+
+/// An action run by id.
+pub async fn get_action_run(conn: &impl ConnectionTrait, id: &str) -> Result<ActionRunRow> {
+    query_one(
+        conn,
+        &format!("SELECT {ACTION_RUN_COLUMNS} FROM action_runs WHERE id = $1"),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("action run", id))
+}
+
+/// Columns of [`StepRow`].
+pub const STEP_COLUMNS: &str = "id, action_run_id, step_order, entity_id, waits_for, trigger_type, status, run_id, \
+    attempt, error, started_at, finished_at, deadline_at";
+
+/// A step of an action run.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct StepRow {
+    pub id: String,
+    pub action_run_id: String,
+    pub step_order: i32,
+    pub entity_id: String,
+    pub waits_for: String,
+    pub trigger_type: String,
+    pub status: String,
+    pub run_id: Option<String>,
+    pub attempt: i32,
+    pub error: String,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub deadline_at: Option<i64>,
+}
+
+impl StepRow {
+    /// Step ids that must succeed before this one starts.
+    pub fn waits_for(&self) -> Vec<String> {
+        serde_json::from_str(&self.waits_for).unwrap_or_default()
+    }
+}
+
+/// The steps of an action run, in order.
+pub async fn steps(conn: &impl ConnectionTrait, run_id: &str) -> Result<Vec<StepRow>> {
+    query_all(
+        conn,
+        &format!(
+            "SELECT {STEP_COLUMNS} FROM action_steps WHERE action_run_id = $1 ORDER BY step_order"
+        ),
+        [run_id.into()],
+    )
+    .await
+}
+
+pub(crate) async fn load_action(
+    conn: &impl ConnectionTrait,
+    entity: &EntityRow,
+    action: &str,
+) -> Result<(KindDef, ActionDef)> {
+    let kind = catalog::kind(conn, &entity.kind).await?;
+    let def = kind.action(action).cloned().ok_or_else(|| {
+        Error::invalid(
+            "action",
+            format!("kind {} declares no action `{action}`", entity.kind),
+        )
+    })?;
+    Ok((kind, def))
+}
+
+/// Validates parameters against the action's definitions and fills defaults.
+pub fn check_parameters(
+    action: &ActionDef,
+    given: &Map<String, Json>,
+) -> Result<Map<String, Json>> {
+    let mut v = ebb_common::error::Violations::new();
+    for name in given.keys() {
+        if !action.parameters.iter().any(|p| &p.name == name) {
+            v.add(
+                format!("parameters.{name}"),
+                format!("action {} takes no parameter `{name}`", action.name),
+            );
+        }
+    }
+    let mut out = Map::new();
+    for p in &action.parameters {
+        match given.get(&p.name).or(p.default.as_ref()) {
+            Some(value) => {
+                if let Err(e) = catalog::check_param(p, value) {
+                    v.add(format!("parameters.{}", p.name), e);
+                }
+                let value = match (p.ty, value.as_f64()) {
+                    (catalog::ParamType::Integer, Some(f)) if value.as_i64().is_none() => {
+                        json!(f as i64)
+                    }
+                    _ => value.clone(),
+                };
+                out.insert(p.name.clone(), value);
+            }
+            None if p.required => v.add(format!("parameters.{}", p.name), "is required"),
+            None => {}
+        }
+    }
+    v.finish()?;
+    Ok(out)
+}
+
+pub(crate) fn check_conditions(action: &ActionDef, entity: &EntityRow) -> Result<()> {
+    let attributes = entity.attributes();
+    for text in &action.conditions {
+        let condition = Condition::parse(text).map_err(Error::Internal)?;
+        if !condition.holds(&entity.state, &attributes) {
+            return Err(Error::precondition(format!(
+                "condition `{text}` does not hold for {} {}: its state is {}",
+                entity.kind, entity.name, entity.state
+            )));
+        }
+    }
+    Ok(())
+}

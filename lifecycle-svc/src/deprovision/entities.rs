@@ -1,0 +1,237 @@
+//! Entities: the fleet's tenants, accounts and clusters, each of a catalog kind with a state.
+
+use std::collections::BTreeMap;
+
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use serde_json::json;
+
+use crate::deprovision::catalog;
+use crate::events::{NewEvent, outbox};
+use crate::store::{exec, query_all, query_one};
+use crate::tenancy::orgs;
+use crate::workspaces;
+
+/// Columns of [`EntityRow`].
+pub const ENTITY_COLUMNS: &str =
+    "id, organization_id, kind, name, state, attributes, workspace_id, created_at, updated_at";
+
+/// An entity.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct EntityRow {
+    pub id: String,
+    pub organization_id: String,
+    pub kind: String,
+    pub name: String,
+    pub state: String,
+    pub attributes: String,
+    pub workspace_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl EntityRow {
+    /// Attributes as a map.
+    pub fn attributes(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.attributes).unwrap_or_default()
+    }
+}
+
+/// An entity by id.
+pub async fn get_entity(conn: &impl ConnectionTrait, id: &str) -> Result<EntityRow> {
+    query_one(
+        conn,
+        &format!("SELECT {ENTITY_COLUMNS} FROM entities WHERE id = $1"),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("entity", id))
+}
+
+/// Creates an entity in its kind's initial state.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_entity(
+    conn: &impl ConnectionTrait,
+    org_id: &str,
+    kind: &str,
+    name: &str,
+    attributes: &BTreeMap<String, String>,
+    workspace_id: Option<&str>,
+    actor: &str,
+    now: EpochMs,
+) -> Result<EntityRow> {
+    orgs::get_org(conn, org_id).await?;
+    let kind_def = catalog::kind(conn, kind).await.map_err(|e| match e {
+        Error::NotFound { .. } => {
+            Error::invalid("kind", format!("`{kind}` is not a kind of the catalog"))
+        }
+        other => other,
+    })?;
+    if let Some(ws) = workspace_id {
+        let w = workspaces::get_workspace(conn, ws)
+            .await
+            .map_err(|_| Error::invalid("workspace_id", "no such workspace"))?;
+        if w.organization_id != org_id {
+            return Err(Error::invalid("workspace_id", "no such workspace"));
+        }
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let n = exec(
+        conn,
+        "INSERT INTO entities (id, organization_id, kind, name, state, attributes, workspace_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (organization_id, kind, name) DO NOTHING",
+        [
+            id.clone().into(),
+            org_id.into(),
+            kind.into(),
+            name.into(),
+            kind_def.initial().into(),
+            json!(attributes).to_string().into(),
+            workspace_id.map(str::to_owned).into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(Error::AlreadyExists(format!(
+            "a {kind} named {name:?} already exists"
+        )));
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            org_id,
+            "entity.created",
+            "entity",
+            &id,
+            actor,
+            json!({"kind": kind, "name": name}),
+        )],
+        now,
+    )
+    .await?;
+    get_entity(conn, &id).await
+}
+
+/// Changes an entity's plain attributes.
+pub async fn update_entity(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    name: Option<String>,
+    attributes: Option<BTreeMap<String, String>>,
+    workspace_id: Option<Option<String>>,
+    actor: &str,
+    now: EpochMs,
+) -> Result<EntityRow> {
+    let mut e = get_entity(conn, id).await?;
+    if let Some(n) = name {
+        e.name = n;
+    }
+    if let Some(a) = attributes {
+        e.attributes = json!(a).to_string();
+    }
+    if let Some(w) = workspace_id {
+        if let Some(ws) = &w {
+            let row = workspaces::get_workspace(conn, ws)
+                .await
+                .map_err(|_| Error::invalid("entity.workspace_id", "no such workspace"))?;
+            if row.organization_id != e.organization_id {
+                return Err(Error::invalid("entity.workspace_id", "no such workspace"));
+            }
+        }
+        e.workspace_id = w;
+    }
+    let clash: Option<EntityRow> = query_one(
+        conn,
+        &format!("SELECT {ENTITY_COLUMNS} FROM entities WHERE organization_id = $1 AND kind = $2 AND name = $3 AND id <> $4"),
+        [e.organization_id.clone().into(), e.kind.clone().into(), e.name.clone().into(), id.into()],
+    )
+    .await?;
+    if clash.is_some() {
+        return Err(Error::AlreadyExists(format!(
+            "a {} named {:?} already exists",
+            e.kind, e.name
+        )));
+    }
+    exec(
+        conn,
+        "UPDATE entities SET name = $1, attributes = $2, workspace_id = $3, updated_at = $4 WHERE id = $5",
+        [e.name.clone().into(), e.attributes.clone().into(), e.workspace_id.clone().into(), now.into(), id.into()],
+    )
+    .await?;
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &e.organization_id,
+            "entity.updated",
+            "entity",
+            id,
+            actor,
+            json!({"name": e.name}),
+        )],
+        now,
+    )
+    .await?;
+    get_entity(conn, id).await
+}
+
+/// Moves an entity to `state`, recording the transition.
+pub async fn transition_entity(
+    conn: &impl ConnectionTrait,
+    entity: &EntityRow,
+    state: &str,
+    action_run_id: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<()> {
+    if entity.state == state {
+        return Ok(());
+    }
+    exec(
+        conn,
+        "UPDATE entities SET state = $1, updated_at = $2 WHERE id = $3",
+        [state.into(), now.into(), entity.id.clone().into()],
+    )
+    .await?;
+    outbox::write(
+        conn,
+        vec![NewEvent::new(&entity.organization_id, "entity.transitioned", "entity", &entity.id, actor, json!({
+            "kind": entity.kind, "name": entity.name, "from": entity.state, "to": state, "action_run_id": action_run_id,
+        }))],
+        now,
+    )
+    .await
+}
+
+/// Entities of an organization, by creation.
+pub async fn list_entities(
+    conn: &impl ConnectionTrait,
+    org: &str,
+    kind: Option<&str>,
+    state: Option<&str>,
+    after: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<EntityRow>> {
+    let mut sql = format!("SELECT {ENTITY_COLUMNS} FROM entities WHERE organization_id = $1");
+    let mut values: Vec<Value> = vec![org.into()];
+    if let Some(k) = kind {
+        values.push(k.into());
+        sql.push_str(&format!(" AND kind = ${}", values.len()));
+    }
+    if let Some(s) = state {
+        values.push(s.into());
+        sql.push_str(&format!(" AND state = ${}", values.len()));
+    }
+    if let Some((t, id)) = after {
+        values.push(t.into());
+        let a = values.len();
+        values.push(id.into());
+        sql.push_str(&format!(
+            " AND (created_at > ${a} OR (created_at = ${a} AND id > ${}))",
+            values.len()
+        ));
+    }
+    sql.push_str(&format!(" ORDER BY created_at, id LIMIT {limit}"));
+    query_all(conn, &sql, values).await
+}

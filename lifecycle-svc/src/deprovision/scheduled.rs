@@ -1,0 +1,319 @@
+//! Scheduled actions: an action fired on an entity at a set time, through the same trigger as
+//! an operator's, once per fire key, with reminders before it (DP-9).
+
+use ebb_common::time::{EpochMs, rfc3339};
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
+use serde_json::{Map, Value as Json, json};
+
+use crate::deprovision::action_runs::{check_parameters, load_action};
+use crate::deprovision::entities;
+use crate::deprovision::steps::Engine;
+use crate::deprovision::trigger::trigger;
+use crate::events::{NewEvent, outbox};
+use crate::store::{exec, query_all, query_one};
+use crate::tenancy::orgs;
+use crate::timing::math;
+
+// --- scheduled actions (rule 9) --------------------------------------------------------------
+
+/// Columns of [`ScheduledRow`].
+pub const SCHEDULED_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, scheduled_at, status, action_run_id, error, \
+    created_at";
+
+/// A scheduled action.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct ScheduledRow {
+    pub id: String,
+    pub organization_id: String,
+    pub entity_id: String,
+    pub action: String,
+    pub parameters: String,
+    pub scheduled_at: i64,
+    pub status: String,
+    pub action_run_id: Option<String>,
+    pub error: String,
+    pub created_at: i64,
+}
+
+/// A scheduled action by id.
+pub async fn get_scheduled(conn: &impl ConnectionTrait, id: &str) -> Result<ScheduledRow> {
+    query_one(
+        conn,
+        &format!("SELECT {SCHEDULED_COLUMNS} FROM scheduled_actions WHERE id = $1"),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("scheduled action", id))
+}
+
+/// Schedules an action; its parameters are checked now, its conditions when it fires.
+pub async fn schedule_action(
+    conn: &impl ConnectionTrait,
+    entity_id: &str,
+    action: &str,
+    parameters: &Map<String, Json>,
+    at: EpochMs,
+    actor: &str,
+    now: EpochMs,
+) -> Result<ScheduledRow> {
+    if at <= now {
+        return Err(Error::invalid("scheduled_time", "must be in the future"));
+    }
+    let entity = entities::get_entity(conn, entity_id).await?;
+    let (_, def) = load_action(conn, &entity, action).await?;
+    let parameters = check_parameters(&def, parameters)?;
+    let org = orgs::get_org(conn, &entity.organization_id).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let shard_key = (uuid::Uuid::new_v4().as_u128() % (1 << 30)) as i32;
+    exec(
+        conn,
+        "INSERT INTO scheduled_actions (id, organization_id, entity_id, action, parameters, scheduled_at, status, \
+         next_reminder_at, shard_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9)",
+        [
+            id.clone().into(),
+            entity.organization_id.clone().into(),
+            entity_id.into(),
+            action.into(),
+            Json::Object(parameters.clone()).to_string().into(),
+            at.into(),
+            math::next_reminder_at(Some(at), &org.lead_times(), now).into(),
+            shard_key.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    outbox::write(
+        conn,
+        vec![NewEvent::new(&entity.organization_id, "scheduled_action.created", "scheduled_action", &id, actor, json!({
+            "action": action, "entity_id": entity_id, "scheduled_at": rfc3339(at), "parameters": parameters,
+        }))],
+        now,
+    )
+    .await?;
+    get_scheduled(conn, &id).await
+}
+
+/// Cancels a pending scheduled action.
+pub async fn cancel_scheduled(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<ScheduledRow> {
+    let row = get_scheduled(conn, id).await?;
+    let n = exec(
+        conn,
+        "UPDATE scheduled_actions SET status = 'canceled', next_reminder_at = NULL WHERE id = $1 AND status = 'pending'",
+        [id.into()],
+    )
+    .await?;
+    if n == 0 {
+        return Err(Error::precondition(format!(
+            "scheduled action {id} is already {}",
+            row.status
+        )));
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &row.organization_id,
+            "scheduled_action.canceled",
+            "scheduled_action",
+            id,
+            actor,
+            json!({}),
+        )],
+        now,
+    )
+    .await?;
+    get_scheduled(conn, id).await
+}
+
+/// Due scheduled actions of one shard, after `after` (due time, id).
+pub async fn find_due_scheduled(
+    conn: &impl ConnectionTrait,
+    shard: i32,
+    shard_count: i32,
+    limit: u64,
+    after: Option<(EpochMs, String)>,
+    now: EpochMs,
+) -> Result<Vec<(String, EpochMs)>> {
+    #[derive(FromQueryResult)]
+    struct Due {
+        id: String,
+        scheduled_at: i64,
+    }
+    let (a_due, a_id) = after.unwrap_or((i64::MIN, String::new()));
+    let rows: Vec<Due> = query_all(
+        conn,
+        &format!(
+            "SELECT id, scheduled_at FROM scheduled_actions WHERE status = 'pending' AND scheduled_at <= $1 \
+             AND shard_key % $2 = $3 AND (scheduled_at > $4 OR (scheduled_at = $4 AND id > $5)) \
+             ORDER BY scheduled_at, id LIMIT {limit}"
+        ),
+        [now.into(), shard_count.into(), shard.into(), a_due.into(), a_id.into()],
+    )
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.scheduled_at)).collect())
+}
+
+/// What became of a scheduled action's fire key.
+pub enum FireDecision {
+    Fired { action_run_id: String },
+    Stale(String),
+    Failed(String),
+}
+
+/// Fires one scheduled action through the same trigger as an operator's, once: the action
+/// run's unique `scheduled_action_id` is its fire key.
+pub async fn fire_scheduled(
+    conn: &impl ConnectionTrait,
+    engine: &Engine,
+    id: &str,
+    due: EpochMs,
+    now: EpochMs,
+) -> Result<(FireDecision, bool)> {
+    let lock = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => " FOR UPDATE",
+        _ => "",
+    };
+    let Some(row) = query_one::<ScheduledRow>(
+        conn,
+        &format!("SELECT {SCHEDULED_COLUMNS} FROM scheduled_actions WHERE id = $1{lock}"),
+        [id.into()],
+    )
+    .await?
+    else {
+        return Ok((
+            FireDecision::Stale("no such scheduled action".into()),
+            false,
+        ));
+    };
+    if row.status != "pending" || row.scheduled_at != due {
+        return Ok((
+            FireDecision::Stale(format!("the scheduled action is {}", row.status)),
+            false,
+        ));
+    }
+    let parameters: Map<String, Json> = serde_json::from_str(&row.parameters).unwrap_or_default();
+    match trigger(
+        conn,
+        engine,
+        &row.entity_id,
+        &row.action,
+        &parameters,
+        false,
+        Some(id),
+        "scheduler",
+        now,
+    )
+    .await
+    {
+        Ok(t) => {
+            let run_id = t.run.map(|r| r.id).unwrap_or_default();
+            exec(
+                conn,
+                "UPDATE scheduled_actions SET status = 'fired', action_run_id = $1, next_reminder_at = NULL WHERE id = $2",
+                [run_id.clone().into(), id.into()],
+            )
+            .await?;
+            Ok((
+                FireDecision::Fired {
+                    action_run_id: run_id,
+                },
+                t.queued_runs,
+            ))
+        }
+        Err(
+            e @ (Error::FailedPrecondition(_) | Error::InvalidArgument(_) | Error::NotFound { .. }),
+        ) => {
+            let reason = e.to_string();
+            exec(
+                conn,
+                "UPDATE scheduled_actions SET status = 'failed', error = $1, next_reminder_at = NULL WHERE id = $2",
+                [reason.clone().into(), id.into()],
+            )
+            .await?;
+            outbox::write(
+                conn,
+                vec![NewEvent::new(
+                    &row.organization_id,
+                    "scheduled_action.failed",
+                    "scheduled_action",
+                    id,
+                    "scheduler",
+                    json!({
+                        "action": row.action, "entity_id": row.entity_id, "reason": reason,
+                    }),
+                )],
+                now,
+            )
+            .await?;
+            Ok((FireDecision::Failed(reason), false))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Sends the due reminders of scheduled actions in one shard, each lead time once.
+pub async fn send_scheduled_reminders(
+    conn: &impl ConnectionTrait,
+    shard: i32,
+    shard_count: i32,
+    limit: u64,
+    now: EpochMs,
+) -> Result<u32> {
+    let skip = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+        _ => "",
+    };
+    let due: Vec<ScheduledRow> = query_all(
+        conn,
+        &format!(
+            "SELECT {SCHEDULED_COLUMNS} FROM scheduled_actions WHERE next_reminder_at <= $1 AND status = 'pending' \
+             AND shard_key % $2 = $3 ORDER BY next_reminder_at LIMIT {limit}{skip}"
+        ),
+        [now.into(), shard_count.into(), shard.into()],
+    )
+    .await?;
+    let mut sent = 0;
+    let mut events = Vec::new();
+    for row in due {
+        let leads = orgs::get_org(conn, &row.organization_id)
+            .await?
+            .lead_times();
+        if let Some(lead) = math::due_lead_time(row.scheduled_at, &leads, now) {
+            let mut first = true;
+            for l in std::iter::once(lead).chain(math::superseded(lead, &leads)) {
+                let inserted = exec(
+                    conn,
+                    "INSERT INTO scheduled_action_reminders (scheduled_action_id, lead_ms, sent_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    [row.id.clone().into(), l.into(), now.into()],
+                )
+                .await?;
+                if first && inserted == 1 {
+                    sent += 1;
+                    events.push(NewEvent::new(&row.organization_id, "scheduled_action.reminder", "scheduled_action", &row.id, "scheduler", json!({
+                        "action": row.action, "entity_id": row.entity_id, "scheduled_at": rfc3339(row.scheduled_at),
+                        "lead_time_ms": lead, "lead_time": ebb_common::time::human(lead),
+                    })));
+                }
+                first = false;
+            }
+        }
+        let next = leads
+            .iter()
+            .map(|l| row.scheduled_at - l)
+            .filter(|t| *t > now)
+            .min();
+        exec(
+            conn,
+            "UPDATE scheduled_actions SET next_reminder_at = $1 WHERE id = $2",
+            [next.into(), row.id.clone().into()],
+        )
+        .await?;
+    }
+    outbox::write(conn, events, now).await?;
+    Ok(sent)
+}

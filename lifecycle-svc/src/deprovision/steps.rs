@@ -1,0 +1,368 @@
+//! Walking an action run's steps: a step starts only when every step that depends on it has
+//! succeeded; a step ends by its destroy run, its webhook callback or its timeout (DP-3, DP-5,
+//! DP-8).
+
+use std::collections::BTreeSet;
+
+use ebb_common::Result;
+use ebb_common::time::EpochMs;
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
+use serde_json::{Value as Json, json};
+
+use crate::core::Lifecycle;
+use crate::deprovision::action_runs::{
+    ActionRunRow, STEP_COLUMNS, StepRow, get_action_run, load_action, steps,
+};
+use crate::deprovision::catalog::TriggerDef;
+use crate::deprovision::{catalog, entities, relationships};
+use crate::events::{NewEvent, outbox};
+use crate::runs::NewRun;
+use crate::store::{exec, query_all, query_one};
+use crate::{runs, workspaces};
+
+/// The settings action runs need.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// Keys callback tokens of webhook steps.
+    pub callback_secret: Vec<u8>,
+    /// How long a step may run.
+    pub step_timeout_ms: i64,
+    /// How long a callback token stays valid.
+    pub callback_ttl_ms: i64,
+}
+
+impl Engine {
+    /// The settings `core` is configured with.
+    pub fn of(core: &Lifecycle) -> Self {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            callback_secret: core.callback_secret.as_ref().clone(),
+            step_timeout_ms: ms(core.config.action_step_timeout),
+            callback_ttl_ms: ms(core.config.callback_token_ttl),
+        }
+    }
+}
+
+/// Starts every step whose dependents all succeeded, and finishes the run when all steps did
+/// (or one failed). Returns whether destroy runs were queued.
+pub async fn advance(
+    conn: &impl ConnectionTrait,
+    engine: &Engine,
+    run_id: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<bool> {
+    let mut queued = false;
+    loop {
+        let run = get_action_run(conn, run_id).await?;
+        if run.status != "running" {
+            return Ok(queued);
+        }
+        let all = steps(conn, run_id).await?;
+        if let Some(failed) = all.iter().find(|s| s.status == "failed") {
+            finish(
+                conn,
+                &run,
+                false,
+                &format!(
+                    "step for entity {} failed: {}",
+                    failed.entity_id, failed.error
+                ),
+                actor,
+                now,
+            )
+            .await?;
+            return Ok(queued);
+        }
+        if all.iter().all(|s| s.status == "succeeded") {
+            finish(conn, &run, true, "", actor, now).await?;
+            return Ok(queued);
+        }
+        let done: BTreeSet<&str> = all
+            .iter()
+            .filter(|s| s.status == "succeeded")
+            .map(|s| s.id.as_str())
+            .collect();
+        let ready: Vec<&StepRow> = all
+            .iter()
+            .filter(|s| {
+                s.status == "pending" && s.waits_for().iter().all(|w| done.contains(w.as_str()))
+            })
+            .collect();
+        if ready.is_empty() {
+            return Ok(queued);
+        }
+        // The trigger is the action's; read it once for every step started in this round.
+        let trigger = load_action(
+            conn,
+            &entities::get_entity(conn, &run.entity_id).await?,
+            &run.action,
+        )
+        .await?
+        .1
+        .trigger;
+        let mut finished_any = false;
+        for step in ready {
+            match start_step(conn, engine, &run, &trigger, step, actor, now).await? {
+                Started::Running { queued_run } => queued |= queued_run,
+                Started::Finished => finished_any = true,
+            }
+        }
+        if !finished_any {
+            return Ok(queued);
+        }
+    }
+}
+
+enum Started {
+    Running { queued_run: bool },
+    Finished,
+}
+
+pub(crate) async fn set_step(
+    conn: &impl ConnectionTrait,
+    step_id: &str,
+    status: &str,
+    error: &str,
+    now: EpochMs,
+) -> Result<()> {
+    let finished = matches!(status, "succeeded" | "failed" | "canceled").then_some(now);
+    exec(
+        conn,
+        "UPDATE action_steps SET status = $1, error = $2, finished_at = $3 WHERE id = $4",
+        [status.into(), error.into(), finished.into(), step_id.into()],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn start_step(
+    conn: &impl ConnectionTrait,
+    engine: &Engine,
+    run: &ActionRunRow,
+    trigger: &TriggerDef,
+    step: &StepRow,
+    actor: &str,
+    now: EpochMs,
+) -> Result<Started> {
+    let entity = entities::get_entity(conn, &step.entity_id).await?;
+    let deadline = now.saturating_add(engine.step_timeout_ms);
+    exec(
+        conn,
+        "UPDATE action_steps SET status = 'running', started_at = $1, deadline_at = $2, attempt = attempt + 1, error = '', \
+         finished_at = NULL, run_id = NULL WHERE id = $3",
+        [now.into(), deadline.into(), step.id.clone().into()],
+    )
+    .await?;
+    match (trigger, &entity.workspace_id) {
+        (TriggerDef::Noop, _) => {
+            set_step(conn, &step.id, "succeeded", "", now).await?;
+            Ok(Started::Finished)
+        }
+        (TriggerDef::DestroyRun, None) => {
+            // Nothing materializes this entity: there is nothing to destroy.
+            set_step(conn, &step.id, "succeeded", "", now).await?;
+            Ok(Started::Finished)
+        }
+        (TriggerDef::DestroyRun, Some(workspace_id)) => {
+            let ws = workspaces::get_workspace(conn, workspace_id).await?;
+            let new = NewRun {
+                workspace_id,
+                is_destroy: true,
+                auto_apply: true,
+                source: "deprovision",
+                fire_due_at: None,
+                message: &format!("{} {}", run.action, entity.name),
+            };
+            match runs::insert_run(conn, &ws.organization_id, &ws.working_directory, &new, now)
+                .await?
+            {
+                Some(run_id) => {
+                    exec(
+                        conn,
+                        "UPDATE runs SET action_step_id = $1 WHERE id = $2",
+                        [step.id.clone().into(), run_id.clone().into()],
+                    )
+                    .await?;
+                    exec(
+                        conn,
+                        "UPDATE action_steps SET run_id = $1 WHERE id = $2",
+                        [run_id.clone().into(), step.id.clone().into()],
+                    )
+                    .await?;
+                    outbox::write(
+                        conn,
+                        vec![NewEvent::new(&run.organization_id, "run.queued", "run", &run_id, actor, json!({
+                            "workspace_id": workspace_id, "is_destroy": true, "source": "deprovision", "action_run_id": run.id,
+                        }))],
+                        now,
+                    )
+                    .await?;
+                    Ok(Started::Running { queued_run: true })
+                }
+                None => {
+                    set_step(
+                        conn,
+                        &step.id,
+                        "failed",
+                        &format!("workspace {workspace_id} already has an active destroy run"),
+                        now,
+                    )
+                    .await?;
+                    Ok(Started::Finished)
+                }
+            }
+        }
+        (TriggerDef::Webhook { .. }, _) => {
+            // The dispatcher POSTs it after commit; the step waits for the callback.
+            exec(
+                conn,
+                "UPDATE action_steps SET dispatched_at = NULL WHERE id = $1",
+                [step.id.clone().into()],
+            )
+            .await?;
+            Ok(Started::Running { queued_run: false })
+        }
+    }
+}
+
+async fn finish(
+    conn: &impl ConnectionTrait,
+    run: &ActionRunRow,
+    succeeded: bool,
+    error: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<()> {
+    let status = if succeeded { "succeeded" } else { "failed" };
+    exec(
+        conn,
+        "UPDATE action_runs SET status = $1, error = $2, finished_at = $3 WHERE id = $4 AND status = 'running'",
+        [status.into(), error.into(), now.into(), run.id.clone().into()],
+    )
+    .await?;
+    let root = entities::get_entity(conn, &run.entity_id).await?;
+    let (_, def) = load_action(conn, &root, &run.action).await?;
+    let plan = run.plan();
+    if succeeded {
+        entities::transition_entity(conn, &root, &def.on_success, &run.id, actor, now).await?;
+        for node in plan.nodes.iter().filter(|n| n.entity_id != root.id) {
+            let e = entities::get_entity(conn, &node.entity_id).await?;
+            if let Ok(kind) = catalog::kind(conn, &e.kind).await
+                && kind.states.contains(&def.on_success)
+            {
+                entities::transition_entity(conn, &e, &def.on_success, &run.id, actor, now).await?;
+            }
+        }
+        let grace = run
+            .parameters()
+            .get("gracePeriodSeconds")
+            .and_then(Json::as_i64)
+            .unwrap_or(0);
+        for rel_id in &plan.relationships {
+            let rel = relationships::get_relationship(conn, rel_id).await?;
+            if rel.state != "removing" {
+                continue;
+            }
+            if grace > 0 {
+                relationships::schedule_deletion(conn, &rel, grace, actor, now).await?;
+            } else {
+                relationships::transition_relationship(conn, &rel, "removed", &run.id, actor, now)
+                    .await?;
+            }
+        }
+    } else {
+        // Rule 5: back to onFailure; edges stay `removing` for investigation.
+        entities::transition_entity(conn, &root, &def.on_failure, &run.id, actor, now).await?;
+    }
+    let event = if succeeded {
+        "action_run.succeeded"
+    } else {
+        "action_run.failed"
+    };
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &run.organization_id,
+            event,
+            "action_run",
+            &run.id,
+            actor,
+            json!({
+                "action": run.action, "entity_id": run.entity_id, "error": error,
+            }),
+        )],
+        now,
+    )
+    .await
+}
+
+/// A destroy run of a step finished: the step follows it and the action run advances.
+pub async fn on_run_finished(
+    conn: &impl ConnectionTrait,
+    engine: &Engine,
+    run: &runs::RunOutcomeView<'_>,
+    now: EpochMs,
+) -> Result<bool> {
+    #[derive(FromQueryResult)]
+    struct StepOf {
+        id: String,
+        action_run_id: String,
+        status: String,
+    }
+    let step: Option<StepOf> = query_one(
+        conn,
+        "SELECT id, action_run_id, status FROM action_steps WHERE run_id = $1",
+        [run.run_id.into()],
+    )
+    .await?;
+    let Some(step) = step else { return Ok(false) };
+    if step.status != "running" {
+        return Ok(false);
+    }
+    let (status, error) = if run.succeeded {
+        ("succeeded", String::new())
+    } else {
+        (
+            "failed",
+            format!("destroy run {} ended {}", run.run_id, run.status),
+        )
+    };
+    set_step(conn, &step.id, status, &error, now).await?;
+    advance(conn, engine, &step.action_run_id, run.actor, now).await
+}
+
+/// Fails running steps past their deadline (rule 8).
+pub async fn time_out_steps(
+    conn: &impl ConnectionTrait,
+    engine: &Engine,
+    limit: u64,
+    now: EpochMs,
+) -> Result<u32> {
+    let skip = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+        _ => "",
+    };
+    let late: Vec<StepRow> = query_all(
+        conn,
+        &format!("SELECT {STEP_COLUMNS} FROM action_steps WHERE status = 'running' AND deadline_at < $1 ORDER BY deadline_at LIMIT {limit}{skip}"),
+        [now.into()],
+    )
+    .await?;
+    for step in &late {
+        let minutes = (engine.step_timeout_ms / 60_000).max(1);
+        set_step(
+            conn,
+            &step.id,
+            "failed",
+            &format!("timed out after {minutes} minutes"),
+            now,
+        )
+        .await?;
+        if let Some(run_id) = &step.run_id {
+            runs::cancel_for_step(conn, run_id, "scheduler", now).await?;
+        }
+        advance(conn, engine, &step.action_run_id, "scheduler", now).await?;
+    }
+    Ok(late.len() as u32)
+}

@@ -1,0 +1,241 @@
+//! Firing an action: validate, plan, move the entity and its edges and start the first steps;
+//! retry a failed run from its failed step; cancel a running one (DP-2 – DP-5).
+
+use std::collections::HashMap;
+
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, DatabaseBackend};
+use serde_json::{Map, Value as Json, json};
+
+use crate::deprovision::action_runs::{
+    ActionRunRow, check_conditions, check_parameters, get_action_run, load_action, steps,
+};
+use crate::deprovision::entities::{ENTITY_COLUMNS, EntityRow};
+use crate::deprovision::plan::{Plan, plan};
+use crate::deprovision::steps::{Engine, advance, set_step};
+use crate::deprovision::{entities, relationships};
+use crate::events::{NewEvent, outbox};
+use crate::runs;
+use crate::store::{exec, query_one};
+
+/// What a trigger answers.
+pub struct Triggered {
+    pub run: Option<ActionRunRow>,
+    pub plan: Plan,
+    pub queued_runs: bool,
+}
+
+/// Triggers `action` on an entity (rules 2 and 3).
+#[allow(clippy::too_many_arguments)]
+pub async fn trigger(
+    conn: &impl ConnectionTrait,
+    engine: &Engine,
+    entity_id: &str,
+    action: &str,
+    parameters: &Map<String, Json>,
+    dry_run: bool,
+    scheduled_action_id: Option<&str>,
+    actor: &str,
+    now: EpochMs,
+) -> Result<Triggered> {
+    let lock = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => " FOR UPDATE",
+        _ => "",
+    };
+    let entity: EntityRow = query_one(
+        conn,
+        &format!("SELECT {ENTITY_COLUMNS} FROM entities WHERE id = $1{lock}"),
+        [entity_id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("entity", entity_id))?;
+    let (_, def) = load_action(conn, &entity, action).await?;
+    let parameters = check_parameters(&def, parameters)?;
+    check_conditions(&def, &entity)?;
+    let (plan, edges) = plan(conn, &entity, &def).await?;
+    if dry_run {
+        return Ok(Triggered {
+            run: None,
+            plan,
+            queued_runs: false,
+        });
+    }
+    let id = uuid::Uuid::now_v7().to_string();
+    let n = exec(
+        conn,
+        "INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, scheduled_action_id, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9) ON CONFLICT DO NOTHING",
+        [
+            id.clone().into(),
+            entity.organization_id.clone().into(),
+            entity.id.clone().into(),
+            action.into(),
+            Json::Object(parameters.clone()).to_string().into(),
+            serde_json::to_string(&plan).unwrap_or_default().into(),
+            actor.into(),
+            scheduled_action_id.map(str::to_owned).into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(Error::precondition(format!(
+            "{} {} already has a running action",
+            entity.kind, entity.name
+        )));
+    }
+    let step_ids: HashMap<&str, String> = plan
+        .nodes
+        .iter()
+        .map(|n| (n.entity_id.as_str(), uuid::Uuid::now_v7().to_string()))
+        .collect();
+    for node in &plan.nodes {
+        let waits: Vec<&String> = node
+            .waits_for
+            .iter()
+            .filter_map(|e| step_ids.get(e.as_str()))
+            .collect();
+        exec(
+            conn,
+            "INSERT INTO action_steps (id, action_run_id, step_order, entity_id, waits_for, trigger_type, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+            [
+                step_ids[node.entity_id.as_str()].clone().into(),
+                id.clone().into(),
+                node.order.into(),
+                node.entity_id.clone().into(),
+                json!(waits).to_string().into(),
+                def.trigger.name().into(),
+            ],
+        )
+        .await?;
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(&entity.organization_id, "action_run.started", "action_run", &id, actor, json!({
+            "action": action, "entity_id": entity.id, "entity_kind": entity.kind, "entity_name": entity.name,
+            "parameters": parameters, "steps": plan.nodes.len(), "scheduled_action_id": scheduled_action_id,
+        }))],
+        now,
+    )
+    .await?;
+    entities::transition_entity(conn, &entity, &def.on_trigger, &id, actor, now).await?;
+    for edge in &edges {
+        relationships::transition_relationship(conn, edge, "removing", &id, actor, now).await?;
+    }
+    let queued_runs = advance(conn, engine, &id, actor, now).await?;
+    Ok(Triggered {
+        run: Some(get_action_run(conn, &id).await?),
+        plan,
+        queued_runs,
+    })
+}
+
+/// Resumes a failed action run at its failed steps (rule 5); finished steps stay finished.
+pub async fn retry(
+    conn: &impl ConnectionTrait,
+    engine: &Engine,
+    id: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<(ActionRunRow, bool)> {
+    let run = get_action_run(conn, id).await?;
+    if run.status != "failed" {
+        return Err(Error::precondition(format!(
+            "action run {id} is {}; only a failed run can be retried",
+            run.status
+        )));
+    }
+    let n = exec(
+        conn,
+        "UPDATE action_runs SET status = 'running', error = '', finished_at = NULL WHERE id = $1 AND status = 'failed' \
+         AND NOT EXISTS (SELECT 1 FROM action_runs o WHERE o.entity_id = action_runs.entity_id AND o.status = 'running')",
+        [id.into()],
+    )
+    .await?;
+    if n == 0 {
+        return Err(Error::precondition(format!(
+            "the entity of action run {id} has another running action"
+        )));
+    }
+    exec(
+        conn,
+        "UPDATE action_steps SET status = 'pending', error = '', finished_at = NULL WHERE action_run_id = $1 AND status IN ('failed', 'canceled')",
+        [id.into()],
+    )
+    .await?;
+    let root = entities::get_entity(conn, &run.entity_id).await?;
+    let (_, def) = load_action(conn, &root, &run.action).await?;
+    entities::transition_entity(conn, &root, &def.on_trigger, id, actor, now).await?;
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &run.organization_id,
+            "action_run.retried",
+            "action_run",
+            id,
+            actor,
+            json!({"action": run.action}),
+        )],
+        now,
+    )
+    .await?;
+    let queued = advance(conn, engine, id, actor, now).await?;
+    Ok((get_action_run(conn, id).await?, queued))
+}
+
+/// Cancels a running action run: pending steps are canceled, running destroy runs are asked
+/// to stop, and the entity reverts to its onFailure state.
+pub async fn cancel(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<ActionRunRow> {
+    let run = get_action_run(conn, id).await?;
+    if run.status != "running" {
+        return Err(Error::precondition(format!(
+            "action run {id} is already {}",
+            run.status
+        )));
+    }
+    exec(
+        conn,
+        "UPDATE action_runs SET status = 'canceled', error = 'canceled', finished_at = $1 WHERE id = $2",
+        [now.into(), id.into()],
+    )
+    .await?;
+    for step in steps(conn, id).await? {
+        if step.status == "running" || step.status == "pending" {
+            set_step(
+                conn,
+                &step.id,
+                "canceled",
+                "canceled with the action run",
+                now,
+            )
+            .await?;
+            if let Some(run_id) = &step.run_id {
+                runs::cancel_for_step(conn, run_id, actor, now).await?;
+            }
+        }
+    }
+    let root = entities::get_entity(conn, &run.entity_id).await?;
+    let (_, def) = load_action(conn, &root, &run.action).await?;
+    entities::transition_entity(conn, &root, &def.on_failure, id, actor, now).await?;
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &run.organization_id,
+            "action_run.canceled",
+            "action_run",
+            id,
+            actor,
+            json!({"action": run.action}),
+        )],
+        now,
+    )
+    .await?;
+    get_action_run(conn, id).await
+}

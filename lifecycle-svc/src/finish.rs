@@ -1,0 +1,241 @@
+//! What a finished run means — the one place that decides it. A run ends by its runner's
+//! completion, a cancel, or an expired lease; the outcome then goes to auto-destroy (rules 7–9)
+//! or to the deprovisioning step the run carries out.
+
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, DatabaseBackend};
+use serde_json::json;
+
+use crate::auto_destroy::outcome;
+use crate::core::Lifecycle;
+use crate::deprovision::steps;
+use crate::deprovision::steps::Engine;
+use crate::events::{NewEvent, outbox};
+use crate::runs;
+use crate::runs::lease::{MAX_OUTPUT_TAIL, fenced};
+use crate::runs::{RUN_COLUMNS, RunRow, get_run};
+use crate::store::{exec, query_all};
+use crate::workspaces::state_versions;
+
+/// The actor of the scheduler's work.
+const ACTOR: &str = "scheduler";
+
+/// What finishing a run needs to know beyond the run itself.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Base delay before retrying a failed auto-destroy.
+    pub retry_backoff_ms: i64,
+    /// Settings of deprovisioning action runs, whose steps destroy runs carry out.
+    pub engine: steps::Engine,
+}
+
+impl Policy {
+    /// The policy `core` is configured with.
+    pub fn of(core: &Lifecycle) -> Self {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            retry_backoff_ms: ms(core.config.auto_destroy_retry_backoff),
+            engine: Engine::of(core),
+        }
+    }
+}
+
+/// Cancels a queued run at once, with what that means for its workspace or step; a running
+/// run is asked to stop (its runner sees it on the next heartbeat and completes it).
+pub async fn cancel_run(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    actor: &str,
+    now: EpochMs,
+    policy: &Policy,
+) -> Result<RunRow> {
+    match runs::cancel(conn, id, now).await? {
+        runs::Cancel::Canceled(run) => {
+            finish_consequences(conn, &run, None, actor, now, policy).await?;
+            outbox::write(conn, vec![runs::canceled_event(&run, actor)], now).await?;
+            Ok(run)
+        }
+        runs::Cancel::StopRequested(run) => Ok(run),
+    }
+}
+
+/// How a runner says a run ended.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub succeeded: bool,
+    pub exit_code: i32,
+    pub output_tail: String,
+    pub state_version_serial: Option<i64>,
+}
+
+/// Completes a run under its lease and applies what it means for the workspace.
+pub async fn complete_run(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    token: &str,
+    completion: Completion,
+    now: EpochMs,
+    policy: &Policy,
+) -> Result<RunRow> {
+    let run = fenced(conn, id, token).await?;
+    let actor = format!("runner:{}", run.runner_id);
+    let status = if run.cancel_requested && !completion.succeeded {
+        "canceled"
+    } else if completion.succeeded {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    let mut tail = completion.output_tail;
+    if tail.len() > MAX_OUTPUT_TAIL {
+        let mut cut = tail.len() - MAX_OUTPUT_TAIL;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_owned();
+    }
+    let n = exec(
+        conn,
+        "UPDATE runs SET status = $1, exit_code = $2, output_tail = $3, finished_at = $4, \
+         lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
+         AND status = 'running'",
+        [
+            status.into(),
+            completion.exit_code.into(),
+            tail.into(),
+            now.into(),
+            id.into(),
+            token.into(),
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(Error::precondition(format!("run {id}: the lease was lost")));
+    }
+    if let (Some(serial), true) = (completion.state_version_serial, completion.succeeded) {
+        state_versions::record_state_version(
+            conn,
+            &run.workspace_id,
+            serial,
+            Some(id),
+            run.is_destroy,
+            &actor,
+            now,
+        )
+        .await?;
+    }
+    let run = get_run(conn, id).await?;
+    finish_consequences(conn, &run, Some(completion.succeeded), &actor, now, policy).await?;
+    let event = if status == "canceled" {
+        "run.canceled"
+    } else {
+        "run.completed"
+    };
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &run.organization_id,
+            event,
+            "run",
+            id,
+            &actor,
+            json!({
+                "workspace_id": run.workspace_id,
+                "status": status,
+                "exit_code": completion.exit_code,
+                "is_destroy": run.is_destroy,
+                "source": run.source,
+            }),
+        )],
+        now,
+    )
+    .await?;
+    Ok(run)
+}
+
+/// Requeues runs whose runner lease expired, or errors them after `max_attempts` claims.
+pub async fn rescue_expired_run_leases(
+    conn: &impl ConnectionTrait,
+    limit: u64,
+    max_attempts: i32,
+    now: EpochMs,
+    policy: &Policy,
+) -> Result<(u32, u32)> {
+    let skip_locked = match conn.get_database_backend() {
+        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
+        _ => "",
+    };
+    let expired: Vec<RunRow> = query_all(
+        conn,
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'running' AND lease_expires_at < $1 \
+             ORDER BY lease_expires_at LIMIT {limit}{skip_locked}"
+        ),
+        [now.into()],
+    )
+    .await?;
+    let (mut requeued, mut errored) = (0, 0);
+    let mut events = Vec::new();
+    for run in expired {
+        if run.attempt >= max_attempts {
+            exec(
+                conn,
+                "UPDATE runs SET status = 'errored', finished_at = $1, lease_token = NULL, \
+                 lease_expires_at = NULL, message = $2 WHERE id = $3 AND status = 'running'",
+                [
+                    now.into(),
+                    format!("runner lease expired {} times", run.attempt).into(),
+                    run.id.clone().into(),
+                ],
+            )
+            .await?;
+            let run = runs::get_run(conn, &run.id).await?;
+            finish_consequences(conn, &run, Some(false), ACTOR, now, policy).await?;
+            events.push(NewEvent::new(&run.organization_id, "run.errored", "run", &run.id, ACTOR, json!({
+                "workspace_id": run.workspace_id, "attempts": run.attempt, "reason": "runner lease expired",
+            })));
+            errored += 1;
+        } else {
+            exec(
+                conn,
+                "UPDATE runs SET status = 'queued', runner_id = '', lease_token = NULL, \
+                 lease_expires_at = NULL WHERE id = $1 AND status = 'running'",
+                [run.id.clone().into()],
+            )
+            .await?;
+            events.push(NewEvent::new(&run.organization_id, "run.queued", "run", &run.id, ACTOR, json!({
+                "workspace_id": run.workspace_id, "attempt": run.attempt, "reason": "runner lease expired; requeued",
+            })));
+            requeued += 1;
+        }
+    }
+    outbox::write(conn, events, now).await?;
+    Ok((requeued, errored))
+}
+
+/// What a finished destroy run means for its workspace (rules 7, 8 and 9). `succeeded` is
+/// `None` for a run that was canceled or errored without an outcome.
+pub async fn finish_consequences(
+    conn: &impl ConnectionTrait,
+    run: &RunRow,
+    succeeded: Option<bool>,
+    actor: &str,
+    now: EpochMs,
+    policy: &Policy,
+) -> Result<()> {
+    if run.source == "deprovision" {
+        let view = runs::RunOutcomeView {
+            run_id: &run.id,
+            succeeded: succeeded == Some(true),
+            status: &run.status,
+            actor,
+        };
+        steps::on_run_finished(conn, &policy.engine, &view, now).await?;
+    }
+    if run.is_destroy {
+        outcome::destroy_run_finished(conn, run, succeeded, actor, now, policy.retry_backoff_ms)
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! lifecycle-svc's schema. Timestamps are epoch milliseconds (BIGINT) on both backends so that
+//! comparisons and indexes behave the same on SQLite and PostgreSQL.
+//!
+//! The invariants that matter are the database's to enforce: one active destroy run per
+//! workspace, one run per fire key, no schedule on a protected or archived workspace,
+//! gapless per-organization event sequences, and relationship rows that cannot be deleted.
+
+use sea_orm_migration::prelude::*;
+
+mod m0001_initial;
+mod m0002_relay;
+mod m0003_tokens;
+mod m0004_deprovisioning;
+mod m0005_inactivity_extension;
+mod m0006_outbox_trace_context;
+
+/// Applies lifecycle-svc's migrations in order. One file per migration; an applied migration
+/// is never edited — a change is a new file.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migration_table_name() -> DynIden {
+        "lifecycle_migrations".into_iden()
+    }
+
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m0001_initial::M0001Initial),
+            Box::new(m0002_relay::M0002Relay),
+            Box::new(m0003_tokens::M0003Tokens),
+            Box::new(m0004_deprovisioning::M0004Deprovisioning),
+            Box::new(m0005_inactivity_extension::M0005InactivityExtension),
+            Box::new(m0006_outbox_trace_context::M0006OutboxTraceContext),
+        ]
+    }
+}

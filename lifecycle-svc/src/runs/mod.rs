@@ -1,0 +1,308 @@
+//! The run queue: runs as stored, inserting them under the database's unique indexes (one
+//! active destroy run per workspace, one run per fire key), reading and listing them.
+
+pub(crate) mod lease;
+
+use std::collections::BTreeSet;
+
+use crate::events::{NewEvent, outbox};
+use crate::store::IdRow;
+use crate::store::exec;
+use crate::store::query_all;
+use crate::store::query_one;
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use serde_json::json;
+
+/// Columns of [`RunRow`], in order.
+pub const RUN_COLUMNS: &str = "id, organization_id, workspace_id, is_destroy, auto_apply, \
+    source, status, fire_due_at, attempt, runner_id, lease_token, lease_expires_at, \
+    cancel_requested, exit_code, output_tail, message, working_directory, created_at, \
+    claimed_at, finished_at";
+
+/// A run.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct RunRow {
+    pub id: String,
+    pub organization_id: String,
+    pub workspace_id: String,
+    pub is_destroy: bool,
+    pub auto_apply: bool,
+    pub source: String,
+    pub status: String,
+    pub fire_due_at: Option<i64>,
+    pub attempt: i32,
+    pub runner_id: String,
+    pub lease_token: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub cancel_requested: bool,
+    pub exit_code: i32,
+    pub output_tail: String,
+    pub message: String,
+    pub working_directory: String,
+    pub created_at: EpochMs,
+    pub claimed_at: Option<EpochMs>,
+    pub finished_at: Option<EpochMs>,
+}
+
+impl RunRow {
+    /// Queued or running.
+    pub fn is_active(&self) -> bool {
+        self.status == "queued" || self.status == "running"
+    }
+}
+
+/// A run by id.
+pub async fn get_run(conn: &impl ConnectionTrait, id: &str) -> Result<RunRow> {
+    query_one(
+        conn,
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1"),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("run", id))
+}
+
+/// A new run's attributes.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    pub workspace_id: &'a str,
+    pub is_destroy: bool,
+    pub auto_apply: bool,
+    pub source: &'static str,
+    pub fire_due_at: Option<EpochMs>,
+    pub message: &'a str,
+}
+
+/// Inserts a queued run. A second active destroy run, or a second run for a fire key, is
+/// refused by the database's unique indexes: `Ok(None)` then.
+pub async fn insert_run(
+    conn: &impl ConnectionTrait,
+    organization_id: &str,
+    working_directory: &str,
+    new: &NewRun<'_>,
+    now: EpochMs,
+) -> Result<Option<String>> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let n = exec(
+        conn,
+        "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, \
+         status, fire_due_at, message, working_directory, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+        [
+            id.clone().into(),
+            organization_id.into(),
+            new.workspace_id.into(),
+            new.is_destroy.into(),
+            new.auto_apply.into(),
+            new.source.into(),
+            new.fire_due_at.into(),
+            new.message.into(),
+            working_directory.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    Ok((n == 1).then_some(id))
+}
+
+/// One auto-destroy run to queue: its id, where it runs and the fire key it carries.
+#[derive(Debug, Clone)]
+pub struct AutoDestroyRun {
+    pub run_id: String,
+    pub organization_id: String,
+    pub workspace_id: String,
+    pub due_at: EpochMs,
+    pub working_directory: String,
+}
+
+/// Inserts queued auto-destroy runs in chunks; the ids of the rows that went in. A fire key
+/// that already fired, or a workspace with an active destroy run, is refused by the unique
+/// indexes and simply not returned.
+pub async fn insert_auto_destroy_runs(
+    conn: &impl ConnectionTrait,
+    runs: &[AutoDestroyRun],
+    now: EpochMs,
+) -> Result<BTreeSet<String>> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        id: String,
+    }
+    let mut inserted = BTreeSet::new();
+    for chunk in runs.chunks(1000) {
+        let mut sql = String::from(
+            "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, status, \
+             fire_due_at, message, working_directory, created_at) VALUES ",
+        );
+        let mut values: Vec<Value> = vec![now.into()];
+        for (i, run) in chunk.iter().enumerate() {
+            let b = values.len();
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, TRUE, TRUE, 'auto_destroy', 'queued', ${}, 'auto-destroy', ${}, $1)",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+            values.extend([
+                run.run_id.clone().into(),
+                run.organization_id.clone().into(),
+                run.workspace_id.clone().into(),
+                run.due_at.into(),
+                run.working_directory.clone().into(),
+            ]);
+        }
+        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
+        let rows: Vec<Id> = query_all(conn, &sql, values).await?;
+        inserted.extend(rows.into_iter().map(|r| r.id));
+    }
+    Ok(inserted)
+}
+
+/// Filters of a run list.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub organization_id: String,
+    pub workspace_id: Option<String>,
+    pub status: Option<&'static str>,
+    pub source: Option<&'static str>,
+}
+
+/// One page of runs, newest first, before `before` (created_at, id).
+pub async fn list_runs(
+    conn: &impl ConnectionTrait,
+    filter: &RunFilter,
+    before: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<RunRow>> {
+    let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = $1");
+    let mut values: Vec<Value> = vec![filter.organization_id.clone().into()];
+    let mut push = |sql: &mut String, clause: &str, v: Value| {
+        values.push(v);
+        sql.push_str(&clause.replace("$?", &format!("${}", values.len())));
+    };
+    if let Some(w) = &filter.workspace_id {
+        push(&mut sql, " AND workspace_id = $?", w.clone().into());
+    }
+    if let Some(s) = filter.status {
+        push(&mut sql, " AND status = $?", s.into());
+    }
+    if let Some(s) = filter.source {
+        push(&mut sql, " AND source = $?", s.into());
+    }
+    if let Some((created, id)) = before {
+        push(&mut sql, " AND (created_at < $?", created.into());
+        push(&mut sql, " OR (created_at = $?", created.into());
+        push(&mut sql, " AND id < $?))", id.into());
+    }
+    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}"));
+    query_all(conn, &sql, values).await
+}
+
+pub(crate) async fn latest_run_id(
+    conn: &impl ConnectionTrait,
+    workspace_id: &str,
+) -> Result<Option<String>> {
+    #[derive(sea_orm::FromQueryResult)]
+    struct Id {
+        id: String,
+    }
+    let row: Option<Id> = query_one(
+        conn,
+        "SELECT id FROM runs WHERE workspace_id = $1 ORDER BY created_at DESC, id DESC LIMIT 1",
+        [workspace_id.into()],
+    )
+    .await?;
+    Ok(row.map(|r| r.id))
+}
+
+/// Whether the workspace has a queued or running run.
+pub async fn has_active_run(conn: &impl ConnectionTrait, workspace_id: &str) -> Result<bool> {
+    let row: Option<IdRow> = query_one(
+        conn,
+        "SELECT id FROM runs WHERE workspace_id = $1 AND status IN ('queued', 'running') LIMIT 1",
+        [workspace_id.into()],
+    )
+    .await?;
+    Ok(row.is_some())
+}
+
+/// What canceling a run did.
+#[derive(Debug)]
+pub enum Cancel {
+    /// The run was queued and is canceled now.
+    Canceled(RunRow),
+    /// The run is running: its runner is asked to stop (it sees it on its next heartbeat and
+    /// completes the run).
+    StopRequested(RunRow),
+}
+
+/// Cancels a queued run at once; a running run is asked to stop. Writes no event: a run that
+/// was canceled gets [`canceled_event`] once its consequences are written.
+pub async fn cancel(conn: &impl ConnectionTrait, id: &str, now: EpochMs) -> Result<Cancel> {
+    let run = get_run(conn, id).await?;
+    match run.status.as_str() {
+        "queued" => {
+            exec(
+                conn,
+                "UPDATE runs SET status = 'canceled', finished_at = $1 WHERE id = $2 AND status = 'queued'",
+                [now.into(), id.into()],
+            )
+            .await?;
+            Ok(Cancel::Canceled(get_run(conn, id).await?))
+        }
+        "running" => {
+            exec(
+                conn,
+                "UPDATE runs SET cancel_requested = TRUE WHERE id = $1",
+                [id.into()],
+            )
+            .await?;
+            Ok(Cancel::StopRequested(get_run(conn, id).await?))
+        }
+        other => Err(Error::precondition(format!("run {id} is already {other}"))),
+    }
+}
+
+/// The `run.canceled` event of a run canceled while queued.
+pub fn canceled_event(run: &RunRow, actor: &str) -> NewEvent {
+    NewEvent::new(
+        &run.organization_id,
+        "run.canceled",
+        "run",
+        &run.id,
+        actor,
+        json!({"workspace_id": run.workspace_id}),
+    )
+}
+
+/// Cancels a run on behalf of its deprovisioning step, which has already ended: the run has no
+/// consequence of its own left to apply.
+pub async fn cancel_for_step(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<()> {
+    if !get_run(conn, id).await?.is_active() {
+        return Ok(());
+    }
+    if let Cancel::Canceled(run) = cancel(conn, id, now).await? {
+        outbox::write(conn, vec![canceled_event(&run, actor)], now).await?;
+    }
+    Ok(())
+}
+
+/// How a run ended, for the deprovisioning step it carries out.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOutcomeView<'a> {
+    pub run_id: &'a str,
+    pub succeeded: bool,
+    pub status: &'a str,
+    pub actor: &'a str,
+}

@@ -1,0 +1,184 @@
+//! Organizations and their settings: reminder lead times, retry limit, the longest inactivity
+//! allowed and the label policy that protects workspaces.
+
+use std::collections::BTreeMap;
+
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, FromQueryResult};
+use serde_json::json;
+
+use crate::events::{NewEvent, outbox};
+use crate::store::{exec, query_one};
+
+/// Columns of [`OrgRow`], in order.
+pub const ORG_COLUMNS: &str = "id, name, reminder_lead_times_ms, destroy_retry_limit, \
+    max_inactivity_ms, protected_labels, created_at, updated_at";
+
+/// An organization.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct OrgRow {
+    pub id: String,
+    pub name: String,
+    pub reminder_lead_times_ms: String,
+    pub destroy_retry_limit: i32,
+    pub max_inactivity_ms: i64,
+    pub protected_labels: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl OrgRow {
+    /// Reminder lead times in milliseconds.
+    pub fn lead_times(&self) -> Vec<i64> {
+        serde_json::from_str(&self.reminder_lead_times_ms).unwrap_or_default()
+    }
+
+    /// Labels that protect a workspace.
+    pub fn protected_labels(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.protected_labels).unwrap_or_default()
+    }
+
+    /// Whether the organization's policy protects a workspace with `labels`.
+    pub fn protects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.protected_labels()
+            .iter()
+            .any(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+/// Organization settings as validated values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgSettings {
+    pub reminder_lead_times_ms: Vec<i64>,
+    pub destroy_retry_limit: i32,
+    pub max_inactivity_ms: i64,
+    pub protected_labels: BTreeMap<String, String>,
+}
+
+impl Default for OrgSettings {
+    fn default() -> Self {
+        Self {
+            reminder_lead_times_ms: vec![24 * 3_600_000, 12 * 3_600_000],
+            destroy_retry_limit: 2,
+            max_inactivity_ms: 9999 * 86_400_000,
+            protected_labels: BTreeMap::new(),
+        }
+    }
+}
+
+// --- organizations -------------------------------------------------------------------------
+
+/// Creates an organization.
+pub async fn create_org(
+    conn: &impl ConnectionTrait,
+    name: &str,
+    settings: &OrgSettings,
+    actor: &str,
+    now: EpochMs,
+) -> Result<OrgRow> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let inserted = exec(
+        conn,
+        "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, \
+         max_inactivity_ms, protected_labels, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (name) DO NOTHING",
+        [
+            id.clone().into(),
+            name.into(),
+            json!(settings.reminder_lead_times_ms).to_string().into(),
+            settings.destroy_retry_limit.into(),
+            settings.max_inactivity_ms.into(),
+            json!(settings.protected_labels).to_string().into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    if inserted == 0 {
+        return Err(Error::AlreadyExists(format!(
+            "an organization named {name:?} already exists"
+        )));
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &id,
+            "organization.created",
+            "organization",
+            &id,
+            actor,
+            json!({"name": name}),
+        )],
+        now,
+    )
+    .await?;
+    get_org(conn, &id).await
+}
+
+/// An organization by id.
+pub async fn get_org(conn: &impl ConnectionTrait, id: &str) -> Result<OrgRow> {
+    query_one(
+        conn,
+        &format!("SELECT {ORG_COLUMNS} FROM organizations WHERE id = $1"),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("organization", id))
+}
+
+/// Replaces an organization's settings; see `auto_destroy::policy` for what follows for its
+/// workspaces.
+pub async fn update_org_settings(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    settings: &OrgSettings,
+    actor: &str,
+    now: EpochMs,
+) -> Result<OrgRow> {
+    let n = exec(
+        conn,
+        "UPDATE organizations SET reminder_lead_times_ms = $1, destroy_retry_limit = $2, \
+         max_inactivity_ms = $3, protected_labels = $4, updated_at = $5 WHERE id = $6",
+        [
+            json!(settings.reminder_lead_times_ms).to_string().into(),
+            settings.destroy_retry_limit.into(),
+            settings.max_inactivity_ms.into(),
+            json!(settings.protected_labels).to_string().into(),
+            now.into(),
+            id.into(),
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(Error::not_found("organization", id));
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            id,
+            "organization.settings_updated",
+            "organization",
+            id,
+            actor,
+            json!({}),
+        )],
+        now,
+    )
+    .await?;
+    get_org(conn, id).await
+}
+
+// --- auto-destroy settings -----------------------------------------------------------------
+
+pub fn check_inactivity_max(field: &str, inactivity_ms: Option<i64>, org: &OrgRow) -> Result<()> {
+    match inactivity_ms {
+        Some(ms) if ms > org.max_inactivity_ms => Err(Error::invalid(
+            field,
+            format!(
+                "exceeds the organization's maximum inactivity of {}",
+                ebb_common::time::human(org.max_inactivity_ms)
+            ),
+        )),
+        _ => Ok(()),
+    }
+}

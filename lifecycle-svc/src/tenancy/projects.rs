@@ -1,0 +1,143 @@
+//! Projects and their default auto-destroy inactivity.
+
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, FromQueryResult};
+use serde_json::json;
+
+use crate::events::{NewEvent, outbox};
+use crate::store::{exec, query_one};
+use crate::tenancy::orgs::{check_inactivity_max, get_org};
+
+/// Columns of [`ProjectRow`], in order.
+pub const PROJECT_COLUMNS: &str =
+    "id, organization_id, name, default_inactivity_ms, created_at, updated_at";
+
+/// A project.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct ProjectRow {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub default_inactivity_ms: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+// --- projects ------------------------------------------------------------------------------
+
+/// Creates a project.
+pub async fn create_project(
+    conn: &impl ConnectionTrait,
+    org_id: &str,
+    name: &str,
+    default_inactivity_ms: Option<i64>,
+    actor: &str,
+    now: EpochMs,
+) -> Result<ProjectRow> {
+    let org = get_org(conn, org_id).await?;
+    check_inactivity_max(
+        "default_auto_destroy_inactivity",
+        default_inactivity_ms,
+        &org,
+    )?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let n = exec(
+        conn,
+        "INSERT INTO projects (id, organization_id, name, default_inactivity_ms, created_at, \
+         updated_at) VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (organization_id, name) DO NOTHING",
+        [id.clone().into(), org_id.into(), name.into(), default_inactivity_ms.into(), now.into()],
+    )
+    .await?;
+    if n == 0 {
+        return Err(Error::AlreadyExists(format!(
+            "a project named {name:?} already exists in the organization"
+        )));
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            org_id,
+            "project.created",
+            "project",
+            &id,
+            actor,
+            json!({"name": name}),
+        )],
+        now,
+    )
+    .await?;
+    get_project(conn, &id).await
+}
+
+/// A project by id.
+pub async fn get_project(conn: &impl ConnectionTrait, id: &str) -> Result<ProjectRow> {
+    query_one(
+        conn,
+        &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = $1"),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("project", id))
+}
+
+/// Renames a project and/or changes its default inactivity; see `auto_destroy::policy` for
+/// the workspaces that inherit it.
+pub async fn update_project(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    name: Option<&str>,
+    default_inactivity_ms: Option<Option<i64>>,
+    actor: &str,
+    now: EpochMs,
+) -> Result<ProjectRow> {
+    let mut project = get_project(conn, id).await?;
+    let org = get_org(conn, &project.organization_id).await?;
+    if let Some(name) = name {
+        project.name = name.to_owned();
+    }
+    if let Some(d) = default_inactivity_ms {
+        check_inactivity_max("default_auto_destroy_inactivity", d, &org)?;
+        project.default_inactivity_ms = d;
+    }
+    let renamed = conn
+        .execute_raw(ebb_common::db::stmt(
+            conn.get_database_backend(),
+            "UPDATE projects SET name = $1, default_inactivity_ms = $2, updated_at = $3 WHERE id = $4",
+            [
+                project.name.clone().into(),
+                project.default_inactivity_ms.into(),
+                now.into(),
+                id.into(),
+            ],
+        ))
+        .await;
+    match renamed {
+        Err(e) if ebb_common::db::is_unique_violation(&e) => {
+            return Err(Error::AlreadyExists(format!(
+                "a project named {:?} already exists in the organization",
+                project.name
+            )));
+        }
+        other => {
+            other?;
+        }
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &project.organization_id,
+            "project.updated",
+            "project",
+            id,
+            actor,
+            json!({
+                "name": project.name,
+                "default_inactivity_ms": project.default_inactivity_ms,
+            }),
+        )],
+        now,
+    )
+    .await?;
+    get_project(conn, id).await
+}

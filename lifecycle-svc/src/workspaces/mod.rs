@@ -1,0 +1,369 @@
+//! Workspaces: create, read, list, change and save, with their derived schedule recomputed on
+//! every save.
+
+pub(crate) mod lock;
+pub(crate) mod manual_runs;
+pub(crate) mod state_versions;
+
+use std::collections::BTreeMap;
+
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use serde_json::json;
+
+use crate::events::{NewEvent, outbox};
+use crate::store::{IdRow, exec, for_update, query_all, query_one};
+use crate::tenancy::orgs::{OrgRow, get_org};
+use crate::tenancy::projects::get_project;
+use crate::timing::math;
+use crate::timing::math::Timing;
+
+/// Columns of [`WorkspaceRow`], in order (qualified by `w.`).
+pub const WORKSPACE_COLUMNS: &str = "w.id, w.organization_id, w.project_id, w.name, w.labels, \
+    w.state, w.protected, w.protected_by_policy, w.locked, w.lock_reason, w.working_directory, \
+    w.auto_destroy_at, w.auto_destroy_inactivity_ms, w.inherits_project_auto_destroy, \
+    w.auto_destroy_status, w.last_state_change_at, w.latest_serial, w.applied_since_destroy, \
+    w.last_fired_due_at, w.auto_destroy_failures, w.auto_destroy_retry_at, \
+    w.next_auto_destroy_at, w.next_reminder_at, w.inactivity_extension_ms, w.created_at, w.updated_at, \
+    p.default_inactivity_ms AS project_default_inactivity_ms";
+
+/// `FROM` clause joining a workspace to its project.
+pub const WORKSPACE_FROM: &str = "workspaces w JOIN projects p ON p.id = w.project_id";
+
+/// A workspace with its project's default inactivity.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct WorkspaceRow {
+    pub id: String,
+    pub organization_id: String,
+    pub project_id: String,
+    pub name: String,
+    pub labels: String,
+    pub state: String,
+    pub protected: bool,
+    pub protected_by_policy: bool,
+    pub locked: bool,
+    pub lock_reason: String,
+    pub working_directory: String,
+    pub auto_destroy_at: Option<i64>,
+    pub auto_destroy_inactivity_ms: Option<i64>,
+    pub inherits_project_auto_destroy: bool,
+    pub auto_destroy_status: String,
+    pub last_state_change_at: Option<i64>,
+    pub latest_serial: i64,
+    pub applied_since_destroy: bool,
+    pub last_fired_due_at: Option<i64>,
+    pub auto_destroy_failures: i32,
+    pub auto_destroy_retry_at: Option<i64>,
+    pub next_auto_destroy_at: Option<i64>,
+    pub next_reminder_at: Option<i64>,
+    pub inactivity_extension_ms: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub project_default_inactivity_ms: Option<i64>,
+}
+
+impl WorkspaceRow {
+    /// Labels as a map.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        serde_json::from_str(&self.labels).unwrap_or_default()
+    }
+
+    /// The inactivity period in force.
+    pub fn effective_inactivity_ms(&self) -> Option<i64> {
+        if self.inherits_project_auto_destroy {
+            self.project_default_inactivity_ms
+        } else {
+            self.auto_destroy_inactivity_ms
+        }
+    }
+
+    /// Protected by flag or policy.
+    pub fn is_protected(&self) -> bool {
+        self.protected || self.protected_by_policy
+    }
+
+    /// The inputs of its auto-destroy timing.
+    pub fn timing(&self) -> Timing {
+        Timing {
+            archived: self.state == "archived",
+            protected: self.is_protected(),
+            failed: self.auto_destroy_status == "failed",
+            auto_destroy_at: self.auto_destroy_at,
+            inactivity_ms: self.effective_inactivity_ms(),
+            last_state_change_at: self.last_state_change_at,
+            applied_since_destroy: self.applied_since_destroy,
+            last_fired_due_at: self.last_fired_due_at,
+            retry_at: self.auto_destroy_retry_at,
+            inactivity_extension_ms: self.inactivity_extension_ms,
+        }
+    }
+}
+
+// --- workspaces ----------------------------------------------------------------------------
+
+/// A new workspace's attributes.
+#[derive(Debug, Clone)]
+pub struct NewWorkspace {
+    pub project_id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub protected: bool,
+    pub working_directory: String,
+}
+
+/// Creates a workspace; it inherits its project's default inactivity.
+pub async fn create_workspace(
+    conn: &impl ConnectionTrait,
+    new: NewWorkspace,
+    actor: &str,
+    now: EpochMs,
+) -> Result<WorkspaceRow> {
+    let project = get_project(conn, &new.project_id).await?;
+    let org = get_org(conn, &project.organization_id).await?;
+    let id = uuid::Uuid::now_v7().to_string();
+    let shard_key = i32::from_be_bytes(
+        uuid::Uuid::new_v4().as_bytes()[..4]
+            .try_into()
+            .unwrap_or_default(),
+    )
+    .rem_euclid(1 << 30);
+    let protected_by_policy = org.protects(&new.labels);
+    let n = exec(
+        conn,
+        "INSERT INTO workspaces (id, organization_id, project_id, name, labels, state, protected, \
+         protected_by_policy, locked, lock_reason, working_directory, \
+         inherits_project_auto_destroy, auto_destroy_status, applied_since_destroy, shard_key, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, FALSE, '', $8, \
+         TRUE, 'idle', FALSE, $9, $10, $10) ON CONFLICT (project_id, name) DO NOTHING",
+        [
+            id.clone().into(),
+            org.id.clone().into(),
+            project.id.clone().into(),
+            new.name.clone().into(),
+            json!(new.labels).to_string().into(),
+            new.protected.into(),
+            protected_by_policy.into(),
+            new.working_directory.clone().into(),
+            shard_key.into(),
+            now.into(),
+        ],
+    )
+    .await?;
+    if n == 0 {
+        return Err(Error::AlreadyExists(format!(
+            "a workspace named {:?} already exists in the project",
+            new.name
+        )));
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &org.id,
+            "workspace.created",
+            "workspace",
+            &id,
+            actor,
+            json!({
+                "name": new.name, "project_id": project.id,
+            }),
+        )],
+        now,
+    )
+    .await?;
+    get_workspace(conn, &id).await
+}
+
+/// A workspace by id.
+pub async fn get_workspace(conn: &impl ConnectionTrait, id: &str) -> Result<WorkspaceRow> {
+    query_one(
+        conn,
+        &format!("SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.id = $1"),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("workspace", id))
+}
+
+/// A workspace by id, locked for the rest of the transaction on PostgreSQL.
+pub async fn lock_workspace_row(conn: &impl ConnectionTrait, id: &str) -> Result<WorkspaceRow> {
+    query_one(
+        conn,
+        &format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.id = $1{}",
+            for_update(conn, "w")
+        ),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("workspace", id))
+}
+
+/// Filters of a workspace list.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspaceFilter {
+    pub organization_id: String,
+    pub project_id: Option<String>,
+    pub state: Option<&'static str>,
+    pub auto_destroy_status: Option<&'static str>,
+    pub next_before: Option<EpochMs>,
+    pub scheduled_only: bool,
+}
+
+/// One page of workspaces ordered by creation, after `after` (created_at, id).
+pub async fn list_workspaces(
+    conn: &impl ConnectionTrait,
+    filter: &WorkspaceFilter,
+    after: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<WorkspaceRow>> {
+    let mut sql =
+        format!("SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.organization_id = $1");
+    let mut values: Vec<Value> = vec![filter.organization_id.clone().into()];
+    let mut push = |sql: &mut String, clause: &str, v: Value| {
+        values.push(v);
+        sql.push_str(&clause.replace("$?", &format!("${}", values.len())));
+    };
+    if let Some(p) = &filter.project_id {
+        push(&mut sql, " AND w.project_id = $?", p.clone().into());
+    }
+    if let Some(s) = filter.state {
+        push(&mut sql, " AND w.state = $?", s.into());
+    }
+    if let Some(s) = filter.auto_destroy_status {
+        push(&mut sql, " AND w.auto_destroy_status = $?", s.into());
+    }
+    if let Some(t) = filter.next_before {
+        push(&mut sql, " AND w.next_auto_destroy_at <= $?", t.into());
+    }
+    if filter.scheduled_only {
+        sql.push_str(" AND w.next_auto_destroy_at IS NOT NULL");
+    }
+    if let Some((created, id)) = after {
+        push(&mut sql, " AND (w.created_at > $?", created.into());
+        push(&mut sql, " OR (w.created_at = $?", created.into());
+        push(&mut sql, " AND w.id > $?))", id.into());
+    }
+    sql.push_str(&format!(" ORDER BY w.created_at, w.id LIMIT {limit}"));
+    query_all(conn, &sql, values).await
+}
+
+/// Writes every mutable column of `ws`, with its derived schedule recomputed.
+pub async fn save(
+    conn: &impl ConnectionTrait,
+    ws: &mut WorkspaceRow,
+    org: &OrgRow,
+    now: EpochMs,
+) -> Result<()> {
+    ws.next_auto_destroy_at = ws.timing().next_auto_destroy_at();
+    ws.next_reminder_at = math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times(), now);
+    if ws.next_auto_destroy_at.is_none()
+        && matches!(ws.auto_destroy_status.as_str(), "deferred" | "retrying")
+    {
+        ws.auto_destroy_status = "idle".into();
+    }
+    ws.updated_at = now;
+    exec(
+        conn,
+        "UPDATE workspaces SET name = $1, labels = $2, state = $3, protected = $4, \
+         protected_by_policy = $5, locked = $6, lock_reason = $7, working_directory = $8, \
+         auto_destroy_at = $9, auto_destroy_inactivity_ms = $10, \
+         inherits_project_auto_destroy = $11, auto_destroy_status = $12, \
+         last_state_change_at = $13, latest_serial = $14, applied_since_destroy = $15, \
+         last_fired_due_at = $16, auto_destroy_failures = $17, auto_destroy_retry_at = $18, \
+         next_auto_destroy_at = $19, next_reminder_at = $20, updated_at = $21, \
+         inactivity_extension_ms = $23 WHERE id = $22",
+        [
+            ws.name.clone().into(),
+            ws.labels.clone().into(),
+            ws.state.clone().into(),
+            ws.protected.into(),
+            ws.protected_by_policy.into(),
+            ws.locked.into(),
+            ws.lock_reason.clone().into(),
+            ws.working_directory.clone().into(),
+            ws.auto_destroy_at.into(),
+            ws.auto_destroy_inactivity_ms.into(),
+            ws.inherits_project_auto_destroy.into(),
+            ws.auto_destroy_status.clone().into(),
+            ws.last_state_change_at.into(),
+            ws.latest_serial.into(),
+            ws.applied_since_destroy.into(),
+            ws.last_fired_due_at.into(),
+            ws.auto_destroy_failures.into(),
+            ws.auto_destroy_retry_at.into(),
+            ws.next_auto_destroy_at.into(),
+            ws.next_reminder_at.into(),
+            now.into(),
+            ws.id.clone().into(),
+            ws.inactivity_extension_ms.into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Changes to a workspace's plain attributes.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspaceChanges {
+    pub name: Option<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub protected: Option<bool>,
+    pub working_directory: Option<String>,
+}
+
+/// Applies `changes`; protection takes the schedule off (it never fires on a protected
+/// workspace) and policy protection follows the labels.
+pub async fn update_workspace(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    changes: WorkspaceChanges,
+    actor: &str,
+    now: EpochMs,
+) -> Result<WorkspaceRow> {
+    let mut ws = lock_workspace_row(conn, id).await?;
+    let org = get_org(conn, &ws.organization_id).await?;
+    if let Some(name) = changes.name {
+        if name != ws.name {
+            let clash: Option<IdRow> = query_one(
+                conn,
+                "SELECT id FROM workspaces WHERE project_id = $1 AND name = $2",
+                [ws.project_id.clone().into(), name.clone().into()],
+            )
+            .await?;
+            if clash.is_some() {
+                return Err(Error::AlreadyExists(format!(
+                    "a workspace named {name:?} already exists in the project"
+                )));
+            }
+        }
+        ws.name = name;
+    }
+    if let Some(labels) = changes.labels {
+        ws.protected_by_policy = org.protects(&labels);
+        ws.labels = json!(labels).to_string();
+    }
+    if let Some(p) = changes.protected {
+        ws.protected = p;
+    }
+    if let Some(w) = changes.working_directory {
+        ws.working_directory = w;
+    }
+    save(conn, &mut ws, &org, now).await?;
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &ws.organization_id,
+            "workspace.updated",
+            "workspace",
+            id,
+            actor,
+            json!({
+                "name": ws.name, "protected": ws.is_protected(),
+            }),
+        )],
+        now,
+    )
+    .await?;
+    get_workspace(conn, id).await
+}
