@@ -13,6 +13,8 @@ use crate::deprovision::steps;
 use crate::deprovision::steps::Engine;
 use crate::events::{NewEvent, outbox};
 use crate::runs;
+use crate::runs::RunSource;
+use crate::runs::RunStatus;
 use crate::runs::lease::{MAX_OUTPUT_TAIL, fenced};
 use crate::runs::{RUN_COLUMNS, RunRow, get_run};
 use crate::store::{exec, query_all};
@@ -81,11 +83,11 @@ pub async fn complete_run(
     let run = fenced(conn, id, token).await?;
     let actor = format!("runner:{}", run.runner_id);
     let status = if run.cancel_requested && !completion.succeeded {
-        "canceled"
+        RunStatus::Canceled
     } else if completion.succeeded {
-        "succeeded"
+        RunStatus::Succeeded
     } else {
-        "failed"
+        RunStatus::Failed
     };
     let mut tail = completion.output_tail;
     if tail.len() > MAX_OUTPUT_TAIL {
@@ -127,7 +129,7 @@ pub async fn complete_run(
     }
     let run = get_run(conn, id).await?;
     finish_consequences(conn, &run, Some(completion.succeeded), &actor, now, policy).await?;
-    let event = if status == "canceled" {
+    let event = if status == RunStatus::Canceled {
         "run.canceled"
     } else {
         "run.completed"
@@ -224,11 +226,11 @@ pub async fn finish_consequences(
     now: EpochMs,
     policy: &Policy,
 ) -> Result<()> {
-    if run.source == "deprovision" {
+    if run.source == RunSource::Deprovision {
         let view = runs::RunOutcomeView {
             run_id: &run.id,
             succeeded: succeeded == Some(true),
-            status: &run.status,
+            status: run.status.as_str(),
             actor,
         };
         steps::on_run_finished(conn, &policy.engine, &view, now).await?;

@@ -2,27 +2,31 @@
 
 use crate::events::outbox::OutboxRow;
 use crate::runs::RunRow;
+use crate::runs::RunSource;
+use crate::runs::RunStatus;
 use crate::tenancy::orgs::OrgRow;
 use crate::tenancy::projects::ProjectRow;
+use crate::workspaces::AutoDestroyStatus;
 use crate::workspaces::WorkspaceRow;
+use crate::workspaces::WorkspaceState;
 use crate::workspaces::state_versions::StateVersionRow;
 use ebb_common::time::{to_duration, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::lifecycle::v1 as pb;
 
-pub fn organization(o: &OrgRow) -> pb::Organization {
-    pb::Organization {
+pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
+    Ok(pb::Organization {
         id: o.id.clone(),
         name: o.name.clone(),
         settings: Some(pb::OrganizationSettings {
-            reminder_lead_times: o.lead_times().into_iter().map(to_duration).collect(),
+            reminder_lead_times: o.lead_times()?.into_iter().map(to_duration).collect(),
             destroy_retry_limit: o.destroy_retry_limit,
             max_inactivity: Some(to_duration(o.max_inactivity_ms)),
-            protected_labels: o.protected_labels().into_iter().collect(),
+            protected_labels: o.protected_labels()?.into_iter().collect(),
         }),
         create_time: Some(to_timestamp(o.created_at)),
         update_time: Some(to_timestamp(o.updated_at)),
-    }
+    })
 }
 
 pub fn project(p: &ProjectRow) -> pb::Project {
@@ -36,27 +40,25 @@ pub fn project(p: &ProjectRow) -> pb::Project {
     }
 }
 
-fn auto_destroy_status(s: &str) -> pb::AutoDestroyStatus {
-    use pb::AutoDestroyStatus as S;
+fn auto_destroy_status(s: AutoDestroyStatus) -> pb::AutoDestroyStatus {
     match s {
-        "idle" => S::Idle,
-        "deferred" => S::Deferred,
-        "queued" => S::Queued,
-        "retrying" => S::Retrying,
-        "succeeded" => S::Succeeded,
-        "failed" => S::Failed,
-        _ => S::Unspecified,
+        AutoDestroyStatus::Idle => pb::AutoDestroyStatus::Idle,
+        AutoDestroyStatus::Deferred => pb::AutoDestroyStatus::Deferred,
+        AutoDestroyStatus::Queued => pb::AutoDestroyStatus::Queued,
+        AutoDestroyStatus::Retrying => pb::AutoDestroyStatus::Retrying,
+        AutoDestroyStatus::Succeeded => pb::AutoDestroyStatus::Succeeded,
+        AutoDestroyStatus::Failed => pb::AutoDestroyStatus::Failed,
     }
 }
 
-pub fn workspace(w: &WorkspaceRow) -> pb::Workspace {
-    pb::Workspace {
+pub fn workspace(w: &WorkspaceRow) -> Result<pb::Workspace> {
+    Ok(pb::Workspace {
         id: w.id.clone(),
         organization_id: w.organization_id.clone(),
         project_id: w.project_id.clone(),
         name: w.name.clone(),
-        labels: w.labels().into_iter().collect(),
-        state: if w.state == "archived" {
+        labels: w.labels()?.into_iter().collect(),
+        state: if w.state == WorkspaceState::Archived {
             pb::WorkspaceState::Archived
         } else {
             pb::WorkspaceState::Active
@@ -70,12 +72,12 @@ pub fn workspace(w: &WorkspaceRow) -> pb::Workspace {
         auto_destroy_inactivity: w.auto_destroy_inactivity_ms.map(to_duration),
         inherits_project_auto_destroy: w.inherits_project_auto_destroy,
         effective_auto_destroy_inactivity: w.effective_inactivity_ms().map(to_duration),
-        auto_destroy_status: auto_destroy_status(&w.auto_destroy_status) as i32,
+        auto_destroy_status: auto_destroy_status(w.auto_destroy_status) as i32,
         last_state_change_at: to_timestamp_opt(w.last_state_change_at),
         next_auto_destroy_at: to_timestamp_opt(w.next_auto_destroy_at),
         create_time: Some(to_timestamp(w.created_at)),
         update_time: Some(to_timestamp(w.updated_at)),
-    }
+    })
 }
 
 pub fn state_version(s: &StateVersionRow) -> pb::StateVersion {
@@ -88,25 +90,22 @@ pub fn state_version(s: &StateVersionRow) -> pb::StateVersion {
     }
 }
 
-fn run_source(s: &str) -> pb::RunSource {
+fn run_source(s: RunSource) -> pb::RunSource {
     match s {
-        "manual" => pb::RunSource::Manual,
-        "auto_destroy" => pb::RunSource::AutoDestroy,
-        "deprovision" => pb::RunSource::Deprovision,
-        _ => pb::RunSource::Unspecified,
+        RunSource::Manual => pb::RunSource::Manual,
+        RunSource::AutoDestroy => pb::RunSource::AutoDestroy,
+        RunSource::Deprovision => pb::RunSource::Deprovision,
     }
 }
 
-fn run_status(s: &str) -> pb::RunStatus {
-    use pb::RunStatus as S;
+fn run_status(s: RunStatus) -> pb::RunStatus {
     match s {
-        "queued" => S::Queued,
-        "running" => S::Running,
-        "succeeded" => S::Succeeded,
-        "failed" => S::Failed,
-        "errored" => S::Errored,
-        "canceled" => S::Canceled,
-        _ => S::Unspecified,
+        RunStatus::Queued => pb::RunStatus::Queued,
+        RunStatus::Running => pb::RunStatus::Running,
+        RunStatus::Succeeded => pb::RunStatus::Succeeded,
+        RunStatus::Failed => pb::RunStatus::Failed,
+        RunStatus::Errored => pb::RunStatus::Errored,
+        RunStatus::Canceled => pb::RunStatus::Canceled,
     }
 }
 
@@ -117,8 +116,8 @@ pub fn run(r: &RunRow) -> pb::Run {
         workspace_id: r.workspace_id.clone(),
         is_destroy: r.is_destroy,
         auto_apply: r.auto_apply,
-        source: run_source(&r.source) as i32,
-        status: run_status(&r.status) as i32,
+        source: run_source(r.source) as i32,
+        status: run_status(r.status) as i32,
         fire_due_time: to_timestamp_opt(r.fire_due_at),
         attempt: r.attempt,
         runner_id: r.runner_id.clone(),

@@ -14,6 +14,8 @@ use super::convert::{json_to_struct, json_to_value};
 use super::validate as check;
 use crate::core::Lifecycle;
 use crate::deprovision::action_runs::ActionRunRow;
+use crate::deprovision::action_runs::ActionRunStatus;
+use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::catalog::{KindDef, TriggerDef};
 use crate::deprovision::entities::EntityRow;
 use crate::deprovision::relationships::{RelationshipFilter, RelationshipRow};
@@ -23,7 +25,7 @@ use crate::deprovision::{
     action_runs, callbacks, catalog, entities, plan, relationships, scheduled, steps,
 };
 use crate::finish;
-use crate::store::query_all;
+use crate::store::{decode_json, query_all};
 
 const ACTOR: &str = super::lifecycle::API_ACTOR;
 
@@ -91,18 +93,18 @@ fn kind_pb(k: &KindDef) -> pb::EntityKind {
     }
 }
 
-fn entity_pb(e: &EntityRow) -> pb::Entity {
-    pb::Entity {
+fn entity_pb(e: &EntityRow) -> Result<pb::Entity> {
+    Ok(pb::Entity {
         id: e.id.clone(),
         organization_id: e.organization_id.clone(),
         kind: e.kind.clone(),
         name: e.name.clone(),
         state: e.state.clone(),
-        attributes: e.attributes().into_iter().collect(),
+        attributes: e.attributes()?.into_iter().collect(),
         workspace_id: e.workspace_id.clone().unwrap_or_default(),
         create_time: Some(to_timestamp(e.created_at)),
         update_time: Some(to_timestamp(e.updated_at)),
-    }
+    })
 }
 
 fn relationship_pb(r: &RelationshipRow) -> pb::Relationship {
@@ -141,24 +143,22 @@ fn plan_pb(plan: &plan::Plan) -> Vec<pb::PlanStep> {
         .collect()
 }
 
-fn step_status(s: &str) -> pb::ActionStepStatus {
+fn step_status(s: StepStatus) -> pb::ActionStepStatus {
     match s {
-        "pending" => pb::ActionStepStatus::Pending,
-        "running" => pb::ActionStepStatus::Running,
-        "succeeded" => pb::ActionStepStatus::Succeeded,
-        "failed" => pb::ActionStepStatus::Failed,
-        "canceled" => pb::ActionStepStatus::Canceled,
-        _ => pb::ActionStepStatus::Unspecified,
+        StepStatus::Pending => pb::ActionStepStatus::Pending,
+        StepStatus::Running => pb::ActionStepStatus::Running,
+        StepStatus::Succeeded => pb::ActionStepStatus::Succeeded,
+        StepStatus::Failed => pb::ActionStepStatus::Failed,
+        StepStatus::Canceled => pb::ActionStepStatus::Canceled,
     }
 }
 
-fn run_status(s: &str) -> pb::ActionRunStatus {
+fn run_status(s: ActionRunStatus) -> pb::ActionRunStatus {
     match s {
-        "running" => pb::ActionRunStatus::Running,
-        "succeeded" => pb::ActionRunStatus::Succeeded,
-        "failed" => pb::ActionRunStatus::Failed,
-        "canceled" => pb::ActionRunStatus::Canceled,
-        _ => pb::ActionRunStatus::Unspecified,
+        ActionRunStatus::Running => pb::ActionRunStatus::Running,
+        ActionRunStatus::Succeeded => pb::ActionRunStatus::Succeeded,
+        ActionRunStatus::Failed => pb::ActionRunStatus::Failed,
+        ActionRunStatus::Canceled => pb::ActionRunStatus::Canceled,
     }
 }
 
@@ -169,48 +169,51 @@ async fn action_run_pb(conn: &impl ConnectionTrait, r: &ActionRunRow) -> Result<
         organization_id: r.organization_id.clone(),
         entity_id: r.entity_id.clone(),
         action: r.action.clone(),
-        parameters: Some(json_to_struct(&Json::Object(r.parameters()))),
-        plan: plan_pb(&r.plan()),
-        status: run_status(&r.status) as i32,
+        parameters: Some(json_to_struct(&Json::Object(r.parameters()?))),
+        plan: plan_pb(&r.plan()?),
+        status: run_status(r.status) as i32,
         actor: r.actor.clone(),
         error: r.error.clone(),
         steps: steps
             .iter()
-            .map(|s| pb::ActionStep {
-                id: s.id.clone(),
-                order: s.step_order,
-                entity_id: s.entity_id.clone(),
-                status: step_status(&s.status) as i32,
-                trigger_type: s.trigger_type.clone(),
-                run_id: s.run_id.clone().unwrap_or_default(),
-                error: s.error.clone(),
-                attempt: s.attempt,
-                start_time: to_timestamp_opt(s.started_at),
-                finish_time: to_timestamp_opt(s.finished_at),
-                deadline_time: to_timestamp_opt(s.deadline_at),
-                waits_for_step_ids: s.waits_for(),
+            .map(|s| {
+                Ok(pb::ActionStep {
+                    id: s.id.clone(),
+                    order: s.step_order,
+                    entity_id: s.entity_id.clone(),
+                    status: step_status(s.status) as i32,
+                    trigger_type: s.trigger_type.clone(),
+                    run_id: s.run_id.clone().unwrap_or_default(),
+                    error: s.error.clone(),
+                    attempt: s.attempt,
+                    start_time: to_timestamp_opt(s.started_at),
+                    finish_time: to_timestamp_opt(s.finished_at),
+                    deadline_time: to_timestamp_opt(s.deadline_at),
+                    waits_for_step_ids: s.waits_for()?,
+                })
             })
-            .collect(),
+            .collect::<Result<_>>()?,
         scheduled_action_id: r.scheduled_action_id.clone().unwrap_or_default(),
         create_time: Some(to_timestamp(r.created_at)),
         finish_time: to_timestamp_opt(r.finished_at),
     })
 }
 
-fn scheduled_pb(s: &ScheduledRow) -> pb::ScheduledAction {
-    let params: Map<String, Json> = serde_json::from_str(&s.parameters).unwrap_or_default();
-    pb::ScheduledAction {
+fn scheduled_pb(s: &ScheduledRow) -> Result<pb::ScheduledAction> {
+    let params: Map<String, Json> =
+        decode_json("scheduled_actions", "parameters", &s.id, &s.parameters)?;
+    Ok(pb::ScheduledAction {
         id: s.id.clone(),
         organization_id: s.organization_id.clone(),
         entity_id: s.entity_id.clone(),
         action: s.action.clone(),
         parameters: Some(json_to_struct(&Json::Object(params))),
         scheduled_time: Some(to_timestamp(s.scheduled_at)),
-        status: s.status.clone(),
+        status: s.status.to_string(),
         action_run_id: s.action_run_id.clone().unwrap_or_default(),
         error: s.error.clone(),
         create_time: Some(to_timestamp(s.created_at)),
-    }
+    })
 }
 
 /// Parameters from a protobuf `Struct`, refusing values JSON cannot carry.
@@ -356,7 +359,7 @@ impl DeprovisionService for DeprovisionApi {
                     )
                     .await?;
                     Ok(pb::CreateEntityResponse {
-                        entity: Some(entity_pb(&e)),
+                        entity: Some(entity_pb(&e)?),
                     })
                 })
             })
@@ -373,7 +376,7 @@ impl DeprovisionService for DeprovisionApi {
         v.finish()?;
         let e = entities::get_entity(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetEntityResponse {
-            entity: Some(entity_pb(&e)),
+            entity: Some(entity_pb(&e)?),
         }))
     }
 
@@ -412,7 +415,7 @@ impl DeprovisionService for DeprovisionApi {
             vec![l.created_at.to_string(), l.id.clone()]
         });
         ok(Ok(pb::ListEntitiesResponse {
-            entities: rows.iter().map(entity_pb).collect(),
+            entities: rows.iter().map(entity_pb).collect::<Result<_>>()?,
             next_page_token,
         }))
     }
@@ -470,7 +473,7 @@ impl DeprovisionService for DeprovisionApi {
                         entities::update_entity(txn, &id, name, attributes, workspace, ACTOR, now)
                             .await?;
                     Ok(pb::UpdateEntityResponse {
-                        entity: Some(entity_pb(&e)),
+                        entity: Some(entity_pb(&e)?),
                     })
                 })
             })
@@ -838,7 +841,7 @@ impl DeprovisionService for DeprovisionApi {
                         scheduled::schedule_action(txn, &entity, &action, &params, at, ACTOR, now)
                             .await?;
                     Ok(pb::ScheduleActionResponse {
-                        scheduled_action: Some(scheduled_pb(&s)),
+                        scheduled_action: Some(scheduled_pb(&s)?),
                     })
                 })
             })
@@ -886,7 +889,7 @@ impl DeprovisionService for DeprovisionApi {
             vec![l.scheduled_at.to_string(), l.id.clone()]
         });
         ok(Ok(pb::ListScheduledActionsResponse {
-            scheduled_actions: rows.iter().map(scheduled_pb).collect(),
+            scheduled_actions: rows.iter().map(scheduled_pb).collect::<Result<_>>()?,
             next_page_token,
         }))
     }
@@ -906,7 +909,7 @@ impl DeprovisionService for DeprovisionApi {
                 Box::pin(async move {
                     let s = scheduled::cancel_scheduled(txn, &id, ACTOR, now).await?;
                     Ok(pb::CancelScheduledActionResponse {
-                        scheduled_action: Some(scheduled_pb(&s)),
+                        scheduled_action: Some(scheduled_pb(&s)?),
                     })
                 })
             })

@@ -134,7 +134,7 @@ impl LifecycleService for LifecycleApi {
                 Box::pin(async move {
                     let org = orgs::create_org(txn, &name, &settings, API_ACTOR, now).await?;
                     Ok(pb::CreateOrganizationResponse {
-                        organization: Some(convert::organization(&org)),
+                        organization: Some(convert::organization(&org)?),
                     })
                 })
             })
@@ -151,7 +151,7 @@ impl LifecycleService for LifecycleApi {
         v.finish()?;
         let org = orgs::get_org(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetOrganizationResponse {
-            organization: Some(convert::organization(&org)),
+            organization: Some(convert::organization(&org)?),
         }))
     }
 
@@ -168,10 +168,10 @@ impl LifecycleService for LifecycleApi {
         v.finish()?;
         let current = orgs::get_org(&self.core.db.conn, &id).await?;
         let base = OrgSettings {
-            reminder_lead_times_ms: current.lead_times(),
+            reminder_lead_times_ms: current.lead_times()?,
             destroy_retry_limit: current.destroy_retry_limit,
             max_inactivity_ms: current.max_inactivity_ms,
-            protected_labels: current.protected_labels(),
+            protected_labels: current.protected_labels()?,
         };
         let mask = req
             .update_mask
@@ -193,7 +193,7 @@ impl LifecycleService for LifecycleApi {
                         let org = policy::update_org_settings(txn, &id, &settings, API_ACTOR, now)
                             .await?;
                         Ok(pb::UpdateOrganizationSettingsResponse {
-                            organization: Some(convert::organization(&org)),
+                            organization: Some(convert::organization(&org)?),
                         })
                     })
                 },
@@ -330,7 +330,7 @@ impl LifecycleService for LifecycleApi {
                 Box::pin(async move {
                     let w = workspaces::create_workspace(txn, new, API_ACTOR, now).await?;
                     Ok(pb::CreateWorkspaceResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -347,7 +347,7 @@ impl LifecycleService for LifecycleApi {
         v.finish()?;
         let w = workspaces::get_workspace(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetWorkspaceResponse {
-            workspace: Some(convert::workspace(&w)),
+            workspace: Some(convert::workspace(&w)?),
         }))
     }
 
@@ -398,7 +398,7 @@ impl LifecycleService for LifecycleApi {
             vec![last.created_at.to_string(), last.id.clone()]
         });
         ok(Ok(pb::ListWorkspacesResponse {
-            workspaces: rows.iter().map(convert::workspace).collect(),
+            workspaces: rows.iter().map(convert::workspace).collect::<Result<_>>()?,
             next_page_token,
         }))
     }
@@ -454,7 +454,7 @@ impl LifecycleService for LifecycleApi {
                 Box::pin(async move {
                     let w = workspaces::update_workspace(txn, &id, changes, API_ACTOR, now).await?;
                     Ok(pb::UpdateWorkspaceResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -477,7 +477,7 @@ impl LifecycleService for LifecycleApi {
                 Box::pin(async move {
                     let w = lock::set_lock(txn, &id, Some(reason), API_ACTOR, now).await?;
                     Ok(pb::LockWorkspaceResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -499,7 +499,7 @@ impl LifecycleService for LifecycleApi {
                 Box::pin(async move {
                     let w = lock::set_lock(txn, &id, None, API_ACTOR, now).await?;
                     Ok(pb::UnlockWorkspaceResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -521,7 +521,7 @@ impl LifecycleService for LifecycleApi {
                 Box::pin(async move {
                     let w = lock::set_archived(txn, &id, true, API_ACTOR, now).await?;
                     Ok(pb::ArchiveWorkspaceResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -543,7 +543,7 @@ impl LifecycleService for LifecycleApi {
                 Box::pin(async move {
                     let w = lock::set_archived(txn, &id, false, API_ACTOR, now).await?;
                     Ok(pb::RestoreWorkspaceResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -573,7 +573,7 @@ impl LifecycleService for LifecycleApi {
                     .await?;
                     Ok(pb::RecordStateVersionResponse {
                         state_version: Some(convert::state_version(&sv)),
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -751,7 +751,7 @@ impl LifecycleService for LifecycleApi {
                     let w = settings::set_auto_destroy(txn, &id, at, inactivity, API_ACTOR, now)
                         .await?;
                     Ok(pb::SetAutoDestroyResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -791,7 +791,7 @@ impl LifecycleService for LifecycleApi {
                     let w = settings::clear_auto_destroy(txn, &id, a, i, inherit, API_ACTOR, now)
                         .await?;
                     Ok(pb::ClearAutoDestroyResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })
@@ -815,7 +815,7 @@ impl LifecycleService for LifecycleApi {
                 Box::pin(async move {
                     let w = settings::extend_auto_destroy(txn, &id, by, API_ACTOR, now).await?;
                     Ok(pb::ExtendAutoDestroyResponse {
-                        workspace: Some(convert::workspace(&w)),
+                        workspace: Some(convert::workspace(&w)?),
                     })
                 })
             })

@@ -8,11 +8,13 @@ use ebb_proto::lifecycle::v1::scheduling_service_server::SchedulingService;
 use tonic::{Request, Response, Status};
 
 use super::validate as check;
-use crate::auto_destroy::queue::{Decision, FireKey};
+use crate::auto_destroy::queue::Decision;
 use crate::auto_destroy::{queue, reminders};
 use crate::core::Lifecycle;
 use crate::deprovision::{relationships, scheduled, steps};
 use crate::finish;
+use crate::timing;
+use crate::timing::due::{self, FireKey};
 
 /// The most fire keys one queue call takes.
 pub const MAX_BATCH: usize = 5000;
@@ -61,7 +63,7 @@ fn fire_key(v: &mut Violations, field: &str, k: &pb::FireKey) -> Option<FireKey>
         },
     };
     Some(FireKey {
-        workspace_id: id,
+        subject_id: id,
         due_at: due,
     })
 }
@@ -87,7 +89,7 @@ fn scheduled_key(v: &mut Violations, field: &str, k: &pb::FireKey) -> Option<(St
 
 fn to_pb(k: &FireKey) -> pb::FireKey {
     pb::FireKey {
-        workspace_id: k.workspace_id.clone(),
+        workspace_id: k.subject_id.clone(),
         due_time: Some(to_timestamp(k.due_at)),
         scheduled_action_id: String::new(),
     }
@@ -111,8 +113,9 @@ impl SchedulingService for SchedulingApi {
             .and_then(|k| fire_key(&mut v, "after", k));
         v.finish()?;
         let now = self.core.now();
-        let due = queue::find_due(
+        let due = due::find_due(
             &self.core.db.conn,
+            &timing::WORKSPACES,
             req.shard,
             req.shard_count,
             limit,
@@ -254,11 +257,12 @@ impl SchedulingService for SchedulingApi {
             .after
             .as_ref()
             .and_then(|k| scheduled_key(&mut v, "after", k))
-            .map(|(id, t)| (t, id));
+            .map(|(subject_id, due_at)| FireKey { subject_id, due_at });
         v.finish()?;
         let now = self.core.now();
-        let due = scheduled::find_due_scheduled(
+        let due = due::find_due(
             &self.core.db.conn,
+            &timing::SCHEDULED_ACTIONS,
             req.shard,
             req.shard_count,
             limit,
@@ -268,17 +272,17 @@ impl SchedulingService for SchedulingApi {
         .await?;
         let oldest = due
             .iter()
-            .map(|(_, t)| *t)
+            .map(|k| k.due_at)
             .min()
             .map(|t| (now - t).max(0))
             .unwrap_or(0);
         Ok(Response::new(pb::FindDueScheduledActionsResponse {
             due: due
                 .iter()
-                .map(|(id, t)| pb::FireKey {
+                .map(|k| pb::FireKey {
                     workspace_id: String::new(),
-                    due_time: Some(to_timestamp(*t)),
-                    scheduled_action_id: id.clone(),
+                    due_time: Some(to_timestamp(k.due_at)),
+                    scheduled_action_id: k.subject_id.clone(),
                 })
                 .collect(),
             oldest_due_age_ms: oldest,

@@ -7,10 +7,13 @@ use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
 use crate::runs::RunRow;
+use crate::runs::RunSource;
 use crate::runs::latest_run_id;
 use crate::tenancy::orgs;
 use crate::timing::math;
 use crate::workspaces;
+use crate::workspaces::AutoDestroyStatus;
+use crate::workspaces::WorkspaceState;
 
 /// What a finished destroy run means for its workspace. `succeeded` is `None` for a run that
 /// was canceled or errored without an outcome.
@@ -25,15 +28,15 @@ pub async fn destroy_run_finished(
     let mut ws = workspaces::lock_workspace_row(conn, &run.workspace_id).await?;
     let org = orgs::get_org(conn, &ws.organization_id).await?;
     let mut events = Vec::new();
-    let auto = run.source == "auto_destroy";
+    let auto = run.source == RunSource::AutoDestroy;
     match (succeeded, auto) {
         (Some(true), true) => {
             // Rule 7: archive (never delete), clear the one-shot, keep the inactivity setting
             // (it schedules again only after a new applied state version).
-            ws.state = "archived".into();
+            ws.state = WorkspaceState::Archived;
             ws.auto_destroy_at = None;
             ws.applied_since_destroy = false;
-            ws.auto_destroy_status = "succeeded".into();
+            ws.auto_destroy_status = AutoDestroyStatus::Succeeded;
             ws.auto_destroy_failures = 0;
             ws.auto_destroy_retry_at = None;
             events.push(NewEvent::new(&ws.organization_id, "workspace.auto_destroy.succeeded", "workspace", &ws.id, actor, json!({
@@ -69,10 +72,14 @@ pub async fn destroy_run_finished(
             if will_retry {
                 let at = now + math::retry_backoff_ms(retry_backoff_ms, failures);
                 ws.auto_destroy_retry_at = Some(at);
-                ws.auto_destroy_status = "retrying".into();
+                ws.auto_destroy_status = AutoDestroyStatus::Retrying;
             } else {
                 ws.auto_destroy_retry_at = None;
-                ws.auto_destroy_status = if outcome.is_some() { "failed" } else { "idle" }.into();
+                ws.auto_destroy_status = if outcome.is_some() {
+                    AutoDestroyStatus::Failed
+                } else {
+                    AutoDestroyStatus::Idle
+                };
             }
             events.push(NewEvent::new(
                 &ws.organization_id,

@@ -30,7 +30,8 @@ pub async fn update_org_settings(
     )
     .await?;
     for mut ws in affected {
-        ws.protected_by_policy = org.protects(&ws.labels());
+        // Fails closed: labels that do not decode count as protected.
+        ws.protected_by_policy = ws.labels().map_or(true, |labels| org.protects(&labels));
         workspaces::save(conn, &mut ws, &org, now).await?;
     }
     Ok(org)

@@ -46,7 +46,7 @@ pub async fn preview(
     let mut items = Vec::new();
     let mut skipped = 0;
     for ws in rows {
-        let labels = ws.labels();
+        let labels = ws.labels()?;
         if !proposal
             .label_selector
             .iter()

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ebb_common::Result;
 use ebb_common::time::{EpochMs, rfc3339};
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, Value};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
@@ -13,16 +13,11 @@ use crate::runs::AutoDestroyRun;
 use crate::store::{exec, for_update, placeholders, query_all};
 use crate::tenancy::orgs;
 use crate::tenancy::orgs::OrgRow;
+use crate::timing::due::FireKey;
 use crate::timing::math;
+use crate::workspaces::AutoDestroyStatus;
 use crate::workspaces::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
 use crate::{runs, workspaces};
-
-/// The identity of one firing.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct FireKey {
-    pub workspace_id: String,
-    pub due_at: EpochMs,
-}
 
 /// What became of a fire key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,50 +31,6 @@ pub enum Decision {
 /// The actor of the scheduler's decisions.
 pub(crate) const ACTOR: &str = "scheduler";
 
-#[derive(FromQueryResult)]
-struct DueRow {
-    id: String,
-    next_auto_destroy_at: i64,
-}
-
-/// Due workspaces of one shard in due order, after `after`; and the oldest due time.
-pub async fn find_due(
-    conn: &impl ConnectionTrait,
-    shard: i32,
-    shard_count: i32,
-    limit: u64,
-    after: Option<FireKey>,
-    now: EpochMs,
-) -> Result<Vec<FireKey>> {
-    let (after_due, after_id) = after
-        .map(|k| (k.due_at, k.workspace_id))
-        .unwrap_or((i64::MIN, String::new()));
-    let rows: Vec<DueRow> = query_all(
-        conn,
-        &format!(
-            "SELECT id, next_auto_destroy_at FROM workspaces \
-             WHERE next_auto_destroy_at <= $1 AND shard_key % $2 = $3 \
-             AND (next_auto_destroy_at > $4 OR (next_auto_destroy_at = $4 AND id > $5)) \
-             ORDER BY next_auto_destroy_at, id LIMIT {limit}"
-        ),
-        [
-            now.into(),
-            shard_count.into(),
-            shard.into(),
-            after_due.into(),
-            after_id.into(),
-        ],
-    )
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| FireKey {
-            workspace_id: r.id,
-            due_at: r.next_auto_destroy_at,
-        })
-        .collect())
-}
-
 /// Decides each fire key on its own, all in the caller's one transaction (rule 6).
 pub async fn queue_auto_destroy_runs(
     conn: &impl ConnectionTrait,
@@ -89,7 +40,7 @@ pub async fn queue_auto_destroy_runs(
     if keys.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: BTreeSet<&str> = keys.iter().map(|k| k.workspace_id.as_str()).collect();
+    let ids: BTreeSet<&str> = keys.iter().map(|k| k.subject_id.as_str()).collect();
     let id_values: Vec<Value> = ids.iter().map(|id| (*id).into()).collect();
     // Locked in id order, so concurrent batches cannot deadlock.
     let rows: Vec<WorkspaceRow> = query_all(
@@ -99,35 +50,20 @@ pub async fn queue_auto_destroy_runs(
             placeholders(1, ids.len()),
             for_update(conn, "w")
         ),
-        id_values.clone(),
+        id_values,
     )
     .await?;
     let mut workspaces: HashMap<String, WorkspaceRow> =
         rows.into_iter().map(|w| (w.id.clone(), w)).collect();
 
-    #[derive(FromQueryResult)]
-    struct Active {
-        workspace_id: String,
-    }
-    let active: BTreeSet<String> = query_all::<Active>(
-        conn,
-        &format!(
-            "SELECT workspace_id FROM runs WHERE workspace_id IN ({}) AND status IN ('queued', 'running')",
-            placeholders(1, ids.len())
-        ),
-        id_values,
-    )
-    .await?
-    .into_iter()
-    .map(|a| a.workspace_id)
-    .collect();
+    let active = runs::with_active_run(conn, &ids).await?;
 
     let mut orgs: BTreeMap<String, OrgRow> = BTreeMap::new();
     let mut events = Vec::new();
     let mut results = Vec::with_capacity(keys.len());
     let mut to_queue: Vec<(usize, FireKey, String)> = Vec::new();
     for key in keys {
-        let Some(ws) = workspaces.get_mut(&key.workspace_id) else {
+        let Some(ws) = workspaces.get_mut(&key.subject_id) else {
             results.push((
                 key.clone(),
                 Decision::Stale {
@@ -172,8 +108,8 @@ pub async fn queue_auto_destroy_runs(
             None
         };
         if let Some(reason) = hold {
-            if ws.auto_destroy_status != "deferred" {
-                ws.auto_destroy_status = "deferred".into();
+            if ws.auto_destroy_status != AutoDestroyStatus::Deferred {
+                ws.auto_destroy_status = AutoDestroyStatus::Deferred;
                 workspaces::save(conn, ws, org, now).await?;
                 events.push(NewEvent::new(
                     &ws.organization_id,
@@ -202,7 +138,7 @@ pub async fn queue_auto_destroy_runs(
     let new_runs: Vec<AutoDestroyRun> = to_queue
         .iter()
         .filter_map(|(_, key, run_id)| {
-            let ws = workspaces.get(&key.workspace_id)?;
+            let ws = workspaces.get(&key.subject_id)?;
             Some(AutoDestroyRun {
                 run_id: run_id.clone(),
                 organization_id: ws.organization_id.clone(),
@@ -221,15 +157,15 @@ pub async fn queue_auto_destroy_runs(
             };
             continue;
         }
-        let Some(ws) = workspaces.get_mut(&key.workspace_id) else {
+        let Some(ws) = workspaces.get_mut(&key.subject_id) else {
             continue;
         };
         let org = &orgs[&ws.organization_id];
         ws.last_fired_due_at = Some(key.due_at);
-        ws.auto_destroy_status = "queued".into();
+        ws.auto_destroy_status = AutoDestroyStatus::Queued;
         ws.next_auto_destroy_at = ws.timing().next_auto_destroy_at();
         ws.next_reminder_at =
-            math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times(), now);
+            math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times()?, now);
         fired.push(ws.clone());
         events.push(NewEvent::new(
             &ws.organization_id,

@@ -7,6 +7,8 @@ use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
 use crate::tenancy::orgs::{check_inactivity_max, get_org};
+use crate::workspaces::AutoDestroyStatus;
+use crate::workspaces::WorkspaceState;
 use crate::workspaces::{WorkspaceRow, get_workspace, lock_workspace_row, save};
 
 fn refuse_if_protected(ws: &WorkspaceRow) -> Result<()> {
@@ -37,7 +39,7 @@ pub async fn set_auto_destroy(
 ) -> Result<WorkspaceRow> {
     let mut ws = lock_workspace_row(conn, id).await?;
     refuse_if_protected(&ws)?;
-    if ws.state == "archived" {
+    if ws.state == WorkspaceState::Archived {
         return Err(Error::precondition(format!(
             "workspace {id} is archived; restore it first"
         )));
@@ -56,7 +58,7 @@ pub async fn set_auto_destroy(
         ws.inherits_project_auto_destroy = false;
     }
     // A new schedule starts afresh.
-    ws.auto_destroy_status = "idle".into();
+    ws.auto_destroy_status = AutoDestroyStatus::Idle;
     ws.auto_destroy_failures = 0;
     ws.auto_destroy_retry_at = None;
     save(conn, &mut ws, &org, now).await?;
@@ -101,8 +103,8 @@ pub async fn clear_auto_destroy(
     }
     ws.auto_destroy_retry_at = None;
     ws.auto_destroy_failures = 0;
-    if ws.auto_destroy_status != "queued" {
-        ws.auto_destroy_status = "idle".into();
+    if ws.auto_destroy_status != AutoDestroyStatus::Queued {
+        ws.auto_destroy_status = AutoDestroyStatus::Idle;
     }
     save(conn, &mut ws, &org, now).await?;
     outbox::write(

@@ -9,7 +9,30 @@ use crate::deprovision::catalog;
 use crate::deprovision::catalog::{ActionDef, Condition, KindDef};
 use crate::deprovision::entities::EntityRow;
 use crate::deprovision::plan::Plan;
+use crate::store::db_enum;
+use crate::store::decode_json;
 use crate::store::{query_all, query_one};
+
+db_enum! {
+    /// Where an action run stands.
+    pub enum ActionRunStatus {
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Canceled = "canceled",
+    }
+}
+
+db_enum! {
+    /// Where one step of an action run stands.
+    pub enum StepStatus {
+        Pending = "pending",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Canceled = "canceled",
+    }
+}
 
 /// Columns of [`ActionRunRow`].
 pub const ACTION_RUN_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, plan, status, actor, error, \
@@ -24,7 +47,7 @@ pub struct ActionRunRow {
     pub action: String,
     pub parameters: String,
     pub plan: String,
-    pub status: String,
+    pub status: ActionRunStatus,
     pub actor: String,
     pub error: String,
     pub scheduled_action_id: Option<String>,
@@ -34,13 +57,13 @@ pub struct ActionRunRow {
 
 impl ActionRunRow {
     /// The stored plan.
-    pub fn plan(&self) -> Plan {
-        serde_json::from_str(&self.plan).unwrap_or_default()
+    pub fn plan(&self) -> Result<Plan> {
+        decode_json("action_runs", "plan", &self.id, &self.plan)
     }
 
     /// The stored parameters.
-    pub fn parameters(&self) -> Map<String, Json> {
-        serde_json::from_str(&self.parameters).unwrap_or_default()
+    pub fn parameters(&self) -> Result<Map<String, Json>> {
+        decode_json("action_runs", "parameters", &self.id, &self.parameters)
     }
 }
 
@@ -60,7 +83,7 @@ pub const STEP_COLUMNS: &str = "id, action_run_id, step_order, entity_id, waits_
     attempt, error, started_at, finished_at, deadline_at";
 
 /// A step of an action run.
-#[derive(Debug, Clone, FromQueryResult)]
+#[derive(Debug, Clone, PartialEq, FromQueryResult)]
 pub struct StepRow {
     pub id: String,
     pub action_run_id: String,
@@ -68,7 +91,7 @@ pub struct StepRow {
     pub entity_id: String,
     pub waits_for: String,
     pub trigger_type: String,
-    pub status: String,
+    pub status: StepStatus,
     pub run_id: Option<String>,
     pub attempt: i32,
     pub error: String,
@@ -79,8 +102,8 @@ pub struct StepRow {
 
 impl StepRow {
     /// Step ids that must succeed before this one starts.
-    pub fn waits_for(&self) -> Vec<String> {
-        serde_json::from_str(&self.waits_for).unwrap_or_default()
+    pub fn waits_for(&self) -> Result<Vec<String>> {
+        decode_json("action_steps", "waits_for", &self.id, &self.waits_for)
     }
 }
 
@@ -149,7 +172,7 @@ pub fn check_parameters(
 }
 
 pub(crate) fn check_conditions(action: &ActionDef, entity: &EntityRow) -> Result<()> {
-    let attributes = entity.attributes();
+    let attributes = entity.attributes()?;
     for text in &action.conditions {
         let condition = Condition::parse(text).map_err(Error::Internal)?;
         if !condition.holds(&entity.state, &attributes) {

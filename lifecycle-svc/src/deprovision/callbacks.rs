@@ -7,6 +7,7 @@ use crate::deprovision::steps::Engine;
 
 use crate::deprovision::action_runs::STEP_COLUMNS;
 use crate::deprovision::action_runs::StepRow;
+use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::steps::advance;
 use crate::deprovision::steps::set_step;
 use crate::store::query_one;
@@ -67,17 +68,17 @@ pub async fn complete_step(
     .await?
     .ok_or_else(|| Error::not_found("action step", step_id))?;
     verify_token(&engine.callback_secret, step_id, step.attempt, token, now)?;
-    if step.trigger_type != "webhook" || step.status != "running" {
+    if step.trigger_type != "webhook" || step.status != StepStatus::Running {
         return Err(Error::precondition(format!(
             "step {step_id} is {} and does not wait for a callback",
             step.status
         )));
     }
     let (status, error) = if succeeded {
-        ("succeeded", String::new())
+        (StepStatus::Succeeded, String::new())
     } else {
         (
-            "failed",
+            StepStatus::Failed,
             format!("the external system reported failure: {message}"),
         )
     };

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::deprovision::catalog;
 use crate::events::{NewEvent, outbox};
+use crate::store::decode_json;
 use crate::store::{exec, query_all, query_one};
 use crate::tenancy::orgs;
 use crate::workspaces;
@@ -33,8 +34,8 @@ pub struct EntityRow {
 
 impl EntityRow {
     /// Attributes as a map.
-    pub fn attributes(&self) -> BTreeMap<String, String> {
-        serde_json::from_str(&self.attributes).unwrap_or_default()
+    pub fn attributes(&self) -> Result<BTreeMap<String, String>> {
+        decode_json("entities", "attributes", &self.id, &self.attributes)
     }
 }
 

@@ -8,7 +8,17 @@ use serde_json::json;
 
 use crate::deprovision::entities::get_entity;
 use crate::events::{NewEvent, outbox};
+use crate::store::db_enum;
 use crate::store::{exec, query_all, query_one};
+
+db_enum! {
+    /// Where an edge stands: edges are never deleted, they end `removed`.
+    pub enum EdgeState {
+        Active = "active",
+        Removing = "removing",
+        Removed = "removed",
+    }
+}
 
 /// Columns of [`RelationshipRow`].
 pub const RELATIONSHIP_COLUMNS: &str = "id, organization_id, type AS rel_type, from_entity_id, to_entity_id, state, \
@@ -22,7 +32,7 @@ pub struct RelationshipRow {
     pub rel_type: String,
     pub from_entity_id: String,
     pub to_entity_id: String,
-    pub state: String,
+    pub state: EdgeState,
     pub deletion_scheduled_at: Option<i64>,
     pub finalized_at: Option<i64>,
     pub finalize_method: Option<String>,
@@ -146,7 +156,7 @@ pub async fn list_relationships(
 pub async fn transition_relationship(
     conn: &impl ConnectionTrait,
     rel: &RelationshipRow,
-    state: &str,
+    state: EdgeState,
     action_run_id: &str,
     actor: &str,
     now: EpochMs,
@@ -154,7 +164,7 @@ pub async fn transition_relationship(
     if rel.state == state {
         return Ok(());
     }
-    let (finalized, method): (Option<i64>, Option<&str>) = if state == "removed" {
+    let (finalized, method): (Option<i64>, Option<&str>) = if state == EdgeState::Removed {
         (Some(now), Some("immediate"))
     } else {
         (None, None)
@@ -169,7 +179,7 @@ pub async fn transition_relationship(
     outbox::write(
         conn,
         vec![NewEvent::new(&rel.organization_id, "relationship.transitioned", "relationship", &rel.id, actor, json!({
-            "type": rel.rel_type, "from": rel.state, "to": state, "action_run_id": action_run_id,
+            "type": rel.rel_type, "from": rel.state.as_str(), "to": state.as_str(), "action_run_id": action_run_id,
         }))],
         now,
     )
@@ -257,7 +267,7 @@ pub async fn force_finalize(
     now: EpochMs,
 ) -> Result<RelationshipRow> {
     let rel = get_relationship(conn, id).await?;
-    if rel.state != "removing" || rel.deletion_scheduled_at.is_none() {
+    if rel.state != EdgeState::Removing || rel.deletion_scheduled_at.is_none() {
         return Err(Error::precondition(format!(
             "relationship {id} has no scheduled grace period (it is {})",
             rel.state

@@ -11,9 +11,22 @@ use crate::deprovision::entities;
 use crate::deprovision::steps::Engine;
 use crate::deprovision::trigger::trigger;
 use crate::events::{NewEvent, outbox};
+use crate::store::db_enum;
+use crate::store::decode_json;
 use crate::store::{exec, query_all, query_one};
 use crate::tenancy::orgs;
-use crate::timing::math;
+use crate::timing::reminders::{self, Reminded};
+use crate::timing::{self, math};
+
+db_enum! {
+    /// Where a scheduled action stands.
+    pub enum ScheduledStatus {
+        Pending = "pending",
+        Fired = "fired",
+        Failed = "failed",
+        Canceled = "canceled",
+    }
+}
 
 // --- scheduled actions (rule 9) --------------------------------------------------------------
 
@@ -30,7 +43,7 @@ pub struct ScheduledRow {
     pub action: String,
     pub parameters: String,
     pub scheduled_at: i64,
-    pub status: String,
+    pub status: ScheduledStatus,
     pub action_run_id: Option<String>,
     pub error: String,
     pub created_at: i64,
@@ -77,7 +90,7 @@ pub async fn schedule_action(
             action.into(),
             Json::Object(parameters.clone()).to_string().into(),
             at.into(),
-            math::next_reminder_at(Some(at), &org.lead_times(), now).into(),
+            math::next_reminder_at(Some(at), &org.lead_times()?, now).into(),
             shard_key.into(),
             now.into(),
         ],
@@ -130,34 +143,6 @@ pub async fn cancel_scheduled(
     get_scheduled(conn, id).await
 }
 
-/// Due scheduled actions of one shard, after `after` (due time, id).
-pub async fn find_due_scheduled(
-    conn: &impl ConnectionTrait,
-    shard: i32,
-    shard_count: i32,
-    limit: u64,
-    after: Option<(EpochMs, String)>,
-    now: EpochMs,
-) -> Result<Vec<(String, EpochMs)>> {
-    #[derive(FromQueryResult)]
-    struct Due {
-        id: String,
-        scheduled_at: i64,
-    }
-    let (a_due, a_id) = after.unwrap_or((i64::MIN, String::new()));
-    let rows: Vec<Due> = query_all(
-        conn,
-        &format!(
-            "SELECT id, scheduled_at FROM scheduled_actions WHERE status = 'pending' AND scheduled_at <= $1 \
-             AND shard_key % $2 = $3 AND (scheduled_at > $4 OR (scheduled_at = $4 AND id > $5)) \
-             ORDER BY scheduled_at, id LIMIT {limit}"
-        ),
-        [now.into(), shard_count.into(), shard.into(), a_due.into(), a_id.into()],
-    )
-    .await?;
-    Ok(rows.into_iter().map(|r| (r.id, r.scheduled_at)).collect())
-}
-
 /// What became of a scheduled action's fire key.
 pub enum FireDecision {
     Fired { action_run_id: String },
@@ -190,13 +175,14 @@ pub async fn fire_scheduled(
             false,
         ));
     };
-    if row.status != "pending" || row.scheduled_at != due {
+    if row.status != ScheduledStatus::Pending || row.scheduled_at != due {
         return Ok((
             FireDecision::Stale(format!("the scheduled action is {}", row.status)),
             false,
         ));
     }
-    let parameters: Map<String, Json> = serde_json::from_str(&row.parameters).unwrap_or_default();
+    let parameters: Map<String, Json> =
+        decode_json("scheduled_actions", "parameters", &row.id, &row.parameters)?;
     match trigger(
         conn,
         engine,
@@ -256,6 +242,34 @@ pub async fn fire_scheduled(
     }
 }
 
+impl Reminded for ScheduledRow {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn organization_id(&self) -> &str {
+        &self.organization_id
+    }
+
+    fn due_at(&self) -> Option<EpochMs> {
+        (self.status == ScheduledStatus::Pending).then_some(self.scheduled_at)
+    }
+
+    fn reminder(&self, due_at: EpochMs, lead_ms: i64) -> NewEvent {
+        NewEvent::new(
+            &self.organization_id,
+            "scheduled_action.reminder",
+            "scheduled_action",
+            &self.id,
+            "scheduler",
+            json!({
+                "action": self.action, "entity_id": self.entity_id, "scheduled_at": rfc3339(due_at),
+                "lead_time_ms": lead_ms, "lead_time": ebb_common::time::human(lead_ms),
+            }),
+        )
+    }
+}
+
 /// Sends the due reminders of scheduled actions in one shard, each lead time once.
 pub async fn send_scheduled_reminders(
     conn: &impl ConnectionTrait,
@@ -264,56 +278,20 @@ pub async fn send_scheduled_reminders(
     limit: u64,
     now: EpochMs,
 ) -> Result<u32> {
-    let skip = match conn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-        _ => "",
-    };
-    let due: Vec<ScheduledRow> = query_all(
+    let columns = SCHEDULED_COLUMNS
+        .split(", ")
+        .map(|c| format!("s.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sql = reminders::due_statement(
         conn,
-        &format!(
-            "SELECT {SCHEDULED_COLUMNS} FROM scheduled_actions WHERE next_reminder_at <= $1 AND status = 'pending' \
-             AND shard_key % $2 = $3 ORDER BY next_reminder_at LIMIT {limit}{skip}"
-        ),
-        [now.into(), shard_count.into(), shard.into()],
-    )
-    .await?;
-    let mut sent = 0;
-    let mut events = Vec::new();
-    for row in due {
-        let leads = orgs::get_org(conn, &row.organization_id)
-            .await?
-            .lead_times();
-        if let Some(lead) = math::due_lead_time(row.scheduled_at, &leads, now) {
-            let mut first = true;
-            for l in std::iter::once(lead).chain(math::superseded(lead, &leads)) {
-                let inserted = exec(
-                    conn,
-                    "INSERT INTO scheduled_action_reminders (scheduled_action_id, lead_ms, sent_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    [row.id.clone().into(), l.into(), now.into()],
-                )
-                .await?;
-                if first && inserted == 1 {
-                    sent += 1;
-                    events.push(NewEvent::new(&row.organization_id, "scheduled_action.reminder", "scheduled_action", &row.id, "scheduler", json!({
-                        "action": row.action, "entity_id": row.entity_id, "scheduled_at": rfc3339(row.scheduled_at),
-                        "lead_time_ms": lead, "lead_time": ebb_common::time::human(lead),
-                    })));
-                }
-                first = false;
-            }
-        }
-        let next = leads
-            .iter()
-            .map(|l| row.scheduled_at - l)
-            .filter(|t| *t > now)
-            .min();
-        exec(
-            conn,
-            "UPDATE scheduled_actions SET next_reminder_at = $1 WHERE id = $2",
-            [next.into(), row.id.clone().into()],
-        )
-        .await?;
-    }
-    outbox::write(conn, events, now).await?;
-    Ok(sent)
+        &timing::SCHEDULED_ACTIONS,
+        &columns,
+        "scheduled_actions s",
+        "s",
+        limit,
+    );
+    let due: Vec<ScheduledRow> =
+        query_all(conn, &sql, [now.into(), shard_count.into(), shard.into()]).await?;
+    reminders::send(conn, &timing::SCHEDULED_ACTIONS, &due, now).await
 }

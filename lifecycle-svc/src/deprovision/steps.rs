@@ -10,10 +10,13 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
 use serde_json::{Value as Json, json};
 
 use crate::core::Lifecycle;
+use crate::deprovision::action_runs::ActionRunStatus;
+use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::action_runs::{
     ActionRunRow, STEP_COLUMNS, StepRow, get_action_run, load_action, steps,
 };
 use crate::deprovision::catalog::TriggerDef;
+use crate::deprovision::relationships::EdgeState;
 use crate::deprovision::{catalog, entities, relationships};
 use crate::events::{NewEvent, outbox};
 use crate::runs::NewRun;
@@ -43,6 +46,48 @@ impl Engine {
     }
 }
 
+/// What an action run does next, decided from its steps alone.
+#[derive(Debug, PartialEq)]
+pub enum Next<'a> {
+    /// A step failed: the run fails (DP-5).
+    Fail(&'a StepRow),
+    /// Every step succeeded: the run succeeds (DP-4).
+    Succeed,
+    /// These pending steps have every step they wait for succeeded: start them (DP-3).
+    Start(Vec<&'a StepRow>),
+    /// Steps are still running.
+    Wait,
+}
+
+/// The next move of an action run with steps `all`. Fails closed: a step whose dependencies
+/// cannot be read never starts.
+pub fn next_steps(all: &[StepRow]) -> Next<'_> {
+    if let Some(failed) = all.iter().find(|s| s.status == StepStatus::Failed) {
+        return Next::Fail(failed);
+    }
+    if all.iter().all(|s| s.status == StepStatus::Succeeded) {
+        return Next::Succeed;
+    }
+    let done: BTreeSet<&str> = all
+        .iter()
+        .filter(|s| s.status == StepStatus::Succeeded)
+        .map(|s| s.id.as_str())
+        .collect();
+    let ready: Vec<&StepRow> = all
+        .iter()
+        .filter(|s| {
+            s.status == StepStatus::Pending
+                && s.waits_for()
+                    .is_ok_and(|w| w.iter().all(|w| done.contains(w.as_str())))
+        })
+        .collect();
+    if ready.is_empty() {
+        Next::Wait
+    } else {
+        Next::Start(ready)
+    }
+}
+
 /// Starts every step whose dependents all succeeded, and finishes the run when all steps did
 /// (or one failed). Returns whether destroy runs were queued.
 pub async fn advance(
@@ -55,43 +100,26 @@ pub async fn advance(
     let mut queued = false;
     loop {
         let run = get_action_run(conn, run_id).await?;
-        if run.status != "running" {
+        if run.status != ActionRunStatus::Running {
             return Ok(queued);
         }
         let all = steps(conn, run_id).await?;
-        if let Some(failed) = all.iter().find(|s| s.status == "failed") {
-            finish(
-                conn,
-                &run,
-                false,
-                &format!(
+        let ready = match next_steps(&all) {
+            Next::Fail(failed) => {
+                let error = format!(
                     "step for entity {} failed: {}",
                     failed.entity_id, failed.error
-                ),
-                actor,
-                now,
-            )
-            .await?;
-            return Ok(queued);
-        }
-        if all.iter().all(|s| s.status == "succeeded") {
-            finish(conn, &run, true, "", actor, now).await?;
-            return Ok(queued);
-        }
-        let done: BTreeSet<&str> = all
-            .iter()
-            .filter(|s| s.status == "succeeded")
-            .map(|s| s.id.as_str())
-            .collect();
-        let ready: Vec<&StepRow> = all
-            .iter()
-            .filter(|s| {
-                s.status == "pending" && s.waits_for().iter().all(|w| done.contains(w.as_str()))
-            })
-            .collect();
-        if ready.is_empty() {
-            return Ok(queued);
-        }
+                );
+                finish(conn, &run, false, &error, actor, now).await?;
+                return Ok(queued);
+            }
+            Next::Succeed => {
+                finish(conn, &run, true, "", actor, now).await?;
+                return Ok(queued);
+            }
+            Next::Wait => return Ok(queued),
+            Next::Start(ready) => ready,
+        };
         // The trigger is the action's; read it once for every step started in this round.
         let trigger = load_action(
             conn,
@@ -122,11 +150,15 @@ enum Started {
 pub(crate) async fn set_step(
     conn: &impl ConnectionTrait,
     step_id: &str,
-    status: &str,
+    status: StepStatus,
     error: &str,
     now: EpochMs,
 ) -> Result<()> {
-    let finished = matches!(status, "succeeded" | "failed" | "canceled").then_some(now);
+    let finished = matches!(
+        status,
+        StepStatus::Succeeded | StepStatus::Failed | StepStatus::Canceled
+    )
+    .then_some(now);
     exec(
         conn,
         "UPDATE action_steps SET status = $1, error = $2, finished_at = $3 WHERE id = $4",
@@ -156,12 +188,12 @@ async fn start_step(
     .await?;
     match (trigger, &entity.workspace_id) {
         (TriggerDef::Noop, _) => {
-            set_step(conn, &step.id, "succeeded", "", now).await?;
+            set_step(conn, &step.id, StepStatus::Succeeded, "", now).await?;
             Ok(Started::Finished)
         }
         (TriggerDef::DestroyRun, None) => {
             // Nothing materializes this entity: there is nothing to destroy.
-            set_step(conn, &step.id, "succeeded", "", now).await?;
+            set_step(conn, &step.id, StepStatus::Succeeded, "", now).await?;
             Ok(Started::Finished)
         }
         (TriggerDef::DestroyRun, Some(workspace_id)) => {
@@ -204,7 +236,7 @@ async fn start_step(
                     set_step(
                         conn,
                         &step.id,
-                        "failed",
+                        StepStatus::Failed,
                         &format!("workspace {workspace_id} already has an active destroy run"),
                         now,
                     )
@@ -243,7 +275,7 @@ async fn finish(
     .await?;
     let root = entities::get_entity(conn, &run.entity_id).await?;
     let (_, def) = load_action(conn, &root, &run.action).await?;
-    let plan = run.plan();
+    let plan = run.plan()?;
     if succeeded {
         entities::transition_entity(conn, &root, &def.on_success, &run.id, actor, now).await?;
         for node in plan.nodes.iter().filter(|n| n.entity_id != root.id) {
@@ -255,20 +287,27 @@ async fn finish(
             }
         }
         let grace = run
-            .parameters()
+            .parameters()?
             .get("gracePeriodSeconds")
             .and_then(Json::as_i64)
             .unwrap_or(0);
         for rel_id in &plan.relationships {
             let rel = relationships::get_relationship(conn, rel_id).await?;
-            if rel.state != "removing" {
+            if rel.state != EdgeState::Removing {
                 continue;
             }
             if grace > 0 {
                 relationships::schedule_deletion(conn, &rel, grace, actor, now).await?;
             } else {
-                relationships::transition_relationship(conn, &rel, "removed", &run.id, actor, now)
-                    .await?;
+                relationships::transition_relationship(
+                    conn,
+                    &rel,
+                    EdgeState::Removed,
+                    &run.id,
+                    actor,
+                    now,
+                )
+                .await?;
             }
         }
     } else {
@@ -308,7 +347,7 @@ pub async fn on_run_finished(
     struct StepOf {
         id: String,
         action_run_id: String,
-        status: String,
+        status: StepStatus,
     }
     let step: Option<StepOf> = query_one(
         conn,
@@ -317,14 +356,14 @@ pub async fn on_run_finished(
     )
     .await?;
     let Some(step) = step else { return Ok(false) };
-    if step.status != "running" {
+    if step.status != StepStatus::Running {
         return Ok(false);
     }
     let (status, error) = if run.succeeded {
-        ("succeeded", String::new())
+        (StepStatus::Succeeded, String::new())
     } else {
         (
-            "failed",
+            StepStatus::Failed,
             format!("destroy run {} ended {}", run.run_id, run.status),
         )
     };
@@ -354,7 +393,7 @@ pub async fn time_out_steps(
         set_step(
             conn,
             &step.id,
-            "failed",
+            StepStatus::Failed,
             &format!("timed out after {minutes} minutes"),
             now,
         )
@@ -365,4 +404,68 @@ pub async fn time_out_steps(
         advance(conn, engine, &step.action_run_id, "scheduler", now).await?;
     }
     Ok(late.len() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(id: &str, status: StepStatus, waits_for: &str) -> StepRow {
+        StepRow {
+            id: id.into(),
+            action_run_id: "run".into(),
+            step_order: 0,
+            entity_id: format!("entity-{id}"),
+            waits_for: waits_for.into(),
+            trigger_type: "destroy_run".into(),
+            status,
+            run_id: None,
+            attempt: 0,
+            error: String::new(),
+            started_at: None,
+            finished_at: None,
+            deadline_at: None,
+        }
+    }
+
+    #[test]
+    fn leaves_start_first_and_a_parent_waits_for_them() {
+        let all = [
+            step("leaf-a", StepStatus::Pending, "[]"),
+            step("leaf-b", StepStatus::Pending, "[]"),
+            step("root", StepStatus::Pending, r#"["leaf-a","leaf-b"]"#),
+        ];
+        let Next::Start(ready) = next_steps(&all) else {
+            panic!("the leaves start")
+        };
+        let ids: Vec<&str> = ready.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["leaf-a", "leaf-b"]);
+
+        let all = [
+            step("leaf-a", StepStatus::Succeeded, "[]"),
+            step("leaf-b", StepStatus::Running, "[]"),
+            step("root", StepStatus::Pending, r#"["leaf-a","leaf-b"]"#),
+        ];
+        assert_eq!(next_steps(&all), Next::Wait);
+    }
+
+    #[test]
+    fn an_unreadable_waits_for_never_starts_the_step() {
+        let all = [
+            step("leaf", StepStatus::Succeeded, "[]"),
+            step("root", StepStatus::Pending, "[\"leaf\""),
+        ];
+        assert_eq!(next_steps(&all), Next::Wait);
+    }
+
+    #[test]
+    fn one_failure_fails_the_run_and_all_successes_succeed_it() {
+        let all = [
+            step("a", StepStatus::Failed, "[]"),
+            step("b", StepStatus::Pending, r#"["a"]"#),
+        ];
+        assert!(matches!(next_steps(&all), Next::Fail(s) if s.id == "a"));
+        let all = [step("a", StepStatus::Succeeded, "[]")];
+        assert_eq!(next_steps(&all), Next::Succeed);
+    }
 }

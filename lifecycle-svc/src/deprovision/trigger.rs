@@ -8,11 +8,14 @@ use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, DatabaseBackend};
 use serde_json::{Map, Value as Json, json};
 
+use crate::deprovision::action_runs::ActionRunStatus;
+use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::action_runs::{
     ActionRunRow, check_conditions, check_parameters, get_action_run, load_action, steps,
 };
 use crate::deprovision::entities::{ENTITY_COLUMNS, EntityRow};
 use crate::deprovision::plan::{Plan, plan};
+use crate::deprovision::relationships::EdgeState;
 use crate::deprovision::steps::{Engine, advance, set_step};
 use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
@@ -122,7 +125,8 @@ pub async fn trigger(
     .await?;
     entities::transition_entity(conn, &entity, &def.on_trigger, &id, actor, now).await?;
     for edge in &edges {
-        relationships::transition_relationship(conn, edge, "removing", &id, actor, now).await?;
+        relationships::transition_relationship(conn, edge, EdgeState::Removing, &id, actor, now)
+            .await?;
     }
     let queued_runs = advance(conn, engine, &id, actor, now).await?;
     Ok(Triggered {
@@ -141,7 +145,7 @@ pub async fn retry(
     now: EpochMs,
 ) -> Result<(ActionRunRow, bool)> {
     let run = get_action_run(conn, id).await?;
-    if run.status != "failed" {
+    if run.status != ActionRunStatus::Failed {
         return Err(Error::precondition(format!(
             "action run {id} is {}; only a failed run can be retried",
             run.status
@@ -194,7 +198,7 @@ pub async fn cancel(
     now: EpochMs,
 ) -> Result<ActionRunRow> {
     let run = get_action_run(conn, id).await?;
-    if run.status != "running" {
+    if run.status != ActionRunStatus::Running {
         return Err(Error::precondition(format!(
             "action run {id} is already {}",
             run.status
@@ -207,11 +211,11 @@ pub async fn cancel(
     )
     .await?;
     for step in steps(conn, id).await? {
-        if step.status == "running" || step.status == "pending" {
+        if matches!(step.status, StepStatus::Running | StepStatus::Pending) {
             set_step(
                 conn,
                 &step.id,
-                "canceled",
+                StepStatus::Canceled,
                 "canceled with the action run",
                 now,
             )

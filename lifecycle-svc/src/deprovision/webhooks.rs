@@ -157,7 +157,7 @@ async fn claim(core: &Lifecycle) -> Result<Vec<Request>> {
             "type": "action_step.requested",
             "action_run_id": run.id,
             "action": run.action,
-            "parameters": run.parameters(),
+            "parameters": run.parameters()?,
             "step_id": step.id,
             "entity": {"id": entity.id, "kind": entity.kind, "name": entity.name, "workspace_id": entity.workspace_id},
             "callback": {

@@ -7,6 +7,7 @@ use sea_orm::{ConnectionTrait, DatabaseBackend};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
+use crate::runs::RunStatus;
 use crate::runs::{RUN_COLUMNS, RunRow, get_run};
 use crate::store::{exec, query_one};
 
@@ -69,7 +70,7 @@ pub async fn claim_run(
 
 pub(crate) async fn fenced(conn: &impl ConnectionTrait, id: &str, token: &str) -> Result<RunRow> {
     let run = get_run(conn, id).await?;
-    if run.status != "running" || run.lease_token.as_deref() != Some(token) {
+    if run.status != RunStatus::Running || run.lease_token.as_deref() != Some(token) {
         return Err(Error::precondition(format!(
             "run {id} is not leased with this token (it is {}): the lease was lost",
             run.status

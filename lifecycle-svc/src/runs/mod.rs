@@ -7,13 +7,36 @@ use std::collections::BTreeSet;
 
 use crate::events::{NewEvent, outbox};
 use crate::store::IdRow;
+use crate::store::db_enum;
 use crate::store::exec;
+use crate::store::placeholders;
 use crate::store::query_all;
 use crate::store::query_one;
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
+
+db_enum! {
+    /// Where a run is in its life.
+    pub enum RunStatus {
+        Queued = "queued",
+        Running = "running",
+        Succeeded = "succeeded",
+        Failed = "failed",
+        Errored = "errored",
+        Canceled = "canceled",
+    }
+}
+
+db_enum! {
+    /// Who or what queued a run.
+    pub enum RunSource {
+        Manual = "manual",
+        AutoDestroy = "auto_destroy",
+        Deprovision = "deprovision",
+    }
+}
 
 /// Columns of [`RunRow`], in order.
 pub const RUN_COLUMNS: &str = "id, organization_id, workspace_id, is_destroy, auto_apply, \
@@ -29,8 +52,8 @@ pub struct RunRow {
     pub workspace_id: String,
     pub is_destroy: bool,
     pub auto_apply: bool,
-    pub source: String,
-    pub status: String,
+    pub source: RunSource,
+    pub status: RunStatus,
     pub fire_due_at: Option<i64>,
     pub attempt: i32,
     pub runner_id: String,
@@ -49,7 +72,7 @@ pub struct RunRow {
 impl RunRow {
     /// Queued or running.
     pub fn is_active(&self) -> bool {
-        self.status == "queued" || self.status == "running"
+        matches!(self.status, RunStatus::Queued | RunStatus::Running)
     }
 }
 
@@ -305,4 +328,54 @@ pub struct RunOutcomeView<'a> {
     pub succeeded: bool,
     pub status: &'a str,
     pub actor: &'a str,
+}
+
+/// Which of `workspace_ids` have a queued or running run.
+pub async fn with_active_run(
+    conn: &impl ConnectionTrait,
+    workspace_ids: &BTreeSet<&str>,
+) -> Result<BTreeSet<String>> {
+    #[derive(FromQueryResult)]
+    struct Active {
+        workspace_id: String,
+    }
+    if workspace_ids.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let rows: Vec<Active> = query_all(
+        conn,
+        &format!(
+            "SELECT workspace_id FROM runs WHERE workspace_id IN ({}) \
+             AND status IN ('queued', 'running')",
+            placeholders(1, workspace_ids.len())
+        ),
+        workspace_ids.iter().map(|id| Value::from(*id)),
+    )
+    .await?;
+    Ok(rows.into_iter().map(|a| a.workspace_id).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_stored_strings() {
+        for s in [
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Succeeded,
+            RunStatus::Failed,
+            RunStatus::Errored,
+            RunStatus::Canceled,
+        ] {
+            assert_eq!(RunStatus::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(RunStatus::parse("Queued"), None);
+        assert_eq!(
+            RunSource::parse("auto_destroy"),
+            Some(RunSource::AutoDestroy)
+        );
+        assert_eq!(RunSource::parse(""), None);
+    }
 }

@@ -3,6 +3,71 @@
 
 pub(crate) mod idempotency;
 
+/// Declares a state kept in a TEXT column: an enum whose variants map one to one to the
+/// strings the column's CHECK constraint allows, bound as a SeaORM value and read as one
+/// (`TryGetable`). A stored string that is not a variant does not decode: the read fails
+/// naming the type and the value.
+macro_rules! db_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// The stored string.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+
+            /// The state a stored string names.
+            pub fn parse(text: &str) -> Option<Self> {
+                match text {
+                    $($text => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl From<$name> for sea_orm::Value {
+            fn from(state: $name) -> Self {
+                state.as_str().into()
+            }
+        }
+
+        impl sea_orm::TryGetable for $name {
+            fn try_get_by<I: sea_orm::ColIdx>(
+                res: &sea_orm::QueryResult,
+                index: I,
+            ) -> Result<Self, sea_orm::TryGetError> {
+                let text = String::try_get_by(res, index)?;
+                Self::parse(&text).ok_or_else(|| {
+                    sea_orm::TryGetError::DbErr(sea_orm::DbErr::Type(format!(
+                        "`{text}` in column {index:?} is not a {}",
+                        stringify!($name)
+                    )))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+pub(crate) use db_enum;
+
 use ebb_common::db::stmt;
 use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
@@ -13,6 +78,31 @@ pub fn for_update(conn: &impl ConnectionTrait, table_alias: &str) -> String {
         DatabaseBackend::Postgres => format!(" FOR UPDATE OF {table_alias}"),
         _ => String::new(),
     }
+}
+
+/// ` FOR UPDATE OF alias SKIP LOCKED` on PostgreSQL, so replicas working on the same table
+/// take different rows; nothing on SQLite.
+pub fn skip_locked(conn: &impl ConnectionTrait, table_alias: &str) -> String {
+    match conn.get_database_backend() {
+        DatabaseBackend::Postgres => format!(" FOR UPDATE OF {table_alias} SKIP LOCKED"),
+        _ => String::new(),
+    }
+}
+
+/// Decodes a JSON column strictly: a value that does not decode is an error naming the table,
+/// the column and the row (and is logged), never a default.
+pub fn decode_json<T: serde::de::DeserializeOwned>(
+    table: &str,
+    column: &str,
+    row_id: &str,
+    text: &str,
+) -> Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        tracing::error!(table, column, row_id, error = %e, "stored value does not decode");
+        Error::Internal(format!(
+            "{table}.{column} of row {row_id} does not decode: {e}"
+        ))
+    })
 }
 
 /// One row, or none.

@@ -9,6 +9,7 @@ use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
+use crate::store::decode_json;
 use crate::store::{exec, query_one};
 
 /// Columns of [`OrgRow`], in order.
@@ -30,20 +31,32 @@ pub struct OrgRow {
 
 impl OrgRow {
     /// Reminder lead times in milliseconds.
-    pub fn lead_times(&self) -> Vec<i64> {
-        serde_json::from_str(&self.reminder_lead_times_ms).unwrap_or_default()
+    pub fn lead_times(&self) -> Result<Vec<i64>> {
+        decode_json(
+            "organizations",
+            "reminder_lead_times_ms",
+            &self.id,
+            &self.reminder_lead_times_ms,
+        )
     }
 
     /// Labels that protect a workspace.
-    pub fn protected_labels(&self) -> BTreeMap<String, String> {
-        serde_json::from_str(&self.protected_labels).unwrap_or_default()
+    pub fn protected_labels(&self) -> Result<BTreeMap<String, String>> {
+        decode_json(
+            "organizations",
+            "protected_labels",
+            &self.id,
+            &self.protected_labels,
+        )
     }
 
     /// Whether the organization's policy protects a workspace with `labels`.
+    /// Fails closed (AD-4): a policy that does not decode protects every workspace.
     pub fn protects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.protected_labels()
-            .iter()
-            .any(|(k, v)| labels.get(k) == Some(v))
+        match self.protected_labels() {
+            Ok(policy) => policy.iter().any(|(k, v)| labels.get(k) == Some(v)),
+            Err(_) => true,
+        }
     }
 }
 
@@ -180,5 +193,55 @@ pub fn check_inactivity_max(field: &str, inactivity_ms: Option<i64>, org: &OrgRo
             ),
         )),
         _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn org(protected_labels: &str, lead_times: &str) -> OrgRow {
+        OrgRow {
+            id: "org-1".into(),
+            name: "acme".into(),
+            reminder_lead_times_ms: lead_times.into(),
+            destroy_retry_limit: 2,
+            max_inactivity_ms: 86_400_000,
+            protected_labels: protected_labels.into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn the_label_policy_protects_matching_workspaces_only() {
+        let o = org(r#"{"env":"prod"}"#, "[]");
+        let prod = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
+        let dev = BTreeMap::from([("env".to_owned(), "dev".to_owned())]);
+        assert!(o.protects(&prod));
+        assert!(!o.protects(&dev));
+    }
+
+    #[test]
+    fn an_unreadable_policy_protects_every_workspace() {
+        let o = org("{not json", "[]");
+        assert!(o.protects(&BTreeMap::new()));
+        let err = o
+            .protected_labels()
+            .expect_err("corrupt policy must not decode");
+        let text = err.to_string();
+        assert!(text.contains("organizations.protected_labels"), "{text}");
+        assert!(text.contains("org-1"), "{text}");
+    }
+
+    #[test]
+    fn unreadable_lead_times_are_an_error_naming_the_row() {
+        let err = org("{}", "[1, \"x\"]")
+            .lead_times()
+            .expect_err("corrupt lead times must not decode");
+        assert!(
+            err.to_string()
+                .contains("reminder_lead_times_ms of row org-1")
+        );
     }
 }

@@ -114,6 +114,16 @@ pub fn superseded(lead: i64, lead_times_ms: &[i64]) -> Vec<i64> {
         .collect()
 }
 
+/// The first lead-time instant still ahead of `now` for a schedule due at `due`: when the
+/// reminder loop looks at it next.
+pub fn next_reminder_after(due: EpochMs, lead_times_ms: &[i64], now: EpochMs) -> Option<EpochMs> {
+    lead_times_ms
+        .iter()
+        .map(|l| due - l)
+        .filter(|t| *t > now)
+        .min()
+}
+
 /// Delay before retry number `failures` (1-based) of a failed auto-destroy: doubling from
 /// `base_ms`, capped at a day.
 pub fn retry_backoff_ms(base_ms: i64, failures: i32) -> i64 {
@@ -221,6 +231,17 @@ mod tests {
         assert_eq!(due_lead_time(due, &leads, 95 * H), Some(12 * H));
         assert_eq!(superseded(12 * H, &leads), vec![24 * H]);
         assert_eq!(due_lead_time(due, &leads, 101 * H), None);
+    }
+
+    #[test]
+    fn the_next_reminder_is_the_first_lead_instant_ahead() {
+        let due = 100 * H;
+        assert_eq!(
+            next_reminder_after(due, &[24 * H, 12 * H], 70 * H),
+            Some(76 * H)
+        );
+        assert_eq!(next_reminder_after(due, &[24 * H, 12 * H], 90 * H), None);
+        assert_eq!(next_reminder_after(due, &[], 0), None);
     }
 
     #[test]

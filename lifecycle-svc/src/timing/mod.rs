@@ -1,4 +1,57 @@
-//! The timing machinery both seeds share: pure schedule math, the due scan by fire key and
-//! the reminder loop, used by workspaces' auto-destroy and by scheduled actions alike.
+//! The timing machinery both seeds share (AD-5, AD-6, AD-10, DP-9): pure schedule math, the
+//! due scan by fire key and the reminder loop. A workspace's auto-destroy and a scheduled
+//! action are two [`Timeline`]s of the same machinery.
 
+pub(crate) mod due;
 pub(crate) mod math;
+pub(crate) mod reminders;
+
+use ebb_common::time::EpochMs;
+use sea_orm::Value;
+
+/// A statement and its values.
+pub type Statement = (&'static str, Vec<Value>);
+
+/// A table of things that fall due, indexed by `(due column, shard_key)` and
+/// `(next_reminder_at, shard_key)`.
+#[derive(Debug)]
+pub struct Timeline {
+    /// The table.
+    pub table: &'static str,
+    /// The column of the next due time.
+    pub due_column: &'static str,
+    /// A further condition a row must meet to fall due (SQL starting with ` AND`), or empty.
+    pub live: &'static str,
+    /// The statement and values that record one reminder as sent for (subject, due time, lead
+    /// time, now); refused by the ledger's key when it was sent before.
+    pub ledger: fn(&str, EpochMs, i64, EpochMs) -> Statement,
+}
+
+/// Workspaces, falling due for auto-destroy.
+pub const WORKSPACES: Timeline = Timeline {
+    table: "workspaces",
+    due_column: "next_auto_destroy_at",
+    live: "",
+    ledger: |id, due, lead, now| {
+        (
+            "INSERT INTO auto_destroy_reminders (workspace_id, due_at, lead_ms, sent_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            vec![id.into(), due.into(), lead.into(), now.into()],
+        )
+    },
+};
+
+/// Scheduled actions, falling due to fire. A scheduled action has one due time for life (a
+/// new time is a new scheduled action), so its ledger is keyed by lead time alone.
+pub const SCHEDULED_ACTIONS: Timeline = Timeline {
+    table: "scheduled_actions",
+    due_column: "scheduled_at",
+    live: " AND status = 'pending'",
+    ledger: |id, _due, lead, now| {
+        (
+            "INSERT INTO scheduled_action_reminders (scheduled_action_id, lead_ms, sent_at) \
+             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            vec![id.into(), lead.into(), now.into()],
+        )
+    },
+};

@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::events::{NewEvent, outbox};
 use crate::runs::has_active_run;
 use crate::tenancy::orgs::get_org;
+use crate::workspaces::WorkspaceState;
 use crate::workspaces::{WorkspaceRow, get_workspace, lock_workspace_row, save};
 
 /// Locks or unlocks a workspace.
@@ -68,7 +69,11 @@ pub async fn set_archived(
 ) -> Result<WorkspaceRow> {
     let mut ws = lock_workspace_row(conn, id).await?;
     let org = get_org(conn, &ws.organization_id).await?;
-    let target = if archived { "archived" } else { "active" };
+    let target = if archived {
+        WorkspaceState::Archived
+    } else {
+        WorkspaceState::Active
+    };
     if ws.state == target {
         return Err(Error::precondition(format!(
             "workspace {id} is already {target}"
@@ -79,7 +84,7 @@ pub async fn set_archived(
             "workspace {id} has an active run; cancel it or wait for it to finish"
         )));
     }
-    ws.state = target.into();
+    ws.state = target;
     save(conn, &mut ws, &org, now).await?;
     let event = if archived {
         "workspace.archived"

@@ -8,6 +8,7 @@ use serde_json::json;
 use crate::events::{NewEvent, outbox};
 use crate::runs::{NewRun, RunRow, get_run, insert_run};
 use crate::workspaces;
+use crate::workspaces::WorkspaceState;
 
 /// Queues a manual run.
 pub async fn create_manual_run(
@@ -20,7 +21,7 @@ pub async fn create_manual_run(
     now: EpochMs,
 ) -> Result<RunRow> {
     let ws = workspaces::lock_workspace_row(conn, workspace_id).await?;
-    if ws.state == "archived" {
+    if ws.state == WorkspaceState::Archived {
         return Err(Error::precondition(format!(
             "workspace {workspace_id} is archived; restore it first"
         )));

@@ -13,11 +13,33 @@ use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
+use crate::store::db_enum;
+use crate::store::decode_json;
 use crate::store::{IdRow, exec, for_update, query_all, query_one};
 use crate::tenancy::orgs::{OrgRow, get_org};
 use crate::tenancy::projects::get_project;
 use crate::timing::math;
 use crate::timing::math::Timing;
+
+db_enum! {
+    /// Whether a workspace is in use or archived (never deleted).
+    pub enum WorkspaceState {
+        Active = "active",
+        Archived = "archived",
+    }
+}
+
+db_enum! {
+    /// Where a workspace's auto-destroy stands.
+    pub enum AutoDestroyStatus {
+        Idle = "idle",
+        Deferred = "deferred",
+        Queued = "queued",
+        Retrying = "retrying",
+        Succeeded = "succeeded",
+        Failed = "failed",
+    }
+}
 
 /// Columns of [`WorkspaceRow`], in order (qualified by `w.`).
 pub const WORKSPACE_COLUMNS: &str = "w.id, w.organization_id, w.project_id, w.name, w.labels, \
@@ -39,7 +61,7 @@ pub struct WorkspaceRow {
     pub project_id: String,
     pub name: String,
     pub labels: String,
-    pub state: String,
+    pub state: WorkspaceState,
     pub protected: bool,
     pub protected_by_policy: bool,
     pub locked: bool,
@@ -48,7 +70,7 @@ pub struct WorkspaceRow {
     pub auto_destroy_at: Option<i64>,
     pub auto_destroy_inactivity_ms: Option<i64>,
     pub inherits_project_auto_destroy: bool,
-    pub auto_destroy_status: String,
+    pub auto_destroy_status: AutoDestroyStatus,
     pub last_state_change_at: Option<i64>,
     pub latest_serial: i64,
     pub applied_since_destroy: bool,
@@ -65,8 +87,8 @@ pub struct WorkspaceRow {
 
 impl WorkspaceRow {
     /// Labels as a map.
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        serde_json::from_str(&self.labels).unwrap_or_default()
+    pub fn labels(&self) -> Result<BTreeMap<String, String>> {
+        decode_json("workspaces", "labels", &self.id, &self.labels)
     }
 
     /// The inactivity period in force.
@@ -86,9 +108,9 @@ impl WorkspaceRow {
     /// The inputs of its auto-destroy timing.
     pub fn timing(&self) -> Timing {
         Timing {
-            archived: self.state == "archived",
+            archived: self.state == WorkspaceState::Archived,
             protected: self.is_protected(),
-            failed: self.auto_destroy_status == "failed",
+            failed: self.auto_destroy_status == AutoDestroyStatus::Failed,
             auto_destroy_at: self.auto_destroy_at,
             inactivity_ms: self.effective_inactivity_ms(),
             last_state_change_at: self.last_state_change_at,
@@ -256,11 +278,14 @@ pub async fn save(
     now: EpochMs,
 ) -> Result<()> {
     ws.next_auto_destroy_at = ws.timing().next_auto_destroy_at();
-    ws.next_reminder_at = math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times(), now);
+    ws.next_reminder_at = math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times()?, now);
     if ws.next_auto_destroy_at.is_none()
-        && matches!(ws.auto_destroy_status.as_str(), "deferred" | "retrying")
+        && matches!(
+            ws.auto_destroy_status,
+            AutoDestroyStatus::Deferred | AutoDestroyStatus::Retrying
+        )
     {
-        ws.auto_destroy_status = "idle".into();
+        ws.auto_destroy_status = AutoDestroyStatus::Idle;
     }
     ws.updated_at = now;
     exec(
@@ -276,7 +301,7 @@ pub async fn save(
         [
             ws.name.clone().into(),
             ws.labels.clone().into(),
-            ws.state.clone().into(),
+            ws.state.into(),
             ws.protected.into(),
             ws.protected_by_policy.into(),
             ws.locked.into(),
@@ -285,7 +310,7 @@ pub async fn save(
             ws.auto_destroy_at.into(),
             ws.auto_destroy_inactivity_ms.into(),
             ws.inherits_project_auto_destroy.into(),
-            ws.auto_destroy_status.clone().into(),
+            ws.auto_destroy_status.into(),
             ws.last_state_change_at.into(),
             ws.latest_serial.into(),
             ws.applied_since_destroy.into(),

@@ -8,6 +8,8 @@ use serde_json::json;
 use crate::events::{NewEvent, outbox};
 use crate::store::{exec, query_all, query_one};
 use crate::tenancy::orgs::get_org;
+use crate::workspaces::AutoDestroyStatus;
+use crate::workspaces::WorkspaceState;
 use crate::workspaces::{WorkspaceRow, get_workspace, lock_workspace_row, save};
 
 /// A state version.
@@ -34,7 +36,7 @@ pub async fn record_state_version(
     now: EpochMs,
 ) -> Result<(StateVersionRow, WorkspaceRow)> {
     let mut ws = lock_workspace_row(conn, workspace_id).await?;
-    if ws.state == "archived" {
+    if ws.state == WorkspaceState::Archived {
         return Err(Error::precondition(format!(
             "workspace {workspace_id} is archived; restore it first"
         )));
@@ -65,8 +67,8 @@ pub async fn record_state_version(
         ws.last_state_change_at = Some(now);
         ws.applied_since_destroy = true;
         ws.inactivity_extension_ms = 0;
-        if ws.auto_destroy_status == "succeeded" {
-            ws.auto_destroy_status = "idle".into();
+        if ws.auto_destroy_status == AutoDestroyStatus::Succeeded {
+            ws.auto_destroy_status = AutoDestroyStatus::Idle;
         }
     }
     save(conn, &mut ws, &org, now).await?;

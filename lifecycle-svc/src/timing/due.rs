@@ -1,0 +1,67 @@
+//! The due scan: what has fallen due in one shard, in due order, one fire key each. Its cost
+//! grows with the number due, not with the size of the table (AD-5).
+
+use ebb_common::Result;
+use ebb_common::time::EpochMs;
+use sea_orm::{ConnectionTrait, FromQueryResult};
+
+use super::Timeline;
+use crate::store::query_all;
+
+/// The identity of one firing: a subject (workspace or scheduled action) and the due time it
+/// fires for. The database keeps one run (or action run) per fire key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FireKey {
+    pub subject_id: String,
+    pub due_at: EpochMs,
+}
+
+/// Due subjects of one shard in due order, after `after`.
+pub async fn find_due(
+    conn: &impl ConnectionTrait,
+    timeline: &Timeline,
+    shard: i32,
+    shard_count: i32,
+    limit: u64,
+    after: Option<FireKey>,
+    now: EpochMs,
+) -> Result<Vec<FireKey>> {
+    #[derive(FromQueryResult)]
+    struct Due {
+        id: String,
+        due_at: i64,
+    }
+    let Timeline {
+        table,
+        due_column: due,
+        live,
+        ..
+    } = timeline;
+    let (after_due, after_id) = after
+        .map(|k| (k.due_at, k.subject_id))
+        .unwrap_or((i64::MIN, String::new()));
+    let rows: Vec<Due> = query_all(
+        conn,
+        &format!(
+            "SELECT id, {due} AS due_at FROM {table} \
+             WHERE {due} <= $1 AND shard_key % $2 = $3{live} \
+             AND ({due} > $4 OR ({due} = $4 AND id > $5)) \
+             ORDER BY {due}, id LIMIT {limit}"
+        ),
+        [
+            now.into(),
+            shard_count.into(),
+            shard.into(),
+            after_due.into(),
+            after_id.into(),
+        ],
+    )
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| FireKey {
+            subject_id: r.id,
+            due_at: r.due_at,
+        })
+        .collect())
+}
