@@ -11,7 +11,9 @@ use crate::deprovision::entities::EntityRow;
 use crate::deprovision::plan::Plan;
 use crate::store::db_enum;
 use crate::store::decode_json;
+use crate::store::{keyset, select_all};
 use crate::store::{query_all, query_one};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 
 db_enum! {
     /// Where an action run stands.
@@ -183,4 +185,38 @@ pub(crate) fn check_conditions(action: &ActionDef, entity: &EntityRow) -> Result
         }
     }
     Ok(())
+}
+
+/// Filters of an action-run list.
+#[derive(Debug, Clone, Default)]
+pub struct ActionRunFilter {
+    pub organization_id: String,
+    pub entity_id: Option<String>,
+    pub status: Option<ActionRunStatus>,
+}
+
+/// One page of action runs, newest first, before `before` (created_at, id).
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    filter: &ActionRunFilter,
+    before: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<ActionRunRow>> {
+    let mut q = Query::select();
+    q.expr(Expr::cust(ACTION_RUN_COLUMNS))
+        .from("action_runs")
+        .and_where(Expr::col("organization_id").eq(filter.organization_id.as_str()));
+    if let Some(e) = &filter.entity_id {
+        q.and_where(Expr::col("entity_id").eq(e.as_str()));
+    }
+    if let Some(s) = filter.status {
+        q.and_where(Expr::col("status").eq(s.as_str()));
+    }
+    if let Some(position) = before {
+        q.cond_where(keyset("created_at", position, Order::Desc));
+    }
+    q.order_by("created_at", Order::Desc)
+        .order_by("id", Order::Desc)
+        .limit(limit);
+    select_all(conn, &q).await
 }

@@ -9,8 +9,7 @@ use serde_json::json;
 
 use crate::deprovision::catalog;
 use crate::events::{NewEvent, outbox};
-use crate::store::decode_json;
-use crate::store::{exec, query_all, query_one};
+use crate::store::{decode_json, exec, query_all, query_one};
 use crate::tenancy::orgs;
 use crate::workspaces;
 

@@ -8,8 +8,7 @@ use serde_json::json;
 
 use crate::deprovision::entities::get_entity;
 use crate::events::{NewEvent, outbox};
-use crate::store::db_enum;
-use crate::store::{exec, query_all, query_one};
+use crate::store::{db_enum, exec, query_all, query_one};
 
 db_enum! {
     /// Where an edge stands: edges are never deleted, they end `removed`.

@@ -11,12 +11,12 @@ use crate::deprovision::entities;
 use crate::deprovision::steps::Engine;
 use crate::deprovision::trigger::trigger;
 use crate::events::{NewEvent, outbox};
-use crate::store::db_enum;
-use crate::store::decode_json;
-use crate::store::{exec, query_all, query_one};
+use crate::store::{db_enum, decode_json, exec, query_all, query_one};
+use crate::store::{keyset, select_all};
 use crate::tenancy::orgs;
 use crate::timing::reminders::{self, Reminded};
 use crate::timing::{self, math};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 
 db_enum! {
     /// Where a scheduled action stands.
@@ -294,4 +294,29 @@ pub async fn send_scheduled_reminders(
     let due: Vec<ScheduledRow> =
         query_all(conn, &sql, [now.into(), shard_count.into(), shard.into()]).await?;
     reminders::send(conn, &timing::SCHEDULED_ACTIONS, &due, now).await
+}
+
+/// One page of an organization's scheduled actions (of one entity, if given), soonest first,
+/// after `after` (scheduled_at, id).
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    organization_id: &str,
+    entity_id: Option<&str>,
+    after: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<ScheduledRow>> {
+    let mut q = Query::select();
+    q.expr(Expr::cust(SCHEDULED_COLUMNS))
+        .from("scheduled_actions")
+        .and_where(Expr::col("organization_id").eq(organization_id));
+    if let Some(e) = entity_id {
+        q.and_where(Expr::col("entity_id").eq(e));
+    }
+    if let Some(position) = after {
+        q.cond_where(keyset("scheduled_at", position, Order::Asc));
+    }
+    q.order_by("scheduled_at", Order::Asc)
+        .order_by("id", Order::Asc)
+        .limit(limit);
+    select_all(conn, &q).await
 }

@@ -3,9 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use crate::store::select_all;
 use ebb_common::Result;
 use ebb_common::db::stmt;
 use ebb_common::time::EpochMs;
+use sea_orm::sea_query::{Expr, ExprTrait, LikeExpr, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::Value as Json;
 
@@ -136,4 +138,46 @@ pub struct OutboxRow {
     pub actor: String,
     pub data: String,
     pub created_at: i64,
+}
+
+/// Filters of an outbox listing.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxFilter {
+    /// One organization's events, after its `org_seq` `after_org_seq`.
+    pub organization: Option<(String, i64)>,
+    /// An exact event type, or a prefix ending in `.` or `*`.
+    pub event_type: String,
+    pub subject_id: String,
+}
+
+/// One page of outbox events in commit order, after the global sequence `after_seq`.
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    filter: &OutboxFilter,
+    after_seq: i64,
+    limit: u64,
+) -> Result<Vec<OutboxRow>> {
+    let mut q = Query::select();
+    q.expr(Expr::cust(
+        "seq, id, organization_id, org_seq, type AS event_type, subject_type, subject_id, \
+         actor, data, created_at",
+    ))
+    .from("outbox")
+    .and_where(Expr::col("seq").gt(after_seq));
+    if let Some((org, after_org_seq)) = &filter.organization {
+        q.and_where(Expr::col("organization_id").eq(org.as_str()))
+            .and_where(Expr::col("org_seq").gt(*after_org_seq));
+    }
+    let t = &filter.event_type;
+    if t.ends_with('.') || t.ends_with('*') {
+        let prefix = t.trim_end_matches('*').replace('%', "").replace('_', "\\_");
+        q.and_where(Expr::col("type").like(LikeExpr::new(format!("{prefix}%")).escape('\\')));
+    } else if !t.is_empty() {
+        q.and_where(Expr::col("type").eq(t.as_str()));
+    }
+    if !filter.subject_id.is_empty() {
+        q.and_where(Expr::col("subject_id").eq(filter.subject_id.as_str()));
+    }
+    q.order_by("seq", Order::Asc).limit(limit);
+    select_all(conn, &q).await
 }

@@ -70,6 +70,7 @@ pub(crate) use db_enum;
 
 use ebb_common::db::stmt;
 use ebb_common::{Error, Result};
+use sea_orm::sea_query::{Cond, Expr, ExprTrait, Order, SelectStatement};
 use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 
 /// ` FOR UPDATE OF alias` on PostgreSQL; nothing on SQLite, whose writers are serialized.
@@ -103,6 +104,33 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(
             "{table}.{column} of row {row_id} does not decode: {e}"
         ))
     })
+}
+
+/// Every row of a statement assembled with sea-query — the lists built from optional filters
+/// and keyset pages — bound the way the connection's backend binds.
+pub async fn select_all<T: FromQueryResult>(
+    conn: &impl ConnectionTrait,
+    query: &SelectStatement,
+) -> Result<Vec<T>> {
+    let rows = conn
+        .query_all_raw(conn.get_database_backend().build(query))
+        .await?;
+    rows.iter()
+        .map(|r| T::from_query_result(r, "").map_err(Error::from))
+        .collect()
+}
+
+/// A keyset page condition on `(column, id)`: rows after `position` in ascending order, or
+/// before it in descending order.
+pub fn keyset(column: &'static str, position: (i64, String), order: Order) -> Cond {
+    let (at, id) = position;
+    let (past, past_id) = match order {
+        Order::Desc => (Expr::col(column).lt(at), Expr::col("id").lt(id)),
+        _ => (Expr::col(column).gt(at), Expr::col("id").gt(id)),
+    };
+    Cond::any()
+        .add(past)
+        .add(Cond::all().add(Expr::col(column).eq(at)).add(past_id))
 }
 
 /// One row, or none.

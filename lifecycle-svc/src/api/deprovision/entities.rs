@@ -1,0 +1,208 @@
+//! The catalog and entities.
+
+use ebb_common::error::Violations;
+use ebb_common::{Error, Result, page};
+use ebb_proto::lifecycle::v1 as pb;
+use tonic::Request;
+
+use super::{DeprovisionApi, Reply, ok};
+use crate::api::deprovision::{ACTOR, after, entity_pb, kind_pb, short_name};
+use crate::api::validate as check;
+use crate::deprovision::{catalog, entities};
+
+impl DeprovisionApi {
+    pub(super) async fn apply_catalog(
+        &self,
+        request: Request<pb::ApplyCatalogRequest>,
+    ) -> Reply<pb::ApplyCatalogResponse> {
+        let req = request.into_inner();
+        let catalog =
+            catalog::parse(&req.yaml).map_err(|e| Error::invalid("yaml", e.to_string()))?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("ApplyCatalog", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    catalog::store(txn, &catalog, "api", now).await?;
+                    Ok(pb::ApplyCatalogResponse {
+                        kinds: catalog.kinds.iter().map(kind_pb).collect(),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn list_entity_kinds(
+        &self,
+        _request: Request<pb::ListEntityKindsRequest>,
+    ) -> Reply<pb::ListEntityKindsResponse> {
+        let kinds = catalog::kinds(&self.core.db.conn).await?;
+        ok(Ok(pb::ListEntityKindsResponse {
+            kinds: kinds.iter().map(kind_pb).collect(),
+        }))
+    }
+
+    pub(super) async fn get_entity_kind(
+        &self,
+        request: Request<pb::GetEntityKindRequest>,
+    ) -> Reply<pb::GetEntityKindResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let name = short_name(&mut v, "name", &req.name);
+        v.finish()?;
+        let kind = catalog::kind(&self.core.db.conn, &name).await?;
+        ok(Ok(pb::GetEntityKindResponse {
+            kind: Some(kind_pb(&kind)),
+        }))
+    }
+
+    pub(super) async fn create_entity(
+        &self,
+        request: Request<pb::CreateEntityRequest>,
+    ) -> Reply<pb::CreateEntityResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let org = check::id(&mut v, "organization_id", &req.organization_id);
+        let kind = short_name(&mut v, "kind", &req.kind);
+        let name = check::name(&mut v, "name", &req.name);
+        let attributes = check::labels(&mut v, "attributes", &req.attributes);
+        let workspace = check::optional_id(&mut v, "workspace_id", &req.workspace_id);
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("CreateEntity", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let e = entities::create_entity(
+                        txn,
+                        &org,
+                        &kind,
+                        &name,
+                        &attributes,
+                        workspace.as_deref(),
+                        ACTOR,
+                        now,
+                    )
+                    .await?;
+                    Ok(pb::CreateEntityResponse {
+                        entity: Some(entity_pb(&e)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn get_entity(
+        &self,
+        request: Request<pb::GetEntityRequest>,
+    ) -> Reply<pb::GetEntityResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "entity_id", &req.entity_id);
+        v.finish()?;
+        let e = entities::get_entity(&self.core.db.conn, &id).await?;
+        ok(Ok(pb::GetEntityResponse {
+            entity: Some(entity_pb(&e)?),
+        }))
+    }
+
+    pub(super) async fn list_entities(
+        &self,
+        request: Request<pb::ListEntitiesRequest>,
+    ) -> Reply<pb::ListEntitiesResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let org = check::id(&mut v, "organization_id", &req.organization_id);
+        let kind = (!req.kind.is_empty()).then(|| short_name(&mut v, "kind", &req.kind));
+        let state = (!req.state.is_empty()).then(|| short_name(&mut v, "state", &req.state));
+        let size = v.check("page_size", page::page_size(req.page_size));
+        v.finish()?;
+        let size = size.unwrap_or(page::DEFAULT_PAGE_SIZE);
+        let fh = page::filter_hash(&[
+            "entities",
+            &org,
+            kind.as_deref().unwrap_or_default(),
+            state.as_deref().unwrap_or_default(),
+        ]);
+        let pos = match page::decode(&req.page_token, &fh)? {
+            Some(p) => Some(after(&p)?),
+            None => None,
+        };
+        let rows = entities::list_entities(
+            &self.core.db.conn,
+            &org,
+            kind.as_deref(),
+            state.as_deref(),
+            pos,
+            size + 1,
+        )
+        .await?;
+        let (rows, next_page_token) = page::split(rows, size, &fh, |l| {
+            vec![l.created_at.to_string(), l.id.clone()]
+        });
+        ok(Ok(pb::ListEntitiesResponse {
+            entities: rows.iter().map(entity_pb).collect::<Result<_>>()?,
+            next_page_token,
+        }))
+    }
+
+    pub(super) async fn update_entity(
+        &self,
+        request: Request<pb::UpdateEntityRequest>,
+    ) -> Reply<pb::UpdateEntityResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let Some(e) = req.entity.clone() else {
+            return Err(Error::invalid("entity", "is required").into());
+        };
+        let id = check::id(&mut v, "entity.id", &e.id);
+        let paths = req
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                "name at least one path: name, attributes, workspace_id",
+            );
+        }
+        let (mut name, mut attributes, mut workspace) = (None, None, None);
+        for p in &paths {
+            match p.as_str() {
+                "name" => name = Some(check::name(&mut v, "entity.name", &e.name)),
+                "attributes" => {
+                    attributes = Some(check::labels(&mut v, "entity.attributes", &e.attributes))
+                }
+                "workspace_id" => {
+                    workspace = Some(check::optional_id(
+                        &mut v,
+                        "entity.workspace_id",
+                        &e.workspace_id,
+                    ))
+                }
+                other => v.add(
+                    "update_mask",
+                    format!(
+                        "unknown or read-only path `{other}` (state changes only through actions)"
+                    ),
+                ),
+            }
+        }
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("UpdateEntity", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let e =
+                        entities::update_entity(txn, &id, name, attributes, workspace, ACTOR, now)
+                            .await?;
+                    Ok(pb::UpdateEntityResponse {
+                        entity: Some(entity_pb(&e)?),
+                    })
+                })
+            })
+            .await)
+    }
+}

@@ -1,0 +1,201 @@
+//! Organizations and projects.
+
+use ebb_common::error::Violations;
+use ebb_proto::lifecycle::v1 as pb;
+use tonic::Request;
+
+use super::{LifecycleApi, Reply, ok};
+use crate::api::lifecycle::{API_ACTOR, settings};
+use crate::api::{convert, validate as check};
+use crate::auto_destroy::policy;
+use crate::tenancy::orgs::OrgSettings;
+use crate::tenancy::{orgs, projects};
+
+impl LifecycleApi {
+    pub(super) async fn create_organization(
+        &self,
+        request: Request<pb::CreateOrganizationRequest>,
+    ) -> Reply<pb::CreateOrganizationResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let name = check::name(&mut v, "name", &req.name);
+        let settings = settings(&mut v, req.settings.as_ref(), &[], OrgSettings::default());
+        v.finish()?;
+        let core = self.core.clone();
+        let now = core.now();
+        ok(self
+            .core
+            .mutate("CreateOrganization", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let org = orgs::create_org(txn, &name, &settings, API_ACTOR, now).await?;
+                    Ok(pb::CreateOrganizationResponse {
+                        organization: Some(convert::organization(&org)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn get_organization(
+        &self,
+        request: Request<pb::GetOrganizationRequest>,
+    ) -> Reply<pb::GetOrganizationResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "organization_id", &req.organization_id);
+        v.finish()?;
+        let org = orgs::get_org(&self.core.db.conn, &id).await?;
+        ok(Ok(pb::GetOrganizationResponse {
+            organization: Some(convert::organization(&org)?),
+        }))
+    }
+
+    pub(super) async fn update_organization_settings(
+        &self,
+        request: Request<pb::UpdateOrganizationSettingsRequest>,
+    ) -> Reply<pb::UpdateOrganizationSettingsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "organization_id", &req.organization_id);
+        if req.settings.is_none() {
+            v.add("settings", "is required");
+        }
+        v.finish()?;
+        let current = orgs::get_org(&self.core.db.conn, &id).await?;
+        let base = OrgSettings {
+            reminder_lead_times_ms: current.lead_times()?,
+            destroy_retry_limit: current.destroy_retry_limit,
+            max_inactivity_ms: current.max_inactivity_ms,
+            protected_labels: current.protected_labels()?,
+        };
+        let mask = req
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        let mut v = Violations::new();
+        let settings = settings(&mut v, req.settings.as_ref(), &mask, base);
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate(
+                "UpdateOrganizationSettings",
+                &req.request_id,
+                &req,
+                move |txn| {
+                    Box::pin(async move {
+                        let org = policy::update_org_settings(txn, &id, &settings, API_ACTOR, now)
+                            .await?;
+                        Ok(pb::UpdateOrganizationSettingsResponse {
+                            organization: Some(convert::organization(&org)?),
+                        })
+                    })
+                },
+            )
+            .await)
+    }
+
+    pub(super) async fn create_project(
+        &self,
+        request: Request<pb::CreateProjectRequest>,
+    ) -> Reply<pb::CreateProjectResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let org = check::id(&mut v, "organization_id", &req.organization_id);
+        let name = check::name(&mut v, "name", &req.name);
+        let min = self.min_inactivity_ms();
+        let default = if req.default_auto_destroy_inactivity.is_empty() {
+            None
+        } else {
+            check::inactivity(
+                &mut v,
+                "default_auto_destroy_inactivity",
+                &req.default_auto_destroy_inactivity,
+                min,
+            )
+        };
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("CreateProject", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let p =
+                        projects::create_project(txn, &org, &name, default, API_ACTOR, now).await?;
+                    Ok(pb::CreateProjectResponse {
+                        project: Some(convert::project(&p)),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn get_project(
+        &self,
+        request: Request<pb::GetProjectRequest>,
+    ) -> Reply<pb::GetProjectResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "project_id", &req.project_id);
+        v.finish()?;
+        let p = projects::get_project(&self.core.db.conn, &id).await?;
+        ok(Ok(pb::GetProjectResponse {
+            project: Some(convert::project(&p)),
+        }))
+    }
+
+    pub(super) async fn update_project(
+        &self,
+        request: Request<pb::UpdateProjectRequest>,
+    ) -> Reply<pb::UpdateProjectResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "project_id", &req.project_id);
+        let paths = req
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                "name at least one path: name, default_auto_destroy_inactivity",
+            );
+        }
+        let (mut name, mut default) = (None, None);
+        for p in &paths {
+            match p.as_str() {
+                "name" => name = Some(check::name(&mut v, "name", &req.name)),
+                "default_auto_destroy_inactivity" => {
+                    default = Some(if req.default_auto_destroy_inactivity.is_empty() {
+                        None
+                    } else {
+                        check::inactivity(
+                            &mut v,
+                            "default_auto_destroy_inactivity",
+                            &req.default_auto_destroy_inactivity,
+                            self.min_inactivity_ms(),
+                        )
+                    })
+                }
+                other => v.add("update_mask", format!("unknown path `{other}`")),
+            }
+        }
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("UpdateProject", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let p =
+                        policy::update_project(txn, &id, name.as_deref(), default, API_ACTOR, now)
+                            .await?;
+                    Ok(pb::UpdateProjectResponse {
+                        project: Some(convert::project(&p)),
+                    })
+                })
+            })
+            .await)
+    }
+}

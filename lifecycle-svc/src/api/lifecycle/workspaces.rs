@@ -1,0 +1,320 @@
+//! Workspaces and their state versions.
+
+use ebb_common::error::Violations;
+use ebb_common::{Error, Result, page};
+use ebb_proto::lifecycle::v1 as pb;
+use tonic::Request;
+
+use super::{LifecycleApi, Reply, ok};
+use crate::api::lifecycle::{API_ACTOR, after_position};
+use crate::api::{convert, validate as check};
+use crate::workspaces;
+use crate::workspaces::{WorkspaceChanges, WorkspaceFilter, lock, state_versions};
+
+impl LifecycleApi {
+    pub(super) async fn create_workspace(
+        &self,
+        request: Request<pb::CreateWorkspaceRequest>,
+    ) -> Reply<pb::CreateWorkspaceResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let new = workspaces::NewWorkspace {
+            project_id: check::id(&mut v, "project_id", &req.project_id),
+            name: check::name(&mut v, "name", &req.name),
+            labels: check::labels(&mut v, "labels", &req.labels),
+            protected: req.protected,
+            working_directory: check::text(
+                &mut v,
+                "working_directory",
+                &req.working_directory,
+                1024,
+            ),
+        };
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("CreateWorkspace", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let w = workspaces::create_workspace(txn, new, API_ACTOR, now).await?;
+                    Ok(pb::CreateWorkspaceResponse {
+                        workspace: Some(convert::workspace(&w)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn get_workspace(
+        &self,
+        request: Request<pb::GetWorkspaceRequest>,
+    ) -> Reply<pb::GetWorkspaceResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "workspace_id", &req.workspace_id);
+        v.finish()?;
+        let w = workspaces::get_workspace(&self.core.db.conn, &id).await?;
+        ok(Ok(pb::GetWorkspaceResponse {
+            workspace: Some(convert::workspace(&w)?),
+        }))
+    }
+
+    pub(super) async fn list_workspaces(
+        &self,
+        request: Request<pb::ListWorkspacesRequest>,
+    ) -> Reply<pb::ListWorkspacesResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let filter = WorkspaceFilter {
+            organization_id: check::id(&mut v, "organization_id", &req.organization_id),
+            project_id: check::optional_id(&mut v, "project_id", &req.project_id),
+            state: v
+                .check("state", convert::workspace_state_filter(req.state))
+                .flatten(),
+            auto_destroy_status: v
+                .check(
+                    "auto_destroy_status",
+                    convert::auto_destroy_status_filter(req.auto_destroy_status),
+                )
+                .flatten(),
+            next_before: check::timestamp(
+                &mut v,
+                "next_auto_destroy_before",
+                &req.next_auto_destroy_before,
+            ),
+            scheduled_only: req.scheduled_only,
+        };
+        let size = v.check("page_size", page::page_size(req.page_size));
+        v.finish()?;
+        let size = size.unwrap_or(page::DEFAULT_PAGE_SIZE);
+        let fh = page::filter_hash(&[
+            "workspaces",
+            &filter.organization_id,
+            filter.project_id.as_deref().unwrap_or_default(),
+            filter.state.unwrap_or_default(),
+            filter.auto_destroy_status.unwrap_or_default(),
+            &format!("{:?}", filter.next_before),
+            &filter.scheduled_only.to_string(),
+        ]);
+        let after = match page::decode(&req.page_token, &fh)? {
+            Some(pos) => Some(after_position(&pos)?),
+            None => None,
+        };
+        let rows =
+            workspaces::list_workspaces(&self.core.db.conn, &filter, after, size + 1).await?;
+        let (rows, next_page_token) = page::split(rows, size, &fh, |last| {
+            vec![last.created_at.to_string(), last.id.clone()]
+        });
+        ok(Ok(pb::ListWorkspacesResponse {
+            workspaces: rows.iter().map(convert::workspace).collect::<Result<_>>()?,
+            next_page_token,
+        }))
+    }
+
+    pub(super) async fn update_workspace(
+        &self,
+        request: Request<pb::UpdateWorkspaceRequest>,
+    ) -> Reply<pb::UpdateWorkspaceResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let Some(w) = req.workspace.clone() else {
+            return Err(Error::invalid("workspace", "is required").into());
+        };
+        let id = check::id(&mut v, "workspace.id", &w.id);
+        let paths = req
+            .update_mask
+            .as_ref()
+            .map(|m| m.paths.clone())
+            .unwrap_or_default();
+        if paths.is_empty() {
+            v.add(
+                "update_mask",
+                "name at least one path: name, labels, protected, working_directory",
+            );
+        }
+        let mut changes = WorkspaceChanges::default();
+        for p in &paths {
+            match p.as_str() {
+                "name" => changes.name = Some(check::name(&mut v, "workspace.name", &w.name)),
+                "labels" => {
+                    changes.labels = Some(check::labels(&mut v, "workspace.labels", &w.labels))
+                }
+                "protected" => changes.protected = Some(w.protected),
+                "working_directory" => {
+                    changes.working_directory = Some(check::text(
+                        &mut v,
+                        "workspace.working_directory",
+                        &w.working_directory,
+                        1024,
+                    ))
+                }
+                other => v.add(
+                    "update_mask",
+                    format!("unknown or read-only path `{other}`"),
+                ),
+            }
+        }
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("UpdateWorkspace", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let w = workspaces::update_workspace(txn, &id, changes, API_ACTOR, now).await?;
+                    Ok(pb::UpdateWorkspaceResponse {
+                        workspace: Some(convert::workspace(&w)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn lock_workspace(
+        &self,
+        request: Request<pb::LockWorkspaceRequest>,
+    ) -> Reply<pb::LockWorkspaceResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "workspace_id", &req.workspace_id);
+        let reason = check::text(&mut v, "reason", &req.reason, 1024);
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("LockWorkspace", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let w = lock::set_lock(txn, &id, Some(reason), API_ACTOR, now).await?;
+                    Ok(pb::LockWorkspaceResponse {
+                        workspace: Some(convert::workspace(&w)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn unlock_workspace(
+        &self,
+        request: Request<pb::UnlockWorkspaceRequest>,
+    ) -> Reply<pb::UnlockWorkspaceResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "workspace_id", &req.workspace_id);
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("UnlockWorkspace", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let w = lock::set_lock(txn, &id, None, API_ACTOR, now).await?;
+                    Ok(pb::UnlockWorkspaceResponse {
+                        workspace: Some(convert::workspace(&w)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn archive_workspace(
+        &self,
+        request: Request<pb::ArchiveWorkspaceRequest>,
+    ) -> Reply<pb::ArchiveWorkspaceResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "workspace_id", &req.workspace_id);
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("ArchiveWorkspace", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let w = lock::set_archived(txn, &id, true, API_ACTOR, now).await?;
+                    Ok(pb::ArchiveWorkspaceResponse {
+                        workspace: Some(convert::workspace(&w)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn restore_workspace(
+        &self,
+        request: Request<pb::RestoreWorkspaceRequest>,
+    ) -> Reply<pb::RestoreWorkspaceResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "workspace_id", &req.workspace_id);
+        v.finish()?;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("RestoreWorkspace", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let w = lock::set_archived(txn, &id, false, API_ACTOR, now).await?;
+                    Ok(pb::RestoreWorkspaceResponse {
+                        workspace: Some(convert::workspace(&w)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn record_state_version(
+        &self,
+        request: Request<pb::RecordStateVersionRequest>,
+    ) -> Reply<pb::RecordStateVersionResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "workspace_id", &req.workspace_id);
+        if req.serial <= 0 {
+            v.add("serial", "must be positive");
+        }
+        v.finish()?;
+        let serial = req.serial;
+        let now = self.core.now();
+        ok(self
+            .core
+            .mutate("RecordStateVersion", &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let (sv, w) = state_versions::record_state_version(
+                        txn, &id, serial, None, false, API_ACTOR, now,
+                    )
+                    .await?;
+                    Ok(pb::RecordStateVersionResponse {
+                        state_version: Some(convert::state_version(&sv)),
+                        workspace: Some(convert::workspace(&w)?),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn list_state_versions(
+        &self,
+        request: Request<pb::ListStateVersionsRequest>,
+    ) -> Reply<pb::ListStateVersionsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let id = check::id(&mut v, "workspace_id", &req.workspace_id);
+        let size = v.check("page_size", page::page_size(req.page_size));
+        v.finish()?;
+        let size = size.unwrap_or(page::DEFAULT_PAGE_SIZE);
+        let fh = page::filter_hash(&["state_versions", &id]);
+        let before = match page::decode(&req.page_token, &fh)?.as_deref() {
+            Some([serial]) => Some(
+                serial
+                    .parse::<i64>()
+                    .map_err(|_| Error::invalid("page_token", "malformed"))?,
+            ),
+            Some(_) => return Err(Error::invalid("page_token", "malformed").into()),
+            None => None,
+        };
+        let rows =
+            state_versions::list_state_versions(&self.core.db.conn, &id, before, size + 1).await?;
+        let (rows, next_page_token) =
+            page::split(rows, size, &fh, |last| vec![last.serial.to_string()]);
+        ok(Ok(pb::ListStateVersionsResponse {
+            state_versions: rows.iter().map(convert::state_version).collect(),
+            next_page_token,
+        }))
+    }
+}
