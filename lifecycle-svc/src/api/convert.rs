@@ -1,18 +1,15 @@
 //! Rows to protobuf messages, and protobuf enums to the database's words.
 
-use crate::events::outbox::OutboxRow;
-use crate::runs::RunRow;
-use crate::runs::RunSource;
-use crate::runs::RunStatus;
-use crate::tenancy::orgs::OrgRow;
-use crate::tenancy::projects::ProjectRow;
-use crate::workspaces::AutoDestroyStatus;
-use crate::workspaces::WorkspaceRow;
-use crate::workspaces::WorkspaceState;
-use crate::workspaces::state_versions::StateVersionRow;
 use ebb_common::time::{to_duration, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::lifecycle::v1 as pb;
+
+use crate::events::outbox::OutboxRow;
+use crate::runs::{RunRow, RunSource, RunStatus};
+use crate::tenancy::orgs::OrgRow;
+use crate::tenancy::projects::ProjectRow;
+use crate::workspaces::state_versions::StateVersionRow;
+use crate::workspaces::{AutoDestroyStatus, WorkspaceRow, WorkspaceState};
 
 pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
     Ok(pb::Organization {
@@ -177,11 +174,11 @@ pub fn json_to_value(v: &serde_json::Value) -> prost_types::Value {
 }
 
 /// The database word of a workspace-state filter (`None` for unspecified).
-pub fn workspace_state_filter(v: i32) -> Result<Option<&'static str>> {
+pub fn workspace_state_filter(v: i32) -> Result<Option<WorkspaceState>> {
     match pb::WorkspaceState::try_from(v) {
         Ok(pb::WorkspaceState::Unspecified) => Ok(None),
-        Ok(pb::WorkspaceState::Active) => Ok(Some("active")),
-        Ok(pb::WorkspaceState::Archived) => Ok(Some("archived")),
+        Ok(pb::WorkspaceState::Active) => Ok(Some(WorkspaceState::Active)),
+        Ok(pb::WorkspaceState::Archived) => Ok(Some(WorkspaceState::Archived)),
         Err(_) => Err(Error::invalid(
             "state",
             format!("unknown workspace state {v}"),
@@ -189,17 +186,17 @@ pub fn workspace_state_filter(v: i32) -> Result<Option<&'static str>> {
     }
 }
 
-/// The database word of an auto-destroy status filter.
-pub fn auto_destroy_status_filter(v: i32) -> Result<Option<&'static str>> {
+/// The auto-destroy status a list filter names.
+pub fn auto_destroy_status_filter(v: i32) -> Result<Option<AutoDestroyStatus>> {
     use pb::AutoDestroyStatus as S;
     Ok(match S::try_from(v) {
         Ok(S::Unspecified) => None,
-        Ok(S::Idle) => Some("idle"),
-        Ok(S::Deferred) => Some("deferred"),
-        Ok(S::Queued) => Some("queued"),
-        Ok(S::Retrying) => Some("retrying"),
-        Ok(S::Succeeded) => Some("succeeded"),
-        Ok(S::Failed) => Some("failed"),
+        Ok(S::Idle) => Some(AutoDestroyStatus::Idle),
+        Ok(S::Deferred) => Some(AutoDestroyStatus::Deferred),
+        Ok(S::Queued) => Some(AutoDestroyStatus::Queued),
+        Ok(S::Retrying) => Some(AutoDestroyStatus::Retrying),
+        Ok(S::Succeeded) => Some(AutoDestroyStatus::Succeeded),
+        Ok(S::Failed) => Some(AutoDestroyStatus::Failed),
         Err(_) => {
             return Err(Error::invalid(
                 "auto_destroy_status",
@@ -209,29 +206,29 @@ pub fn auto_destroy_status_filter(v: i32) -> Result<Option<&'static str>> {
     })
 }
 
-/// The database word of a run-status filter.
-pub fn run_status_filter(v: i32) -> Result<Option<&'static str>> {
+/// The run status a list filter names.
+pub fn run_status_filter(v: i32) -> Result<Option<RunStatus>> {
     use pb::RunStatus as S;
     Ok(match S::try_from(v) {
         Ok(S::Unspecified) => None,
-        Ok(S::Queued) => Some("queued"),
-        Ok(S::Running) => Some("running"),
-        Ok(S::Succeeded) => Some("succeeded"),
-        Ok(S::Failed) => Some("failed"),
-        Ok(S::Errored) => Some("errored"),
-        Ok(S::Canceled) => Some("canceled"),
+        Ok(S::Queued) => Some(RunStatus::Queued),
+        Ok(S::Running) => Some(RunStatus::Running),
+        Ok(S::Succeeded) => Some(RunStatus::Succeeded),
+        Ok(S::Failed) => Some(RunStatus::Failed),
+        Ok(S::Errored) => Some(RunStatus::Errored),
+        Ok(S::Canceled) => Some(RunStatus::Canceled),
         Err(_) => return Err(Error::invalid("status", format!("unknown run status {v}"))),
     })
 }
 
-/// The database word of a run-source filter.
-pub fn run_source_filter(v: i32) -> Result<Option<&'static str>> {
+/// The run source a list filter names.
+pub fn run_source_filter(v: i32) -> Result<Option<RunSource>> {
     use pb::RunSource as S;
     Ok(match S::try_from(v) {
         Ok(S::Unspecified) => None,
-        Ok(S::Manual) => Some("manual"),
-        Ok(S::AutoDestroy) => Some("auto_destroy"),
-        Ok(S::Deprovision) => Some("deprovision"),
+        Ok(S::Manual) => Some(RunSource::Manual),
+        Ok(S::AutoDestroy) => Some(RunSource::AutoDestroy),
+        Ok(S::Deprovision) => Some(RunSource::Deprovision),
         Err(_) => return Err(Error::invalid("source", format!("unknown run source {v}"))),
     })
 }

@@ -2,6 +2,7 @@
 //! checks of its conditions and parameters (DP-1, DP-2).
 
 use ebb_common::{Error, Result};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::{Map, Value as Json, json};
 
@@ -9,11 +10,7 @@ use crate::deprovision::catalog;
 use crate::deprovision::catalog::{ActionDef, Condition, KindDef};
 use crate::deprovision::entities::EntityRow;
 use crate::deprovision::plan::Plan;
-use crate::store::db_enum;
-use crate::store::decode_json;
-use crate::store::{keyset, select_all};
-use crate::store::{query_all, query_one};
-use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
+use crate::store::{db_enum, decode_json, keyset, query_all, query_one, select_all};
 
 db_enum! {
     /// Where an action run stands.
@@ -213,7 +210,7 @@ pub async fn list(
         q.and_where(Expr::col("status").eq(s.as_str()));
     }
     if let Some(position) = before {
-        q.cond_where(keyset("created_at", position, Order::Desc));
+        q.cond_where(keyset("created_at", "id", position, Order::Desc));
     }
     q.order_by("created_at", Order::Desc)
         .order_by("id", Order::Desc)

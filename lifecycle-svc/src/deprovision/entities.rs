@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::json;
 
 use crate::deprovision::catalog;
 use crate::events::{NewEvent, outbox};
-use crate::store::{decode_json, exec, query_all, query_one};
+use crate::store::{decode_json, exec, keyset, query_one, select_all};
 use crate::tenancy::orgs;
 use crate::workspaces;
 
@@ -213,25 +214,21 @@ pub async fn list_entities(
     after: Option<(i64, String)>,
     limit: u64,
 ) -> Result<Vec<EntityRow>> {
-    let mut sql = format!("SELECT {ENTITY_COLUMNS} FROM entities WHERE organization_id = $1");
-    let mut values: Vec<Value> = vec![org.into()];
+    let mut q = Query::select();
+    q.expr(Expr::cust(ENTITY_COLUMNS))
+        .from("entities")
+        .and_where(Expr::col("organization_id").eq(org));
     if let Some(k) = kind {
-        values.push(k.into());
-        sql.push_str(&format!(" AND kind = ${}", values.len()));
+        q.and_where(Expr::col("kind").eq(k));
     }
     if let Some(s) = state {
-        values.push(s.into());
-        sql.push_str(&format!(" AND state = ${}", values.len()));
+        q.and_where(Expr::col("state").eq(s));
     }
-    if let Some((t, id)) = after {
-        values.push(t.into());
-        let a = values.len();
-        values.push(id.into());
-        sql.push_str(&format!(
-            " AND (created_at > ${a} OR (created_at = ${a} AND id > ${}))",
-            values.len()
-        ));
+    if let Some(position) = after {
+        q.cond_where(keyset("created_at", "id", position, Order::Asc));
     }
-    sql.push_str(&format!(" ORDER BY created_at, id LIMIT {limit}"));
-    query_all(conn, &sql, values).await
+    q.order_by("created_at", Order::Asc)
+        .order_by("id", Order::Asc)
+        .limit(limit);
+    select_all(conn, &q).await
 }

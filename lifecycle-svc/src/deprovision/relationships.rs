@@ -3,12 +3,13 @@
 
 use ebb_common::time::{EpochMs, rfc3339};
 use ebb_common::{Error, Result};
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
+use sea_orm::sea_query::{Cond, Expr, ExprTrait, Order, Query};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
 use serde_json::json;
 
 use crate::deprovision::entities::get_entity;
 use crate::events::{NewEvent, outbox};
-use crate::store::{db_enum, exec, query_all, query_one};
+use crate::store::{db_enum, exec, keyset, query_all, query_one, select_all};
 
 db_enum! {
     /// Where an edge stands: edges are never deleted, they end `removed`.
@@ -104,7 +105,7 @@ pub async fn create_relationship(
 #[derive(Debug, Clone, Default)]
 pub struct RelationshipFilter {
     pub organization_id: String,
-    pub state: Option<&'static str>,
+    pub state: Option<EdgeState>,
     pub overdue: bool,
     pub entity_id: Option<String>,
 }
@@ -117,38 +118,31 @@ pub async fn list_relationships(
     limit: u64,
     now: EpochMs,
 ) -> Result<Vec<RelationshipRow>> {
-    let mut sql =
-        format!("SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE organization_id = $1");
-    let mut values: Vec<Value> = vec![f.organization_id.clone().into()];
+    let mut q = Query::select();
+    q.expr(Expr::cust(RELATIONSHIP_COLUMNS))
+        .from("relationships")
+        .and_where(Expr::col("organization_id").eq(f.organization_id.as_str()));
     if let Some(s) = f.state {
-        values.push(s.into());
-        sql.push_str(&format!(" AND state = ${}", values.len()));
+        q.and_where(Expr::col("state").eq(s.as_str()));
     }
     if f.overdue {
-        values.push(now.into());
-        sql.push_str(&format!(
-            " AND state = 'removing' AND deletion_scheduled_at < ${}",
-            values.len()
-        ));
+        q.and_where(Expr::col("state").eq(EdgeState::Removing.as_str()))
+            .and_where(Expr::col("deletion_scheduled_at").lt(now));
     }
     if let Some(e) = &f.entity_id {
-        values.push(e.clone().into());
-        let n = values.len();
-        sql.push_str(&format!(
-            " AND (from_entity_id = ${n} OR to_entity_id = ${n})"
-        ));
+        q.cond_where(
+            Cond::any()
+                .add(Expr::col("from_entity_id").eq(e.as_str()))
+                .add(Expr::col("to_entity_id").eq(e.as_str())),
+        );
     }
-    if let Some((t, id)) = after {
-        values.push(t.into());
-        let a = values.len();
-        values.push(id.into());
-        sql.push_str(&format!(
-            " AND (created_at > ${a} OR (created_at = ${a} AND id > ${}))",
-            values.len()
-        ));
+    if let Some(position) = after {
+        q.cond_where(keyset("created_at", "id", position, Order::Asc));
     }
-    sql.push_str(&format!(" ORDER BY created_at, id LIMIT {limit}"));
-    query_all(conn, &sql, values).await
+    q.order_by("created_at", Order::Asc)
+        .order_by("id", Order::Asc)
+        .limit(limit);
+    select_all(conn, &q).await
 }
 
 /// Moves a relationship to `state`, recording the transition.

@@ -3,6 +3,7 @@
 
 use ebb_common::time::{EpochMs, rfc3339};
 use ebb_common::{Error, Result};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
 use serde_json::{Map, Value as Json, json};
 
@@ -11,12 +12,10 @@ use crate::deprovision::entities;
 use crate::deprovision::steps::Engine;
 use crate::deprovision::trigger::trigger;
 use crate::events::{NewEvent, outbox};
-use crate::store::{db_enum, decode_json, exec, query_all, query_one};
-use crate::store::{keyset, select_all};
+use crate::store::{db_enum, decode_json, exec, keyset, query_all, query_one, select_all};
 use crate::tenancy::orgs;
 use crate::timing::reminders::{self, Reminded};
 use crate::timing::{self, math};
-use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 
 db_enum! {
     /// Where a scheduled action stands.
@@ -313,7 +312,7 @@ pub async fn list(
         q.and_where(Expr::col("entity_id").eq(e));
     }
     if let Some(position) = after {
-        q.cond_where(keyset("scheduled_at", position, Order::Asc));
+        q.cond_where(keyset("scheduled_at", "id", position, Order::Asc));
     }
     q.order_by("scheduled_at", Order::Asc)
         .order_by("id", Order::Asc)

@@ -5,17 +5,14 @@ pub(crate) mod lease;
 
 use std::collections::BTreeSet;
 
-use crate::events::{NewEvent, outbox};
-use crate::store::IdRow;
-use crate::store::db_enum;
-use crate::store::exec;
-use crate::store::placeholders;
-use crate::store::query_all;
-use crate::store::query_one;
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
+
+use crate::events::{NewEvent, outbox};
+use crate::store::{IdRow, db_enum, exec, keyset, query_all, query_one, select_all};
 
 db_enum! {
     /// Where a run is in its life.
@@ -192,8 +189,8 @@ pub async fn insert_auto_destroy_runs(
 pub struct RunFilter {
     pub organization_id: String,
     pub workspace_id: Option<String>,
-    pub status: Option<&'static str>,
-    pub source: Option<&'static str>,
+    pub status: Option<RunStatus>,
+    pub source: Option<RunSource>,
 }
 
 /// One page of runs, newest first, before `before` (created_at, id).
@@ -203,28 +200,26 @@ pub async fn list_runs(
     before: Option<(i64, String)>,
     limit: u64,
 ) -> Result<Vec<RunRow>> {
-    let mut sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE organization_id = $1");
-    let mut values: Vec<Value> = vec![filter.organization_id.clone().into()];
-    let mut push = |sql: &mut String, clause: &str, v: Value| {
-        values.push(v);
-        sql.push_str(&clause.replace("$?", &format!("${}", values.len())));
-    };
+    let mut q = Query::select();
+    q.expr(Expr::cust(RUN_COLUMNS))
+        .from("runs")
+        .and_where(Expr::col("organization_id").eq(filter.organization_id.as_str()));
     if let Some(w) = &filter.workspace_id {
-        push(&mut sql, " AND workspace_id = $?", w.clone().into());
+        q.and_where(Expr::col("workspace_id").eq(w.as_str()));
     }
     if let Some(s) = filter.status {
-        push(&mut sql, " AND status = $?", s.into());
+        q.and_where(Expr::col("status").eq(s.as_str()));
     }
     if let Some(s) = filter.source {
-        push(&mut sql, " AND source = $?", s.into());
+        q.and_where(Expr::col("source").eq(s.as_str()));
     }
-    if let Some((created, id)) = before {
-        push(&mut sql, " AND (created_at < $?", created.into());
-        push(&mut sql, " OR (created_at = $?", created.into());
-        push(&mut sql, " AND id < $?))", id.into());
+    if let Some(position) = before {
+        q.cond_where(keyset("created_at", "id", position, Order::Desc));
     }
-    sql.push_str(&format!(" ORDER BY created_at DESC, id DESC LIMIT {limit}"));
-    query_all(conn, &sql, values).await
+    q.order_by("created_at", Order::Desc)
+        .order_by("id", Order::Desc)
+        .limit(limit);
+    select_all(conn, &q).await
 }
 
 pub(crate) async fn latest_run_id(
@@ -342,16 +337,14 @@ pub async fn with_active_run(
     if workspace_ids.is_empty() {
         return Ok(BTreeSet::new());
     }
-    let rows: Vec<Active> = query_all(
-        conn,
-        &format!(
-            "SELECT workspace_id FROM runs WHERE workspace_id IN ({}) \
-             AND status IN ('queued', 'running')",
-            placeholders(1, workspace_ids.len())
-        ),
-        workspace_ids.iter().map(|id| Value::from(*id)),
-    )
-    .await?;
+    let mut q = Query::select();
+    q.column("workspace_id")
+        .from("runs")
+        .and_where(Expr::col("workspace_id").is_in(workspace_ids.iter().copied()))
+        .and_where(
+            Expr::col("status").is_in([RunStatus::Queued.as_str(), RunStatus::Running.as_str()]),
+        );
+    let rows: Vec<Active> = select_all(conn, &q).await?;
     Ok(rows.into_iter().map(|a| a.workspace_id).collect())
 }
 

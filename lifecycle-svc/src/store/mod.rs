@@ -70,7 +70,7 @@ pub(crate) use db_enum;
 
 use ebb_common::db::stmt;
 use ebb_common::{Error, Result};
-use sea_orm::sea_query::{Cond, Expr, ExprTrait, Order, SelectStatement};
+use sea_orm::sea_query::{Cond, Expr, ExprTrait, IntoColumnRef, Order, SelectStatement};
 use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 
 /// ` FOR UPDATE OF alias` on PostgreSQL; nothing on SQLite, whose writers are serialized.
@@ -120,13 +120,24 @@ pub async fn select_all<T: FromQueryResult>(
         .collect()
 }
 
-/// A keyset page condition on `(column, id)`: rows after `position` in ascending order, or
-/// before it in descending order.
-pub fn keyset(column: &'static str, position: (i64, String), order: Order) -> Cond {
+/// A keyset page condition on `(column, id_column)`: rows after `position` in ascending
+/// order, or before it in descending order.
+pub fn keyset<C: IntoColumnRef + Clone>(
+    column: C,
+    id_column: C,
+    position: (i64, String),
+    order: Order,
+) -> Cond {
     let (at, id) = position;
     let (past, past_id) = match order {
-        Order::Desc => (Expr::col(column).lt(at), Expr::col("id").lt(id)),
-        _ => (Expr::col(column).gt(at), Expr::col("id").gt(id)),
+        Order::Desc => (
+            Expr::col(column.clone()).lt(at),
+            Expr::col(id_column).lt(id),
+        ),
+        _ => (
+            Expr::col(column.clone()).gt(at),
+            Expr::col(id_column).gt(id),
+        ),
     };
     Cond::any()
         .add(past)

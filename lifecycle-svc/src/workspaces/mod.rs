@@ -9,13 +9,12 @@ use std::collections::BTreeMap;
 
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
-use crate::store::db_enum;
-use crate::store::decode_json;
-use crate::store::{IdRow, exec, for_update, query_all, query_one};
+use crate::store::{IdRow, db_enum, decode_json, exec, for_update, keyset, query_one, select_all};
 use crate::tenancy::orgs::{OrgRow, get_org};
 use crate::tenancy::projects::get_project;
 use crate::timing::math;
@@ -226,8 +225,8 @@ pub async fn lock_workspace_row(conn: &impl ConnectionTrait, id: &str) -> Result
 pub struct WorkspaceFilter {
     pub organization_id: String,
     pub project_id: Option<String>,
-    pub state: Option<&'static str>,
-    pub auto_destroy_status: Option<&'static str>,
+    pub state: Option<WorkspaceState>,
+    pub auto_destroy_status: Option<AutoDestroyStatus>,
     pub next_before: Option<EpochMs>,
     pub scheduled_only: bool,
 }
@@ -239,35 +238,38 @@ pub async fn list_workspaces(
     after: Option<(i64, String)>,
     limit: u64,
 ) -> Result<Vec<WorkspaceRow>> {
-    let mut sql =
-        format!("SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.organization_id = $1");
-    let mut values: Vec<Value> = vec![filter.organization_id.clone().into()];
-    let mut push = |sql: &mut String, clause: &str, v: Value| {
-        values.push(v);
-        sql.push_str(&clause.replace("$?", &format!("${}", values.len())));
-    };
+    let mut q = Query::select();
+    q.expr(Expr::cust(format!(
+        "{WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM}"
+    )))
+    .and_where(Expr::col(("w", "organization_id")).eq(filter.organization_id.as_str()));
     if let Some(p) = &filter.project_id {
-        push(&mut sql, " AND w.project_id = $?", p.clone().into());
+        q.and_where(Expr::col(("w", "project_id")).eq(p.as_str()));
     }
     if let Some(s) = filter.state {
-        push(&mut sql, " AND w.state = $?", s.into());
+        q.and_where(Expr::col(("w", "state")).eq(s.as_str()));
     }
     if let Some(s) = filter.auto_destroy_status {
-        push(&mut sql, " AND w.auto_destroy_status = $?", s.into());
+        q.and_where(Expr::col(("w", "auto_destroy_status")).eq(s.as_str()));
     }
     if let Some(t) = filter.next_before {
-        push(&mut sql, " AND w.next_auto_destroy_at <= $?", t.into());
+        q.and_where(Expr::col(("w", "next_auto_destroy_at")).lte(t));
     }
     if filter.scheduled_only {
-        sql.push_str(" AND w.next_auto_destroy_at IS NOT NULL");
+        q.and_where(Expr::col(("w", "next_auto_destroy_at")).is_not_null());
     }
-    if let Some((created, id)) = after {
-        push(&mut sql, " AND (w.created_at > $?", created.into());
-        push(&mut sql, " OR (w.created_at = $?", created.into());
-        push(&mut sql, " AND w.id > $?))", id.into());
+    if let Some(position) = after {
+        q.cond_where(keyset(
+            ("w", "created_at"),
+            ("w", "id"),
+            position,
+            Order::Asc,
+        ));
     }
-    sql.push_str(&format!(" ORDER BY w.created_at, w.id LIMIT {limit}"));
-    query_all(conn, &sql, values).await
+    q.order_by(("w", "created_at"), Order::Asc)
+        .order_by(("w", "id"), Order::Asc)
+        .limit(limit);
+    select_all(conn, &q).await
 }
 
 /// Writes every mutable column of `ws`, with its derived schedule recomputed.

@@ -9,7 +9,7 @@ use super::{DeprovisionApi, Reply, ok};
 use crate::api::deprovision::{ACTOR, after, relationship_pb, short_name};
 use crate::api::validate as check;
 use crate::deprovision::relationships;
-use crate::deprovision::relationships::RelationshipFilter;
+use crate::deprovision::relationships::{EdgeState, RelationshipFilter};
 
 impl DeprovisionApi {
     pub(super) async fn create_relationship(
@@ -63,9 +63,9 @@ impl DeprovisionApi {
         let mut v = Violations::new();
         let state = match pb::RelationshipState::try_from(req.state) {
             Ok(pb::RelationshipState::Unspecified) => None,
-            Ok(pb::RelationshipState::Active) => Some("active"),
-            Ok(pb::RelationshipState::Removing) => Some("removing"),
-            Ok(pb::RelationshipState::Removed) => Some("removed"),
+            Ok(pb::RelationshipState::Active) => Some(EdgeState::Active),
+            Ok(pb::RelationshipState::Removing) => Some(EdgeState::Removing),
+            Ok(pb::RelationshipState::Removed) => Some(EdgeState::Removed),
             Err(_) => {
                 v.add("state", format!("unknown relationship state {}", req.state));
                 None
@@ -83,7 +83,7 @@ impl DeprovisionApi {
         let fh = page::filter_hash(&[
             "relationships",
             &filter.organization_id,
-            filter.state.unwrap_or_default(),
+            filter.state.map_or("", |s| s.as_str()),
             &filter.overdue.to_string(),
             filter.entity_id.as_deref().unwrap_or_default(),
         ]);

@@ -81,8 +81,8 @@ impl LifecycleApi {
             "runs",
             &filter.organization_id,
             filter.workspace_id.as_deref().unwrap_or_default(),
-            filter.status.unwrap_or_default(),
-            filter.source.unwrap_or_default(),
+            filter.status.map_or("", |s| s.as_str()),
+            filter.source.map_or("", |s| s.as_str()),
         ]);
         let before = match page::decode(&req.page_token, &fh)? {
             Some(pos) => Some(after_position(&pos)?),

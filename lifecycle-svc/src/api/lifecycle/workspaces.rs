@@ -91,8 +91,8 @@ impl LifecycleApi {
             "workspaces",
             &filter.organization_id,
             filter.project_id.as_deref().unwrap_or_default(),
-            filter.state.unwrap_or_default(),
-            filter.auto_destroy_status.unwrap_or_default(),
+            filter.state.map_or("", |s| s.as_str()),
+            filter.auto_destroy_status.map_or("", |s| s.as_str()),
             &format!("{:?}", filter.next_before),
             &filter.scheduled_only.to_string(),
         ]);
