@@ -4,12 +4,14 @@ use ebb_common::time::{to_duration, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::lifecycle::v1 as pb;
 
+use crate::auto_destroy::policy;
 use crate::events::outbox::OutboxRow;
 use crate::runs::{RunRow, RunSource, RunStatus};
 use crate::tenancy::orgs::OrgRow;
 use crate::tenancy::projects::ProjectRow;
 use crate::workspaces::state_versions::StateVersionRow;
 use crate::workspaces::{AutoDestroyStatus, WorkspaceRow, WorkspaceState};
+use ebb_common::time::EpochMs;
 
 pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
     Ok(pb::Organization {
@@ -20,10 +22,24 @@ pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
             destroy_retry_limit: o.destroy_retry_limit,
             max_inactivity: Some(to_duration(o.max_inactivity_ms)),
             protected_labels: o.protected_labels()?.into_iter().collect(),
+            minimum_notice: o.minimum_notice_ms.map(to_duration),
+            confirm_threshold: Some(o.confirm_threshold),
         }),
+        etag: o.etag(),
         create_time: Some(to_timestamp(o.created_at)),
         update_time: Some(to_timestamp(o.updated_at)),
     })
+}
+
+/// A workspace a policy change scheduled within 7 days.
+pub fn scheduled(s: &policy::Scheduled, now: EpochMs) -> pb::AutoDestroyPreviewItem {
+    pb::AutoDestroyPreviewItem {
+        workspace_id: s.workspace_id.clone(),
+        workspace_name: s.workspace_name.clone(),
+        destroy_time: Some(to_timestamp(s.destroy_at)),
+        reason: s.reason.to_owned(),
+        time_left: Some(to_duration((s.destroy_at - now).max(0))),
+    }
 }
 
 pub fn project(p: &ProjectRow) -> pb::Project {
@@ -72,6 +88,11 @@ pub fn workspace(w: &WorkspaceRow) -> Result<pb::Workspace> {
         auto_destroy_status: auto_destroy_status(w.auto_destroy_status) as i32,
         last_state_change_at: to_timestamp_opt(w.last_state_change_at),
         next_auto_destroy_at: to_timestamp_opt(w.next_auto_destroy_at),
+        next_auto_destroy_reason: if w.next_auto_destroy_at.is_some() {
+            w.timing().reason().to_owned()
+        } else {
+            String::new()
+        },
         create_time: Some(to_timestamp(w.created_at)),
         update_time: Some(to_timestamp(w.updated_at)),
     })

@@ -100,6 +100,6 @@ pub async fn destroy_run_finished(
         }
         (_, false) => {}
     }
-    workspaces::save(conn, &mut ws, &org, now).await?;
+    workspaces::save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(conn, events, now).await
 }

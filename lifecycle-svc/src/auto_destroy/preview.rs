@@ -2,7 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::auto_destroy::policy;
 use crate::store::query_all;
+use crate::tenancy::orgs;
 use crate::workspaces::WORKSPACE_COLUMNS;
 use crate::workspaces::WORKSPACE_FROM;
 use crate::workspaces::WorkspaceRow;
@@ -24,13 +26,28 @@ pub struct Proposal {
     pub label_selector: BTreeMap<String, String>,
 }
 
-/// The destroys the proposal would cause, soonest first, and how many matching workspaces it
-/// would not destroy (protected, or inactivity without an applied state).
+/// What a proposal would do.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The destroys it would cause, soonest first, each with the time the minimum notice
+    /// gives it (reason `minimum_notice` where it pushes the time).
+    pub items: Vec<pb::AutoDestroyPreviewItem>,
+    /// Matching workspaces it would not destroy (protected, or inactivity without an applied
+    /// state).
+    pub skipped: i32,
+    /// How many destroys it brings within 7 days: the `confirm_count` the change needs when
+    /// this exceeds the organization's threshold (AD-13).
+    pub confirm_count: i32,
+}
+
+/// What the proposal would do, computed the way the change itself would be applied.
 pub async fn preview(
     conn: &impl ConnectionTrait,
     proposal: &Proposal,
     now: EpochMs,
-) -> Result<(Vec<pb::AutoDestroyPreviewItem>, i32)> {
+) -> Result<Outcome> {
+    let org = orgs::get_org(conn, &proposal.organization_id).await?;
+    let notice_ms = org.minimum_notice_ms()?;
     let mut sql = format!(
         "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.organization_id = $1 AND w.state = 'active'"
     );
@@ -45,6 +62,7 @@ pub async fn preview(
     let rows: Vec<WorkspaceRow> = query_all(conn, &sql, values).await?;
     let mut items = Vec::new();
     let mut skipped = 0;
+    let mut confirm_count = 0;
     for ws in rows {
         let labels = ws.labels()?;
         if !proposal
@@ -62,7 +80,18 @@ pub async fn preview(
             timing.auto_destroy_at = Some(at);
         }
         timing.failed = false;
-        match timing.next_auto_destroy_at() {
+        let before = ws.next_auto_destroy_at;
+        if timing
+            .next_auto_destroy_at()
+            .is_some_and(|due| before.is_none_or(|b| due < b))
+        {
+            timing.give_notice(now, notice_ms);
+        }
+        let after = timing.next_auto_destroy_at();
+        if policy::newly_within_window(before, after, now) {
+            confirm_count += 1;
+        }
+        match after {
             Some(at) => items.push(pb::AutoDestroyPreviewItem {
                 workspace_id: ws.id.clone(),
                 workspace_name: ws.name.clone(),
@@ -74,5 +103,9 @@ pub async fn preview(
         }
     }
     items.sort_by_key(|i| i.destroy_time.as_ref().map(|t| (t.seconds, t.nanos)));
-    Ok((items, skipped))
+    Ok(Outcome {
+        items,
+        skipped,
+        confirm_count,
+    })
 }

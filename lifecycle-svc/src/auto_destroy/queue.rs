@@ -31,6 +31,44 @@ pub enum Decision {
 /// The actor of the scheduler's decisions.
 pub(crate) const ACTOR: &str = "scheduler";
 
+/// What one fire key means for its workspace, decided from the locked row alone (AD-4, AD-6,
+/// AD-12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Insert the destroy run (the database still refuses a second one).
+    Queue,
+    /// A schedule held by protection came due: consume it, never fire it.
+    Consume,
+    /// The workspace is protected and the key is not its held schedule: nothing to do.
+    Protected,
+    /// The key no longer matches the workspace's schedule.
+    Stale(&'static str),
+    /// Locked or busy: try again on a later round.
+    Defer(String),
+}
+
+/// Decides one fire key. Protection wins over everything: a protected workspace is never
+/// queued, whatever its schedule says.
+pub fn decide(ws: &WorkspaceRow, due_at: EpochMs, has_active_run: bool) -> Verdict {
+    if ws.is_protected() {
+        return if ws.held_due_at == Some(due_at) {
+            Verdict::Consume
+        } else {
+            Verdict::Protected
+        };
+    }
+    if ws.next_auto_destroy_at != Some(due_at) {
+        return Verdict::Stale("the schedule changed or this due time already fired");
+    }
+    if ws.locked {
+        Verdict::Defer(format!("workspace is locked: {}", ws.lock_reason))
+    } else if has_active_run {
+        Verdict::Defer("workspace has an active run".to_owned())
+    } else {
+        Verdict::Queue
+    }
+}
+
 /// Decides each fire key on its own, all in the caller's one transaction (rule 6).
 pub async fn queue_auto_destroy_runs(
     conn: &impl ConnectionTrait,
@@ -77,53 +115,47 @@ pub async fn queue_auto_destroy_runs(
             orgs.insert(org.id.clone(), org);
         }
         let org = &orgs[&ws.organization_id];
-        if ws.is_protected() {
-            events.push(NewEvent::new(
-                &ws.organization_id,
-                "workspace.auto_destroy.skipped",
-                "workspace",
-                &ws.id,
-                ACTOR,
-                json!({
-                    "due_at": rfc3339(key.due_at), "workspace_name": ws.name, "reason": "protected",
-                }),
-            ));
-            results.push((key.clone(), Decision::SkippedProtected));
-            continue;
-        }
-        if ws.next_auto_destroy_at != Some(key.due_at) {
-            results.push((
-                key.clone(),
-                Decision::Stale {
-                    reason: "the schedule changed or this due time already fired".into(),
-                },
-            ));
-            continue;
-        }
-        let hold = if ws.locked {
-            Some(format!("workspace is locked: {}", ws.lock_reason))
-        } else if active.contains(&ws.id) {
-            Some("workspace has an active run".to_owned())
-        } else {
-            None
-        };
-        if let Some(reason) = hold {
-            if ws.auto_destroy_status != AutoDestroyStatus::Deferred {
-                ws.auto_destroy_status = AutoDestroyStatus::Deferred;
-                workspaces::save(conn, ws, org, now).await?;
-                events.push(NewEvent::new(
-                    &ws.organization_id,
-                    "workspace.auto_destroy.deferred",
-                    "workspace",
-                    &ws.id,
-                    ACTOR,
-                    json!({
-                        "due_at": rfc3339(key.due_at), "workspace_name": ws.name, "reason": reason,
-                    }),
-                ));
+        match decide(ws, key.due_at, active.contains(&ws.id)) {
+            Verdict::Queue => {}
+            Verdict::Consume => {
+                // AD-12: what came due while protected is consumed, never kept loaded.
+                let event = ws.consume_held(key.due_at, ACTOR);
+                workspaces::save(conn, ws, org, ACTOR, now).await?;
+                events.push(event);
+                results.push((key.clone(), Decision::SkippedProtected));
+                continue;
             }
-            results.push((key.clone(), Decision::Deferred { reason }));
-            continue;
+            Verdict::Protected => {
+                results.push((key.clone(), Decision::SkippedProtected));
+                continue;
+            }
+            Verdict::Stale(reason) => {
+                results.push((
+                    key.clone(),
+                    Decision::Stale {
+                        reason: reason.into(),
+                    },
+                ));
+                continue;
+            }
+            Verdict::Defer(reason) => {
+                if ws.auto_destroy_status != AutoDestroyStatus::Deferred {
+                    ws.auto_destroy_status = AutoDestroyStatus::Deferred;
+                    workspaces::save(conn, ws, org, ACTOR, now).await?;
+                    events.push(NewEvent::new(
+                        &ws.organization_id,
+                        "workspace.auto_destroy.deferred",
+                        "workspace",
+                        &ws.id,
+                        ACTOR,
+                        json!({
+                            "due_at": rfc3339(key.due_at), "workspace_name": ws.name, "reason": reason,
+                        }),
+                    ));
+                }
+                results.push((key.clone(), Decision::Deferred { reason }));
+                continue;
+            }
         }
         to_queue.push((results.len(), key.clone(), uuid::Uuid::now_v7().to_string()));
         results.push((
@@ -225,4 +257,81 @@ async fn mark_fired(
         exec(conn, &sql, values).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspaces::WorkspaceState;
+
+    const H: i64 = 3_600_000;
+
+    fn workspace() -> WorkspaceRow {
+        WorkspaceRow {
+            id: "ws".into(),
+            organization_id: "org".into(),
+            project_id: "p".into(),
+            name: "pr-1".into(),
+            labels: "{}".into(),
+            state: WorkspaceState::Active,
+            protected: false,
+            protected_by_policy: false,
+            locked: false,
+            lock_reason: String::new(),
+            working_directory: String::new(),
+            auto_destroy_at: Some(10 * H),
+            auto_destroy_inactivity_ms: None,
+            inherits_project_auto_destroy: false,
+            auto_destroy_status: AutoDestroyStatus::Idle,
+            last_state_change_at: None,
+            latest_serial: 0,
+            applied_since_destroy: false,
+            last_fired_due_at: None,
+            auto_destroy_failures: 0,
+            auto_destroy_retry_at: None,
+            next_auto_destroy_at: Some(10 * H),
+            next_reminder_at: None,
+            inactivity_extension_ms: 0,
+            held_due_at: None,
+            inactivity_not_before: None,
+            created_at: 0,
+            updated_at: 0,
+            project_default_inactivity_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_due_key_queues_unless_locked_busy_or_stale() {
+        let ws = workspace();
+        assert_eq!(decide(&ws, 10 * H, false), Verdict::Queue);
+        assert!(matches!(decide(&ws, 10 * H, true), Verdict::Defer(_)));
+        assert!(matches!(decide(&ws, 9 * H, false), Verdict::Stale(_)));
+        let locked = WorkspaceRow {
+            locked: true,
+            lock_reason: "release freeze".into(),
+            ..workspace()
+        };
+        assert_eq!(
+            decide(&locked, 10 * H, false),
+            Verdict::Defer("workspace is locked: release freeze".into())
+        );
+    }
+
+    #[test]
+    fn protection_consumes_its_held_schedule_and_never_queues() {
+        let held = WorkspaceRow {
+            protected_by_policy: true,
+            next_auto_destroy_at: None,
+            held_due_at: Some(10 * H),
+            ..workspace()
+        };
+        assert_eq!(decide(&held, 10 * H, false), Verdict::Consume);
+        assert_eq!(decide(&held, 11 * H, false), Verdict::Protected);
+        // Even a row that somehow still carries a pending time is never queued.
+        let inconsistent = WorkspaceRow {
+            protected: true,
+            ..workspace()
+        };
+        assert_eq!(decide(&inconsistent, 10 * H, false), Verdict::Protected);
+    }
 }

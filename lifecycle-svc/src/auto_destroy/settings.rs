@@ -46,6 +46,7 @@ pub async fn set_auto_destroy(
     }
     let org = get_org(conn, &ws.organization_id).await?;
     check_inactivity_max("auto_destroy_inactivity", inactivity_ms, &org)?;
+    let before = ws.next_auto_destroy_at;
     if let Some(at) = at {
         if at <= now {
             return Err(Error::invalid("auto_destroy_at", "must be in the future"));
@@ -55,13 +56,19 @@ pub async fn set_auto_destroy(
     if inactivity_ms.is_some() {
         ws.auto_destroy_inactivity_ms = inactivity_ms;
         ws.inactivity_extension_ms = 0;
+        ws.inactivity_not_before = None;
         ws.inherits_project_auto_destroy = false;
     }
     // A new schedule starts afresh.
     ws.auto_destroy_status = AutoDestroyStatus::Idle;
     ws.auto_destroy_failures = 0;
     ws.auto_destroy_retry_at = None;
-    save(conn, &mut ws, &org, now).await?;
+    if inactivity_ms.is_some() {
+        // AD-12: a new inactivity period never makes the destroy due without notice; the
+        // explicit one-shot is honoured as given.
+        ws.give_notice(&org, before, now)?;
+    }
+    save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(
         conn,
         vec![NewEvent::new(
@@ -94,6 +101,7 @@ pub async fn clear_auto_destroy(
 ) -> Result<WorkspaceRow> {
     let mut ws = lock_workspace_row(conn, id).await?;
     let org = get_org(conn, &ws.organization_id).await?;
+    let before = ws.next_auto_destroy_at;
     if clear_at {
         ws.auto_destroy_at = None;
     }
@@ -106,7 +114,11 @@ pub async fn clear_auto_destroy(
     if ws.auto_destroy_status != AutoDestroyStatus::Queued {
         ws.auto_destroy_status = AutoDestroyStatus::Idle;
     }
-    save(conn, &mut ws, &org, now).await?;
+    if clear_inactivity && inherit {
+        // Back to the project's default: no sooner than the minimum notice (AD-12).
+        ws.give_notice(&org, before, now)?;
+    }
+    save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(
         conn,
         vec![NewEvent::new(
@@ -164,7 +176,7 @@ pub async fn extend_auto_destroy(
     if ws.auto_destroy_retry_at == Some(current) {
         ws.auto_destroy_retry_at = Some(target);
     }
-    save(conn, &mut ws, &org, now).await?;
+    save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(
         conn,
         vec![NewEvent::new(

@@ -10,11 +10,13 @@ use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
 use crate::store::decode_json;
+use crate::store::for_update;
 use crate::store::{exec, query_one};
 
 /// Columns of [`OrgRow`], in order.
 pub const ORG_COLUMNS: &str = "id, name, reminder_lead_times_ms, destroy_retry_limit, \
-    max_inactivity_ms, protected_labels, created_at, updated_at";
+    max_inactivity_ms, protected_labels, minimum_notice_ms, confirm_threshold, version, \
+    created_at, updated_at";
 
 /// An organization.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -25,6 +27,9 @@ pub struct OrgRow {
     pub destroy_retry_limit: i32,
     pub max_inactivity_ms: i64,
     pub protected_labels: String,
+    pub minimum_notice_ms: Option<i64>,
+    pub confirm_threshold: i32,
+    pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -51,6 +56,32 @@ impl OrgRow {
     }
 
     /// Whether the organization's policy protects a workspace with `labels`.
+    /// The minimum notice before an implicit destroy (AD-12): the configured one, or the
+    /// longest reminder lead time, so that every reminder still goes out.
+    pub fn minimum_notice_ms(&self) -> Result<i64> {
+        match self.minimum_notice_ms {
+            Some(ms) => Ok(ms),
+            None => Ok(self.lead_times()?.into_iter().max().unwrap_or(0)),
+        }
+    }
+
+    /// Its settings as validated values.
+    pub fn settings(&self) -> Result<OrgSettings> {
+        Ok(OrgSettings {
+            reminder_lead_times_ms: self.lead_times()?,
+            destroy_retry_limit: self.destroy_retry_limit,
+            max_inactivity_ms: self.max_inactivity_ms,
+            protected_labels: self.protected_labels()?,
+            minimum_notice_ms: self.minimum_notice_ms,
+            confirm_threshold: self.confirm_threshold,
+        })
+    }
+
+    /// The settings' entity tag (AIP-154): changes with every update.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.version)
+    }
+
     /// Fails closed (AD-4): a policy that does not decode protects every workspace.
     pub fn protects(&self, labels: &BTreeMap<String, String>) -> bool {
         match self.protected_labels() {
@@ -67,6 +98,9 @@ pub struct OrgSettings {
     pub destroy_retry_limit: i32,
     pub max_inactivity_ms: i64,
     pub protected_labels: BTreeMap<String, String>,
+    /// `None`: the longest reminder lead time.
+    pub minimum_notice_ms: Option<i64>,
+    pub confirm_threshold: i32,
 }
 
 impl Default for OrgSettings {
@@ -76,6 +110,8 @@ impl Default for OrgSettings {
             destroy_retry_limit: 2,
             max_inactivity_ms: 9999 * 86_400_000,
             protected_labels: BTreeMap::new(),
+            minimum_notice_ms: None,
+            confirm_threshold: 25,
         }
     }
 }
@@ -94,8 +130,9 @@ pub async fn create_org(
     let inserted = exec(
         conn,
         "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, \
-         max_inactivity_ms, protected_labels, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (name) DO NOTHING",
+         max_inactivity_ms, protected_labels, created_at, updated_at, minimum_notice_ms, \
+         confirm_threshold) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) ON CONFLICT (name) DO NOTHING",
         [
             id.clone().into(),
             name.into(),
@@ -104,6 +141,8 @@ pub async fn create_org(
             settings.max_inactivity_ms.into(),
             json!(settings.protected_labels).to_string().into(),
             now.into(),
+            settings.minimum_notice_ms.into(),
+            settings.confirm_threshold.into(),
         ],
     )
     .await?;
@@ -139,6 +178,21 @@ pub async fn get_org(conn: &impl ConnectionTrait, id: &str) -> Result<OrgRow> {
     .ok_or_else(|| Error::not_found("organization", id))
 }
 
+/// An organization by id, its row locked for the rest of the transaction (PostgreSQL; SQLite
+/// serializes writers), so a read-modify-write of its settings loses nothing.
+pub async fn lock_org(conn: &impl ConnectionTrait, id: &str) -> Result<OrgRow> {
+    query_one(
+        conn,
+        &format!(
+            "SELECT {ORG_COLUMNS} FROM organizations o WHERE id = $1{}",
+            for_update(conn, "o")
+        ),
+        [id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("organization", id))
+}
+
 /// Replaces an organization's settings; see `auto_destroy::policy` for what follows for its
 /// workspaces.
 pub async fn update_org_settings(
@@ -151,7 +205,8 @@ pub async fn update_org_settings(
     let n = exec(
         conn,
         "UPDATE organizations SET reminder_lead_times_ms = $1, destroy_retry_limit = $2, \
-         max_inactivity_ms = $3, protected_labels = $4, updated_at = $5 WHERE id = $6",
+         max_inactivity_ms = $3, protected_labels = $4, updated_at = $5, minimum_notice_ms = $7, \
+         confirm_threshold = $8, version = version + 1 WHERE id = $6",
         [
             json!(settings.reminder_lead_times_ms).to_string().into(),
             settings.destroy_retry_limit.into(),
@@ -159,6 +214,8 @@ pub async fn update_org_settings(
             json!(settings.protected_labels).to_string().into(),
             now.into(),
             id.into(),
+            settings.minimum_notice_ms.into(),
+            settings.confirm_threshold.into(),
         ],
     )
     .await?;
@@ -208,6 +265,9 @@ mod tests {
             destroy_retry_limit: 2,
             max_inactivity_ms: 86_400_000,
             protected_labels: protected_labels.into(),
+            minimum_notice_ms: None,
+            confirm_threshold: 25,
+            version: 0,
             created_at: 0,
             updated_at: 0,
         }
@@ -232,6 +292,14 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("organizations.protected_labels"), "{text}");
         assert!(text.contains("org-1"), "{text}");
+    }
+
+    #[test]
+    fn the_minimum_notice_defaults_to_the_longest_lead_time() {
+        let mut o = org("{}", "[86400000, 43200000]");
+        assert_eq!(o.minimum_notice_ms().ok(), Some(86_400_000));
+        o.minimum_notice_ms = Some(0);
+        assert_eq!(o.minimum_notice_ms().ok(), Some(0), "zero turns it off");
     }
 
     #[test]

@@ -31,37 +31,35 @@ pub async fn find_due(
         id: String,
         due_at: i64,
     }
-    let Timeline {
-        table,
-        due_column: due,
-        live,
-        ..
-    } = timeline;
     let (after_due, after_id) = after
         .map(|k| (k.due_at, k.subject_id))
         .unwrap_or((i64::MIN, String::new()));
-    let rows: Vec<Due> = query_all(
-        conn,
-        &format!(
-            "SELECT id, {due} AS due_at FROM {table} \
-             WHERE {due} <= $1 AND shard_key % $2 = $3{live} \
-             AND ({due} > $4 OR ({due} = $4 AND id > $5)) \
-             ORDER BY {due}, id LIMIT {limit}"
-        ),
-        [
-            now.into(),
-            shard_count.into(),
-            shard.into(),
-            after_due.into(),
-            after_id.into(),
-        ],
-    )
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| FireKey {
+    let (table, live) = (timeline.table, timeline.live);
+    let mut keys = Vec::new();
+    for due in timeline.due_columns {
+        let rows: Vec<Due> = query_all(
+            conn,
+            &format!(
+                "SELECT id, {due} AS due_at FROM {table} \
+                 WHERE {due} <= $1 AND shard_key % $2 = $3{live} \
+                 AND ({due} > $4 OR ({due} = $4 AND id > $5)) \
+                 ORDER BY {due}, id LIMIT {limit}"
+            ),
+            [
+                now.into(),
+                shard_count.into(),
+                shard.into(),
+                after_due.into(),
+                after_id.clone().into(),
+            ],
+        )
+        .await?;
+        keys.extend(rows.into_iter().map(|r| FireKey {
             subject_id: r.id,
             due_at: r.due_at,
-        })
-        .collect())
+        }));
+    }
+    keys.sort_by(|a, b| (a.due_at, &a.subject_id).cmp(&(b.due_at, &b.subject_id)));
+    keys.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(keys)
 }

@@ -26,6 +26,20 @@ pub struct Timing {
     pub retry_at: Option<EpochMs>,
     /// How far operators pushed the inactivity deadline since the last applied state.
     pub inactivity_extension_ms: i64,
+    /// The inactivity branch is never due before this: the floor a policy change set so that
+    /// the organization's minimum notice holds (AD-12). Cleared by an applied state version.
+    pub inactivity_not_before: Option<EpochMs>,
+}
+
+/// Which schedule a due time belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Branch {
+    /// The one-shot `auto_destroy_at`.
+    OneShot,
+    /// The inactivity period since the last applied state.
+    Inactivity,
+    /// A scheduled retry of a failed auto-destroy.
+    Retry,
 }
 
 impl Timing {
@@ -35,16 +49,48 @@ impl Timing {
         if !self.applied_since_destroy {
             return None;
         }
+        let due = self
+            .last_state_change_at?
+            .saturating_add(self.inactivity_ms?)
+            .saturating_add(self.inactivity_extension_ms);
         Some(
-            self.last_state_change_at?
-                .saturating_add(self.inactivity_ms?)
-                .saturating_add(self.inactivity_extension_ms),
+            self.inactivity_not_before
+                .map_or(due, |floor| due.max(floor)),
         )
+    }
+
+    /// Whether the inactivity branch's due time was pushed by the minimum notice.
+    pub fn pushed_by_notice(&self) -> bool {
+        let Some(floor) = self.inactivity_not_before else {
+            return false;
+        };
+        let unclamped = Timing {
+            inactivity_not_before: None,
+            ..self.clone()
+        };
+        unclamped.inactivity_due().is_some_and(|due| due < floor)
+            && self.next_auto_destroy_at() == self.inactivity_due()
     }
 
     /// `next_auto_destroy_at`: the earliest due time that has not fired yet, or none.
     pub fn next_auto_destroy_at(&self) -> Option<EpochMs> {
-        if self.archived || self.protected || self.failed {
+        if self.protected {
+            return None;
+        }
+        self.due_ignoring_protection()
+    }
+
+    /// The due time of a schedule held back by protection: when it comes, it is consumed
+    /// (`workspace.auto_destroy.skipped`), never fired (AD-12).
+    pub fn held_due_at(&self) -> Option<EpochMs> {
+        if !self.protected {
+            return None;
+        }
+        self.due_ignoring_protection()
+    }
+
+    fn due_ignoring_protection(&self) -> Option<EpochMs> {
+        if self.archived || self.failed {
             return None;
         }
         let unfired = |t: EpochMs| match self.last_fired_due_at {
@@ -61,8 +107,58 @@ impl Timing {
             .min()
     }
 
-    /// Which branch decides the next due time: `auto_destroy_at`, `inactivity` or `retry`.
+    /// Which schedule the due time `due` belongs to.
+    pub fn branch_of(&self, due: EpochMs) -> Branch {
+        if self.retry_at == Some(due) {
+            Branch::Retry
+        } else if self.auto_destroy_at == Some(due) {
+            Branch::OneShot
+        } else {
+            Branch::Inactivity
+        }
+    }
+
+    /// Consumes the schedule due at `due` without firing it (it came due while the workspace
+    /// was protected): the one-shot is cleared and the inactivity clock restarts from `due`,
+    /// so nothing that passed while protected can fire later (AD-12).
+    pub fn consume(&mut self, due: EpochMs) {
+        if self.auto_destroy_at.is_some_and(|at| at <= due) {
+            self.auto_destroy_at = None;
+        }
+        if self.retry_at.is_some_and(|at| at <= due) {
+            self.retry_at = None;
+        }
+        if let (Some(last), true) = (
+            self.last_state_change_at,
+            self.inactivity_due().is_some_and(|at| at <= due),
+        ) {
+            self.inactivity_extension_ms = self.inactivity_extension_ms.max(due - last);
+            if self.inactivity_not_before.is_some_and(|floor| floor <= due) {
+                self.inactivity_not_before = None;
+            }
+        }
+    }
+
+    /// Applies the minimum notice after a policy change (AD-12): an inactivity branch that
+    /// would come due before `now + notice_ms` comes due then instead. The one-shot, chosen
+    /// explicitly, is never pushed. Whether it pushed anything.
+    pub fn give_notice(&mut self, now: EpochMs, notice_ms: i64) -> bool {
+        let earliest = now.saturating_add(notice_ms);
+        match self.inactivity_due() {
+            Some(due) if due < earliest && notice_ms > 0 => {
+                self.inactivity_not_before = Some(earliest);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Which branch decides the next due time: `auto_destroy_at`, `inactivity`, `retry`, or
+    /// `minimum_notice` when a policy change pushed the inactivity branch.
     pub fn reason(&self) -> &'static str {
+        if self.pushed_by_notice() {
+            return "minimum_notice";
+        }
         let next = self.next_auto_destroy_at();
         if next.is_some() && next == self.retry_at {
             "retry"
@@ -242,6 +338,64 @@ mod tests {
         );
         assert_eq!(next_reminder_after(due, &[24 * H, 12 * H], 90 * H), None);
         assert_eq!(next_reminder_after(due, &[], 0), None);
+    }
+
+    #[test]
+    fn a_schedule_held_by_protection_is_consumed_not_kept_loaded() {
+        let mut t = Timing {
+            protected: true,
+            auto_destroy_at: Some(10 * H),
+            inactivity_ms: Some(24 * H),
+            last_state_change_at: Some(0),
+            applied_since_destroy: true,
+            ..Timing::default()
+        };
+        assert_eq!(
+            t.next_auto_destroy_at(),
+            None,
+            "never pending while protected"
+        );
+        assert_eq!(t.held_due_at(), Some(10 * H));
+        assert_eq!(t.branch_of(10 * H), Branch::OneShot);
+        t.consume(10 * H);
+        assert_eq!(t.auto_destroy_at, None, "the one-shot is cleared");
+        assert_eq!(t.held_due_at(), Some(24 * H), "inactivity is held next");
+        t.consume(24 * H);
+        assert_eq!(
+            t.held_due_at(),
+            Some(48 * H),
+            "the clock restarts when consumed"
+        );
+        t.protected = false;
+        assert_eq!(t.next_auto_destroy_at(), Some(48 * H));
+        assert_eq!(t.held_due_at(), None);
+    }
+
+    #[test]
+    fn the_minimum_notice_pushes_inactivity_but_never_the_one_shot() {
+        let mut t = Timing {
+            inactivity_ms: Some(24 * H),
+            last_state_change_at: Some(0),
+            applied_since_destroy: true,
+            ..Timing::default()
+        };
+        // Policy lowered at hour 30: due at 24 h, already past.
+        assert!(t.give_notice(30 * H, 24 * H));
+        assert_eq!(t.next_auto_destroy_at(), Some(54 * H));
+        assert_eq!(t.reason(), "minimum_notice");
+        assert!(!t.give_notice(30 * H, 24 * H), "already far enough");
+        // An explicit one-shot sooner than the notice is honoured as given.
+        t.auto_destroy_at = Some(31 * H);
+        assert_eq!(t.next_auto_destroy_at(), Some(31 * H));
+        assert_eq!(t.reason(), "auto_destroy_at");
+        // Zero turns the notice off.
+        let mut off = Timing {
+            inactivity_not_before: None,
+            auto_destroy_at: None,
+            ..t
+        };
+        assert!(!off.give_notice(30 * H, 0));
+        assert_eq!(off.next_auto_destroy_at(), Some(24 * H));
     }
 
     #[test]

@@ -18,8 +18,9 @@ pub type Statement = (&'static str, Vec<Value>);
 pub struct Timeline {
     /// The table.
     pub table: &'static str,
-    /// The column of the next due time.
-    pub due_column: &'static str,
+    /// The columns of the next due time, each indexed where not null: a row falls due by
+    /// the one that is set (the due scan reads each by its index and merges).
+    pub due_columns: &'static [&'static str],
     /// A further condition a row must meet to fall due (SQL starting with ` AND`), or empty.
     pub live: &'static str,
     /// The statement and values that record one reminder as sent for (subject, due time, lead
@@ -30,7 +31,9 @@ pub struct Timeline {
 /// Workspaces, falling due for auto-destroy.
 pub const WORKSPACES: Timeline = Timeline {
     table: "workspaces",
-    due_column: "next_auto_destroy_at",
+    // A pending auto-destroy, or a schedule held by protection that comes due to be
+    // consumed (AD-12); a workspace has at most one of the two.
+    due_columns: &["next_auto_destroy_at", "held_due_at"],
     live: "",
     ledger: |id, due, lead, now| {
         (
@@ -45,7 +48,7 @@ pub const WORKSPACES: Timeline = Timeline {
 /// new time is a new scheduled action), so its ledger is keyed by lead time alone.
 pub const SCHEDULED_ACTIONS: Timeline = Timeline {
     table: "scheduled_actions",
-    due_column: "scheduled_at",
+    due_columns: &["scheduled_at"],
     live: " AND status = 'pending'",
     ledger: |id, _due, lead, now| {
         (

@@ -41,7 +41,7 @@ pub async fn set_lock(
         }
     };
     ws.locked = locked;
-    save(conn, &mut ws, &org, now).await?;
+    save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(
         conn,
         vec![NewEvent::new(
@@ -85,7 +85,11 @@ pub async fn set_archived(
         )));
     }
     ws.state = target;
-    save(conn, &mut ws, &org, now).await?;
+    if !archived {
+        // A restored workspace is never due without the minimum notice (AD-12).
+        ws.give_notice(&org, None, now)?;
+    }
+    save(conn, &mut ws, &org, actor, now).await?;
     let event = if archived {
         "workspace.archived"
     } else {

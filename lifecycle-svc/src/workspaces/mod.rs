@@ -7,7 +7,7 @@ pub(crate) mod state_versions;
 
 use std::collections::BTreeMap;
 
-use ebb_common::time::EpochMs;
+use ebb_common::time::{EpochMs, rfc3339};
 use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult};
@@ -19,6 +19,7 @@ use crate::tenancy::orgs::{OrgRow, get_org};
 use crate::tenancy::projects::get_project;
 use crate::timing::math;
 use crate::timing::math::Timing;
+use crate::workspaces::math::Branch;
 
 db_enum! {
     /// Whether a workspace is in use or archived (never deleted).
@@ -46,7 +47,8 @@ pub const WORKSPACE_COLUMNS: &str = "w.id, w.organization_id, w.project_id, w.na
     w.auto_destroy_at, w.auto_destroy_inactivity_ms, w.inherits_project_auto_destroy, \
     w.auto_destroy_status, w.last_state_change_at, w.latest_serial, w.applied_since_destroy, \
     w.last_fired_due_at, w.auto_destroy_failures, w.auto_destroy_retry_at, \
-    w.next_auto_destroy_at, w.next_reminder_at, w.inactivity_extension_ms, w.created_at, w.updated_at, \
+    w.next_auto_destroy_at, w.next_reminder_at, w.inactivity_extension_ms, w.held_due_at, \
+    w.inactivity_not_before, w.created_at, w.updated_at, \
     p.default_inactivity_ms AS project_default_inactivity_ms";
 
 /// `FROM` clause joining a workspace to its project.
@@ -79,6 +81,8 @@ pub struct WorkspaceRow {
     pub next_auto_destroy_at: Option<i64>,
     pub next_reminder_at: Option<i64>,
     pub inactivity_extension_ms: i64,
+    pub held_due_at: Option<i64>,
+    pub inactivity_not_before: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
     pub project_default_inactivity_ms: Option<i64>,
@@ -117,7 +121,63 @@ impl WorkspaceRow {
             last_fired_due_at: self.last_fired_due_at,
             retry_at: self.auto_destroy_retry_at,
             inactivity_extension_ms: self.inactivity_extension_ms,
+            inactivity_not_before: self.inactivity_not_before,
         }
+    }
+
+    /// Takes over what a pure timing decision changed.
+    pub fn apply(&mut self, timing: &Timing) {
+        self.auto_destroy_at = timing.auto_destroy_at;
+        self.auto_destroy_retry_at = timing.retry_at;
+        self.inactivity_extension_ms = timing.inactivity_extension_ms;
+        self.inactivity_not_before = timing.inactivity_not_before;
+    }
+
+    /// Gives the organization's minimum notice after a change that may have brought the
+    /// destroy forward from `previous_due` (AD-12): if it did, it comes due no sooner than
+    /// `now` plus the notice. Whether it pushed the due time.
+    pub fn give_notice(
+        &mut self,
+        org: &OrgRow,
+        previous_due: Option<EpochMs>,
+        now: EpochMs,
+    ) -> Result<bool> {
+        let mut timing = self.timing();
+        let Some(due) = timing.next_auto_destroy_at() else {
+            return Ok(false);
+        };
+        if previous_due.is_some_and(|p| due >= p) {
+            return Ok(false);
+        }
+        let pushed = timing.give_notice(now, org.minimum_notice_ms()?);
+        self.apply(&timing);
+        Ok(pushed)
+    }
+
+    /// Consumes the schedule held by protection that came due at `due` (AD-12): records
+    /// `workspace.auto_destroy.skipped`, clears the one-shot and restarts the inactivity clock.
+    pub fn consume_held(&mut self, due: EpochMs, actor: &str) -> NewEvent {
+        let mut timing = self.timing();
+        let branch = timing.branch_of(due);
+        timing.consume(due);
+        self.apply(&timing);
+        NewEvent::new(
+            &self.organization_id,
+            "workspace.auto_destroy.skipped",
+            "workspace",
+            &self.id,
+            actor,
+            json!({
+                "due_at": rfc3339(due),
+                "workspace_name": self.name,
+                "reason": "protected",
+                "schedule": match branch {
+                    Branch::OneShot => "auto_destroy_at",
+                    Branch::Inactivity => "inactivity",
+                    Branch::Retry => "retry",
+                },
+            }),
+        )
     }
 }
 
@@ -277,9 +337,23 @@ pub async fn save(
     conn: &impl ConnectionTrait,
     ws: &mut WorkspaceRow,
     org: &OrgRow,
+    actor: &str,
     now: EpochMs,
 ) -> Result<()> {
-    ws.next_auto_destroy_at = ws.timing().next_auto_destroy_at();
+    // Protection was lifted (the stored row still holds a schedule): what came due while it
+    // was protected is consumed, never fired, and the rest gets the minimum notice (AD-12).
+    if !ws.is_protected() && ws.state == WorkspaceState::Active {
+        if let Some(held) = ws.held_due_at.filter(|h| *h <= now) {
+            let event = ws.consume_held(held, actor);
+            outbox::write(conn, vec![event], now).await?;
+        }
+        if ws.held_due_at.is_some() {
+            ws.give_notice(org, None, now)?;
+        }
+    }
+    let timing = ws.timing();
+    ws.next_auto_destroy_at = timing.next_auto_destroy_at();
+    ws.held_due_at = timing.held_due_at();
     ws.next_reminder_at = math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times()?, now);
     if ws.next_auto_destroy_at.is_none()
         && matches!(
@@ -299,7 +373,8 @@ pub async fn save(
          last_state_change_at = $13, latest_serial = $14, applied_since_destroy = $15, \
          last_fired_due_at = $16, auto_destroy_failures = $17, auto_destroy_retry_at = $18, \
          next_auto_destroy_at = $19, next_reminder_at = $20, updated_at = $21, \
-         inactivity_extension_ms = $23 WHERE id = $22",
+         inactivity_extension_ms = $23, held_due_at = $24, inactivity_not_before = $25 \
+         WHERE id = $22",
         [
             ws.name.clone().into(),
             ws.labels.clone().into(),
@@ -324,6 +399,8 @@ pub async fn save(
             now.into(),
             ws.id.clone().into(),
             ws.inactivity_extension_ms.into(),
+            ws.held_due_at.into(),
+            ws.inactivity_not_before.into(),
         ],
     )
     .await?;
@@ -376,7 +453,7 @@ pub async fn update_workspace(
     if let Some(w) = changes.working_directory {
         ws.working_directory = w;
     }
-    save(conn, &mut ws, &org, now).await?;
+    save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(
         conn,
         vec![NewEvent::new(

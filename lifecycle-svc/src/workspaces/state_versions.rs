@@ -67,11 +67,13 @@ pub async fn record_state_version(
         ws.last_state_change_at = Some(now);
         ws.applied_since_destroy = true;
         ws.inactivity_extension_ms = 0;
+        // Activity is never pushed by the minimum notice (AD-12).
+        ws.inactivity_not_before = None;
         if ws.auto_destroy_status == AutoDestroyStatus::Succeeded {
             ws.auto_destroy_status = AutoDestroyStatus::Idle;
         }
     }
-    save(conn, &mut ws, &org, now).await?;
+    save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(
         conn,
         vec![NewEvent::new(

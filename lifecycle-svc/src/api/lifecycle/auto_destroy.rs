@@ -151,7 +151,8 @@ impl LifecycleApi {
             auto_destroy_at: at,
             label_selector: selector,
         };
-        let (items, skipped) = preview::preview(&self.core.db.conn, &proposal, now).await?;
+        let outcome = preview::preview(&self.core.db.conn, &proposal, now).await?;
+        let (items, skipped) = (outcome.items, outcome.skipped);
         let size = size.unwrap_or(page::DEFAULT_PAGE_SIZE) as usize;
         let fh = page::filter_hash(&["preview", &format!("{proposal:?}")]);
         let start = match page::decode(&req.page_token, &fh)?.as_deref() {
@@ -172,6 +173,7 @@ impl LifecycleApi {
             items,
             skipped_count: skipped,
             next_page_token,
+            confirm_count: outcome.confirm_count,
         }))
     }
 }

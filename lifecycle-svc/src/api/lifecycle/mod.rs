@@ -48,6 +48,8 @@ fn settings(
             "destroy_retry_limit",
             "max_inactivity",
             "protected_labels",
+            "minimum_notice",
+            "confirm_threshold",
         ]
         .contains(&m.as_str())
         {
@@ -93,6 +95,29 @@ fn settings(
     }
     if wants("protected_labels") && (!mask.is_empty() || !s.protected_labels.is_empty()) {
         out.protected_labels = check::labels(v, "settings.protected_labels", &s.protected_labels);
+    }
+    if wants("minimum_notice") && (!mask.is_empty() || s.minimum_notice.is_some()) {
+        out.minimum_notice_ms = match &s.minimum_notice {
+            None => None,
+            Some(d) => match from_duration(d) {
+                Ok(ms) if (0..=90 * 86_400_000).contains(&ms) => Some(ms),
+                Ok(_) => {
+                    v.add("settings.minimum_notice", "must be between 0 and 90 days");
+                    None
+                }
+                Err(e) => {
+                    v.add("settings.minimum_notice", e);
+                    None
+                }
+            },
+        };
+    }
+    if wants("confirm_threshold") && (!mask.is_empty() || s.confirm_threshold.is_some()) {
+        let threshold = s.confirm_threshold.unwrap_or(25);
+        if !(0..=100_000).contains(&threshold) {
+            v.add("settings.confirm_threshold", "must be between 0 and 100000");
+        }
+        out.confirm_threshold = threshold;
     }
     out
 }

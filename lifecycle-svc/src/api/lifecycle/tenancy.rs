@@ -61,21 +61,18 @@ impl LifecycleApi {
             v.add("settings", "is required");
         }
         v.finish()?;
-        let current = orgs::get_org(&self.core.db.conn, &id).await?;
-        let base = OrgSettings {
-            reminder_lead_times_ms: current.lead_times()?,
-            destroy_retry_limit: current.destroy_retry_limit,
-            max_inactivity_ms: current.max_inactivity_ms,
-            protected_labels: current.protected_labels()?,
-        };
         let mask = req
             .update_mask
             .as_ref()
             .map(|m| m.paths.clone())
             .unwrap_or_default();
+        // Validated now; merged into the settings as they are inside the transaction, under
+        // the organization's row lock, so concurrent masked updates lose nothing.
         let mut v = Violations::new();
-        let settings = settings(&mut v, req.settings.as_ref(), &mask, base);
+        settings(&mut v, req.settings.as_ref(), &mask, OrgSettings::default());
         v.finish()?;
+        let given = req.settings.clone();
+        let (etag, confirm_count) = (req.etag.clone(), req.confirm_count);
         let now = self.core.now();
         ok(self
             .core
@@ -85,10 +82,22 @@ impl LifecycleApi {
                 &req,
                 move |txn| {
                     Box::pin(async move {
-                        let org = policy::update_org_settings(txn, &id, &settings, API_ACTOR, now)
-                            .await?;
+                        let merge = |current: OrgSettings| {
+                            settings(&mut Violations::new(), given.as_ref(), &mask, current)
+                        };
+                        let change = policy::SettingsChange {
+                            merge: &merge,
+                            etag: &etag,
+                            confirm_count,
+                        };
+                        let (org, scheduled) =
+                            policy::update_org_settings(txn, &id, &change, API_ACTOR, now).await?;
                         Ok(pb::UpdateOrganizationSettingsResponse {
                             organization: Some(convert::organization(&org)?),
+                            scheduled: scheduled
+                                .iter()
+                                .map(|s| convert::scheduled(s, now))
+                                .collect(),
                         })
                     })
                 },
@@ -184,15 +193,27 @@ impl LifecycleApi {
         }
         v.finish()?;
         let now = self.core.now();
+        let confirm_count = req.confirm_count;
         ok(self
             .core
             .mutate("UpdateProject", &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let p =
-                        policy::update_project(txn, &id, name.as_deref(), default, API_ACTOR, now)
-                            .await?;
+                    let (p, scheduled) = policy::update_project(
+                        txn,
+                        &id,
+                        name.as_deref(),
+                        default,
+                        confirm_count,
+                        API_ACTOR,
+                        now,
+                    )
+                    .await?;
                     Ok(pb::UpdateProjectResponse {
                         project: Some(convert::project(&p)),
+                        scheduled: scheduled
+                            .iter()
+                            .map(|s| convert::scheduled(s, now))
+                            .collect(),
                     })
                 })
             })
