@@ -1,7 +1,8 @@
 //! Database connections shared by every service: SQLite (embedded default) and PostgreSQL.
 //!
 //! Services write most queries as SQL through SeaORM's `ConnectionTrait`, with `$1`-style
-//! placeholders; [`Db::stmt`] rewrites them to SQLite's `?1` form, which has the same meaning.
+//! placeholders; [`Db::stmt`] rewrites them to SQLite's `?1` form, which has the same meaning
+//! (see [`crate::sql`]).
 
 use std::time::Duration;
 
@@ -10,6 +11,9 @@ use sea_orm::{
     Statement, Value,
 };
 use sea_orm_migration::MigratorTrait;
+
+// Statement helpers live in `sql`; services have always found these two here.
+pub use crate::sql::{now_ms_sql, stmt};
 
 /// Refuses URLs of backends Ebb does not run on.
 pub fn validate_url(url: &str) -> Result<(), String> {
@@ -141,27 +145,6 @@ impl Db {
     }
 }
 
-/// A statement in `backend`'s dialect from `$n`-placeholder SQL.
-pub fn stmt(
-    backend: DatabaseBackend,
-    sql: &str,
-    values: impl IntoIterator<Item = Value>,
-) -> Statement {
-    let sql = match backend {
-        DatabaseBackend::Sqlite => sql.replace('$', "?"),
-        _ => sql.to_owned(),
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
-
-/// SQL for the current time in milliseconds since the epoch, in database time.
-pub fn now_ms_sql(backend: DatabaseBackend) -> &'static str {
-    match backend {
-        DatabaseBackend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-        _ => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-    }
-}
-
 fn sqlite_path(url: &str) -> Option<String> {
     let rest = url
         .strip_prefix("sqlite://")
@@ -185,14 +168,6 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_follow_the_dialect() {
-        let s = stmt(DatabaseBackend::Sqlite, "SELECT $1, $2, $1", []);
-        assert_eq!(s.sql, "SELECT ?1, ?2, ?1");
-        let p = stmt(DatabaseBackend::Postgres, "SELECT $1", []);
-        assert_eq!(p.sql, "SELECT $1");
-    }
 
     #[test]
     fn urls_are_checked_and_redacted() {

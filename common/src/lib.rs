@@ -11,6 +11,7 @@ pub mod methods;
 pub mod metrics;
 pub mod page;
 pub mod serving;
+pub mod sql;
 pub mod telemetry;
 pub mod time;
 pub mod tls;
