@@ -171,6 +171,17 @@ impl Component {
     }
 }
 
+/// What reflection serves: Ebb's services and messages, health and reflection themselves, and
+/// the `google.rpc` error details (`BadRequest`, `ErrorInfo`, …) that statuses carry, so that
+/// `grpcurl` can print them.
+pub const REFLECTED_DESCRIPTOR_SETS: [&[u8]; 5] = [
+    ebb_proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    tonic_types::pb::FILE_DESCRIPTOR_SET,
+];
+
 /// How often readiness is re-checked.
 const READINESS_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -197,13 +208,11 @@ pub async fn serve(
         .await;
 
     let reflection = || {
-        let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(ebb_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(
-                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-            )
+        let mut builder = tonic_reflection::server::Builder::configure();
+        for set in REFLECTED_DESCRIPTOR_SETS {
+            builder = builder.register_encoded_file_descriptor_set(set);
+        }
+        builder = builder
             .with_service_name("grpc.health.v1.Health")
             .with_service_name("grpc.reflection.v1.ServerReflection")
             .with_service_name("grpc.reflection.v1alpha.ServerReflection");
@@ -531,5 +540,32 @@ impl http_body::Body for LimitedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reflection_serves_the_error_details() {
+        let mut pool = prost_reflect::DescriptorPool::new();
+        for set in REFLECTED_DESCRIPTOR_SETS {
+            pool.decode_file_descriptor_set(set)
+                .expect("every reflected file and its imports resolve");
+        }
+        for name in [
+            "google.rpc.ErrorInfo",
+            "google.rpc.BadRequest",
+            "google.rpc.PreconditionFailure",
+            "google.rpc.Status",
+            "grpc.health.v1.HealthCheckRequest",
+        ] {
+            assert!(pool.get_message_by_name(name).is_some(), "{name}");
+        }
+        assert!(
+            pool.get_service_by_name("ebb.notifier.v1.NotifierService")
+                .is_some()
+        );
     }
 }
