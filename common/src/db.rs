@@ -15,6 +15,35 @@ use sea_orm_migration::MigratorTrait;
 // Statement helpers live in `sql`; services have always found these two here.
 pub use crate::sql::{now_ms_sql, stmt};
 
+/// How long a call waits for a pooled PostgreSQL connection, by default, before it fails with
+/// UNAVAILABLE: long enough for a busy pool to free one, short enough that a call during an
+/// outage answers at once instead of hanging.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The shortest wait for SQLite's connection. A process has one SQLite connection and it is
+/// the queue of writers: waiting for it is the normal way writes take turns, not an outage,
+/// and a local file does not go away the way a server does.
+const SQLITE_MIN_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a service's connection pool is sized and how long calls wait for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Most connections open at once (SQLite always uses one).
+    pub max_connections: u32,
+    /// How long a call waits for a connection (opening one included) before it fails with
+    /// UNAVAILABLE. SQLite waits at least 30 seconds, its writers' turn.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
+
 /// Refuses URLs of backends Ebb does not run on.
 pub fn validate_url(url: &str) -> Result<(), String> {
     if url.starts_with("sqlite:")
@@ -53,8 +82,31 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects, creating the SQLite file and its directory when needed.
+    /// Connects with `max_connections` and the default acquire timeout, creating the SQLite
+    /// file and its directory when needed.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        Self::connect_with(
+            url,
+            &PoolOptions {
+                max_connections,
+                ..PoolOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects with `pool`, creating the SQLite file and its directory when needed.
+    pub async fn connect_with(url: &str, pool: &PoolOptions) -> Result<Self, DbErr> {
+        Self::open(url, pool, false).await
+    }
+
+    /// A pool that connects on first use, so that it exists while the database does not
+    /// answer (readiness and error tests).
+    pub async fn connect_lazy(url: &str, pool: &PoolOptions) -> Result<Self, DbErr> {
+        Self::open(url, pool, true).await
+    }
+
+    async fn open(url: &str, pool: &PoolOptions, lazy: bool) -> Result<Self, DbErr> {
         validate_url(url).map_err(DbErr::Custom)?;
         if let Some(path) = sqlite_path(url)
             && let Some(dir) = std::path::Path::new(&path).parent()
@@ -65,16 +117,20 @@ impl Db {
         }
         let mut options = ConnectOptions::new(url.to_owned());
         options
-            .max_connections(max_connections)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(30))
+            .max_connections(pool.max_connections.max(1))
+            .min_connections(if lazy { 0 } else { 1 })
+            .connect_lazy(lazy)
+            // SeaORM gives sqlx one timeout for connecting and acquiring: the acquire timeout
+            // bounds both, so an unreachable server fails a call within it.
+            .acquire_timeout(pool.acquire_timeout)
             .sqlx_logging(false);
         if url.starts_with("sqlite:") {
             // SQLite has one writer at a time, and a deferred transaction that upgrades to a
             // write lock fails at once instead of waiting when another connection wrote in
             // between. One connection per process serializes writes without such failures.
-            options.max_connections(1);
+            options
+                .max_connections(1)
+                .acquire_timeout(pool.acquire_timeout.max(SQLITE_MIN_ACQUIRE_TIMEOUT));
         }
         let conn = Database::connect(options).await?;
         let db = Self {
@@ -142,6 +198,25 @@ impl Db {
     /// Whether the database answers.
     pub async fn ping(&self) -> bool {
         self.conn.ping().await.is_ok()
+    }
+
+    /// Whether the database answers within `timeout` (waiting for a pooled connection
+    /// included).
+    pub async fn ping_within(&self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.conn.ping()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The URL this pool connects to, password hidden.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// Whether `other` connects to the same database.
+    pub fn same_database(&self, other: &Db) -> bool {
+        self.url == other.url
     }
 }
 
