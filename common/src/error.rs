@@ -353,6 +353,15 @@ impl Violations {
         });
     }
 
+    /// Records the field violations of `error`; any other error is recorded against `field`
+    /// `""` with its message.
+    pub fn add_error(&mut self, error: Error) {
+        match error {
+            Error::InvalidArgument(violations) => self.0.extend(violations),
+            other => self.add("", other.to_string()),
+        }
+    }
+
     /// Records the error of `result` against `field` and passes its value through.
     pub fn check<T, E: std::fmt::Display>(
         &mut self,
