@@ -240,6 +240,82 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     )
 }
 
+/// Databases for this crate's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A fresh PostgreSQL database on the server of `EBB_TEST_DATABASE_URL`, dropped by
+    /// [`FreshPostgres::drop`].
+    pub(crate) struct FreshPostgres {
+        /// A pool on the new database.
+        pub db: Db,
+        server: String,
+        name: String,
+    }
+
+    impl FreshPostgres {
+        /// `None`, after saying so, when `EBB_TEST_DATABASE_URL` names no PostgreSQL server.
+        pub(crate) async fn create(test: &str) -> Option<Self> {
+            let Some(server) = std::env::var("EBB_TEST_DATABASE_URL")
+                .ok()
+                .filter(|u| u.starts_with("postgres"))
+            else {
+                eprintln!(
+                    "skipping the PostgreSQL part of {test}: EBB_TEST_DATABASE_URL is not set"
+                );
+                return None;
+            };
+            let name = format!("ebb_common_t_{}", uuid::Uuid::new_v4().simple());
+            let admin = Database::connect(server.as_str())
+                .await
+                .expect("connect to EBB_TEST_DATABASE_URL");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create the test database");
+            let _ = admin.close().await;
+            let url = with_database(&server, &name);
+            let db = Db::connect(&url, 4)
+                .await
+                .expect("connect to the test database");
+            Some(Self { db, server, name })
+        }
+
+        /// Closes the pool and drops the database.
+        pub(crate) async fn drop(self) {
+            let _ = self.db.conn.close().await;
+            if let Ok(admin) = Database::connect(self.server.as_str()).await {
+                let _ = admin
+                    .execute_unprepared(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.name
+                    ))
+                    .await;
+                let _ = admin.close().await;
+            }
+        }
+    }
+
+    /// `url` with its database name replaced by `name`.
+    pub(crate) fn with_database(url: &str, name: &str) -> String {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let host_start = base.find("://").map_or(0, |i| i + 3);
+        let host_end = base[host_start..]
+            .find('/')
+            .map_or(base.len(), |i| host_start + i);
+        let mut out = format!("{}/{name}", &base[..host_end]);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

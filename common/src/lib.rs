@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod idempotency;
 pub mod methods;
 pub mod metrics;
 pub mod page;
