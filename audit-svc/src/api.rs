@@ -2,9 +2,8 @@
 
 use std::pin::Pin;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ebb_common::error::Violations;
+use ebb_common::page::Page;
 use ebb_common::time::{from_timestamp, to_timestamp};
 use ebb_common::{Error, Result};
 use ebb_proto::audit::v1::{
@@ -14,7 +13,6 @@ use ebb_proto::audit::v1::{
     audit_service_server::AuditService,
 };
 use futures::Stream;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
 use crate::chain::BreakKind;
@@ -23,10 +21,6 @@ use crate::store::{Filter, NewEvent, SCAN_CHUNK, Store, StoredEvent, Verificatio
 
 /// Most events one AppendEvents call may carry.
 pub const MAX_BATCH: usize = 1000;
-/// Page size when a request leaves it at zero.
-const DEFAULT_PAGE_SIZE: u64 = 100;
-/// The largest page ListEvents answers.
-const MAX_PAGE_SIZE: u64 = 1000;
 /// Longest id, organization id, subject or actor accepted.
 const MAX_NAME: usize = 256;
 /// Largest canonical `data` accepted.
@@ -141,7 +135,8 @@ fn some(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
-fn filter(r: &ListEventsRequest) -> Result<Filter> {
+/// The filter and the page of a ListEvents request, every bad field reported at once.
+fn filter(r: &ListEventsRequest) -> Result<(Filter, Page)> {
     let mut v = Violations::new();
     check_name(&mut v, "organization_id", &r.organization_id, true);
     for (field, value) in [
@@ -177,8 +172,7 @@ fn filter(r: &ListEventsRequest) -> Result<Filter> {
             false
         }
     };
-    v.finish()?;
-    Ok(Filter {
+    let filter = Filter {
         organization_id: r.organization_id.clone(),
         action: some(&r.action),
         action_prefix: some(&r.action_prefix),
@@ -188,45 +182,12 @@ fn filter(r: &ListEventsRequest) -> Result<Filter> {
         start_ms,
         end_ms,
         newest_first,
-    })
-}
-
-/// A page token: the last sequence returned and a fingerprint of the filter it belongs to.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct PageToken {
-    /// Fingerprint of the filter and order.
-    f: String,
-    /// Last sequence of the previous page.
-    s: i64,
-}
-
-fn fingerprint(filter: &Filter) -> String {
-    let text = serde_json::to_string(filter).unwrap_or_default();
-    hex::encode(&Sha256::digest(text.as_bytes())[..12])
-}
-
-fn decode_token(token: &str, filter: &Filter) -> Result<Option<i64>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let bad = || Error::invalid("page_token", "is not a page token issued by ListEvents");
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    if token.f != fingerprint(filter) {
-        return Err(Error::invalid(
-            "page_token",
-            "was issued for a different filter or order; repeat the first page's filter",
-        ));
-    }
-    Ok(Some(token.s))
-}
-
-fn encode_token(filter: &Filter, last: i64) -> String {
-    let token = PageToken {
-        f: fingerprint(filter),
-        s: last,
     };
-    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
+    // A token is bound to every filter field and the order.
+    let key = serde_json::to_string(&filter).unwrap_or_default();
+    let page = Page::read(&mut v, r.page_size, &r.page_token, &["audit_events", &key]);
+    v.finish()?;
+    Ok((filter, page))
 }
 
 /// Validates a `from_sequence`/`to_sequence` pair; `to` 0 means the head.
@@ -327,23 +288,12 @@ impl AuditService for AuditApi {
         request: Request<ListEventsRequest>,
     ) -> Result<Response<ListEventsResponse>, Status> {
         let request = request.into_inner();
-        let filter = filter(&request)?;
-        let page_size = match request.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n if n < 0 => return Err(Error::invalid("page_size", "must not be negative").into()),
-            n => (n as u64).min(MAX_PAGE_SIZE),
-        };
-        let after = decode_token(&request.page_token, &filter)?;
-        let mut events = self.store.list(&filter, after, page_size + 1).await?;
-        let next_page_token = if events.len() as u64 > page_size {
-            events.truncate(page_size as usize);
-            events
-                .last()
-                .map(|e| encode_token(&filter, e.sequence))
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
+        let (filter, page) = filter(&request)?;
+        let events = self
+            .store
+            .list(&filter, page.after_int()?, page.limit())
+            .await?;
+        let (events, next_page_token) = page.finish(events, |e| vec![e.sequence.to_string()]);
         let events = events
             .into_iter()
             .map(to_proto)
@@ -480,20 +430,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn page_tokens_are_bound_to_their_filter() {
-        let a = Filter {
+    fn page_tokens_are_bound_to_their_filter_and_order() {
+        let request = ListEventsRequest {
             organization_id: "o".into(),
-            action_prefix: Some("deprovision.".into()),
+            action_prefix: "deprovision.".into(),
+            page_size: 1,
             ..Default::default()
         };
-        let token = encode_token(&a, 42);
-        assert_eq!(decode_token(&token, &a).expect("same filter"), Some(42));
-        let b = Filter {
-            newest_first: true,
-            ..a.clone()
+        let (_, page) = filter(&request).expect("valid");
+        let (_, token) = page.finish(vec![41, 42], |s| vec![s.to_string()]);
+        let next = ListEventsRequest {
+            page_token: token.clone(),
+            ..request.clone()
         };
-        let err = decode_token(&token, &b).expect_err("other order");
-        assert_eq!(Status::from(err).code(), tonic::Code::InvalidArgument);
-        assert!(decode_token("not a token!", &a).is_err());
+        let (_, page) = filter(&next).expect("same filter");
+        assert_eq!(page.after_int().expect("position"), Some(41));
+        // Unspecified and oldest-first are one order.
+        let oldest = ListEventsRequest {
+            order: Order::OldestFirst as i32,
+            ..next.clone()
+        };
+        assert!(filter(&oldest).is_ok());
+        for other in [
+            ListEventsRequest {
+                order: Order::NewestFirst as i32,
+                ..next.clone()
+            },
+            ListEventsRequest {
+                action_prefix: "workspace.".into(),
+                ..next.clone()
+            },
+            ListEventsRequest {
+                page_token: "not a token!".into(),
+                ..request.clone()
+            },
+        ] {
+            let err = filter(&other).expect_err("refused");
+            let Error::InvalidArgument(v) = err else {
+                panic!("invalid argument")
+            };
+            assert_eq!(v[0].field, "page_token");
+        }
     }
 }

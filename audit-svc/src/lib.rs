@@ -52,7 +52,7 @@ impl ServiceConfig for Config {
 
 /// Connects, migrates and assembles the service.
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
-    let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
+    let db = serving::connect_database(&config.server, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let mut component = Component::new();
     component.add_metrics_source(Arc::new(gauges::AuditMetrics::new(db.clone())));

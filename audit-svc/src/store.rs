@@ -4,10 +4,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ebb_common::db::{Db, is_unique_violation};
+use ebb_common::sql::{for_update, placeholders};
 use ebb_common::{Error, Result};
-use sea_orm::{
-    ConnectionTrait, DatabaseBackend, DatabaseTransaction, QueryResult, TransactionTrait, Value,
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, QueryResult, TransactionTrait, Value};
 
 use crate::chain::{self, Break, Content, GENESIS_HASH, Record, Verifier};
 
@@ -441,10 +440,7 @@ async fn lock_head(
         [organization_id.into(), chain::genesis_hex().into()],
     ))
     .await?;
-    let lock = match backend {
-        DatabaseBackend::Sqlite => "",
-        _ => " FOR UPDATE",
-    };
+    let lock = for_update().sql(backend);
     let row = txn
         .query_one_raw(ebb_common::db::stmt(
             backend,
@@ -490,13 +486,12 @@ async fn append_in(
     // conflict.
     let mut existing: HashMap<String, NewEvent> = HashMap::new();
     for chunk in events.chunks(INSERT_CHUNK) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let rows = txn
             .query_all_raw(ebb_common::db::stmt(
                 backend,
                 &format!(
                     "SELECT {COLUMNS} FROM audit_events WHERE id IN ({})",
-                    placeholders.join(", ")
+                    placeholders(1, chunk.len())
                 ),
                 chunk.iter().map(|e| Value::from(e.id.clone())),
             ))
@@ -554,14 +549,10 @@ async fn append_in(
             if i > 0 {
                 sql.push(',');
             }
-            sql.push('(');
-            for c in 1..=INSERT_COLUMNS {
-                if c > 1 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${}", i * INSERT_COLUMNS + c));
-            }
-            sql.push(')');
+            sql.push_str(&format!(
+                "({})",
+                placeholders(i * INSERT_COLUMNS + 1, INSERT_COLUMNS)
+            ));
             let prev_sequence = (row.sequence > 1).then_some(row.sequence - 1);
             values.extend([
                 row.event.organization_id.clone().into(),

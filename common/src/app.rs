@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, LogFormat, ServerConfig, Validate};
@@ -109,6 +110,8 @@ where
                 return ExitCode::FAILURE;
             }
         };
+        // Before the service registers its counters, which a later recorder would not see.
+        crate::metrics::install_recorder();
         let result = run(name, config, build).await;
         telemetry.shutdown();
         match result {
@@ -132,7 +135,7 @@ where
     let server = config.server().clone();
     let listener = serving::bind(server.listen).await?;
     let addr = listener.local_addr()?;
-    let metrics = crate::metrics::bind(&server.metrics.listen).await?;
+    let metrics = bind_metrics(&server.metrics.listen).await?;
     crate::client::install(crate::client::ClientSettings::for_service(&server));
     let mut component = build(config, shutdown.clone()).await?;
     if let Some(metrics) = metrics {
@@ -151,4 +154,19 @@ where
     serving::serve(component, listener, shutdown, &server).await?;
     tracing::info!(service = name, "stopped");
     Ok(())
+}
+
+/// Binds the Prometheus endpoint's listener of `listen` (`metrics.listen`); `None` when it is
+/// empty.
+pub async fn bind_metrics(listen: &str) -> anyhow::Result<Option<TcpListener>> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| anyhow::anyhow!("metrics.listen: {listen:?} is not an address: {e}"))?;
+    let listener = serving::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics.listen: {e}"))?;
+    Ok(Some(listener))
 }

@@ -1,5 +1,5 @@
 //! Clients of one Ebb service to another: lazily connected channels that carry trace context
-//! and the caller's bearer token, over TLS for `https://` URLs.
+//! and the caller's bearer token ([`Bearer`]), over TLS for `https://` URLs.
 //!
 //! A service installs its [`ClientSettings`] once at start ([`install`]); command-line tools
 //! that install none present `EBB_TOKEN` and trust the CA bundle of `EBB_TLS_CA_PATH`.
@@ -10,7 +10,6 @@ use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::auth::Bearer;
 use crate::config::ServerConfig;
 use crate::telemetry::TraceContextInterceptor;
 
@@ -130,4 +129,48 @@ pub fn client_tls(settings: &ClientSettings) -> Result<ClientTlsConfig, String> 
 
 fn read(path: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))
+}
+
+/// A client interceptor presenting a bearer token.
+#[derive(Clone)]
+pub struct Bearer {
+    value: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for Bearer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bearer")
+            .field("set", &self.value.is_some())
+            .finish()
+    }
+}
+
+impl Bearer {
+    /// Presents `token`; an empty token presents nothing.
+    pub fn new(token: &str) -> Result<Self, String> {
+        if token.is_empty() {
+            return Ok(Self { value: None });
+        }
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_owned())?;
+        Ok(Self { value: Some(value) })
+    }
+
+    /// Adds the header to outgoing metadata.
+    pub fn apply(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        if let Some(v) = &self.value {
+            metadata.insert("authorization", v.clone());
+        }
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        self.apply(request.metadata_mut());
+        Ok(request)
+    }
 }

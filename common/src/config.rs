@@ -36,6 +36,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `sqlite://path?mode=rwc` or `postgres://user@host/db`.
     pub database_url: String,
+    /// The connection pool of `database_url`.
+    #[serde(default)]
+    pub database: DatabaseConfig,
     /// How long in-flight calls may take to finish after a shutdown signal.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -57,6 +60,59 @@ pub struct ServerConfig {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+}
+
+/// The connection pool (`EBB_DATABASE__ACQUIRE_TIMEOUT=2s`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    /// Most connections open at once (SQLite always uses one).
+    pub max_connections: u32,
+    /// How long a call waits for a PostgreSQL connection before it fails with UNAVAILABLE,
+    /// so that calls fail fast while the database is away. SQLite waits at least 30s: its one
+    /// connection is the writers' queue.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        let pool = crate::db::PoolOptions::default();
+        Self {
+            max_connections: pool.max_connections,
+            acquire_timeout: pool.acquire_timeout,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// The pool these settings describe.
+    pub fn pool(&self) -> crate::db::PoolOptions {
+        crate::db::PoolOptions {
+            max_connections: self.max_connections,
+            acquire_timeout: self.acquire_timeout,
+        }
+    }
+}
+
+impl Validate for DatabaseConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1000).contains(&self.max_connections) {
+            return Err(ConfigError::field(
+                "database.max_connections",
+                "must be between 1 and 1000",
+            ));
+        }
+        if self.acquire_timeout < Duration::from_millis(100)
+            || self.acquire_timeout > Duration::from_secs(60)
+        {
+            return Err(ConfigError::field(
+                "database.acquire_timeout",
+                "must be between 100ms and 60s",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The Prometheus endpoint: `GET /metrics` over plain HTTP on its own address.
@@ -168,6 +224,7 @@ impl ServerConfig {
         Self {
             listen,
             database_url: format!("sqlite://{sqlite_file}?mode=rwc"),
+            database: DatabaseConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             telemetry: TelemetryConfig::default(),
             admin_token: String::new(),
@@ -206,6 +263,7 @@ impl Validate for ServerConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         crate::db::validate_url(&self.database_url)
             .map_err(|e| ConfigError::field("database_url", e))?;
+        self.database.validate()?;
         if self.shutdown_grace.is_zero() || self.shutdown_grace > Duration::from_secs(300) {
             return Err(ConfigError::field(
                 "shutdown_grace",

@@ -1,7 +1,8 @@
 //! Database connections shared by every service: SQLite (embedded default) and PostgreSQL.
 //!
 //! Services write most queries as SQL through SeaORM's `ConnectionTrait`, with `$1`-style
-//! placeholders; [`Db::stmt`] rewrites them to SQLite's `?1` form, which has the same meaning.
+//! placeholders; [`Db::stmt`] rewrites them to SQLite's `?1` form, which has the same meaning
+//! (see [`crate::sql`]).
 
 use std::time::Duration;
 
@@ -10,6 +11,38 @@ use sea_orm::{
     Statement, Value,
 };
 use sea_orm_migration::MigratorTrait;
+
+// Statement helpers live in `sql`; services have always found these two here.
+pub use crate::sql::{now_ms_sql, stmt};
+
+/// How long a call waits for a pooled PostgreSQL connection, by default, before it fails with
+/// UNAVAILABLE: long enough for a busy pool to free one, short enough that a call during an
+/// outage answers at once instead of hanging.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The shortest wait for SQLite's connection. A process has one SQLite connection and it is
+/// the queue of writers: waiting for it is the normal way writes take turns, not an outage,
+/// and a local file does not go away the way a server does.
+const SQLITE_MIN_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a service's connection pool is sized and how long calls wait for a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolOptions {
+    /// Most connections open at once (SQLite always uses one).
+    pub max_connections: u32,
+    /// How long a call waits for a connection (opening one included) before it fails with
+    /// UNAVAILABLE. SQLite waits at least 30 seconds, its writers' turn.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+        }
+    }
+}
 
 /// Refuses URLs of backends Ebb does not run on.
 pub fn validate_url(url: &str) -> Result<(), String> {
@@ -49,8 +82,31 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects, creating the SQLite file and its directory when needed.
+    /// Connects with `max_connections` and the default acquire timeout, creating the SQLite
+    /// file and its directory when needed.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        Self::connect_with(
+            url,
+            &PoolOptions {
+                max_connections,
+                ..PoolOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Connects with `pool`, creating the SQLite file and its directory when needed.
+    pub async fn connect_with(url: &str, pool: &PoolOptions) -> Result<Self, DbErr> {
+        Self::open(url, pool, false).await
+    }
+
+    /// A pool that connects on first use, so that it exists while the database does not
+    /// answer (readiness and error tests).
+    pub async fn connect_lazy(url: &str, pool: &PoolOptions) -> Result<Self, DbErr> {
+        Self::open(url, pool, true).await
+    }
+
+    async fn open(url: &str, pool: &PoolOptions, lazy: bool) -> Result<Self, DbErr> {
         validate_url(url).map_err(DbErr::Custom)?;
         if let Some(path) = sqlite_path(url)
             && let Some(dir) = std::path::Path::new(&path).parent()
@@ -61,16 +117,20 @@ impl Db {
         }
         let mut options = ConnectOptions::new(url.to_owned());
         options
-            .max_connections(max_connections)
-            .min_connections(1)
-            .connect_timeout(Duration::from_secs(10))
-            .acquire_timeout(Duration::from_secs(30))
+            .max_connections(pool.max_connections.max(1))
+            .min_connections(if lazy { 0 } else { 1 })
+            .connect_lazy(lazy)
+            // SeaORM gives sqlx one timeout for connecting and acquiring: the acquire timeout
+            // bounds both, so an unreachable server fails a call within it.
+            .acquire_timeout(pool.acquire_timeout)
             .sqlx_logging(false);
         if url.starts_with("sqlite:") {
             // SQLite has one writer at a time, and a deferred transaction that upgrades to a
             // write lock fails at once instead of waiting when another connection wrote in
             // between. One connection per process serializes writes without such failures.
-            options.max_connections(1);
+            options
+                .max_connections(1)
+                .acquire_timeout(pool.acquire_timeout.max(SQLITE_MIN_ACQUIRE_TIMEOUT));
         }
         let conn = Database::connect(options).await?;
         let db = Self {
@@ -139,26 +199,24 @@ impl Db {
     pub async fn ping(&self) -> bool {
         self.conn.ping().await.is_ok()
     }
-}
 
-/// A statement in `backend`'s dialect from `$n`-placeholder SQL.
-pub fn stmt(
-    backend: DatabaseBackend,
-    sql: &str,
-    values: impl IntoIterator<Item = Value>,
-) -> Statement {
-    let sql = match backend {
-        DatabaseBackend::Sqlite => sql.replace('$', "?"),
-        _ => sql.to_owned(),
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
+    /// Whether the database answers within `timeout` (waiting for a pooled connection
+    /// included).
+    pub async fn ping_within(&self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.conn.ping()).await,
+            Ok(Ok(()))
+        )
+    }
 
-/// SQL for the current time in milliseconds since the epoch, in database time.
-pub fn now_ms_sql(backend: DatabaseBackend) -> &'static str {
-    match backend {
-        DatabaseBackend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-        _ => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+    /// The URL this pool connects to, password hidden.
+    pub fn redacted_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// Whether `other` connects to the same database.
+    pub fn same_database(&self, other: &Db) -> bool {
+        self.url == other.url
     }
 }
 
@@ -182,17 +240,85 @@ pub fn is_unique_violation(err: &DbErr) -> bool {
     )
 }
 
+/// Databases for this crate's tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// A fresh PostgreSQL database on the server of `EBB_TEST_DATABASE_URL`, dropped by
+    /// [`FreshPostgres::drop`].
+    pub(crate) struct FreshPostgres {
+        /// A pool on the new database.
+        pub db: Db,
+        server: String,
+        name: String,
+    }
+
+    impl FreshPostgres {
+        /// `None`, after saying so, when `EBB_TEST_DATABASE_URL` names no PostgreSQL server.
+        pub(crate) async fn create(test: &str) -> Option<Self> {
+            let Some(server) = std::env::var("EBB_TEST_DATABASE_URL")
+                .ok()
+                .filter(|u| u.starts_with("postgres"))
+            else {
+                eprintln!(
+                    "skipping the PostgreSQL part of {test}: EBB_TEST_DATABASE_URL is not set"
+                );
+                return None;
+            };
+            let name = format!("ebb_common_t_{}", uuid::Uuid::new_v4().simple());
+            let admin = Database::connect(server.as_str())
+                .await
+                .expect("connect to EBB_TEST_DATABASE_URL");
+            admin
+                .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                .await
+                .expect("create the test database");
+            let _ = admin.close().await;
+            let url = with_database(&server, &name);
+            let db = Db::connect(&url, 4)
+                .await
+                .expect("connect to the test database");
+            Some(Self { db, server, name })
+        }
+
+        /// Closes the pool and drops the database.
+        pub(crate) async fn drop(self) {
+            let _ = self.db.conn.close().await;
+            if let Ok(admin) = Database::connect(self.server.as_str()).await {
+                let _ = admin
+                    .execute_unprepared(&format!(
+                        "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                        self.name
+                    ))
+                    .await;
+                let _ = admin.close().await;
+            }
+        }
+    }
+
+    /// `url` with its database name replaced by `name`.
+    pub(crate) fn with_database(url: &str, name: &str) -> String {
+        let (base, query) = match url.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (url, None),
+        };
+        let host_start = base.find("://").map_or(0, |i| i + 3);
+        let host_end = base[host_start..]
+            .find('/')
+            .map_or(base.len(), |i| host_start + i);
+        let mut out = format!("{}/{name}", &base[..host_end]);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn placeholders_follow_the_dialect() {
-        let s = stmt(DatabaseBackend::Sqlite, "SELECT $1, $2, $1", []);
-        assert_eq!(s.sql, "SELECT ?1, ?2, ?1");
-        let p = stmt(DatabaseBackend::Postgres, "SELECT $1", []);
-        assert_eq!(p.sql, "SELECT $1");
-    }
 
     #[test]
     fn urls_are_checked_and_redacted() {

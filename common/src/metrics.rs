@@ -9,7 +9,6 @@
 //! `sum`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -29,9 +28,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
-/// Installs the process's recorder on first use and returns its handle; `None` when another
-/// recorder was installed first (metrics are then rendered by that one).
-pub fn handle() -> Option<&'static PrometheusHandle> {
+/// Installs the process's recorder (once; later calls return the same handle) and returns its
+/// handle; `None` when another recorder was installed first (metrics are then rendered by that
+/// one). The application calls it before services register their counters, which a recorder
+/// installed later would not see.
+pub fn install_recorder() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
@@ -44,6 +45,11 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// The handle of the installed recorder, if [`install_recorder`] installed one.
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE.get().and_then(Option::as_ref)
 }
 
 fn describe_common() {
@@ -72,13 +78,13 @@ pub trait MetricsSource: Send + Sync + 'static {
     async fn refresh(&self) -> anyhow::Result<()>;
 }
 
-/// The `GET /metrics` endpoint on `listener` until `shutdown`.
+/// The `GET /metrics` endpoint on `listener`, bound by the application, until `shutdown`.
 pub(crate) async fn serve(
     listener: TcpListener,
     sources: Vec<Arc<dyn MetricsSource>>,
     shutdown: CancellationToken,
 ) {
-    let Some(handle) = handle() else {
+    let Some(handle) = install_recorder() else {
         tracing::warn!("another metrics recorder is installed: /metrics is not served");
         return;
     };
@@ -122,20 +128,6 @@ async fn scrape(
         )],
         handle.render(),
     )
-}
-
-/// Binds the metrics listener of `listen` (`metrics.listen`); `None` when it is empty.
-pub async fn bind(listen: &str) -> anyhow::Result<Option<TcpListener>> {
-    if listen.is_empty() {
-        return Ok(None);
-    }
-    let addr: SocketAddr = listen
-        .parse()
-        .map_err(|e| anyhow::anyhow!("metrics.listen: {listen:?} is not an address: {e}"))?;
-    let listener = crate::serving::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("metrics.listen: {e}"))?;
-    Ok(Some(listener))
 }
 
 /// Seconds from `oldest` (epoch milliseconds) to `now_ms`; 0 when there is none.
@@ -208,7 +200,7 @@ where
 /// The method path for known RPCs; anything else is one label, so that arbitrary paths cannot
 /// grow the number of series.
 fn method_label(path: &str) -> String {
-    if crate::auth::access_for(path).is_some() || crate::auth::is_public(path) {
+    if crate::methods::access_for(path).is_some() || crate::methods::is_public(path) {
         path.to_owned()
     } else {
         "unknown".to_owned()

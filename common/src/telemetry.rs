@@ -43,8 +43,6 @@ pub fn init(
     default_service_name: &str,
 ) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    // The metrics recorder too, before services register their counters.
-    let _ = crate::metrics::handle();
 
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)?,

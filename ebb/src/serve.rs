@@ -202,6 +202,8 @@ pub fn main(args: ServeArgs) -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
         };
+        // Before the services register their counters, which a later recorder would not see.
+        ebb_common::metrics::install_recorder();
         let result = run(config).await;
         telemetry.shutdown();
         match result {
@@ -224,7 +226,7 @@ async fn run(mut config: ServeConfig) -> anyhow::Result<()> {
             config.data_dir.display()
         )
     })?;
-    let metrics = ebb_common::metrics::bind(&config.metrics.listen).await?;
+    let metrics = ebb_common::app::bind_metrics(&config.metrics.listen).await?;
     let admin_token = admin_token(&config)?;
     // The services of one process call each other with a token that lives as long as it.
     let service_token = ebb_common::auth::new_secret();

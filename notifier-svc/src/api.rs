@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use ebb_common::db::{Db, is_unique_violation};
+use ebb_common::db::Db;
 use ebb_common::error::Violations;
+use ebb_common::idempotency::{self, RequestKey};
+use ebb_common::page::Page;
 use ebb_common::time::{from_timestamp, now_ms};
 use ebb_common::{Error, Result};
 use ebb_proto::notifier::v1::{self as pb, notifier_service_server::NotifierService};
@@ -15,8 +17,6 @@ use tonic::{Request, Response, Status};
 
 use crate::configurations::{self, Checks, Scope, Spec};
 use crate::deliveries::{self, Filter};
-use crate::idempotency::{self, RequestKey};
-use crate::paging::{Cursor, page_size};
 use crate::payload::{self, Recipient};
 use crate::publish::{self, EventRecord};
 use crate::signing;
@@ -54,27 +54,24 @@ impl NotifierApi {
         }
     }
 
-    /// Commits `txn` with `response` remembered under `key`; a concurrent call with the same
-    /// request id that committed first wins and its answer is returned.
-    async fn finish<R: Message + Default>(
+    /// The stored answer of an earlier call with `key`. Checked before anything else, and
+    /// before the transaction: some calls send a verification message first, which a replay
+    /// must not send again.
+    async fn replay<R: Message + Default>(&self, key: &Option<RequestKey>) -> Result<Option<R>> {
+        idempotency::replay(&self.db.conn, key.as_ref()).await
+    }
+
+    /// Commits `txn` with `response` remembered under `key`. A concurrent call with the same
+    /// request id that remembered its answer first makes this one ABORTED; a retry replays it.
+    async fn finish<R: Message>(
         &self,
         txn: DatabaseTransaction,
         key: &Option<RequestKey>,
         response: R,
     ) -> Result<R> {
-        match idempotency::remember(&txn, key, &response).await {
-            Ok(()) => {
-                txn.commit().await?;
-                Ok(response)
-            }
-            Err(e) if is_unique_violation(&e) => {
-                txn.rollback().await?;
-                idempotency::replay(&self.db, key).await?.ok_or_else(|| {
-                    Error::Aborted("concurrent request with the same request_id".into())
-                })
-            }
-            Err(e) => Err(e.into()),
-        }
+        idempotency::remember(&txn, key.as_ref(), &response, now_ms()).await?;
+        txn.commit().await?;
+        Ok(response)
     }
 
     /// Sends a verification message to a destination.
@@ -119,17 +116,10 @@ impl NotifierApi {
 
     async fn create(
         &self,
+        key: Option<RequestKey>,
         req: pb::CreateNotificationConfigurationRequest,
     ) -> Result<pb::CreateNotificationConfigurationResponse> {
-        let key = RequestKey::new(
-            "CreateNotificationConfiguration",
-            &req.request_id,
-            &pb::CreateNotificationConfigurationRequest {
-                request_id: String::new(),
-                ..req.clone()
-            },
-        )?;
-        if let Some(r) = idempotency::replay(&self.db, &key).await? {
+        if let Some(r) = self.replay(&key).await? {
             return Ok(r);
         }
         let Some(input) = &req.configuration else {
@@ -161,17 +151,10 @@ impl NotifierApi {
 
     async fn update(
         &self,
+        key: Option<RequestKey>,
         req: pb::UpdateNotificationConfigurationRequest,
     ) -> Result<pb::UpdateNotificationConfigurationResponse> {
-        let key = RequestKey::new(
-            "UpdateNotificationConfiguration",
-            &req.request_id,
-            &pb::UpdateNotificationConfigurationRequest {
-                request_id: String::new(),
-                ..req.clone()
-            },
-        )?;
-        if let Some(r) = idempotency::replay(&self.db, &key).await? {
+        if let Some(r) = self.replay(&key).await? {
             return Ok(r);
         }
         let Some(input) = &req.configuration else {
@@ -255,17 +238,10 @@ impl NotifierApi {
 
     async fn verify(
         &self,
+        key: Option<RequestKey>,
         req: pb::VerifyNotificationConfigurationRequest,
     ) -> Result<pb::VerifyNotificationConfigurationResponse> {
-        let key = RequestKey::new(
-            "VerifyNotificationConfiguration",
-            &req.request_id,
-            &pb::VerifyNotificationConfigurationRequest {
-                request_id: String::new(),
-                ..req.clone()
-            },
-        )?;
-        if let Some(r) = idempotency::replay(&self.db, &key).await? {
+        if let Some(r) = self.replay(&key).await? {
             return Ok(r);
         }
         let mut v = Violations::new();
@@ -298,6 +274,19 @@ impl NotifierApi {
         self.wake.notify_one();
         Ok(response)
     }
+}
+
+/// The request-id key of a call of NotifierService's `method`.
+fn call_key<T: Message>(
+    request: &Request<T>,
+    method: &str,
+    request_id: &str,
+) -> Result<Option<RequestKey>> {
+    RequestKey::for_call(
+        request,
+        &format!("/ebb.notifier.v1.NotifierService/{method}"),
+        request_id,
+    )
 }
 
 fn statuses(list: &[i32], field: &str, v: &mut Violations) -> Vec<&'static str> {
@@ -344,7 +333,17 @@ impl NotifierService for NotifierApi {
         &self,
         request: Request<pb::CreateNotificationConfigurationRequest>,
     ) -> std::result::Result<Response<pb::CreateNotificationConfigurationResponse>, Status> {
-        reply(self.create(request.into_inner()).await)
+        reply(
+            async {
+                let key = call_key(
+                    &request,
+                    "CreateNotificationConfiguration",
+                    &request.get_ref().request_id,
+                )?;
+                self.create(key, request.into_inner()).await
+            }
+            .await,
+        )
     }
 
     async fn get_notification_configuration(
@@ -375,14 +374,16 @@ impl NotifierService for NotifierApi {
             async {
                 let mut v = Violations::new();
                 required(&mut v, "organization_id", &req.organization_id);
-                let size = v.check(
-                    "page_size",
-                    page_size(req.page_size).map_err(|e| e.to_string()),
-                );
-                let cursor = v.check(
-                    "page_token",
-                    Cursor::decode(&req.page_token)
-                        .map_err(|_| "not a token returned by this list"),
+                let page = Page::read(
+                    &mut v,
+                    req.page_size,
+                    &req.page_token,
+                    &[
+                        "notification_configurations",
+                        &req.organization_id,
+                        &req.scope_type.to_string(),
+                        &req.scope_id,
+                    ],
                 );
                 let scope = if req.scope_type == pb::ScopeType::Unspecified as i32 {
                     if !req.scope_id.is_empty() {
@@ -407,31 +408,20 @@ impl NotifierService for NotifierApi {
                     Scope::from_proto(req.scope_type, &req.scope_id, &mut v)
                 };
                 v.finish()?;
-                let limit = size.unwrap_or(50);
-                let cursor = cursor.flatten();
-                let mut page = configurations::list(
+                let after = page.after_key_id()?;
+                let rows = configurations::list(
                     &self.db,
                     &req.organization_id,
                     scope.as_ref(),
-                    cursor.as_ref(),
-                    limit + 1,
+                    after.as_ref(),
+                    page.limit(),
                 )
                 .await?;
-                let next = if page.len() as u64 > limit {
-                    page.truncate(limit as usize);
-                    page.last().map(|c| {
-                        Cursor {
-                            key: c.created_ms,
-                            id: c.id.clone(),
-                        }
-                        .encode()
-                    })
-                } else {
-                    None
-                };
+                let (rows, next_page_token) =
+                    page.finish(rows, |c| vec![c.created_ms.to_string(), c.id.clone()]);
                 Ok(pb::ListNotificationConfigurationsResponse {
-                    configurations: page.iter().map(|c| c.to_proto()).collect(),
-                    next_page_token: next.unwrap_or_default(),
+                    configurations: rows.iter().map(|c| c.to_proto()).collect(),
+                    next_page_token,
                 })
             }
             .await,
@@ -442,25 +432,32 @@ impl NotifierService for NotifierApi {
         &self,
         request: Request<pb::UpdateNotificationConfigurationRequest>,
     ) -> std::result::Result<Response<pb::UpdateNotificationConfigurationResponse>, Status> {
-        reply(self.update(request.into_inner()).await)
+        reply(
+            async {
+                let key = call_key(
+                    &request,
+                    "UpdateNotificationConfiguration",
+                    &request.get_ref().request_id,
+                )?;
+                self.update(key, request.into_inner()).await
+            }
+            .await,
+        )
     }
 
     async fn delete_notification_configuration(
         &self,
         request: Request<pb::DeleteNotificationConfigurationRequest>,
     ) -> std::result::Result<Response<pb::DeleteNotificationConfigurationResponse>, Status> {
-        let req = request.into_inner();
         reply(
             async {
-                let key = RequestKey::new(
+                let key = call_key(
+                    &request,
                     "DeleteNotificationConfiguration",
-                    &req.request_id,
-                    &pb::DeleteNotificationConfigurationRequest {
-                        request_id: String::new(),
-                        ..req.clone()
-                    },
+                    &request.get_ref().request_id,
                 )?;
-                if let Some(r) = idempotency::replay(&self.db, &key).await? {
+                let req = request.into_inner();
+                if let Some(r) = self.replay(&key).await? {
                     return Ok(r);
                 }
                 let mut v = Violations::new();
@@ -481,25 +478,32 @@ impl NotifierService for NotifierApi {
         &self,
         request: Request<pb::VerifyNotificationConfigurationRequest>,
     ) -> std::result::Result<Response<pb::VerifyNotificationConfigurationResponse>, Status> {
-        reply(self.verify(request.into_inner()).await)
+        reply(
+            async {
+                let key = call_key(
+                    &request,
+                    "VerifyNotificationConfiguration",
+                    &request.get_ref().request_id,
+                )?;
+                self.verify(key, request.into_inner()).await
+            }
+            .await,
+        )
     }
 
     async fn rotate_signing_secret(
         &self,
         request: Request<pb::RotateSigningSecretRequest>,
     ) -> std::result::Result<Response<pb::RotateSigningSecretResponse>, Status> {
-        let req = request.into_inner();
         reply(
             async {
-                let key = RequestKey::new(
+                let key = call_key(
+                    &request,
                     "RotateSigningSecret",
-                    &req.request_id,
-                    &pb::RotateSigningSecretRequest {
-                        request_id: String::new(),
-                        ..req.clone()
-                    },
+                    &request.get_ref().request_id,
                 )?;
-                if let Some(r) = idempotency::replay(&self.db, &key).await? {
+                let req = request.into_inner();
+                if let Some(r) = self.replay(&key).await? {
                     return Ok(r);
                 }
                 let mut v = Violations::new();
@@ -545,14 +549,22 @@ impl NotifierService for NotifierApi {
             async {
                 let mut v = Violations::new();
                 required(&mut v, "organization_id", &req.organization_id);
-                let size = v.check(
-                    "page_size",
-                    page_size(req.page_size).map_err(|e| e.to_string()),
+                let filter_key = format!(
+                    "{:?}",
+                    (
+                        &req.configuration_id,
+                        &req.event_id,
+                        &req.event_type,
+                        &req.statuses,
+                        &req.create_time_after,
+                        &req.create_time_before,
+                    )
                 );
-                let cursor = v.check(
-                    "page_token",
-                    Cursor::decode(&req.page_token)
-                        .map_err(|_| "not a token returned by this list"),
+                let page = Page::read(
+                    &mut v,
+                    req.page_size,
+                    &req.page_token,
+                    &["deliveries", &req.organization_id, &filter_key],
                 );
                 let statuses = statuses(&req.statuses, "statuses", &mut v);
                 if !req.event_type.is_empty()
@@ -569,7 +581,6 @@ impl NotifierService for NotifierApi {
                     .as_ref()
                     .and_then(|t| v.check("create_time_before", from_timestamp(t)));
                 v.finish()?;
-                let limit = size.unwrap_or(50);
                 let filter = Filter {
                     organization_id: req.organization_id.clone(),
                     configuration_id: req.configuration_id.clone(),
@@ -579,24 +590,14 @@ impl NotifierService for NotifierApi {
                     after_ms,
                     before_ms,
                 };
-                let mut page =
-                    deliveries::list(&self.db, &filter, cursor.flatten().as_ref(), limit + 1)
-                        .await?;
-                let next = if page.len() as u64 > limit {
-                    page.truncate(limit as usize);
-                    page.last().map(|(k, d)| {
-                        Cursor {
-                            key: *k,
-                            id: d.id.clone(),
-                        }
-                        .encode()
-                    })
-                } else {
-                    None
-                };
+                let after = page.after_key_id()?;
+                let rows =
+                    deliveries::list(&self.db, &filter, after.as_ref(), page.limit()).await?;
+                let (rows, next_page_token) =
+                    page.finish(rows, |(k, d)| vec![k.to_string(), d.id.clone()]);
                 Ok(pb::ListDeliveriesResponse {
-                    deliveries: page.into_iter().map(|(_, d)| d).collect(),
-                    next_page_token: next.unwrap_or_default(),
+                    deliveries: rows.into_iter().map(|(_, d)| d).collect(),
+                    next_page_token,
                 })
             }
             .await,
@@ -612,38 +613,23 @@ impl NotifierService for NotifierApi {
             async {
                 let mut v = Violations::new();
                 required(&mut v, "delivery_id", &req.delivery_id);
-                let size = v.check(
-                    "page_size",
-                    page_size(req.page_size).map_err(|e| e.to_string()),
-                );
-                let cursor = v.check(
-                    "page_token",
-                    Cursor::decode(&req.page_token)
-                        .map_err(|_| "not a token returned by this list"),
+                let page = Page::read(
+                    &mut v,
+                    req.page_size,
+                    &req.page_token,
+                    &["delivery_attempts", &req.delivery_id],
                 );
                 v.finish()?;
                 if !deliveries::exists(&self.db, &req.delivery_id).await? {
                     return Err(Error::not_found("delivery", req.delivery_id.clone()));
                 }
-                let limit = size.unwrap_or(50);
-                let after = cursor.flatten().map(|c| c.key).unwrap_or(0);
-                let mut page =
-                    deliveries::attempts(&self.db, &req.delivery_id, after, limit + 1).await?;
-                let next = if page.len() as u64 > limit {
-                    page.truncate(limit as usize);
-                    page.last().map(|a| {
-                        Cursor {
-                            key: i64::from(a.number),
-                            id: a.delivery_id.clone(),
-                        }
-                        .encode()
-                    })
-                } else {
-                    None
-                };
+                let after = page.after_int()?.unwrap_or(0);
+                let rows =
+                    deliveries::attempts(&self.db, &req.delivery_id, after, page.limit()).await?;
+                let (rows, next_page_token) = page.finish(rows, |a| vec![a.number.to_string()]);
                 Ok(pb::ListDeliveryAttemptsResponse {
-                    attempts: page,
-                    next_page_token: next.unwrap_or_default(),
+                    attempts: rows,
+                    next_page_token,
                 })
             }
             .await,
@@ -654,18 +640,11 @@ impl NotifierService for NotifierApi {
         &self,
         request: Request<pb::RedeliverDeliveryRequest>,
     ) -> std::result::Result<Response<pb::RedeliverDeliveryResponse>, Status> {
-        let req = request.into_inner();
         reply(
             async {
-                let key = RequestKey::new(
-                    "RedeliverDelivery",
-                    &req.request_id,
-                    &pb::RedeliverDeliveryRequest {
-                        request_id: String::new(),
-                        ..req.clone()
-                    },
-                )?;
-                if let Some(r) = idempotency::replay(&self.db, &key).await? {
+                let key = call_key(&request, "RedeliverDelivery", &request.get_ref().request_id)?;
+                let req = request.into_inner();
+                if let Some(r) = self.replay(&key).await? {
                     return Ok(r);
                 }
                 let mut v = Violations::new();
@@ -693,18 +672,15 @@ impl NotifierService for NotifierApi {
         &self,
         request: Request<pb::RedeliverDeliveriesRequest>,
     ) -> std::result::Result<Response<pb::RedeliverDeliveriesResponse>, Status> {
-        let req = request.into_inner();
         reply(
             async {
-                let key = RequestKey::new(
+                let key = call_key(
+                    &request,
                     "RedeliverDeliveries",
-                    &req.request_id,
-                    &pb::RedeliverDeliveriesRequest {
-                        request_id: String::new(),
-                        ..req.clone()
-                    },
+                    &request.get_ref().request_id,
                 )?;
-                if let Some(r) = idempotency::replay(&self.db, &key).await? {
+                let req = request.into_inner();
+                if let Some(r) = self.replay(&key).await? {
                     return Ok(r);
                 }
                 let mut v = Violations::new();

@@ -3,6 +3,7 @@
 
 use ebb_common::db::Db;
 use ebb_common::error::Violations;
+use ebb_common::sql::placeholders;
 use ebb_common::time::{EpochMs, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::notifier::v1 as pb;
@@ -531,7 +532,7 @@ async fn secrets_of<C: ConnectionTrait>(
             &format!(
                 "SELECT id, configuration_id, created_ms, expires_ms FROM signing_secrets
                  WHERE configuration_id IN ({}) ORDER BY created_ms, id",
-                rows::placeholders(1, ids.len())
+                placeholders(1, ids.len())
             ),
             ids.iter().map(|i| Value::from(i.clone())),
         ))
@@ -562,7 +563,7 @@ pub async fn signing_secrets_of(db: &Db, ids: &[String]) -> Result<Vec<(String, 
                 "SELECT configuration_id, secret FROM signing_secrets
                  WHERE configuration_id IN ({}) AND (expires_ms IS NULL OR expires_ms > {})
                  ORDER BY created_ms DESC, id DESC",
-                rows::placeholders(1, ids.len()),
+                placeholders(1, ids.len()),
                 ebb_common::db::now_ms_sql(db.backend())
             ),
             ids.iter().map(|i| Value::from(i.clone())),
@@ -587,7 +588,7 @@ pub async fn list(
     db: &Db,
     org: &str,
     scope: Option<&Scope>,
-    after: Option<&crate::paging::Cursor>,
+    after: Option<&(i64, String)>,
     limit: u64,
 ) -> Result<Vec<Configuration>> {
     let mut sql =
@@ -602,9 +603,9 @@ pub async fn list(
             sql.push_str(&format!(" AND scope_id = ${}", values.len()));
         }
     }
-    if let Some(c) = after {
-        values.push(Value::from(c.key));
-        values.push(Value::from(c.id.clone()));
+    if let Some((key, id)) = after {
+        values.push(Value::from(*key));
+        values.push(Value::from(id.clone()));
         sql.push_str(&format!(
             " AND (created_ms > ${a} OR (created_ms = ${a} AND id > ${b}))",
             a = values.len() - 1,

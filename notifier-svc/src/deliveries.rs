@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use ebb_common::db::{Db, now_ms_sql};
+use ebb_common::db::Db;
+use ebb_common::sql::{for_update, now_ms_sql, placeholders};
 use ebb_common::time::{EpochMs, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::notifier::v1 as pb;
@@ -11,7 +12,6 @@ use sea_orm::{
 };
 
 use crate::configurations::{self, Destination};
-use crate::paging::Cursor;
 use crate::publish::{self, EventRecord, Exhaustion};
 use crate::retry::{Next, Policy};
 use crate::rows;
@@ -60,11 +60,12 @@ pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<
          ORDER BY d.next_attempt_ms
          LIMIT $4"
     );
+    let lock = for_update().of("d").skip_locked().sql(db.backend());
     let sql = match db.backend() {
         // A materialized CTE runs the locking pick exactly once; as an `IN (subquery)` the
         // planner may re-run it and lease far more rows than the limit.
         DatabaseBackend::Postgres => format!(
-            "WITH picked AS MATERIALIZED ({pick} FOR UPDATE OF d SKIP LOCKED)
+            "WITH picked AS MATERIALIZED ({pick}{lock})
              UPDATE deliveries SET lease_owner = $1, lease_token = $2,
                 lease_expires_ms = {now} + $3
              FROM picked WHERE deliveries.id = picked.id
@@ -110,7 +111,7 @@ pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<
                  JOIN notification_configurations c ON c.id = d.configuration_id
                  WHERE d.id IN ({}) AND d.lease_token = ${}",
                     publish::EVENT_COLUMNS,
-                    rows::placeholders(1, ids.len()),
+                    placeholders(1, ids.len()),
                     ids.len() + 1
                 ),
                 ids.iter()
@@ -387,7 +388,7 @@ fn delivery_from_row(r: &QueryResult) -> Result<(i64, pb::Delivery)> {
 pub async fn list(
     db: &Db,
     f: &Filter,
-    after: Option<&Cursor>,
+    after: Option<&(i64, String)>,
     limit: u64,
 ) -> Result<Vec<(i64, pb::Delivery)>> {
     let mut sql = format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE organization_id = $1");
@@ -430,12 +431,12 @@ pub async fn list(
         }
         sql.push_str(&format!(
             " AND status IN ({})",
-            rows::placeholders(first, f.statuses.len())
+            placeholders(first, f.statuses.len())
         ));
     }
-    if let Some(c) = after {
-        values.push(Value::from(c.key));
-        values.push(Value::from(c.id.clone()));
+    if let Some((key, id)) = after {
+        values.push(Value::from(*key));
+        values.push(Value::from(id.clone()));
         sql.push_str(&format!(
             " AND (created_ms < ${a} OR (created_ms = ${a} AND id < ${b}))",
             a = values.len() - 1,
@@ -589,7 +590,7 @@ pub async fn redeliver_range<C: ConnectionTrait>(
     }
     sql.push_str(&format!(
         " AND status IN ({})",
-        rows::placeholders(first, statuses.len())
+        placeholders(first, statuses.len())
     ));
     Ok(conn
         .execute_raw(ebb_common::db::stmt(b, &sql, values))

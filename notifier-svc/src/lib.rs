@@ -6,9 +6,7 @@ mod configurations;
 mod deliveries;
 mod egress;
 mod gauges;
-mod idempotency;
 pub mod migrations;
-mod paging;
 mod patterns;
 mod payload;
 mod publish;
@@ -24,6 +22,7 @@ use std::time::Duration;
 
 use ebb_common::app::ServiceConfig;
 use ebb_common::config::{ConfigError, ServerConfig, Validate};
+use ebb_common::idempotency::IdempotencyConfig;
 use ebb_common::serving::{self, Component};
 use ebb_proto::notifier::v1::notifier_service_server::NotifierServiceServer;
 use humantime_serde::Serde;
@@ -43,6 +42,8 @@ pub struct Config {
     pub egress: EgressConfig,
     /// The relay email goes through.
     pub smtp: SmtpConfig,
+    /// How long request ids answer their first response.
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Default for Config {
@@ -56,6 +57,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             egress: EgressConfig::default(),
             smtp: SmtpConfig::default(),
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -65,7 +67,8 @@ impl Validate for Config {
         self.server.validate()?;
         self.delivery.validate()?;
         self.egress.validate()?;
-        self.smtp.validate()
+        self.smtp.validate()?;
+        self.idempotency.validate()
     }
 }
 
@@ -308,7 +311,7 @@ impl Validate for SmtpConfig {
 
 /// Connects, migrates and assembles the service: the gRPC API and the delivery worker.
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
-    let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
+    let db = serving::connect_database(&config.server, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let sender = Arc::new(transport::Sender::new(&config)?);
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -350,6 +353,11 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         )),
         &db,
     );
+    component.spawn(ebb_common::idempotency::sweep_periodically(
+        db.clone(),
+        config.idempotency.clone(),
+        shutdown.clone(),
+    ));
     let worker = worker::Worker::new(db.clone(), sender, config.delivery.clone(), wake);
     component.spawn(worker.run(shutdown));
     Ok(component)

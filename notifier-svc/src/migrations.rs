@@ -13,7 +13,11 @@ impl MigratorTrait for Migrator {
     }
 
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(FailedIndex)]
+        vec![
+            Box::new(Initial),
+            Box::new(FailedIndex),
+            Box::new(RequestLog),
+        ]
     }
 }
 
@@ -175,5 +179,192 @@ impl MigrationTrait for FailedIndex {
             .execute_unprepared("DROP INDEX deliveries_failed")
             .await?;
         Ok(())
+    }
+}
+
+/// Request ids keyed by the caller's organization as well, in the layout every service shares
+/// (`ebb_common::idempotency`), with an index for sweeping expired ones.
+///
+/// The old table kept request ids forever under the method's short name, keyed by the id
+/// alone. Its entries of the last day move over under the method's full path and the empty
+/// organization of cross-organization callers (it did not record the caller); a retry by an
+/// organization's token of a call made before the upgrade is therefore taken as new.
+struct RequestLog;
+
+impl MigrationName for RequestLog {
+    fn name(&self) -> &str {
+        "m0003_request_log"
+    }
+}
+
+const REQUEST_LOG_SQLITE: &[&str] = &[
+    "CREATE TABLE request_log (
+        organization_id TEXT NOT NULL,
+        method TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        response BLOB NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (organization_id, method, request_id)
+    )",
+    "CREATE INDEX request_log_by_age ON request_log (created_ms)",
+];
+
+const REQUEST_LOG_POSTGRES: &[&str] = &[
+    "CREATE TABLE request_log (
+        organization_id TEXT NOT NULL,
+        method TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        request_hash TEXT NOT NULL,
+        response BYTEA NOT NULL,
+        created_ms BIGINT NOT NULL,
+        PRIMARY KEY (organization_id, method, request_id)
+    )",
+    "CREATE INDEX request_log_by_age ON request_log (created_ms)",
+];
+
+/// How far back the old table's entries are kept: the request log's default retention.
+const CARRIED_OVER_MS: i64 = 24 * 3600 * 1000;
+
+#[async_trait::async_trait]
+impl MigrationTrait for RequestLog {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        use base64::Engine;
+        let conn = manager.get_connection();
+        let backend = manager.get_database_backend();
+        let statements = match backend {
+            sea_orm::DatabaseBackend::Postgres => REQUEST_LOG_POSTGRES,
+            _ => REQUEST_LOG_SQLITE,
+        };
+        for sql in statements {
+            conn.execute_unprepared(sql).await?;
+        }
+        // The old fingerprints hashed the request without its id, the new ones hash it as
+        // received; a carried-over entry keeps its old fingerprint, so a retry of it is refused
+        // as a different request rather than acted on twice.
+        let since = ebb_common::time::now_ms() - CARRIED_OVER_MS;
+        let rows = conn
+            .query_all_raw(ebb_common::sql::stmt(
+                backend,
+                "SELECT request_id, method, fingerprint, response, created_ms FROM request_ids \
+                 WHERE created_ms >= $1",
+                [since.into()],
+            ))
+            .await?;
+        for row in rows {
+            let request_id: String = row.try_get("", "request_id")?;
+            let method: String = row.try_get("", "method")?;
+            let fingerprint: String = row.try_get("", "fingerprint")?;
+            let response: String = row.try_get("", "response")?;
+            let created_ms: i64 = row.try_get("", "created_ms")?;
+            let Ok(response) = base64::engine::general_purpose::STANDARD.decode(response) else {
+                continue;
+            };
+            conn.execute_raw(ebb_common::sql::stmt(
+                backend,
+                "INSERT INTO request_log \
+                 (organization_id, method, request_id, request_hash, response, created_ms) \
+                 VALUES ('', $1, $2, $3, $4, $5)",
+                [
+                    format!("/ebb.notifier.v1.NotifierService/{method}").into(),
+                    request_id.into(),
+                    fingerprint.into(),
+                    response.into(),
+                    created_ms.into(),
+                ],
+            ))
+            .await?;
+        }
+        conn.execute_unprepared("DROP TABLE request_ids").await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let conn = manager.get_connection();
+        conn.execute_unprepared(
+            "CREATE TABLE request_ids (
+                request_id TEXT PRIMARY KEY,
+                method TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                response TEXT NOT NULL,
+                created_ms BIGINT NOT NULL
+            )",
+        )
+        .await?;
+        conn.execute_unprepared("DROP TABLE request_log").await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_common::db::Db;
+    use ebb_common::idempotency::{self, RequestKey};
+    use ebb_proto::notifier::v1 as pb;
+
+    /// The migrated table is the one the shared request log reads and writes, and entries of
+    /// the old one move over.
+    #[tokio::test]
+    async fn the_request_log_is_the_shared_one() {
+        let db = Db::connect("sqlite::memory:", 1).await.expect("sqlite");
+        let conn = &db.conn;
+        // The schema before this migration, with one recent entry.
+        Migrator::up(conn, Some(2))
+            .await
+            .expect("first two migrations");
+        use base64::Engine;
+        let old = pb::DeleteNotificationConfigurationResponse {
+            deliveries_cancelled: 3,
+        };
+        conn.execute_raw(db.stmt(
+            "INSERT INTO request_ids VALUES ('r-old', 'DeleteNotificationConfiguration', 'f', $1, $2)",
+            [
+                base64::engine::general_purpose::STANDARD
+                    .encode(prost::Message::encode_to_vec(&old))
+                    .into(),
+                ebb_common::time::now_ms().into(),
+            ],
+        ))
+        .await
+        .expect("old entry");
+        Migrator::up(conn, None).await.expect("migrate");
+
+        let carried: Option<String> = conn
+            .query_one_raw(db.stmt(
+                "SELECT method FROM request_log WHERE organization_id = '' AND request_id = 'r-old'",
+                [],
+            ))
+            .await
+            .expect("query")
+            .map(|r| r.try_get("", "method").expect("method"));
+        assert_eq!(
+            carried.as_deref(),
+            Some("/ebb.notifier.v1.NotifierService/DeleteNotificationConfiguration")
+        );
+
+        let request = pb::DeleteNotificationConfigurationRequest {
+            request_id: "r1".into(),
+            id: "nc_1".into(),
+        };
+        let key = RequestKey::new(
+            "org_a",
+            "/ebb.notifier.v1.NotifierService/DeleteNotificationConfiguration",
+            "r1",
+            &request,
+        )
+        .expect("key");
+        let response = pb::DeleteNotificationConfigurationResponse {
+            deliveries_cancelled: 2,
+        };
+        idempotency::remember(conn, key.as_ref(), &response, 1_000)
+            .await
+            .expect("remember");
+        let replayed: Option<pb::DeleteNotificationConfigurationResponse> =
+            idempotency::replay(conn, key.as_ref())
+                .await
+                .expect("replay");
+        assert_eq!(replayed, Some(response));
+        assert_eq!(idempotency::sweep(conn, 2_000).await.expect("sweep"), 1);
     }
 }

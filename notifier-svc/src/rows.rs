@@ -13,11 +13,3 @@ pub fn get<T: TryGetable>(row: &QueryResult, col: &str) -> Result<T, Error> {
 pub fn flag(row: &QueryResult, col: &str) -> Result<bool, Error> {
     Ok(get::<i32>(row, col)? != 0)
 }
-
-/// `$first, $first+1, …` placeholders for `n` values.
-pub fn placeholders(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}

@@ -21,7 +21,7 @@ pub use config::Config;
 
 /// Connects, migrates, seeds the lease rows and assembles the service with its claim loop.
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
-    let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
+    let db = serving::connect_database(&config.server, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let owner = if config.replica_id.is_empty() {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "scheduler".into());

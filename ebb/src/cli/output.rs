@@ -50,7 +50,7 @@ pub fn emit(text: &str) {
 /// `message` (of proto type `full_name`) in the proto3 JSON mapping, pretty-printed, with
 /// fields at their default values included so scripts always find them.
 pub fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<String, CliError> {
-    let descriptor = ebb_common::auth::DESCRIPTORS
+    let descriptor = ebb_common::methods::DESCRIPTORS
         .get_message_by_name(full_name)
         .ok_or_else(|| CliError::Failed(format!("unknown message type {full_name}")))?;
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
