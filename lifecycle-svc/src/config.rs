@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ebb_common::app::ServiceConfig;
 use ebb_common::config::{ConfigError, ServerConfig, Validate};
+use ebb_common::idempotency::IdempotencyConfig;
 use serde::{Deserialize, Serialize};
 
 /// lifecycle-svc configuration.
@@ -35,6 +36,8 @@ pub struct Config {
     pub audit_url: String,
     /// notifier-svc address for the outbox relay; empty disables relaying to the notifier.
     pub notifier_url: String,
+    /// How long request ids answer their first response.
+    pub idempotency: IdempotencyConfig,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             catalog_file: String::new(),
             audit_url: String::new(),
             notifier_url: String::new(),
+            idempotency: IdempotencyConfig::default(),
         }
     }
 }
@@ -114,7 +118,7 @@ impl Validate for Config {
                 ));
             }
         }
-        Ok(())
+        self.idempotency.validate()
     }
 }
 

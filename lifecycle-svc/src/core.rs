@@ -11,7 +11,10 @@ use sea_orm::{DatabaseTransaction, SqliteTransactionMode, TransactionOptions, Tr
 use tokio::sync::Notify;
 
 use crate::Config;
-use crate::store::idempotency;
+use crate::actor::{self, Actor};
+use crate::tenancy::tokens;
+use ebb_common::idempotency::{self, RequestKey};
+use sea_orm::ConnectionTrait;
 
 /// lifecycle-svc's state, cheap to clone.
 #[derive(Clone)]
@@ -61,12 +64,12 @@ impl Lifecycle {
             .await?)
     }
 
-    /// Runs a mutation in one transaction. With a `request_id`, a repeat of the same request
-    /// answers the stored response and changes nothing; the same id with another request is
-    /// refused.
+    /// Runs a mutation in one transaction as its caller ([`actor::acting`]). With a
+    /// `request_id`, a repeat of the same request by the same organization answers the stored
+    /// response and changes nothing; the same id with another request is refused.
     pub async fn mutate<Req, Resp, F>(
         &self,
-        method: &'static str,
+        call: Call,
         request_id: &str,
         request: &Req,
         f: F,
@@ -76,19 +79,55 @@ impl Lifecycle {
         Resp: Message + Default,
         F: for<'t> FnOnce(&'t DatabaseTransaction) -> BoxFuture<'t, Result<Resp>>,
     {
-        idempotency::check_request_id(request_id)?;
+        let key = RequestKey::new(&call.organization_id, call.method, request_id, request)?;
         let txn = self.begin().await?;
-        let hash = idempotency::request_hash(request);
-        if !request_id.is_empty()
-            && let Some(stored) = idempotency::replay(&txn, method, request_id, &hash).await?
-        {
+        if let Some(stored) = idempotency::replay(&txn, key.as_ref()).await? {
             return Ok(stored);
         }
-        let response = f(&txn).await?;
-        if !request_id.is_empty() {
-            idempotency::remember(&txn, method, request_id, &hash, &response, self.now()).await?;
-        }
+        let actor = with_token_description(&txn, call.actor).await?;
+        let response = actor::acting(actor, f(&txn)).await?;
+        idempotency::remember(&txn, key.as_ref(), &response, self.now()).await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(response)
     }
+}
+
+/// One API call as a mutation sees it: which method, on whose behalf.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The RPC's name, e.g. `CreateWorkspace`; request ids are kept per method.
+    pub method: &'static str,
+    pub actor: Actor,
+    /// The caller's organization (empty for tokens of none); request ids are kept per
+    /// organization.
+    pub organization_id: String,
+}
+
+impl Call {
+    /// The call `request` makes to `method`.
+    pub fn of<T>(request: &tonic::Request<T>, method: &'static str) -> Self {
+        Self {
+            method,
+            actor: Actor::of(request),
+            organization_id: Actor::organization_of(request),
+        }
+    }
+}
+
+/// Fills in a token actor's description from the token store; the tokens of the
+/// configuration have no row and are described as such.
+async fn with_token_description(conn: &impl ConnectionTrait, actor: Actor) -> Result<Actor> {
+    let Actor::Token { token_id, role, .. } = actor else {
+        return Ok(actor);
+    };
+    let description = match tokens::get(conn, &token_id).await {
+        Ok(token) => token.description,
+        Err(Error::NotFound { .. }) => format!("{token_id} token of the configuration"),
+        Err(e) => return Err(e),
+    };
+    Ok(Actor::Token {
+        token_id,
+        role,
+        description,
+    })
 }

@@ -7,6 +7,7 @@ use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, DatabaseBackend};
 use serde_json::json;
 
+use crate::actor::{self, Actor};
 use crate::auto_destroy::outcome;
 use crate::core::Lifecycle;
 use crate::deprovision::steps;
@@ -81,79 +82,92 @@ pub async fn complete_run(
     policy: &Policy,
 ) -> Result<RunRow> {
     let run = fenced(conn, id, token).await?;
-    let actor = format!("runner:{}", run.runner_id);
-    let status = if run.cancel_requested && !completion.succeeded {
-        RunStatus::Canceled
-    } else if completion.succeeded {
-        RunStatus::Succeeded
-    } else {
-        RunStatus::Failed
+    // The runner of the lease caused everything that follows (see `crate::actor`).
+    let token_id = match actor::current() {
+        Some(Actor::Token { token_id, .. }) => token_id,
+        _ => String::new(),
     };
-    let mut tail = completion.output_tail;
-    if tail.len() > MAX_OUTPUT_TAIL {
-        let mut cut = tail.len() - MAX_OUTPUT_TAIL;
-        while !tail.is_char_boundary(cut) {
-            cut += 1;
+    let runner = Actor::Runner {
+        runner_id: run.runner_id.clone(),
+        run_id: id.to_owned(),
+        token_id,
+    };
+    actor::acting(runner, async move {
+        let actor = format!("runner:{}", run.runner_id);
+        let status = if run.cancel_requested && !completion.succeeded {
+            RunStatus::Canceled
+        } else if completion.succeeded {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
+        let mut tail = completion.output_tail;
+        if tail.len() > MAX_OUTPUT_TAIL {
+            let mut cut = tail.len() - MAX_OUTPUT_TAIL;
+            while !tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            tail = tail[cut..].to_owned();
         }
-        tail = tail[cut..].to_owned();
-    }
-    let n = exec(
-        conn,
-        "UPDATE runs SET status = $1, exit_code = $2, output_tail = $3, finished_at = $4, \
-         lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
-         AND status = 'running'",
-        [
-            status.into(),
-            completion.exit_code.into(),
-            tail.into(),
-            now.into(),
-            id.into(),
-            token.into(),
-        ],
-    )
-    .await?;
-    if n == 0 {
-        return Err(Error::precondition(format!("run {id}: the lease was lost")));
-    }
-    if let (Some(serial), true) = (completion.state_version_serial, completion.succeeded) {
-        state_versions::record_state_version(
+        let n = exec(
             conn,
-            &run.workspace_id,
-            serial,
-            Some(id),
-            run.is_destroy,
-            &actor,
+            "UPDATE runs SET status = $1, exit_code = $2, output_tail = $3, finished_at = $4, \
+             lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
+             AND status = 'running'",
+            [
+                status.into(),
+                completion.exit_code.into(),
+                tail.into(),
+                now.into(),
+                id.into(),
+                token.into(),
+            ],
+        )
+        .await?;
+        if n == 0 {
+            return Err(Error::precondition(format!("run {id}: the lease was lost")));
+        }
+        if let (Some(serial), true) = (completion.state_version_serial, completion.succeeded) {
+            state_versions::record_state_version(
+                conn,
+                &run.workspace_id,
+                serial,
+                Some(id),
+                run.is_destroy,
+                &actor,
+                now,
+            )
+            .await?;
+        }
+        let run = get_run(conn, id).await?;
+        finish_consequences(conn, &run, Some(completion.succeeded), &actor, now, policy).await?;
+        let event = if status == RunStatus::Canceled {
+            "run.canceled"
+        } else {
+            "run.completed"
+        };
+        outbox::write(
+            conn,
+            vec![NewEvent::new(
+                &run.organization_id,
+                event,
+                "run",
+                id,
+                &actor,
+                json!({
+                    "workspace_id": run.workspace_id,
+                    "status": status,
+                    "exit_code": completion.exit_code,
+                    "is_destroy": run.is_destroy,
+                    "source": run.source,
+                }),
+            )],
             now,
         )
         .await?;
-    }
-    let run = get_run(conn, id).await?;
-    finish_consequences(conn, &run, Some(completion.succeeded), &actor, now, policy).await?;
-    let event = if status == RunStatus::Canceled {
-        "run.canceled"
-    } else {
-        "run.completed"
-    };
-    outbox::write(
-        conn,
-        vec![NewEvent::new(
-            &run.organization_id,
-            event,
-            "run",
-            id,
-            &actor,
-            json!({
-                "workspace_id": run.workspace_id,
-                "status": status,
-                "exit_code": completion.exit_code,
-                "is_destroy": run.is_destroy,
-                "source": run.source,
-            }),
-        )],
-        now,
-    )
-    .await?;
-    Ok(run)
+        Ok(run)
+    })
+    .await
 }
 
 /// Requeues runs whose runner lease expired, or errors them after `max_attempts` claims.

@@ -1,6 +1,7 @@
 //! lifecycle-svc: the source of truth for organizations, projects, workspaces, state versions,
 //! runs and auto-destroy schedules, with a transactional outbox of domain events.
 
+mod actor;
 mod api;
 mod auth;
 mod auto_destroy;
@@ -46,6 +47,11 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let core = core::Lifecycle::new(db.clone(), config).with_callback_secret(secret);
     let mut component = Component::new();
     component.spawn(relay);
+    component.spawn(ebb_common::idempotency::sweep_periodically(
+        db.clone(),
+        core.config.idempotency.clone(),
+        shutdown.clone(),
+    ));
     component.add_metrics_source(gauges);
     component.set_authority(
         serving::Authority::Local,

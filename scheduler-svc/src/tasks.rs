@@ -73,27 +73,57 @@ pub fn specs(config: &Config) -> Vec<TaskSpec> {
 /// What one run of a task did, for the lease row's `last_outcome`.
 pub type Outcome = Result<String, String>;
 
-/// Runs `task` for `shard` once.
+/// Who makes a task's calls: sent with each of them, so lifecycle records the task, shard
+/// and replica as the actor of what they change.
+#[derive(Debug, Clone)]
+pub struct Who {
+    pub task: String,
+    pub shard: i32,
+    pub replica: String,
+}
+
+impl Who {
+    /// `message` as a request carrying who sends it.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let meta = request.metadata_mut();
+        if let Ok(v) = format!("{}/{}", self.task, self.shard).parse() {
+            meta.insert("x-ebb-scheduler-task", v);
+        }
+        if let Ok(v) = self.replica.parse() {
+            meta.insert("x-ebb-scheduler-replica", v);
+        }
+        request
+    }
+}
+
+/// Runs `task` for `shard` once, on behalf of replica `replica`.
 pub async fn run(
     lifecycle: &mut SchedulingServiceClient<TracedChannel>,
     config: &Config,
     task: &str,
     shard: i32,
+    replica: &str,
 ) -> Outcome {
+    let who = &Who {
+        task: task.to_owned(),
+        shard,
+        replica: replica.to_owned(),
+    };
     let shard_count = config.shard_count as i32;
     let batch = config.batch_size as i32;
     match task {
-        AUTO_DESTROY_CHECK => fire_due(lifecycle, Due::Workspaces, shard, shard_count, batch).await,
+        AUTO_DESTROY_CHECK => fire_due(lifecycle, who, Due::Workspaces, shard_count, batch).await,
         SCHEDULED_ACTIONS => {
-            fire_due(lifecycle, Due::ScheduledActions, shard, shard_count, batch).await
+            fire_due(lifecycle, who, Due::ScheduledActions, shard_count, batch).await
         }
         GRACE_PERIOD_SWEEP => {
             let mut finalized = 0;
             for _ in 0..MAX_PAGES {
                 let r = lifecycle
-                    .finalize_elapsed_grace_periods(pb::FinalizeElapsedGracePeriodsRequest {
-                        limit: batch,
-                    })
+                    .finalize_elapsed_grace_periods(
+                        who.request(pb::FinalizeElapsedGracePeriodsRequest { limit: batch }),
+                    )
                     .await
                     .map_err(|s| format!("finalize elapsed grace periods: {}", s.message()))?
                     .into_inner();
@@ -109,7 +139,7 @@ pub async fn run(
         }
         ACTION_STEP_TIMEOUTS => {
             let r = lifecycle
-                .time_out_action_steps(pb::TimeOutActionStepsRequest { limit: batch })
+                .time_out_action_steps(who.request(pb::TimeOutActionStepsRequest { limit: batch }))
                 .await
                 .map_err(|s| format!("time out action steps: {}", s.message()))?
                 .into_inner();
@@ -119,11 +149,11 @@ pub async fn run(
             let mut sent = 0;
             for _ in 0..MAX_PAGES {
                 let r = lifecycle
-                    .send_due_reminders(pb::SendDueRemindersRequest {
+                    .send_due_reminders(who.request(pb::SendDueRemindersRequest {
                         shard,
                         shard_count,
                         limit: batch,
-                    })
+                    }))
                     .await
                     .map_err(|s| format!("send due reminders: {}", s.message()))?
                     .into_inner();
@@ -138,10 +168,10 @@ pub async fn run(
             let (mut requeued, mut errored) = (0, 0);
             for _ in 0..MAX_PAGES {
                 let r = lifecycle
-                    .rescue_expired_run_leases(pb::RescueExpiredRunLeasesRequest {
+                    .rescue_expired_run_leases(who.request(pb::RescueExpiredRunLeasesRequest {
                         limit: batch,
                         max_attempts: config.run_max_attempts as i32,
-                    })
+                    }))
                     .await
                     .map_err(|s| format!("rescue expired run leases: {}", s.message()))?
                     .into_inner();
@@ -170,23 +200,24 @@ enum Due {
 
 async fn fire_due(
     lifecycle: &mut SchedulingServiceClient<TracedChannel>,
+    who: &Who,
     kind: Due,
-    shard: i32,
     shard_count: i32,
     batch: i32,
 ) -> Outcome {
+    let shard = who.shard;
     let (mut queued, mut deferred, mut stale, mut skipped) = (0, 0, 0, 0);
     let mut after = None;
     for _ in 0..MAX_PAGES {
         let (keys, lag_ms) = match kind {
             Due::Workspaces => {
                 let r = lifecycle
-                    .find_due_workspaces(pb::FindDueWorkspacesRequest {
+                    .find_due_workspaces(who.request(pb::FindDueWorkspacesRequest {
                         shard,
                         shard_count,
                         limit: batch,
                         after: after.clone(),
-                    })
+                    }))
                     .await
                     .map_err(|s| format!("find due workspaces: {}", s.message()))?
                     .into_inner();
@@ -194,12 +225,12 @@ async fn fire_due(
             }
             Due::ScheduledActions => {
                 let r = lifecycle
-                    .find_due_scheduled_actions(pb::FindDueScheduledActionsRequest {
+                    .find_due_scheduled_actions(who.request(pb::FindDueScheduledActionsRequest {
                         shard,
                         shard_count,
                         limit: batch,
                         after: after.clone(),
-                    })
+                    }))
                     .await
                     .map_err(|s| format!("find due scheduled actions: {}", s.message()))?
                     .into_inner();
@@ -214,7 +245,9 @@ async fn fire_due(
         let results = match kind {
             Due::Workspaces => {
                 lifecycle
-                    .queue_auto_destroy_runs(pb::QueueAutoDestroyRunsRequest { fire_keys: keys })
+                    .queue_auto_destroy_runs(
+                        who.request(pb::QueueAutoDestroyRunsRequest { fire_keys: keys }),
+                    )
                     .await
                     .map_err(|s| format!("queue auto-destroy runs: {}", s.message()))?
                     .into_inner()
@@ -222,7 +255,9 @@ async fn fire_due(
             }
             Due::ScheduledActions => {
                 lifecycle
-                    .fire_scheduled_actions(pb::FireScheduledActionsRequest { fire_keys: keys })
+                    .fire_scheduled_actions(
+                        who.request(pb::FireScheduledActionsRequest { fire_keys: keys }),
+                    )
                     .await
                     .map_err(|s| format!("fire scheduled actions: {}", s.message()))?
                     .into_inner()

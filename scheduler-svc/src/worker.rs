@@ -74,7 +74,13 @@ async fn run_one(
     ttl_ms: i64,
 ) {
     let started = Instant::now();
-    let work = tasks::run(&mut lifecycle, config, &lease.task, lease.shard);
+    let work = tasks::run(
+        &mut lifecycle,
+        config,
+        &lease.task,
+        lease.shard,
+        leases.owner(),
+    );
     tokio::pin!(work);
     let mut renew = tokio::time::interval(Duration::from_millis((ttl_ms / 3).max(100) as u64));
     renew.tick().await;

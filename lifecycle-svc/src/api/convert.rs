@@ -4,6 +4,7 @@ use ebb_common::time::{to_duration, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::lifecycle::v1 as pb;
 
+use crate::store::decode_json;
 use crate::auto_destroy::policy;
 use crate::events::outbox::OutboxRow;
 use crate::runs::{RunRow, RunSource, RunStatus};
@@ -150,9 +151,9 @@ pub fn run(r: &RunRow) -> pb::Run {
     }
 }
 
-pub fn outbox_event(e: &OutboxRow) -> pb::OutboxEvent {
-    let data: serde_json::Value = serde_json::from_str(&e.data).unwrap_or_default();
-    pb::OutboxEvent {
+pub fn outbox_event(e: &OutboxRow) -> Result<pb::OutboxEvent> {
+    let data: serde_json::Value = decode_json("outbox", "data", &e.id, &e.data)?;
+    Ok(pb::OutboxEvent {
         id: e.id.clone(),
         sequence: e.org_seq,
         organization_id: e.organization_id.clone(),
@@ -162,7 +163,7 @@ pub fn outbox_event(e: &OutboxRow) -> pb::OutboxEvent {
         actor: e.actor.clone(),
         data: Some(json_to_struct(&data)),
         create_time: Some(to_timestamp(e.created_at)),
-    }
+    })
 }
 
 /// A JSON object as a protobuf `Struct`.

@@ -10,6 +10,8 @@ use ebb_proto::lifecycle::v1::runner_service_server::RunnerService;
 use tonic::{Request, Response, Status};
 
 use super::{convert, validate as check};
+use crate::actor::{self, Actor};
+use crate::core::Call;
 use crate::core::Lifecycle;
 use crate::finish;
 use crate::finish::Completion;
@@ -37,9 +39,15 @@ impl RunnerApi {
         i64::try_from(self.core.config.run_lease_ttl.as_millis()).unwrap_or(60_000)
     }
 
-    async fn try_claim(&self, org: &str, runner: &str) -> Result<Option<pb::ClaimRunResponse>> {
+    async fn try_claim(
+        &self,
+        org: &str,
+        runner: &str,
+        actor: &Actor,
+    ) -> Result<Option<pb::ClaimRunResponse>> {
         let txn = self.core.begin().await?;
-        let claimed = lease::claim_run(&txn, org, runner, self.lease_ms(), self.core.now()).await?;
+        let claim = lease::claim_run(&txn, org, runner, self.lease_ms(), self.core.now());
+        let claimed = actor::acting(actor.clone(), claim).await?;
         txn.commit().await?;
         Ok(claimed.map(|(run, token)| pb::ClaimRunResponse {
             run: Some(convert::run(&run)),
@@ -62,6 +70,7 @@ impl RunnerService for RunnerApi {
         &self,
         request: Request<pb::ClaimRunRequest>,
     ) -> std::result::Result<Response<pb::ClaimRunResponse>, Status> {
+        let actor = Actor::runner(&request, &request.get_ref().runner_id, "");
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = check::id(&mut v, "organization_id", &req.organization_id);
@@ -82,7 +91,7 @@ impl RunnerService for RunnerApi {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = self.core.runs_queued.notified();
-            if let Some(resp) = self.try_claim(&org, &runner).await? {
+            if let Some(resp) = self.try_claim(&org, &runner, &actor).await? {
                 return Ok(Response::new(resp));
             }
             let now = tokio::time::Instant::now();
@@ -128,6 +137,7 @@ impl RunnerService for RunnerApi {
         &self,
         request: Request<pb::CompleteRunRequest>,
     ) -> std::result::Result<Response<pb::CompleteRunResponse>, Status> {
+        let call = Call::of(&request, "CompleteRun");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "run_id", &req.run_id);
@@ -167,7 +177,7 @@ impl RunnerService for RunnerApi {
         let policy = finish::Policy::of(&self.core);
         let resp = self
             .core
-            .mutate("CompleteRun", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let run =
                         finish::complete_run(txn, &id, &token, completion, now, &policy).await?;

@@ -8,6 +8,7 @@ use ebb_proto::lifecycle::v1::scheduling_service_server::SchedulingService;
 use tonic::{Request, Response, Status};
 
 use super::validate as check;
+use crate::actor::{self, Actor};
 use crate::auto_destroy::queue::Decision;
 use crate::auto_destroy::{queue, reminders};
 use crate::core::Lifecycle;
@@ -97,8 +98,7 @@ fn to_pb(k: &FireKey) -> pb::FireKey {
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
-#[tonic::async_trait]
-impl SchedulingService for SchedulingApi {
+impl SchedulingApi {
     async fn find_due_workspaces(
         &self,
         request: Request<pb::FindDueWorkspacesRequest>,
@@ -367,6 +367,86 @@ impl SchedulingService for SchedulingApi {
         Ok(Response::new(pb::TimeOutActionStepsResponse {
             timed_out: n as i32,
         }))
+    }
+}
+
+/// Every call runs as its caller: the scheduler task, replica and shard (see `crate::actor`).
+#[tonic::async_trait]
+impl SchedulingService for SchedulingApi {
+    async fn find_due_workspaces(
+        &self,
+        request: Request<pb::FindDueWorkspacesRequest>,
+    ) -> Reply<pb::FindDueWorkspacesResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, SchedulingApi::find_due_workspaces(self, request)).await
+    }
+
+    async fn queue_auto_destroy_runs(
+        &self,
+        request: Request<pb::QueueAutoDestroyRunsRequest>,
+    ) -> Reply<pb::QueueAutoDestroyRunsResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, SchedulingApi::queue_auto_destroy_runs(self, request)).await
+    }
+
+    async fn send_due_reminders(
+        &self,
+        request: Request<pb::SendDueRemindersRequest>,
+    ) -> Reply<pb::SendDueRemindersResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, SchedulingApi::send_due_reminders(self, request)).await
+    }
+
+    async fn rescue_expired_run_leases(
+        &self,
+        request: Request<pb::RescueExpiredRunLeasesRequest>,
+    ) -> Reply<pb::RescueExpiredRunLeasesResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(
+            actor,
+            SchedulingApi::rescue_expired_run_leases(self, request),
+        )
+        .await
+    }
+
+    async fn find_due_scheduled_actions(
+        &self,
+        request: Request<pb::FindDueScheduledActionsRequest>,
+    ) -> Reply<pb::FindDueScheduledActionsResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(
+            actor,
+            SchedulingApi::find_due_scheduled_actions(self, request),
+        )
+        .await
+    }
+
+    async fn fire_scheduled_actions(
+        &self,
+        request: Request<pb::FireScheduledActionsRequest>,
+    ) -> Reply<pb::FireScheduledActionsResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, SchedulingApi::fire_scheduled_actions(self, request)).await
+    }
+
+    async fn finalize_elapsed_grace_periods(
+        &self,
+        request: Request<pb::FinalizeElapsedGracePeriodsRequest>,
+    ) -> Reply<pb::FinalizeElapsedGracePeriodsResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(
+            actor,
+            SchedulingApi::finalize_elapsed_grace_periods(self, request),
+        )
+        .await
+    }
+
+    async fn time_out_action_steps(
+        &self,
+        request: Request<pb::TimeOutActionStepsRequest>,
+    ) -> Reply<pb::TimeOutActionStepsResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, SchedulingApi::time_out_action_steps(self, request)).await
     }
 }
 

@@ -10,10 +10,11 @@ use ebb_proto::lifecycle::v1::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
 use super::validate as check;
+use crate::actor::{self, Actor};
 use crate::core::Lifecycle;
-use crate::store::idempotency;
 use crate::tenancy::tokens;
 use crate::tenancy::tokens::{NewToken, TokenRow};
+use ebb_common::idempotency;
 
 /// The furthest ahead a token may expire.
 const MAX_TOKEN_LIFETIME_MS: i64 = 10 * 366 * 86_400_000;
@@ -50,8 +51,7 @@ fn caller<T>(request: &Request<T>) -> std::result::Result<Caller, Status> {
     Caller::of(request).cloned()
 }
 
-#[tonic::async_trait]
-impl TokenService for TokenApi {
+impl TokenApi {
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,
@@ -223,5 +223,41 @@ impl TokenService for TokenApi {
             role: auth::role_to_proto(found.role),
             expire_time,
         }))
+    }
+}
+
+/// Every call runs as its caller (see `crate::actor`).
+#[tonic::async_trait]
+impl TokenService for TokenApi {
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> std::result::Result<Response<pb::CreateTokenResponse>, Status> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, TokenApi::create_token(self, request)).await
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> std::result::Result<Response<pb::ListTokensResponse>, Status> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, TokenApi::list_tokens(self, request)).await
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> std::result::Result<Response<pb::RevokeTokenResponse>, Status> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, TokenApi::revoke_token(self, request)).await
+    }
+
+    async fn authenticate_token(
+        &self,
+        request: Request<pb::AuthenticateTokenRequest>,
+    ) -> std::result::Result<Response<pb::AuthenticateTokenResponse>, Status> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, TokenApi::authenticate_token(self, request)).await
     }
 }

@@ -225,7 +225,7 @@ async fn start_step(
                     outbox::write(
                         conn,
                         vec![NewEvent::new(&run.organization_id, "run.queued", "run", &run_id, actor, json!({
-                            "workspace_id": workspace_id, "is_destroy": true, "source": "deprovision", "action_run_id": run.id,
+                            "workspace_id": workspace_id, "is_destroy": true, "source": "deprovision", "action_run_id": run.id, "step_id": step.id,
                         }))],
                         now,
                     )

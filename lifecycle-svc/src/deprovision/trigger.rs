@@ -8,6 +8,7 @@ use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, DatabaseBackend};
 use serde_json::{Map, Value as Json, json};
 
+use crate::actor;
 use crate::deprovision::action_runs::ActionRunStatus;
 use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::action_runs::{
@@ -76,7 +77,7 @@ pub async fn trigger(
             action.into(),
             Json::Object(parameters.clone()).to_string().into(),
             serde_json::to_string(&plan).unwrap_or_default().into(),
-            actor.into(),
+            actor::name_or(actor).into(),
             scheduled_action_id.map(str::to_owned).into(),
             now.into(),
         ],

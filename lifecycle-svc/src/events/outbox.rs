@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::actor;
 use crate::store::select_all;
 use ebb_common::Result;
 use ebb_common::db::stmt;
@@ -56,8 +57,16 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
     let backend = conn.get_database_backend();
     // The change's trace, carried to the sinks with each of its events.
     let trace_context = ebb_common::telemetry::current_traceparent();
+    // The actor in scope caused every event of the change (see `crate::actor`).
+    let scope = actor::current().map(|a| (a.id(), a.detail()));
     let mut by_org: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
-    for event in events {
+    for mut event in events {
+        if let Some((id, detail)) = &scope {
+            event.actor.clone_from(id);
+            if let Json::Object(data) = &mut event.data {
+                data.insert("actor".to_owned(), detail.clone());
+            }
+        }
         by_org
             .entry(event.organization_id.clone())
             .or_default()

@@ -14,6 +14,7 @@ mod m0004_deprovisioning;
 mod m0005_inactivity_extension;
 mod m0006_outbox_trace_context;
 mod m0008_destruction_safety;
+mod m0009_request_log;
 
 /// Applies lifecycle-svc's migrations in order. One file per migration; an applied migration
 /// is never edited — a change is a new file.
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0005_inactivity_extension::M0005InactivityExtension),
             Box::new(m0006_outbox_trace_context::M0006OutboxTraceContext),
             Box::new(m0008_destruction_safety::M0008DestructionSafety),
+            Box::new(m0009_request_log::M0009RequestLog),
         ]
     }
 }

@@ -1,8 +1,6 @@
 //! The SQL dialect shared by every room: running `$n`-placeholder statements through SeaORM,
 //! reading typed rows, and the few clauses that differ between SQLite and PostgreSQL.
 
-pub(crate) mod idempotency;
-
 /// Declares a state kept in a TEXT column: an enum whose variants map one to one to the
 /// strings the column's CHECK constraint allows, bound as a SeaORM value and read as one
 /// (`TryGetable`). A stored string that is not a variant does not decode: the read fails

@@ -6,8 +6,10 @@ use ebb_proto::lifecycle::v1 as pb;
 use tonic::Request;
 
 use super::{DeprovisionApi, Reply, ok};
+use crate::actor::Actor;
 use crate::api::deprovision::{ACTOR, action_run_pb, after, parameters, plan_pb, short_name};
 use crate::api::validate as check;
+use crate::core::Call;
 use crate::deprovision::action_runs::ActionRunStatus;
 use crate::deprovision::{action_runs, callbacks, steps, trigger};
 use crate::finish;
@@ -17,6 +19,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::TriggerActionRequest>,
     ) -> Reply<pb::TriggerActionResponse> {
+        let call = Call::of(&request, "TriggerAction");
         let req = request.into_inner();
         let mut v = Violations::new();
         let entity = check::id(&mut v, "entity_id", &req.entity_id);
@@ -26,7 +29,7 @@ impl DeprovisionApi {
         let (dry_run, now, engine) = (req.dry_run, self.core.now(), steps::Engine::of(&self.core));
         let resp = self
             .core
-            .mutate("TriggerAction", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let t = trigger::trigger(
                         txn, &engine, &entity, &action, &params, dry_run, None, ACTOR, now,
@@ -119,6 +122,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::RetryActionRunRequest>,
     ) -> Reply<pb::RetryActionRunResponse> {
+        let call = Call::of(&request, "RetryActionRun");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "action_run_id", &req.action_run_id);
@@ -126,7 +130,7 @@ impl DeprovisionApi {
         let (now, engine) = (self.core.now(), steps::Engine::of(&self.core));
         let resp = self
             .core
-            .mutate("RetryActionRun", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let (r, _) = trigger::retry(txn, &engine, &id, ACTOR, now).await?;
                     Ok(pb::RetryActionRunResponse {
@@ -143,6 +147,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::CancelActionRunRequest>,
     ) -> Reply<pb::CancelActionRunResponse> {
+        let call = Call::of(&request, "CancelActionRun");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "action_run_id", &req.action_run_id);
@@ -150,7 +155,7 @@ impl DeprovisionApi {
         let (now, _policy) = (self.core.now(), finish::Policy::of(&self.core));
         ok(self
             .core
-            .mutate("CancelActionRun", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let r = trigger::cancel(txn, &id, ACTOR, now).await?;
                     Ok(pb::CancelActionRunResponse {
@@ -165,9 +170,14 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::CompleteActionStepRequest>,
     ) -> Reply<pb::CompleteActionStepResponse> {
+        let mut call = Call::of(&request, "CompleteActionStep");
         let req = request.into_inner();
         let mut v = Violations::new();
         let step = check::id(&mut v, "step_id", &req.step_id);
+        // The external system completing the step acts through its callback token.
+        call.actor = Actor::Callback {
+            step_id: step.clone(),
+        };
         if req.callback_token.is_empty() || req.callback_token.len() > 200 {
             v.add(
                 "callback_token",
@@ -194,7 +204,7 @@ impl DeprovisionApi {
         );
         let resp = self
             .core
-            .mutate("CompleteActionStep", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let (r, _) = callbacks::complete_step(
                         txn, &engine, &step, &token, succeeded, &message, now,

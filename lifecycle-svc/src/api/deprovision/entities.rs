@@ -8,6 +8,7 @@ use tonic::Request;
 use super::{DeprovisionApi, Reply, ok};
 use crate::api::deprovision::{ACTOR, after, entity_pb, kind_pb, short_name};
 use crate::api::validate as check;
+use crate::core::Call;
 use crate::deprovision::{catalog, entities};
 
 impl DeprovisionApi {
@@ -15,13 +16,14 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::ApplyCatalogRequest>,
     ) -> Reply<pb::ApplyCatalogResponse> {
+        let call = Call::of(&request, "ApplyCatalog");
         let req = request.into_inner();
         let catalog =
             catalog::parse(&req.yaml).map_err(|e| Error::invalid("yaml", e.to_string()))?;
         let now = self.core.now();
         ok(self
             .core
-            .mutate("ApplyCatalog", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     catalog::store(txn, &catalog, "api", now).await?;
                     Ok(pb::ApplyCatalogResponse {
@@ -60,6 +62,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::CreateEntityRequest>,
     ) -> Reply<pb::CreateEntityResponse> {
+        let call = Call::of(&request, "CreateEntity");
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = check::id(&mut v, "organization_id", &req.organization_id);
@@ -71,7 +74,7 @@ impl DeprovisionApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("CreateEntity", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let e = entities::create_entity(
                         txn,
@@ -150,6 +153,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::UpdateEntityRequest>,
     ) -> Reply<pb::UpdateEntityResponse> {
+        let call = Call::of(&request, "UpdateEntity");
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(e) = req.entity.clone() else {
@@ -193,7 +197,7 @@ impl DeprovisionApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("UpdateEntity", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let e =
                         entities::update_entity(txn, &id, name, attributes, workspace, ACTOR, now)

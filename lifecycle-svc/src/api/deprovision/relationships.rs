@@ -8,6 +8,7 @@ use tonic::Request;
 use super::{DeprovisionApi, Reply, ok};
 use crate::api::deprovision::{ACTOR, after, relationship_pb, short_name};
 use crate::api::validate as check;
+use crate::core::Call;
 use crate::deprovision::relationships;
 use crate::deprovision::relationships::{EdgeState, RelationshipFilter};
 
@@ -16,6 +17,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::CreateRelationshipRequest>,
     ) -> Reply<pb::CreateRelationshipResponse> {
+        let call = Call::of(&request, "CreateRelationship");
         let req = request.into_inner();
         let mut v = Violations::new();
         let rel_type = short_name(&mut v, "type", &req.r#type);
@@ -28,7 +30,7 @@ impl DeprovisionApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("CreateRelationship", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let r =
                         relationships::create_relationship(txn, &rel_type, &from, &to, ACTOR, now)
@@ -112,6 +114,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::ForceFinalizeRelationshipRequest>,
     ) -> Reply<pb::ForceFinalizeRelationshipResponse> {
+        let call = Call::of(&request, "ForceFinalizeRelationship");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "relationship_id", &req.relationship_id);
@@ -119,19 +122,14 @@ impl DeprovisionApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate(
-                "ForceFinalizeRelationship",
-                &req.request_id,
-                &req,
-                move |txn| {
-                    Box::pin(async move {
-                        let r = relationships::force_finalize(txn, &id, ACTOR, now).await?;
-                        Ok(pb::ForceFinalizeRelationshipResponse {
-                            relationship: Some(relationship_pb(&r)),
-                        })
+            .mutate(call, &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let r = relationships::force_finalize(txn, &id, ACTOR, now).await?;
+                    Ok(pb::ForceFinalizeRelationshipResponse {
+                        relationship: Some(relationship_pb(&r)),
                     })
-                },
-            )
+                })
+            })
             .await)
     }
 }

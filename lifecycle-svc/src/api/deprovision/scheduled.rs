@@ -8,6 +8,7 @@ use tonic::Request;
 use super::{DeprovisionApi, Reply, ok};
 use crate::api::deprovision::{ACTOR, after, parameters, scheduled_pb, short_name};
 use crate::api::validate as check;
+use crate::core::Call;
 use crate::deprovision::scheduled;
 
 impl DeprovisionApi {
@@ -15,6 +16,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::ScheduleActionRequest>,
     ) -> Reply<pb::ScheduleActionResponse> {
+        let call = Call::of(&request, "ScheduleAction");
         let req = request.into_inner();
         let mut v = Violations::new();
         let entity = check::id(&mut v, "entity_id", &req.entity_id);
@@ -28,7 +30,7 @@ impl DeprovisionApi {
         let (now, at) = (self.core.now(), at.unwrap_or_default());
         ok(self
             .core
-            .mutate("ScheduleAction", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let s =
                         scheduled::schedule_action(txn, &entity, &action, &params, at, ACTOR, now)
@@ -82,6 +84,7 @@ impl DeprovisionApi {
         &self,
         request: Request<pb::CancelScheduledActionRequest>,
     ) -> Reply<pb::CancelScheduledActionResponse> {
+        let call = Call::of(&request, "CancelScheduledAction");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "scheduled_action_id", &req.scheduled_action_id);
@@ -89,7 +92,7 @@ impl DeprovisionApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("CancelScheduledAction", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let s = scheduled::cancel_scheduled(txn, &id, ACTOR, now).await?;
                     Ok(pb::CancelScheduledActionResponse {

@@ -9,12 +9,14 @@ use super::{LifecycleApi, Reply, ok};
 use crate::api::lifecycle::API_ACTOR;
 use crate::api::{convert, validate as check};
 use crate::auto_destroy::{preview, settings};
+use crate::core::Call;
 
 impl LifecycleApi {
     pub(super) async fn set_auto_destroy(
         &self,
         request: Request<pb::SetAutoDestroyRequest>,
     ) -> Reply<pb::SetAutoDestroyResponse> {
+        let call = Call::of(&request, "SetAutoDestroy");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -42,7 +44,7 @@ impl LifecycleApi {
         v.finish()?;
         ok(self
             .core
-            .mutate("SetAutoDestroy", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = settings::set_auto_destroy(txn, &id, at, inactivity, API_ACTOR, now)
                         .await?;
@@ -58,6 +60,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::ClearAutoDestroyRequest>,
     ) -> Reply<pb::ClearAutoDestroyResponse> {
+        let call = Call::of(&request, "ClearAutoDestroy");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -82,7 +85,7 @@ impl LifecycleApi {
         );
         ok(self
             .core
-            .mutate("ClearAutoDestroy", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = settings::clear_auto_destroy(txn, &id, a, i, inherit, API_ACTOR, now)
                         .await?;
@@ -98,6 +101,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::ExtendAutoDestroyRequest>,
     ) -> Reply<pb::ExtendAutoDestroyResponse> {
+        let call = Call::of(&request, "ExtendAutoDestroy");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -107,7 +111,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("ExtendAutoDestroy", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = settings::extend_auto_destroy(txn, &id, by, API_ACTOR, now).await?;
                     Ok(pb::ExtendAutoDestroyResponse {

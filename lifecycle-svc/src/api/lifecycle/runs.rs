@@ -8,6 +8,7 @@ use tonic::Request;
 use super::{LifecycleApi, Reply, ok};
 use crate::api::lifecycle::{API_ACTOR, after_position};
 use crate::api::{convert, validate as check};
+use crate::core::Call;
 use crate::events::outbox;
 use crate::workspaces::manual_runs;
 use crate::{finish, runs};
@@ -17,6 +18,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::CreateRunRequest>,
     ) -> Reply<pb::CreateRunResponse> {
+        let call = Call::of(&request, "CreateRun");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -26,7 +28,7 @@ impl LifecycleApi {
         let now = self.core.now();
         let run = self
             .core
-            .mutate("CreateRun", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let r = manual_runs::create_manual_run(
                         txn, &id, is_destroy, auto_apply, &message, API_ACTOR, now,
@@ -102,6 +104,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Reply<pb::CancelRunResponse> {
+        let call = Call::of(&request, "CancelRun");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "run_id", &req.run_id);
@@ -110,7 +113,7 @@ impl LifecycleApi {
         let policy = finish::Policy::of(&self.core);
         ok(self
             .core
-            .mutate("CancelRun", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let r = finish::cancel_run(txn, &id, API_ACTOR, now, &policy).await?;
                     Ok(pb::CancelRunResponse {
@@ -156,7 +159,10 @@ impl LifecycleApi {
         let (rows, next_page_token) =
             page::split(rows, size, &fh, |last| vec![last.seq.to_string()]);
         ok(Ok(pb::ListOutboxEventsResponse {
-            events: rows.iter().map(convert::outbox_event).collect(),
+            events: rows
+                .iter()
+                .map(convert::outbox_event)
+                .collect::<Result<_>>()?,
             next_page_token,
         }))
     }

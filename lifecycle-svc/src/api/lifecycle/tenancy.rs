@@ -8,6 +8,7 @@ use super::{LifecycleApi, Reply, ok};
 use crate::api::lifecycle::{API_ACTOR, settings};
 use crate::api::{convert, validate as check};
 use crate::auto_destroy::policy;
+use crate::core::Call;
 use crate::tenancy::orgs::OrgSettings;
 use crate::tenancy::{orgs, projects};
 
@@ -16,6 +17,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::CreateOrganizationRequest>,
     ) -> Reply<pb::CreateOrganizationResponse> {
+        let call = Call::of(&request, "CreateOrganization");
         let req = request.into_inner();
         let mut v = Violations::new();
         let name = check::name(&mut v, "name", &req.name);
@@ -25,7 +27,7 @@ impl LifecycleApi {
         let now = core.now();
         ok(self
             .core
-            .mutate("CreateOrganization", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let org = orgs::create_org(txn, &name, &settings, API_ACTOR, now).await?;
                     Ok(pb::CreateOrganizationResponse {
@@ -54,6 +56,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::UpdateOrganizationSettingsRequest>,
     ) -> Reply<pb::UpdateOrganizationSettingsResponse> {
+        let call = Call::of(&request, "UpdateOrganizationSettings");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "organization_id", &req.organization_id);
@@ -76,32 +79,27 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate(
-                "UpdateOrganizationSettings",
-                &req.request_id,
-                &req,
-                move |txn| {
-                    Box::pin(async move {
-                        let merge = |current: OrgSettings| {
-                            settings(&mut Violations::new(), given.as_ref(), &mask, current)
-                        };
-                        let change = policy::SettingsChange {
-                            merge: &merge,
-                            etag: &etag,
-                            confirm_count,
-                        };
-                        let (org, scheduled) =
-                            policy::update_org_settings(txn, &id, &change, API_ACTOR, now).await?;
-                        Ok(pb::UpdateOrganizationSettingsResponse {
-                            organization: Some(convert::organization(&org)?),
-                            scheduled: scheduled
-                                .iter()
-                                .map(|s| convert::scheduled(s, now))
-                                .collect(),
-                        })
+            .mutate(call, &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let merge = |current: OrgSettings| {
+                        settings(&mut Violations::new(), given.as_ref(), &mask, current)
+                    };
+                    let change = policy::SettingsChange {
+                        merge: &merge,
+                        etag: &etag,
+                        confirm_count,
+                    };
+                    let (org, scheduled) =
+                        policy::update_org_settings(txn, &id, &change, API_ACTOR, now).await?;
+                    Ok(pb::UpdateOrganizationSettingsResponse {
+                        organization: Some(convert::organization(&org)?),
+                        scheduled: scheduled
+                            .iter()
+                            .map(|s| convert::scheduled(s, now))
+                            .collect(),
                     })
-                },
-            )
+                })
+            })
             .await)
     }
 
@@ -109,6 +107,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::CreateProjectRequest>,
     ) -> Reply<pb::CreateProjectResponse> {
+        let call = Call::of(&request, "CreateProject");
         let req = request.into_inner();
         let mut v = Violations::new();
         let org = check::id(&mut v, "organization_id", &req.organization_id);
@@ -128,7 +127,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("CreateProject", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let p =
                         projects::create_project(txn, &org, &name, default, API_ACTOR, now).await?;
@@ -158,6 +157,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::UpdateProjectRequest>,
     ) -> Reply<pb::UpdateProjectResponse> {
+        let call = Call::of(&request, "UpdateProject");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "project_id", &req.project_id);
@@ -196,7 +196,7 @@ impl LifecycleApi {
         let confirm_count = req.confirm_count;
         ok(self
             .core
-            .mutate("UpdateProject", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let (p, scheduled) = policy::update_project(
                         txn,

@@ -8,6 +8,7 @@ use tonic::Request;
 use super::{LifecycleApi, Reply, ok};
 use crate::api::lifecycle::{API_ACTOR, after_position};
 use crate::api::{convert, validate as check};
+use crate::core::Call;
 use crate::workspaces;
 use crate::workspaces::{WorkspaceChanges, WorkspaceFilter, lock, state_versions};
 
@@ -16,6 +17,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::CreateWorkspaceRequest>,
     ) -> Reply<pb::CreateWorkspaceResponse> {
+        let call = Call::of(&request, "CreateWorkspace");
         let req = request.into_inner();
         let mut v = Violations::new();
         let new = workspaces::NewWorkspace {
@@ -34,7 +36,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("CreateWorkspace", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = workspaces::create_workspace(txn, new, API_ACTOR, now).await?;
                     Ok(pb::CreateWorkspaceResponse {
@@ -115,6 +117,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::UpdateWorkspaceRequest>,
     ) -> Reply<pb::UpdateWorkspaceResponse> {
+        let call = Call::of(&request, "UpdateWorkspace");
         let req = request.into_inner();
         let mut v = Violations::new();
         let Some(w) = req.workspace.clone() else {
@@ -158,7 +161,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("UpdateWorkspace", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = workspaces::update_workspace(txn, &id, changes, API_ACTOR, now).await?;
                     Ok(pb::UpdateWorkspaceResponse {
@@ -173,6 +176,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::LockWorkspaceRequest>,
     ) -> Reply<pb::LockWorkspaceResponse> {
+        let call = Call::of(&request, "LockWorkspace");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -181,7 +185,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("LockWorkspace", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = lock::set_lock(txn, &id, Some(reason), API_ACTOR, now).await?;
                     Ok(pb::LockWorkspaceResponse {
@@ -196,6 +200,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::UnlockWorkspaceRequest>,
     ) -> Reply<pb::UnlockWorkspaceResponse> {
+        let call = Call::of(&request, "UnlockWorkspace");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -203,7 +208,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("UnlockWorkspace", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = lock::set_lock(txn, &id, None, API_ACTOR, now).await?;
                     Ok(pb::UnlockWorkspaceResponse {
@@ -218,6 +223,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::ArchiveWorkspaceRequest>,
     ) -> Reply<pb::ArchiveWorkspaceResponse> {
+        let call = Call::of(&request, "ArchiveWorkspace");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -225,7 +231,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("ArchiveWorkspace", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = lock::set_archived(txn, &id, true, API_ACTOR, now).await?;
                     Ok(pb::ArchiveWorkspaceResponse {
@@ -240,6 +246,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::RestoreWorkspaceRequest>,
     ) -> Reply<pb::RestoreWorkspaceResponse> {
+        let call = Call::of(&request, "RestoreWorkspace");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -247,7 +254,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("RestoreWorkspace", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let w = lock::set_archived(txn, &id, false, API_ACTOR, now).await?;
                     Ok(pb::RestoreWorkspaceResponse {
@@ -262,6 +269,7 @@ impl LifecycleApi {
         &self,
         request: Request<pb::RecordStateVersionRequest>,
     ) -> Reply<pb::RecordStateVersionResponse> {
+        let call = Call::of(&request, "RecordStateVersion");
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
@@ -273,7 +281,7 @@ impl LifecycleApi {
         let now = self.core.now();
         ok(self
             .core
-            .mutate("RecordStateVersion", &req.request_id, &req, move |txn| {
+            .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
                     let (sv, w) = state_versions::record_state_version(
                         txn, &id, serial, None, false, API_ACTOR, now,
