@@ -4,10 +4,10 @@ use ebb_common::time::{to_duration, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
 use ebb_proto::lifecycle::v1 as pb;
 
-use crate::store::decode_json;
 use crate::auto_destroy::policy;
 use crate::events::outbox::OutboxRow;
 use crate::runs::{RunRow, RunSource, RunStatus};
+use crate::store::decode_json;
 use crate::tenancy::orgs::OrgRow;
 use crate::tenancy::projects::ProjectRow;
 use crate::workspaces::state_versions::StateVersionRow;

@@ -172,6 +172,10 @@ pub async fn extend_auto_destroy(
     }
     if timing.inactivity_due() == Some(current) {
         ws.inactivity_extension_ms = ws.inactivity_extension_ms.saturating_add(by_ms);
+        // A deadline the minimum notice set moves with the extension too.
+        if let Some(floor) = ws.inactivity_not_before {
+            ws.inactivity_not_before = Some(floor.saturating_add(by_ms));
+        }
     }
     if ws.auto_destroy_retry_at == Some(current) {
         ws.auto_destroy_retry_at = Some(target);

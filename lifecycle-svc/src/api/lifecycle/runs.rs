@@ -162,7 +162,7 @@ impl LifecycleApi {
             events: rows
                 .iter()
                 .map(convert::outbox_event)
-                .collect::<Result<_>>()?,
+                .collect::<ebb_common::Result<_>>()?,
             next_page_token,
         }))
     }
