@@ -13,7 +13,7 @@ use ebb_tests::{TestDatabases, require_postgres};
 use sea_orm::ConnectionTrait;
 use tonic::Code;
 
-const CATALOG: &str = include_str!("../../deploy/catalog/deprovision-tenant.yaml");
+const CATALOG: &str = include_str!("../../../deploy/catalog/deprovision-tenant.yaml");
 const WAIT: Duration = Duration::from_secs(20);
 
 type Dep = DeprovisionServiceClient<ebb_tests::Channel>;
