@@ -195,6 +195,11 @@ pub fn from_now(delta: Duration) -> prost_types::Timestamp {
     }
 }
 
+/// A protobuf duration of `seconds`.
+pub fn secs(seconds: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds, nanos: 0 }
+}
+
 /// Polls `check` every 50ms until it returns `Some`, at most `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

@@ -4,20 +4,15 @@
 use std::time::Duration;
 
 use ebb_tests::Process;
-use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, from_now, runs};
+use ebb_tests::cluster::{
+    Cluster, create_workspace, events, eventually, fixture, from_now, runs, secs,
+};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use sea_orm::ConnectionTrait;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn secs(s: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    }
-}
 
 async fn workspace(
     api: &mut ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient<

@@ -17,4 +17,5 @@ mod metrics;
 mod notifier;
 mod runbook;
 mod scheduler_replicas;
+mod support;
 mod tracing;

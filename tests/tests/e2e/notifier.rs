@@ -9,10 +9,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::read_request;
 use ebb_tests::proto::notifier::v1 as pb;
 use ebb_tests::{Channel, Process, TestDatabases, require_postgres};
 use pb::notifier_service_client::NotifierServiceClient;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -441,51 +442,13 @@ async fn serve_connection(
     state: Arc<Mutex<ReceiverState>>,
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            let mut chunk = [0u8; 8192];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let request_line = lines.next().unwrap_or_default().to_owned();
-        let path = request_line
-            .split(' ')
-            .nth(1)
-            .unwrap_or_default()
-            .to_owned();
-        let headers: HashMap<String, String> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let start = head_end + 4;
-        while buf.len() < start + len {
-            let mut chunk = [0u8; 8192];
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body = buf[start..start + len].to_vec();
-        buf.drain(..start + len);
+    while let Some(request) = read_request(&mut stream, &mut buf).await? {
         let reply = {
             let mut st = state.lock().expect("lock");
             st.requests.push(Received {
-                path,
-                headers,
-                body,
+                path: request.path,
+                headers: request.headers,
+                body: request.body,
                 at: Instant::now(),
             });
             st.script.pop_front().unwrap_or(Reply::Status(200))
@@ -507,6 +470,7 @@ async fn serve_connection(
         );
         stream.write_all(response.as_bytes()).await?;
     }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
