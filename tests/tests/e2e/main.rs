@@ -3,7 +3,8 @@
 //! every file directly in `tests/tests/` would be a binary of its own.
 //!
 //! The tests start the real service binaries (`cargo build --bins` first) on SQLite, or on
-//! PostgreSQL with `EBB_TEST_DATABASE_URL` set; see the `ebb_tests` library.
+//! PostgreSQL with `EBB_TEST_DATABASE_URL` set; see the `ebb_tests` library. Tests that only
+//! mean something on PostgreSQL are `#[ignore]`d, and run with `-- --include-ignored`.
 
 mod audit;
 mod auth;

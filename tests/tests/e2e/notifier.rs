@@ -1519,10 +1519,9 @@ async fn loopback_is_refused_unless_configured() {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set EBB_TEST_DATABASE_URL"]
 async fn two_replicas_on_postgres_deliver_every_event_once() {
-    let Some(pg) = require_postgres("two_replicas_on_postgres_deliver_every_event_once") else {
-        return;
-    };
+    let pg = require_postgres("two_replicas_on_postgres_deliver_every_event_once");
     let receiver = Receiver::start().await;
     let mut dbs = TestDatabases::on(Some(pg));
     let url = dbs.create("notifier").await;

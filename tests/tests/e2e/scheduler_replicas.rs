@@ -20,12 +20,10 @@ struct Counts {
 }
 
 #[tokio::test]
+#[ignore = "needs PostgreSQL: set EBB_TEST_DATABASE_URL"]
 async fn three_replicas_queue_every_due_workspace_exactly_once_despite_a_sigkill() {
-    let Some(pg) =
-        require_postgres("three_replicas_queue_every_due_workspace_exactly_once_despite_a_sigkill")
-    else {
-        return;
-    };
+    let pg =
+        require_postgres("three_replicas_queue_every_due_workspace_exactly_once_despite_a_sigkill");
     let mut cluster = Cluster::start_on(TestDatabases::on(Some(pg)), 3, &[]).await;
     let mut api = cluster.api().await;
     let f = fixture(&mut api, None, "w-0").await;
