@@ -622,6 +622,32 @@ async fn wait_delivery(
     }
 }
 
+/// Waits until no delivery of `org` (to `configuration_id`, or to any for "") is pending and
+/// returns them all: each had its last attempt, so its endpoint got every request it will
+/// get, and nothing more is sent unless something creates or redelivers a delivery.
+async fn wait_settled(
+    c: &mut NotifierServiceClient<Channel>,
+    org: &str,
+    configuration_id: &str,
+    within: Duration,
+) -> Vec<pb::Delivery> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = deliveries(c, org, configuration_id).await;
+        if list
+            .iter()
+            .all(|d| d.status != pb::DeliveryStatus::Pending as i32)
+        {
+            return list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deliveries still pending: {list:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn attempts(c: &mut NotifierServiceClient<Channel>, id: &str) -> Vec<pb::DeliveryAttempt> {
     c.list_delivery_attempts(pb::ListDeliveryAttemptsRequest {
         delivery_id: id.into(),
@@ -774,7 +800,7 @@ async fn webhooks_are_signed_retried_until_accepted_and_published_once() {
         publish(&mut c, event("evt_2", "org_a", "run.completed", "ws_1")).await,
         0
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_settled(&mut c, "org_a", "", Duration::from_secs(5)).await;
     assert_eq!(receiver.requests("/hook").len(), 4);
 
     // The two refused attempts count as failures, the accepted one as delivered; nothing waits.
@@ -1148,7 +1174,7 @@ async fn timeouts_exhaust_into_a_dead_letter_event_and_redelivery_succeeds() {
     // nothing more.
     let got = receiver.wait_for("/slow", 5, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 5);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_settled(&mut c, "org_x", &config.id, Duration::from_secs(5)).await;
     assert_eq!(receiver.requests("/slow").len(), 5);
 }
 
@@ -1546,14 +1572,17 @@ async fn two_replicas_on_postgres_deliver_every_event_once() {
             configs
         );
     }
-    let mut total = Vec::new();
     for i in 0..configs {
-        let got = receiver
+        receiver
             .wait_for(&format!("/p{i}"), events + 1, Duration::from_secs(30))
             .await;
-        total.extend(got.into_iter().skip(1));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every delivery had its last attempt: the receiver has seen every request it will get.
+    let all = wait_settled(&mut ca, "org_p", "", Duration::from_secs(30)).await;
+    let mut total = Vec::new();
+    for i in 0..configs {
+        total.extend(receiver.requests(&format!("/p{i}")).into_iter().skip(1));
+    }
     let mut ids = HashSet::new();
     for r in &total {
         assert!(
@@ -1563,7 +1592,6 @@ async fn two_replicas_on_postgres_deliver_every_event_once() {
         );
     }
     assert_eq!(ids.len(), events * configs as usize);
-    let all = deliveries(&mut ca, "org_p", "").await;
     assert!(
         all.iter()
             .all(|d| d.status == pb::DeliveryStatus::Succeeded as i32 && d.attempt_count == 1)

@@ -120,8 +120,8 @@ async fn three_replicas_queue_every_due_workspace_exactly_once_despite_a_sigkill
         }
     })
     .await;
-    // Let the surviving replicas run a few more cycles: nothing may be added.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The surviving replicas run a few more cycles: nothing may be added.
+    cluster.scheduler_rounds("auto_destroy_check", 3).await;
     let again = Counts::find_by_statement(sea_orm::Statement::from_string(
         sql.get_database_backend(),
         "SELECT COUNT(*) AS runs, COUNT(DISTINCT workspace_id) AS workspaces FROM runs WHERE source = 'auto_destroy'",
