@@ -8,6 +8,8 @@ use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use ebb_proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
 use ebb_proto::lifecycle::v1::scheduling_service_client::SchedulingServiceClient;
+use ebb_proto::scheduler::v1 as spb;
+use ebb_proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 
 use crate::{Process, TestDatabases};
 
@@ -116,12 +118,65 @@ impl Cluster {
         )
     }
 
+    /// Waits until every shard of the scheduler task `task` has run `rounds` times, from
+    /// start to end, after this call, as ListTasks shows: whatever such a run would do about
+    /// what is due at this call, it has done. Needs a scheduler replica.
+    pub async fn scheduler_rounds(&self, task: &str, rounds: usize) {
+        let scheduler = self.schedulers.first().expect("a scheduler replica");
+        let mut admin = SchedulerServiceClient::new(scheduler.channel().await);
+        // Per shard: the end of its last run seen, and how many more ends to wait for. A
+        // shard leased now may have started its run before this call: that end does not
+        // count. One not leased starts its next run after this call.
+        let mut waiting: Vec<(Option<prost_types::Timestamp>, usize)> =
+            task_shards(&mut admin, task)
+                .await
+                .into_iter()
+                .map(|s| (s.last_run_time, rounds + usize::from(!s.owner.is_empty())))
+                .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let shards = task_shards(&mut admin, task).await;
+            assert_eq!(shards.len(), waiting.len(), "the shards of {task} changed");
+            for ((last, left), shard) in waiting.iter_mut().zip(shards) {
+                if shard.last_run_time != *last {
+                    *last = shard.last_run_time;
+                    *left = left.saturating_sub(1);
+                }
+            }
+            if waiting.iter().all(|(_, left)| *left == 0) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {rounds} round(s) of the scheduler task {task}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// A connection to lifecycle's database, for checks the API cannot make.
     pub async fn lifecycle_sql(&self) -> sea_orm::DatabaseConnection {
         sea_orm::Database::connect(self.lifecycle_db.as_str())
             .await
             .expect("connect to lifecycle's database")
     }
+}
+
+/// The shards of the scheduler task `task`, in shard order.
+async fn task_shards(
+    admin: &mut SchedulerServiceClient<Channel>,
+    task: &str,
+) -> Vec<spb::TaskShard> {
+    admin
+        .list_tasks(spb::ListTasksRequest {})
+        .await
+        .expect("list scheduler tasks")
+        .into_inner()
+        .tasks
+        .into_iter()
+        .find(|t| t.name == task)
+        .unwrap_or_else(|| panic!("no scheduler task {task}"))
+        .shards
 }
 
 /// An organization, a project and a workspace in it.
@@ -193,6 +248,20 @@ pub fn from_now(delta: Duration) -> prost_types::Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
     }
+}
+
+/// Sleeps until the clock has passed `t`.
+pub async fn sleep_until(t: &prost_types::Timestamp) {
+    let at = chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+        .expect("a representable timestamp");
+    if let Ok(left) = (at - chrono::Utc::now()).to_std() {
+        tokio::time::sleep(left + Duration::from_millis(1)).await;
+    }
+}
+
+/// A protobuf duration of `seconds`.
+pub fn secs(seconds: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds, nanos: 0 }
 }
 
 /// Polls `check` every 50ms until it returns `Some`, at most `timeout`.

@@ -5,6 +5,10 @@
 //!   (`cargo build --bins`).
 //! * `EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres` runs every service
 //!   on PostgreSQL, each on a fresh database per test; unset, each uses a fresh SQLite file.
+//! * Tests that only mean something on PostgreSQL (several replicas sharing one database)
+//!   are `#[ignore = "needs PostgreSQL: ..."]`: `cargo test -- --include-ignored` with
+//!   `EBB_TEST_DATABASE_URL` set runs them, and they fail without it (see
+//!   [`require_postgres`]).
 //! * `TEST_LOG=1` shows the services' logs; otherwise they go to files named on failure.
 //! * Every process is given [`ADMIN_TOKEN`] as its bootstrap admin token, [`SERVICE_TOKEN`]
 //!   as its service token and `EBB_TOKEN` for tools; [`Process::channel`] presents the admin
@@ -79,24 +83,16 @@ pub fn postgres_url() -> Option<String> {
         .filter(|u| u.starts_with("postgres"))
 }
 
-/// For tests that need PostgreSQL: its URL, or `None` after printing why the test is skipped.
-/// Under CI (`CI` set) a missing URL fails the test instead — except in a pass that is
-/// explicitly the SQLite one (`EBB_TEST_BACKEND=sqlite`), whose PostgreSQL twin runs them.
-pub fn require_postgres(test: &str) -> Option<String> {
-    if std::env::var("EBB_TEST_BACKEND").as_deref() == Ok("sqlite") {
-        eprintln!("skipping {test}: it needs PostgreSQL and runs in the PostgreSQL pass");
-        return None;
-    }
-    match postgres_url() {
-        Some(url) => Some(url),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("{test} needs PostgreSQL: set EBB_TEST_DATABASE_URL (CI must)")
-        }
-        None => {
-            eprintln!("skipping {test}: it needs PostgreSQL and EBB_TEST_DATABASE_URL is not set");
-            None
-        }
-    }
+/// For tests that need PostgreSQL: its URL. Such tests are `#[ignore]`d, so a plain
+/// `cargo test` leaves them out and `cargo test -- --include-ignored` runs them; run without
+/// a URL they fail, naming the variable to set, rather than pass having tested nothing.
+pub fn require_postgres(test: &str) -> String {
+    postgres_url().unwrap_or_else(|| {
+        panic!(
+            "{test} needs PostgreSQL: set EBB_TEST_DATABASE_URL \
+             (for example postgres://postgres@127.0.0.1:5432/postgres)"
+        )
+    })
 }
 
 /// Where the workspace's binaries are: next to the test executable's `deps` directory.

@@ -3,9 +3,9 @@
 //! runs, the outbox backlog while audit-svc is down, and each organization's chain head.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
+use crate::support::repo_file;
 use ebb_tests::cluster::{Cluster, eventually, fixture, from_now};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::scheduler::v1 as spb;
@@ -15,8 +15,7 @@ use sea_orm::{ConnectionTrait, Database, FromQueryResult};
 
 /// The metric names of docs/metrics.md, by the service that serves them.
 fn documented() -> BTreeMap<String, Vec<String>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/metrics.md");
-    let text = std::fs::read_to_string(&path).expect("read docs/metrics.md");
+    let text = std::fs::read_to_string(repo_file("docs/metrics.md")).expect("read docs/metrics.md");
     let mut by_service: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for line in text.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();

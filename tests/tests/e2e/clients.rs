@@ -7,20 +7,12 @@
 //! The toolchains come from `.ci/clients-setup` (pip grpcio-tools, buf, `npm ci`). Outside CI a
 //! missing toolchain skips the test with the reason printed; under CI (`CI` set) it fails.
 
-use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
+use crate::support::{describe, ebb_serve, output, repo_root};
 use ebb_tests::{Process, TestDatabases, bin_path};
 use tokio::process::Command;
-
-/// The repository's root.
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
 
 /// Whether the test may go on: `missing` is `None` when every tool is there. Outside CI a
 /// missing tool skips (printing why); under CI it fails the test.
@@ -37,40 +29,11 @@ fn tools_present(test: &str, missing: Option<String>) -> bool {
     }
 }
 
-/// Runs `cmd` to completion within `limit`, returning its output.
-async fn run(what: &str, cmd: &mut Command, limit: Duration) -> Output {
-    cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
-    match tokio::time::timeout(limit, cmd.output()).await {
-        Ok(Ok(out)) => out,
-        Ok(Err(e)) => panic!("{what}: cannot start: {e}"),
-        Err(_) => panic!("{what}: did not finish within {limit:?}"),
-    }
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// `ebb serve` on a fresh data directory with a generated admin token; the token is sent by
 /// every client call.
 async fn serve(dbs: &TestDatabases) -> (Process, String) {
     let token = format!("ebb-test-{}", uuid::Uuid::new_v4().simple());
-    let data = dbs.dir().join("data");
-    let data = data.to_str().expect("utf-8 path").to_owned();
-    let p = Process::spawn(
-        "ebb",
-        &["serve", "--data-dir", &data],
-        &[("EBB_ADMIN_TOKEN", token.clone())],
-        dbs.dir(),
-    )
-    .await
-    .expect("ebb serve");
-    p.wait_serving("").await.expect("serving");
+    let (p, _) = ebb_serve(dbs, &[("EBB_ADMIN_TOKEN", token.clone())]).await;
     (p, token)
 }
 
@@ -106,7 +69,7 @@ async fn python_client_runs_the_auto_destroy_flow() {
         return;
     }
 
-    let out = run(
+    let out = output(
         "clients/python/generate.sh",
         Command::new("bash").arg(python.join("generate.sh")),
         Duration::from_secs(120),
@@ -116,7 +79,7 @@ async fn python_client_runs_the_auto_destroy_flow() {
 
     let dbs = TestDatabases::on(None);
     let (server, token) = serve(&dbs).await;
-    let out = run(
+    let out = output(
         TEST,
         Command::new("python3")
             .arg(python.join("tests/auto_destroy.py"))
@@ -162,7 +125,7 @@ async fn typescript_client_runs_the_auto_destroy_flow() {
     }
 
     // Generates src/gen with buf and protoc-gen-es, then type-checks and compiles with tsc.
-    let out = run(
+    let out = output(
         "npm run build",
         Command::new("npm")
             .args(["run", "--silent", "build"])
@@ -178,7 +141,7 @@ async fn typescript_client_runs_the_auto_destroy_flow() {
 
     let dbs = TestDatabases::on(None);
     let (server, token) = serve(&dbs).await;
-    let out = run(
+    let out = output(
         TEST,
         Command::new("node")
             .arg(ts.join("dist/tests/auto_destroy.js"))
