@@ -160,6 +160,40 @@ impl Cluster {
             .await
             .expect("connect to lifecycle's database")
     }
+
+    /// The check every test that makes destroy runs ends with: each destroy run is traceable
+    /// to its cause in the event trail — a `run.queued` event naming a structured actor and
+    /// the fire key (auto-destroy), the action run and step (deprovisioning) or the caller's
+    /// token (manual).
+    pub async fn check_destroy_causes(&self) {
+        use sea_orm::{ConnectionTrait, Statement};
+        let sql = self.lifecycle_sql().await;
+        let backend = sql.get_database_backend();
+        let rows = sql
+            .query_all_raw(Statement::from_string(
+                backend,
+                "SELECT r.id, r.source FROM runs r WHERE r.is_destroy AND NOT EXISTS ( \
+                 SELECT 1 FROM outbox o WHERE o.type = 'run.queued' AND o.subject_id = r.id \
+                 AND o.actor <> '' AND o.actor <> 'api' AND o.actor <> 'scheduler' \
+                 AND (o.data LIKE '%\"fire_due_at\"%' \
+                      OR (o.data LIKE '%\"action_run_id\"%' AND o.data LIKE '%\"step_id\"%') \
+                      OR o.actor LIKE 'token:%'))",
+            ))
+            .await
+            .expect("query destroy runs");
+        let orphans: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let id: String = r.try_get("", "id").unwrap_or_default();
+                let source: String = r.try_get("", "source").unwrap_or_default();
+                format!("{id} ({source})")
+            })
+            .collect();
+        assert!(
+            orphans.is_empty(),
+            "destroy runs without a recorded cause: {orphans:?}"
+        );
+    }
 }
 
 /// The shards of the scheduler task `task`, in shard order.

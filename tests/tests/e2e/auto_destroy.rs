@@ -111,6 +111,7 @@ async fn one_shot_destroy_queues_an_auto_apply_destroy_run_and_archives_on_succe
     let succeeded = events(&mut api, &f.org.id, "workspace.auto_destroy.succeeded").await;
     assert_eq!(succeeded.len(), 1);
     runner.kill().await;
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -217,6 +218,7 @@ async fn inactivity_moves_with_each_state_version_and_rearms_only_after_a_new_on
         again.next_auto_destroy_at.is_some(),
         "a new applied state version schedules it again"
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -328,6 +330,7 @@ async fn deferred_while_locked_or_busy_then_queued() {
         }
     })
     .await;
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -391,6 +394,7 @@ async fn stale_and_repeated_fire_keys_are_no_ops() {
         "a fired key never fires twice"
     );
     assert_eq!(runs(&mut api, &f.org.id, &id).await.len(), 1);
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -525,6 +529,7 @@ async fn protected_workspaces_refuse_schedules_and_never_fire() {
         refused.is_err(),
         "the CHECK constraint must refuse a schedule on a protected workspace"
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -582,6 +587,7 @@ async fn bad_input_is_refused_with_field_violations() {
         .await
         .expect_err("missing");
     assert_eq!(err.code(), Code::NotFound);
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -627,6 +633,7 @@ async fn failed_destroys_retry_up_to_the_limit_then_fail() {
         "the backoff grows"
     );
     runner.kill().await;
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -681,6 +688,7 @@ async fn a_failed_destroy_is_not_retried_once_a_newer_run_exists() {
     let ws = workspace(&mut api, &id).await;
     assert_eq!(ws.auto_destroy_status, pb::AutoDestroyStatus::Failed as i32);
     assert!(ws.next_auto_destroy_at.is_none());
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -753,6 +761,7 @@ async fn reminders_go_out_once_per_schedule_and_lead_time() {
         .count();
     assert_eq!(for_quiet, 0);
     assert!(runs(&mut api, &f.org.id, &quiet.id).await.is_empty());
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -899,6 +908,7 @@ async fn extend_stays_within_the_maximum_and_preview_changes_nothing() {
         (next.seconds - last.seconds - 7200).abs() <= 1,
         "a new applied state drops the extension"
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -993,6 +1003,7 @@ async fn a_successful_manual_destroy_cancels_the_one_shot() {
         pb::WorkspaceState::Active as i32,
         "a manual destroy does not archive"
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -1059,4 +1070,5 @@ async fn an_expired_runner_lease_is_requeued_then_errored() {
         .expect_err("lost lease");
     assert_eq!(err.code(), Code::FailedPrecondition);
     drop(runner);
+    cluster.check_destroy_causes().await;
 }

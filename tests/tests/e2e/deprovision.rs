@@ -263,6 +263,7 @@ async fn a_tenant_spanning_several_stacks_tears_down_leaves_first() {
             "{kind} recorded"
         );
     }
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -351,6 +352,7 @@ async fn a_failure_mid_cascade_reverts_the_entity_and_retry_resumes_at_the_faile
         pb::ActionRunStatus::Succeeded as i32
     );
     assert_eq!(entity(&mut dep, &s.tenant.id).await.state, "decommissioned");
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -476,6 +478,7 @@ async fn cycles_dry_runs_and_conditions_are_checked_before_anything_changes() {
         "{}",
         err.message()
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -563,6 +566,7 @@ async fn grace_periods_hold_edges_until_the_sweep_and_force_needs_one() {
         relationship(&mut dep, &s.edges[1].id).await.finalize_method,
         "sweep"
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -614,6 +618,7 @@ async fn overdue_edges_are_listed_and_the_database_refuses_deleting_relationship
         relationship(&mut dep, &s.edges[0].id).await.id,
         s.edges[0].id
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -656,6 +661,7 @@ async fn a_bad_catalog_is_refused_with_path_and_reason() {
         stderr.contains("catalog.yaml") && stderr.contains("onFailure") && stderr.contains("nope"),
         "{stderr}"
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -724,6 +730,7 @@ async fn three_replicas_sweep_a_thousand_elapsed_edges_exactly_once() {
         .into_inner()
         .relationships;
     assert!(remaining.is_empty());
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]

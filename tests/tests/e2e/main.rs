@@ -17,6 +17,7 @@ mod hostile;
 mod metrics;
 mod notifier;
 mod runbook;
+mod safety;
 mod scheduler_replicas;
 mod support;
 mod tracing;

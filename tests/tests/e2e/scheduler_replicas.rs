@@ -147,4 +147,5 @@ async fn three_replicas_queue_every_due_workspace_exactly_once_despite_a_sigkill
     assert_eq!(subjects.len(), WORKSPACES);
     let run_events = ebb_tests::cluster::events(&mut api, &f.org.id, "run.queued").await;
     assert_eq!(run_events.len(), WORKSPACES);
+    cluster.check_destroy_causes().await;
 }

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use ebb_tests::Channel;
-use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, from_now, runs};
+use ebb_tests::cluster::{
+    Cluster, create_workspace, events, eventually, fixture, from_now, runs, secs,
+};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use ebb_tests::proto::lifecycle::v1::token_service_client::TokenServiceClient;
@@ -15,13 +17,6 @@ use sea_orm::ConnectionTrait;
 use tonic::Code;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn secs(s: i64) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    }
-}
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
     Some(prost_types::FieldMask {
@@ -162,6 +157,7 @@ async fn unprotecting_never_fires_a_schedule_that_came_due_while_protected() {
         ))
         .await;
     assert!(refused.is_err(), "a held schedule needs protection");
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -231,6 +227,7 @@ async fn lowering_an_inactivity_policy_gives_the_minimum_notice_with_every_remin
         .find(|e| e.subject_id == run.id)
         .expect("run.queued");
     assert!(reminders.iter().all(|r| r.sequence < queued.sequence));
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -297,6 +294,7 @@ async fn a_policy_change_past_the_blast_radius_needs_its_count_confirmed() {
         .expect("confirmed")
         .into_inner();
     assert_eq!(done.scheduled.len(), 3);
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -385,6 +383,7 @@ async fn settings_updates_lose_nothing_and_a_stale_etag_is_refused() {
     let s = org.settings.expect("settings");
     assert_eq!(s.destroy_retry_limit, 3);
     assert_eq!(s.max_inactivity, Some(secs(30 * 86_400)));
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -451,6 +450,7 @@ async fn an_unreadable_protection_policy_protects_every_workspace() {
         "{}",
         err.message()
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -528,4 +528,5 @@ async fn every_change_names_the_token_scheduler_or_runner_that_caused_it() {
     let done = done.first().expect("succeeded");
     assert_eq!(done.actor, "runner:runner-7");
     assert_eq!(data_str(done, &["actor", "run_id"]), Some(run.id.as_str()));
+    cluster.check_destroy_causes().await;
 }
