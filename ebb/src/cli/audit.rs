@@ -5,7 +5,7 @@
 use ebb_proto::audit::v1 as pb;
 use ebb_proto::audit::v1::audit_service_client::AuditServiceClient;
 
-use super::output::{fields, label, or_none, struct_text, table, time};
+use super::output::{fields, json, label, or_none, struct_text, table, time};
 use super::{CliError, Connection, Ctx};
 
 /// `ebb audit verify-chain`.
@@ -91,28 +91,55 @@ pub fn events(args: EventsArgs) -> std::process::ExitCode {
     })
 }
 
-/// Audit events as a table.
+/// Audit events as a table; `who` reads the structured actor each event carries.
 pub fn events_table(events: &[pb::AuditEvent]) -> String {
-    let mut t = table(&[
-        "seq",
-        "occurred (UTC)",
-        "action",
-        "subject",
-        "actor",
-        "data",
-    ]);
+    let mut t = table(&["seq", "occurred (UTC)", "action", "subject", "who", "data"]);
     for e in events {
         let input = e.event.clone().unwrap_or_default();
+        let mut data = input.data.clone().unwrap_or_default();
+        let detail = data.fields.remove("actor");
         t.add_row(vec![
             e.sequence.to_string(),
             time(input.occur_time.as_ref()),
             input.action,
             format!("{} {}", input.subject_type, input.subject_id),
-            input.actor,
-            struct_text(input.data.as_ref()),
+            who(&input.actor, detail.as_ref()),
+            struct_text(Some(&data)),
         ]);
     }
     or_none(t, events.len(), "no events")
+}
+
+/// Who caused an event, from its actor id and the details events carry under `actor`: the
+/// token's role and description, the scheduler's shard and replica, the runner's run.
+pub fn who(actor: &str, detail: Option<&prost_types::Value>) -> String {
+    let Some(serde_json::Value::Object(d)) = detail.map(json) else {
+        return actor.to_owned();
+    };
+    let field = |k: &str| d.get(k).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+    let extra: Vec<String> = match field("kind") {
+        Some("token") => [field("role"), field("description")]
+            .into_iter()
+            .flatten()
+            .map(str::to_owned)
+            .collect(),
+        Some("scheduler") => [
+            field("shard").map(|s| format!("shard {s}")),
+            field("replica").map(|r| format!("replica {r}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        Some("runner") => field("run_id")
+            .map(|r| vec![format!("run {r}")])
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    if extra.is_empty() {
+        actor.to_owned()
+    } else {
+        format!("{actor} ({})", extra.join(", "))
+    }
 }
 
 async fn verify(ctx: &Ctx, args: &VerifyChainArgs) -> Result<(), CliError> {

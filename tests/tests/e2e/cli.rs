@@ -313,6 +313,10 @@ async fn schedules_upcoming_destroys_and_errors_from_the_command_line() {
         history.contains("workspace.auto_destroy.scheduled"),
         "{history}"
     );
+    assert!(
+        history.contains("token:admin (admin"),
+        "history says who made each change: {history}"
+    );
     server.kill().await;
 }
 
