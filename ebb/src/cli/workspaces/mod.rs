@@ -1,0 +1,276 @@
+//! `ebb workspaces`: list and look at workspaces, set, clear and extend their destroy
+//! schedules, see upcoming destroys, preview a policy, lock and unlock, and explain deferrals.
+
+mod args;
+mod deferrals;
+mod lookups;
+mod render;
+
+use std::time::Duration;
+
+use chrono::Utc;
+use ebb_proto::audit::v1 as audit;
+use ebb_proto::audit::v1::audit_service_client::AuditServiceClient;
+use ebb_proto::lifecycle::v1 as pb;
+
+use self::args::{Command, Part};
+use self::deferrals::why_deferred;
+use self::lookups::{Lifecycle, list_all};
+use self::render::{preview_table, upcoming_table, workspace_table};
+use super::{CliError, Ctx, request_id, timestamp};
+
+pub use self::args::WorkspacesArgs;
+pub use self::lookups::get;
+pub use self::render::workspace_fields;
+
+const WORKSPACE: &str = "ebb.lifecycle.v1.Workspace";
+
+/// Runs `ebb workspaces`.
+pub fn main(args: WorkspacesArgs) -> std::process::ExitCode {
+    super::run("workspaces", async move {
+        let ctx = super::connect(&args.conn)?;
+        run(&ctx, args.command).await
+    })
+}
+
+async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
+    let mut api = Lifecycle::new(ctx.channel.clone());
+    match command {
+        Command::List {
+            organization,
+            project,
+            state,
+            status,
+            scheduled,
+            limit,
+        } => {
+            let request = pb::ListWorkspacesRequest {
+                organization_id: organization.clone(),
+                project_id: project.unwrap_or_default(),
+                state: state.map_or(0, |s| s as i32),
+                auto_destroy_status: status.map_or(0, |s| s as i32),
+                scheduled_only: scheduled,
+                ..Default::default()
+            };
+            let answer = list_all(&mut api, request, limit, &organization).await?;
+            ctx.print(&answer, "ebb.lifecycle.v1.ListWorkspacesResponse", &|r| {
+                workspace_table(&r.workspaces)
+            })
+        }
+        Command::Show { workspace } => {
+            let ws = get(&mut api, &workspace).await?;
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::Create {
+            project,
+            name,
+            labels,
+            working_directory,
+            protected,
+        } => {
+            let ws = api
+                .create_workspace(pb::CreateWorkspaceRequest {
+                    request_id: request_id(),
+                    project_id: project.clone(),
+                    name: name.clone(),
+                    labels: labels.into_iter().collect(),
+                    protected,
+                    working_directory: working_directory.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(format!("create workspace {name} in project {project}"), s)
+                })?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::Schedule {
+            workspace,
+            at,
+            in_,
+            inactivity,
+        } => {
+            let at = destroy_time(at, in_)?;
+            if at.is_none() && inactivity.is_none() {
+                return Err(CliError::Usage(
+                    "give --at, --in or --inactivity (or several)".into(),
+                ));
+            }
+            let ws = api
+                .set_auto_destroy(pb::SetAutoDestroyRequest {
+                    request_id: request_id(),
+                    workspace_id: workspace.clone(),
+                    auto_destroy_at: at.map(timestamp),
+                    auto_destroy_inactivity: inactivity.unwrap_or_default(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("schedule workspace {workspace}"), s))?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::Clear {
+            workspace,
+            only,
+            inherit_project_default,
+        } => {
+            let ws = api
+                .clear_auto_destroy(pb::ClearAutoDestroyRequest {
+                    request_id: request_id(),
+                    workspace_id: workspace.clone(),
+                    clear_auto_destroy_at: only != Some(Part::Inactivity),
+                    clear_auto_destroy_inactivity: only != Some(Part::At),
+                    inherit_project_default,
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(format!("clear the schedule of workspace {workspace}"), s)
+                })?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::Extend { workspace, by } => {
+            let ws = api
+                .extend_auto_destroy(pb::ExtendAutoDestroyRequest {
+                    request_id: request_id(),
+                    workspace_id: workspace.clone(),
+                    extend_by: by,
+                })
+                .await
+                .map_err(|s| CliError::status(format!("extend workspace {workspace}"), s))?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::Upcoming {
+            organization,
+            project,
+            within,
+            limit,
+        } => {
+            let until = Utc::now()
+                + chrono::Duration::from_std(within)
+                    .map_err(|_| CliError::Usage("--within is too long".into()))?;
+            let request = pb::ListWorkspacesRequest {
+                organization_id: organization.clone(),
+                project_id: project.unwrap_or_default(),
+                scheduled_only: true,
+                next_auto_destroy_before: Some(timestamp(until)),
+                ..Default::default()
+            };
+            let mut answer = list_all(&mut api, request, limit, &organization).await?;
+            answer.workspaces.sort_by_key(|w| {
+                w.next_auto_destroy_at
+                    .as_ref()
+                    .map(|t| (t.seconds, t.nanos))
+            });
+            ctx.print(&answer, "ebb.lifecycle.v1.ListWorkspacesResponse", &|r| {
+                upcoming_table(&r.workspaces, within)
+            })
+        }
+        Command::Preview {
+            organization,
+            project,
+            labels,
+            at,
+            in_,
+            inactivity,
+        } => {
+            let at = destroy_time(at, in_)?;
+            if at.is_none() && inactivity.is_none() {
+                return Err(CliError::Usage(
+                    "give the proposed setting: --at, --in or --inactivity".into(),
+                ));
+            }
+            let answer = api
+                .preview_auto_destroy(pb::PreviewAutoDestroyRequest {
+                    organization_id: organization.clone(),
+                    project_id: project.unwrap_or_default(),
+                    auto_destroy_inactivity: inactivity.unwrap_or_default(),
+                    auto_destroy_at: at.map(timestamp),
+                    label_selector: labels.into_iter().collect(),
+                    page_size: 1000,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| {
+                    CliError::status(format!("preview for organization {organization}"), s)
+                })?
+                .into_inner();
+            ctx.print(
+                &answer,
+                "ebb.lifecycle.v1.PreviewAutoDestroyResponse",
+                &|r| preview_table(r),
+            )
+        }
+        Command::Lock { workspace, reason } => {
+            let ws = api
+                .lock_workspace(pb::LockWorkspaceRequest {
+                    request_id: request_id(),
+                    workspace_id: workspace.clone(),
+                    reason,
+                })
+                .await
+                .map_err(|s| CliError::status(format!("lock workspace {workspace}"), s))?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::Unlock { workspace } => {
+            let ws = api
+                .unlock_workspace(pb::UnlockWorkspaceRequest {
+                    request_id: request_id(),
+                    workspace_id: workspace.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("unlock workspace {workspace}"), s))?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::WhyDeferred { workspace } => why_deferred(ctx, &mut api, &workspace).await,
+        Command::History { workspace, limit } => {
+            let ws = get(&mut api, &workspace).await?;
+            let mut audit = AuditServiceClient::new(ctx.channel.clone());
+            let answer = audit
+                .list_events(audit::ListEventsRequest {
+                    organization_id: ws.organization_id.clone(),
+                    action_prefix: "workspace.auto_destroy.".into(),
+                    subject_id: workspace.clone(),
+                    order: audit::Order::NewestFirst as i32,
+                    page_size: limit,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|s| CliError::status(format!("audit events of workspace {workspace}"), s))?
+                .into_inner();
+            ctx.print(&answer, "ebb.audit.v1.ListEventsResponse", &|r| {
+                super::audit::events_table(&r.events)
+            })
+        }
+    }
+}
+
+/// `--at` or `now + --in`.
+fn destroy_time(
+    at: Option<chrono::DateTime<Utc>>,
+    in_: Option<Duration>,
+) -> Result<Option<chrono::DateTime<Utc>>, CliError> {
+    match (at, in_) {
+        (Some(at), _) => Ok(Some(at)),
+        (None, Some(d)) => chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| Utc::now().checked_add_signed(d))
+            .map(Some)
+            .ok_or_else(|| CliError::Usage("--in is too long".into())),
+        (None, None) => Ok(None),
+    }
+}
