@@ -518,6 +518,7 @@ fn is_done(status: i32) -> bool {
         pb::ActionStepStatus::Succeeded as i32,
         pb::ActionStepStatus::Failed as i32,
         pb::ActionStepStatus::Canceled as i32,
+        pb::ActionStepStatus::Kept as i32,
     ]
     .contains(&status)
 }

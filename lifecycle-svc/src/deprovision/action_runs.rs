@@ -30,6 +30,9 @@ db_enum! {
         Succeeded = "succeeded",
         Failed = "failed",
         Canceled = "canceled",
+        /// Not torn down: an upstream other entities still run on (DP-10). Terminal, and done
+        /// as far as the steps after it are concerned.
+        Kept = "kept",
     }
 }
 

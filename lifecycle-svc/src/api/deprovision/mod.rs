@@ -148,6 +148,7 @@ fn step_status(s: StepStatus) -> pb::ActionStepStatus {
         StepStatus::Succeeded => pb::ActionStepStatus::Succeeded,
         StepStatus::Failed => pb::ActionStepStatus::Failed,
         StepStatus::Canceled => pb::ActionStepStatus::Canceled,
+        StepStatus::Kept => pb::ActionStepStatus::Kept,
     }
 }
 
