@@ -79,6 +79,7 @@ fn kind_pb(k: &KindDef) -> pb::EntityKind {
                     .iter()
                     .map(|r| pb::CascadeRule {
                         relationship_type: r.relationship_type.clone(),
+                        shared_upstream: r.shared_upstream.as_str().to_owned(),
                     })
                     .collect(),
                 trigger_type: a.trigger.name().to_owned(),
