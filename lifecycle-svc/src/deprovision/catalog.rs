@@ -68,6 +68,16 @@ pub struct ActionDef {
     pub trigger: TriggerDef,
 }
 
+impl ActionDef {
+    /// The relationship types its cascade walks.
+    pub fn cascaded_types(&self) -> Vec<String> {
+        self.cascade_rules
+            .iter()
+            .map(|r| r.relationship_type.clone())
+            .collect()
+    }
+}
+
 fn instance() -> String {
     "instance".into()
 }
