@@ -15,7 +15,7 @@ use ebb_tests::{ADMIN_TOKEN, Process, bin_path};
 use sea_orm::ConnectionTrait;
 use tonic::Code;
 
-const CATALOG: &str = include_str!("../../deploy/catalog/deprovision-tenant.yaml");
+const CATALOG: &str = include_str!("../../../deploy/catalog/deprovision-tenant.yaml");
 const ACTION: &str = "DeprovisionTenant";
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -336,6 +336,7 @@ async fn a_shared_account_is_kept_until_its_last_tenant_is_deprovisioned() {
             pb::RelationshipState::Removed
         );
     }
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -510,6 +511,7 @@ async fn two_runs_over_both_tenants(first: &str) {
             pb::RelationshipState::Removed
         );
     }
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -582,6 +584,7 @@ async fn two_runs_fired_back_to_back_with_a_runner_destroy_the_account_once_afte
         entity(&mut dep, &f.account.id).await.state,
         "decommissioned"
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -629,6 +632,7 @@ async fn two_tenants_finishing_at_the_same_moment_destroy_the_account_once() {
             "decommissioned"
         );
     }
+    cluster.check_destroy_causes().await;
 }
 
 /// The step of the account in `run`.
@@ -723,6 +727,7 @@ async fn a_tenant_that_comes_onto_the_account_after_the_plan_keeps_it_at_its_ste
             _ => None,
         });
     assert_eq!(decided_at, Some("step"));
+    cluster.check_destroy_causes().await;
 }
 
 /// nu-2's run waits on nu-1's for the account; nu-1's run then ends without tearing nu-1
@@ -799,6 +804,7 @@ async fn the_other_run_ends_without_tearing_down(how: &str) {
         pb::RelationshipState::Removing,
         "nu-1's stays removing for investigation"
     );
+    cluster.check_destroy_causes().await;
 }
 
 #[tokio::test]
@@ -868,4 +874,5 @@ async fn the_database_refuses_a_second_running_step_for_one_entity() {
             .await
             .is_err()
     );
+    cluster.check_destroy_causes().await;
 }
