@@ -210,8 +210,9 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 .into_inner();
             ctx.print(&answer, "ebb.lifecycle.v1.TriggerActionResponse", &|r| {
                 format!(
-                    "{}\n{} step(s), leaves first; nothing was changed (dry run)",
+                    "{}\n{}{} step(s), leaves first; nothing was changed (dry run)",
                     plan_table(&r.plan),
+                    shared_lines(&r.plan, &r.kept),
                     r.plan.len()
                 )
             })
@@ -518,6 +519,7 @@ fn is_done(status: i32) -> bool {
         pb::ActionStepStatus::Succeeded as i32,
         pb::ActionStepStatus::Failed as i32,
         pb::ActionStepStatus::Canceled as i32,
+        pb::ActionStepStatus::Kept as i32,
     ]
     .contains(&status)
 }
@@ -649,6 +651,29 @@ fn plan_table(plan: &[pb::PlanStep]) -> String {
     or_none(t, plan.len(), "nothing to do")
 }
 
+/// One line per shared upstream of a plan, each ending in a newline: those kept, with who
+/// still uses them, and those torn down only after other runs tear down their other users.
+fn shared_lines(plan: &[pb::PlanStep], kept: &[pb::KeptEntity]) -> String {
+    let mut out = String::new();
+    for p in plan.iter().filter(|p| !p.shared_with.is_empty()) {
+        out.push_str(&format!(
+            "shared: {}/{} (torn down once the runs tearing down {} succeed)\n",
+            p.entity_kind,
+            p.entity_name,
+            p.shared_with.join(", ")
+        ));
+    }
+    for k in kept {
+        out.push_str(&format!(
+            "kept: {}/{} (still used by {})\n",
+            k.entity_kind,
+            k.entity_name,
+            k.used_by.join(", ")
+        ));
+    }
+    out
+}
+
 /// An action run: its summary and a table of its steps in order.
 fn run_report(r: &pb::ActionRun) -> String {
     let summary = fields(vec![
@@ -691,8 +716,9 @@ fn run_report(r: &pb::ActionRun) -> String {
     }
     let done = steps.iter().filter(|s| is_done(s.status)).count();
     format!(
-        "{summary}\n{}\n{done} of {} step(s) done",
+        "{summary}\n{}\n{}{done} of {} step(s) done",
         or_none(t, steps.len(), "no steps"),
+        shared_lines(&r.plan, &r.kept),
         steps.len()
     )
 }

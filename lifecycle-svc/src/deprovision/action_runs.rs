@@ -1,6 +1,7 @@
 //! Action runs and their steps as stored: reading them, the action a run carries out, and the
 //! checks of its conditions and parameters (DP-1, DP-2).
 
+use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult};
@@ -9,8 +10,7 @@ use serde_json::{Map, Value as Json, json};
 use crate::deprovision::catalog;
 use crate::deprovision::catalog::{ActionDef, Condition, KindDef};
 use crate::deprovision::entities::EntityRow;
-use crate::deprovision::plan::Plan;
-use crate::store::{db_enum, decode_json, keyset, query_all, query_one, select_all};
+use crate::store::{db_enum, decode_json, exec, keyset, query_all, query_one, select_all};
 
 db_enum! {
     /// Where an action run stands.
@@ -30,6 +30,9 @@ db_enum! {
         Succeeded = "succeeded",
         Failed = "failed",
         Canceled = "canceled",
+        /// Not torn down: an upstream other entities still run on (DP-10). Terminal, and done
+        /// as far as the steps after it are concerned.
+        Kept = "kept",
     }
 }
 
@@ -55,11 +58,6 @@ pub struct ActionRunRow {
 }
 
 impl ActionRunRow {
-    /// The stored plan.
-    pub fn plan(&self) -> Result<Plan> {
-        decode_json("action_runs", "plan", &self.id, &self.plan)
-    }
-
     /// The stored parameters.
     pub fn parameters(&self) -> Result<Map<String, Json>> {
         decode_json("action_runs", "parameters", &self.id, &self.parameters)
@@ -104,6 +102,29 @@ impl StepRow {
     pub fn waits_for(&self) -> Result<Vec<String>> {
         decode_json("action_steps", "waits_for", &self.id, &self.waits_for)
     }
+}
+
+/// Moves a step to `status` with `error` (why it ended, if it did); a step that ends gets its
+/// finish time.
+pub(crate) async fn set_step(
+    conn: &impl ConnectionTrait,
+    step_id: &str,
+    status: StepStatus,
+    error: &str,
+    now: EpochMs,
+) -> Result<()> {
+    let finished = matches!(
+        status,
+        StepStatus::Succeeded | StepStatus::Failed | StepStatus::Canceled | StepStatus::Kept
+    )
+    .then_some(now);
+    exec(
+        conn,
+        "UPDATE action_steps SET status = $1, error = $2, finished_at = $3 WHERE id = $4",
+        [status.into(), error.into(), finished.into(), step_id.into()],
+    )
+    .await?;
+    Ok(())
 }
 
 /// The steps of an action run, in order.

@@ -68,6 +68,16 @@ pub struct ActionDef {
     pub trigger: TriggerDef,
 }
 
+impl ActionDef {
+    /// The relationship types its cascade walks.
+    pub fn cascaded_types(&self) -> Vec<String> {
+        self.cascade_rules
+            .iter()
+            .map(|r| r.relationship_type.clone())
+            .collect()
+    }
+}
+
 fn instance() -> String {
     "instance".into()
 }
@@ -105,6 +115,31 @@ pub enum ParamType {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CascadeRuleDef {
     pub relationship_type: String,
+    /// What to do with an entity this rule reaches that others still run on (DP-10).
+    #[serde(default)]
+    pub shared_upstream: SharedUpstream,
+}
+
+/// What a cascade does with a shared upstream: an entity it reaches that entities outside the
+/// action run still run on.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SharedUpstream {
+    /// Leave it (and what it runs on) standing; the plan lists it as kept with who uses it.
+    #[default]
+    Keep,
+    /// Refuse the trigger, naming the upstream and who uses it.
+    Refuse,
+}
+
+impl SharedUpstream {
+    /// The catalog's word for it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Keep => "keep",
+            Self::Refuse => "refuse",
+        }
+    }
 }
 
 /// What a step does.
@@ -476,6 +511,25 @@ mod tests {
         let e = parse("kinds: 5").expect_err("type");
         assert!(e.to_string().contains("kinds"), "{e}");
         assert!(parse(": : :").is_err());
+    }
+
+    #[test]
+    fn shared_upstreams_are_kept_unless_a_rule_refuses() {
+        let rule = |yaml: &str| parse(yaml).map(|c| c.kinds[0].actions[0].cascade_rules[0].clone());
+        let keep = "            sharedUpstream: keep\n";
+        assert!(EXAMPLE.contains(keep));
+        let default = rule(&EXAMPLE.replace(keep, "")).expect("no policy given");
+        assert_eq!(default.shared_upstream, SharedUpstream::Keep, "the default");
+        let refusing = rule(&EXAMPLE.replace(keep, "            sharedUpstream: refuse\n"))
+            .expect("refusing catalog");
+        assert_eq!(refusing.shared_upstream, SharedUpstream::Refuse);
+        let e = rule(&EXAMPLE.replace(keep, "            sharedUpstream: destroy\n"))
+            .expect_err("unknown policy");
+        assert!(e.path.contains("sharedUpstream"), "{e}");
+        // A kind stored before the field existed still decodes, keeping shared upstreams.
+        let stored: CascadeRuleDef =
+            serde_json::from_str(r#"{"relationshipType":"runs_on"}"#).expect("decode");
+        assert_eq!(stored.shared_upstream, SharedUpstream::Keep);
     }
 
     #[test]

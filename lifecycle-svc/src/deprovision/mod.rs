@@ -1,5 +1,6 @@
 //! Deprovisioning (seed 002): the catalog of entity kinds and actions, entities and their
-//! relationships, plans, action runs and their steps, webhook triggers and scheduled actions.
+//! relationships, plans, action runs and their steps, shared upstreams, webhook triggers and
+//! scheduled actions.
 
 pub(crate) mod action_runs;
 pub(crate) mod callbacks;
@@ -10,4 +11,5 @@ pub(crate) mod relationships;
 pub(crate) mod scheduled;
 pub(crate) mod steps;
 pub(crate) mod trigger;
+pub(crate) mod upstreams;
 pub(crate) mod webhooks;

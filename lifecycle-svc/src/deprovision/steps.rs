@@ -1,8 +1,9 @@
 //! Walking an action run's steps: a step starts only when every step that depends on it has
-//! succeeded; a step ends by its destroy run, its webhook callback or its timeout (DP-3, DP-5,
-//! DP-8).
+//! succeeded (or was kept); a step ends by its destroy run, its webhook callback or its
+//! timeout (DP-3, DP-5, DP-8). A step of an upstream checks, when it becomes ready, that
+//! nobody else still runs on it, and is kept otherwise (DP-10).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use ebb_common::Result;
 use ebb_common::time::EpochMs;
@@ -13,14 +14,15 @@ use crate::core::Lifecycle;
 use crate::deprovision::action_runs::ActionRunStatus;
 use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::action_runs::{
-    ActionRunRow, STEP_COLUMNS, StepRow, get_action_run, load_action, steps,
+    ActionRunRow, STEP_COLUMNS, StepRow, get_action_run, load_action, set_step, steps,
 };
-use crate::deprovision::catalog::TriggerDef;
+use crate::deprovision::catalog::{ActionDef, TriggerDef};
 use crate::deprovision::relationships::EdgeState;
+use crate::deprovision::upstreams::{self, Gate};
 use crate::deprovision::{catalog, entities, relationships};
 use crate::events::{NewEvent, outbox};
 use crate::runs::NewRun;
-use crate::store::{exec, query_all, query_one};
+use crate::store::{exec, placeholders, query_all, query_one};
 use crate::{runs, workspaces};
 
 /// The settings action runs need.
@@ -51,12 +53,17 @@ impl Engine {
 pub enum Next<'a> {
     /// A step failed: the run fails (DP-5).
     Fail(&'a StepRow),
-    /// Every step succeeded: the run succeeds (DP-4).
+    /// Every step succeeded or was kept: the run succeeds (DP-4).
     Succeed,
-    /// These pending steps have every step they wait for succeeded: start them (DP-3).
+    /// These pending steps have every step they wait for done: start them (DP-3).
     Start(Vec<&'a StepRow>),
     /// Steps are still running.
     Wait,
+}
+
+/// Whether a step is over as far as the steps waiting for it are concerned.
+fn done(status: StepStatus) -> bool {
+    matches!(status, StepStatus::Succeeded | StepStatus::Kept)
 }
 
 /// The next move of an action run with steps `all`. Fails closed: a step whose dependencies
@@ -65,12 +72,12 @@ pub fn next_steps(all: &[StepRow]) -> Next<'_> {
     if let Some(failed) = all.iter().find(|s| s.status == StepStatus::Failed) {
         return Next::Fail(failed);
     }
-    if all.iter().all(|s| s.status == StepStatus::Succeeded) {
+    if all.iter().all(|s| done(s.status)) {
         return Next::Succeed;
     }
     let done: BTreeSet<&str> = all
         .iter()
-        .filter(|s| s.status == StepStatus::Succeeded)
+        .filter(|s| done(s.status))
         .map(|s| s.id.as_str())
         .collect();
     let ready: Vec<&StepRow> = all
@@ -88,8 +95,9 @@ pub fn next_steps(all: &[StepRow]) -> Next<'_> {
     }
 }
 
-/// Starts every step whose dependents all succeeded, and finishes the run when all steps did
-/// (or one failed). Returns whether destroy runs were queued.
+/// Starts every step whose dependents are all done, and finishes the run when all steps are
+/// (or one failed). A run that finishes releases the runs waiting on its upstreams, which
+/// advance in turn. Returns whether destroy runs were queued.
 pub async fn advance(
     conn: &impl ConnectionTrait,
     engine: &Engine,
@@ -98,10 +106,30 @@ pub async fn advance(
     now: EpochMs,
 ) -> Result<bool> {
     let mut queued = false;
+    let mut runs = VecDeque::from([run_id.to_owned()]);
+    // Each run finishes once, so the runs it releases are finite.
+    while let Some(id) = runs.pop_front() {
+        let (queued_here, released) = advance_one(conn, engine, &id, actor, now).await?;
+        queued |= queued_here;
+        runs.extend(released);
+    }
+    Ok(queued)
+}
+
+/// Advances one run; returns whether destroy runs were queued and, if it finished, the other
+/// runs waiting on its upstreams.
+async fn advance_one(
+    conn: &impl ConnectionTrait,
+    engine: &Engine,
+    run_id: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<(bool, Vec<String>)> {
+    let mut queued = false;
     loop {
         let run = get_action_run(conn, run_id).await?;
         if run.status != ActionRunStatus::Running {
-            return Ok(queued);
+            return Ok((queued, Vec::new()));
         }
         let all = steps(conn, run_id).await?;
         let ready = match next_steps(&all) {
@@ -110,82 +138,77 @@ pub async fn advance(
                     "step for entity {} failed: {}",
                     failed.entity_id, failed.error
                 );
-                finish(conn, &run, false, &error, actor, now).await?;
-                return Ok(queued);
+                let released = finish(conn, &run, false, &error, actor, now).await?;
+                return Ok((queued, released));
             }
             Next::Succeed => {
-                finish(conn, &run, true, "", actor, now).await?;
-                return Ok(queued);
+                let released = finish(conn, &run, true, "", actor, now).await?;
+                return Ok((queued, released));
             }
-            Next::Wait => return Ok(queued),
+            Next::Wait => return Ok((queued, Vec::new())),
             Next::Start(ready) => ready,
         };
-        // The trigger is the action's; read it once for every step started in this round.
-        let trigger = load_action(
+        // The action is read once for every step started in this round.
+        let def = load_action(
             conn,
             &entities::get_entity(conn, &run.entity_id).await?,
             &run.action,
         )
         .await?
-        .1
-        .trigger;
+        .1;
         let mut finished_any = false;
         for step in ready {
-            match start_step(conn, engine, &run, &trigger, step, actor, now).await? {
+            match start_step(conn, engine, &run, &def, step, actor, now).await? {
                 Started::Running { queued_run } => queued |= queued_run,
                 Started::Finished => finished_any = true,
+                Started::Waiting => {}
             }
         }
         if !finished_any {
-            return Ok(queued);
+            return Ok((queued, Vec::new()));
         }
     }
 }
 
 enum Started {
-    Running { queued_run: bool },
+    Running {
+        queued_run: bool,
+    },
     Finished,
-}
-
-pub(crate) async fn set_step(
-    conn: &impl ConnectionTrait,
-    step_id: &str,
-    status: StepStatus,
-    error: &str,
-    now: EpochMs,
-) -> Result<()> {
-    let finished = matches!(
-        status,
-        StepStatus::Succeeded | StepStatus::Failed | StepStatus::Canceled
-    )
-    .then_some(now);
-    exec(
-        conn,
-        "UPDATE action_steps SET status = $1, error = $2, finished_at = $3 WHERE id = $4",
-        [status.into(), error.into(), finished.into(), step_id.into()],
-    )
-    .await?;
-    Ok(())
+    /// Still pending: its upstream waits for other runs, or another transaction took it.
+    Waiting,
 }
 
 async fn start_step(
     conn: &impl ConnectionTrait,
     engine: &Engine,
     run: &ActionRunRow,
-    trigger: &TriggerDef,
+    def: &ActionDef,
     step: &StepRow,
     actor: &str,
     now: EpochMs,
 ) -> Result<Started> {
+    if step.entity_id != run.entity_id {
+        match upstreams::gate(conn, run, def, step, actor, now).await? {
+            Gate::Open => {}
+            Gate::Wait => return Ok(Started::Waiting),
+            Gate::Kept => return Ok(Started::Finished),
+        }
+    }
+    let trigger = &def.trigger;
     let entity = entities::get_entity(conn, &step.entity_id).await?;
     let deadline = now.saturating_add(engine.step_timeout_ms);
-    exec(
+    let n = exec(
         conn,
         "UPDATE action_steps SET status = 'running', started_at = $1, deadline_at = $2, attempt = attempt + 1, error = '', \
-         finished_at = NULL, run_id = NULL WHERE id = $3",
+         finished_at = NULL, run_id = NULL WHERE id = $3 AND status = 'pending'",
         [now.into(), deadline.into(), step.id.clone().into()],
     )
     .await?;
+    if n == 0 {
+        // Another transaction started it first.
+        return Ok(Started::Waiting);
+    }
     match (trigger, &entity.workspace_id) {
         (TriggerDef::Noop, _) => {
             set_step(conn, &step.id, StepStatus::Succeeded, "", now).await?;
@@ -258,6 +281,53 @@ async fn start_step(
     }
 }
 
+/// Locks the upstreams of `run`'s plan, then lists the other running action runs with a
+/// pending step on one of them: those waiting for this run to end. Taking the locks first
+/// means a gate deciding concurrently has committed before this run looks, or decides after
+/// it, seeing this run ended.
+pub(crate) async fn runs_waiting_on(
+    conn: &impl ConnectionTrait,
+    run: &ActionRunRow,
+) -> Result<Vec<String>> {
+    let plan = run.plan()?;
+    let upstream_ids: Vec<String> = plan
+        .nodes
+        .iter()
+        .map(|n| &n.entity_id)
+        .chain(plan.kept.iter().map(|k| &k.entity_id))
+        .filter(|id| **id != run.entity_id)
+        .cloned()
+        .collect();
+    if upstream_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    upstreams::lock(conn, &upstream_ids).await?;
+    #[derive(FromQueryResult)]
+    struct Waiting {
+        action_run_id: String,
+    }
+    let mut values: Vec<sea_orm::Value> = vec![run.id.clone().into()];
+    values.extend(
+        upstream_ids
+            .iter()
+            .map(|id| sea_orm::Value::from(id.clone())),
+    );
+    let waiting: Vec<Waiting> = query_all(
+        conn,
+        &format!(
+            "SELECT DISTINCT s.action_run_id FROM action_steps s \
+             JOIN action_runs a ON a.id = s.action_run_id \
+             WHERE a.status = 'running' AND s.status = 'pending' AND s.action_run_id <> $1 \
+             AND s.entity_id IN ({}) ORDER BY s.action_run_id",
+            placeholders(2, upstream_ids.len())
+        ),
+        values,
+    )
+    .await?;
+    Ok(waiting.into_iter().map(|w| w.action_run_id).collect())
+}
+
+/// Ends a run; returns the other runs waiting on its upstreams, to advance next.
 async fn finish(
     conn: &impl ConnectionTrait,
     run: &ActionRunRow,
@@ -265,7 +335,8 @@ async fn finish(
     error: &str,
     actor: &str,
     now: EpochMs,
-) -> Result<()> {
+) -> Result<Vec<String>> {
+    let released = runs_waiting_on(conn, run).await?;
     let status = if succeeded { "succeeded" } else { "failed" };
     exec(
         conn,
@@ -278,8 +349,12 @@ async fn finish(
     let plan = run.plan()?;
     if succeeded {
         entities::transition_entity(conn, &root, &def.on_success, &run.id, actor, now).await?;
-        for node in plan.nodes.iter().filter(|n| n.entity_id != root.id) {
-            let e = entities::get_entity(conn, &node.entity_id).await?;
+        // Only what this run tore down: a step kept at the gate leaves its entity as it was.
+        for step in steps(conn, &run.id).await? {
+            if step.entity_id == root.id || step.status != StepStatus::Succeeded {
+                continue;
+            }
+            let e = entities::get_entity(conn, &step.entity_id).await?;
             if let Ok(kind) = catalog::kind(conn, &e.kind).await
                 && kind.states.contains(&def.on_success)
             {
@@ -333,7 +408,8 @@ async fn finish(
         )],
         now,
     )
-    .await
+    .await?;
+    Ok(released)
 }
 
 /// A destroy run of a step finished: the step follows it and the action run advances.
@@ -456,6 +532,25 @@ mod tests {
             step("root", StepStatus::Pending, "[\"leaf\""),
         ];
         assert_eq!(next_steps(&all), Next::Wait);
+    }
+
+    #[test]
+    fn a_kept_step_is_done_for_the_steps_after_it_and_for_the_run() {
+        let all = [
+            step("tenant", StepStatus::Succeeded, "[]"),
+            step("account", StepStatus::Kept, r#"["tenant"]"#),
+            step("org", StepStatus::Pending, r#"["account"]"#),
+        ];
+        let Next::Start(ready) = next_steps(&all) else {
+            panic!("the step after a kept one becomes ready (and is checked in turn)")
+        };
+        assert_eq!(ready.len(), 1);
+        assert_eq!(ready[0].id, "org");
+        let all = [
+            step("tenant", StepStatus::Succeeded, "[]"),
+            step("account", StepStatus::Kept, r#"["tenant"]"#),
+        ];
+        assert_eq!(next_steps(&all), Next::Succeed);
     }
 
     #[test]

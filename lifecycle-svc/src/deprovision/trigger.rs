@@ -12,12 +12,13 @@ use crate::actor;
 use crate::deprovision::action_runs::ActionRunStatus;
 use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::action_runs::{
-    ActionRunRow, check_conditions, check_parameters, get_action_run, load_action, steps,
+    ActionRunRow, check_conditions, check_parameters, get_action_run, load_action, set_step, steps,
 };
 use crate::deprovision::entities::{ENTITY_COLUMNS, EntityRow};
 use crate::deprovision::plan::{Plan, plan};
 use crate::deprovision::relationships::EdgeState;
-use crate::deprovision::steps::{Engine, advance, set_step};
+use crate::deprovision::steps::{Engine, advance, runs_waiting_on};
+use crate::deprovision::upstreams::kept_event;
 use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
 use crate::runs;
@@ -115,15 +116,31 @@ pub async fn trigger(
         )
         .await?;
     }
-    outbox::write(
-        conn,
-        vec![NewEvent::new(&entity.organization_id, "action_run.started", "action_run", &id, actor, json!({
+    let mut events = vec![NewEvent::new(
+        &entity.organization_id,
+        "action_run.started",
+        "action_run",
+        &id,
+        actor,
+        json!({
             "action": action, "entity_id": entity.id, "entity_kind": entity.kind, "entity_name": entity.name,
             "parameters": parameters, "steps": plan.nodes.len(), "scheduled_action_id": scheduled_action_id,
-        }))],
-        now,
-    )
-    .await?;
+            "kept": plan.kept.iter().map(|k| json!({"entity_id": k.entity_id, "used_by": k.used_by})).collect::<Vec<_>>(),
+        }),
+    )];
+    let run = get_action_run(conn, &id).await?;
+    events.extend(plan.kept.iter().map(|k| {
+        kept_event(
+            &run,
+            &k.entity_id,
+            &k.kind,
+            &k.name,
+            &k.used_by,
+            "plan",
+            actor,
+        )
+    }));
+    outbox::write(conn, events, now).await?;
     entities::transition_entity(conn, &entity, &def.on_trigger, &id, actor, now).await?;
     for edge in &edges {
         relationships::transition_relationship(conn, edge, EdgeState::Removing, &id, actor, now)
@@ -191,13 +208,15 @@ pub async fn retry(
 }
 
 /// Cancels a running action run: pending steps are canceled, running destroy runs are asked
-/// to stop, and the entity reverts to its onFailure state.
+/// to stop, and the entity reverts to its onFailure state. Runs waiting on its upstreams
+/// advance: what it was tearing down is in use again.
 pub async fn cancel(
     conn: &impl ConnectionTrait,
+    engine: &Engine,
     id: &str,
     actor: &str,
     now: EpochMs,
-) -> Result<ActionRunRow> {
+) -> Result<(ActionRunRow, bool)> {
     let run = get_action_run(conn, id).await?;
     if run.status != ActionRunStatus::Running {
         return Err(Error::precondition(format!(
@@ -205,6 +224,7 @@ pub async fn cancel(
             run.status
         )));
     }
+    let released = runs_waiting_on(conn, &run).await?;
     exec(
         conn,
         "UPDATE action_runs SET status = 'canceled', error = 'canceled', finished_at = $1 WHERE id = $2",
@@ -242,5 +262,9 @@ pub async fn cancel(
         now,
     )
     .await?;
-    get_action_run(conn, id).await
+    let mut queued = false;
+    for waiting in released {
+        queued |= advance(conn, engine, &waiting, actor, now).await?;
+    }
+    Ok((get_action_run(conn, id).await?, queued))
 }

@@ -2,8 +2,9 @@
 //! comparisons and indexes behave the same on SQLite and PostgreSQL.
 //!
 //! The invariants that matter are the database's to enforce: one active destroy run per
-//! workspace, one run per fire key, no schedule on a protected or archived workspace,
-//! gapless per-organization event sequences, and relationship rows that cannot be deleted.
+//! workspace, one run per fire key, one running teardown step per entity, no schedule on a
+//! protected or archived workspace, gapless per-organization event sequences, and relationship
+//! rows that cannot be deleted.
 
 use sea_orm_migration::prelude::*;
 
@@ -13,6 +14,7 @@ mod m0003_tokens;
 mod m0004_deprovisioning;
 mod m0005_inactivity_extension;
 mod m0006_outbox_trace_context;
+mod m0007_shared_upstreams;
 mod m0008_destruction_safety;
 mod m0009_request_log;
 
@@ -34,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_deprovisioning::M0004Deprovisioning),
             Box::new(m0005_inactivity_extension::M0005InactivityExtension),
             Box::new(m0006_outbox_trace_context::M0006OutboxTraceContext),
+            Box::new(m0007_shared_upstreams::M0007SharedUpstreams),
             Box::new(m0008_destruction_safety::M0008DestructionSafety),
             Box::new(m0009_request_log::M0009RequestLog),
         ]

@@ -19,5 +19,6 @@ mod notifier;
 mod runbook;
 mod safety;
 mod scheduler_replicas;
+mod shared_upstreams;
 mod support;
 mod tracing;

@@ -7,12 +7,13 @@ use tonic::Request;
 
 use super::{DeprovisionApi, Reply, ok};
 use crate::actor::Actor;
-use crate::api::deprovision::{ACTOR, action_run_pb, after, parameters, plan_pb, short_name};
+use crate::api::deprovision::{
+    ACTOR, action_run_pb, after, kept_pb, parameters, plan_pb, short_name,
+};
 use crate::api::validate as check;
 use crate::core::Call;
 use crate::deprovision::action_runs::ActionRunStatus;
 use crate::deprovision::{action_runs, callbacks, steps, trigger};
-use crate::finish;
 
 impl DeprovisionApi {
     pub(super) async fn trigger_action(
@@ -42,6 +43,7 @@ impl DeprovisionApi {
                     Ok(pb::TriggerActionResponse {
                         action_run: run,
                         plan: plan_pb(&t.plan),
+                        kept: kept_pb(&t.plan),
                     })
                 })
             })
@@ -152,18 +154,21 @@ impl DeprovisionApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "action_run_id", &req.action_run_id);
         v.finish()?;
-        let (now, _policy) = (self.core.now(), finish::Policy::of(&self.core));
-        ok(self
+        let (now, engine) = (self.core.now(), steps::Engine::of(&self.core));
+        let resp = self
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let r = trigger::cancel(txn, &id, ACTOR, now).await?;
+                    let (r, _) = trigger::cancel(txn, &engine, &id, ACTOR, now).await?;
                     Ok(pb::CancelActionRunResponse {
                         action_run: Some(action_run_pb(txn, &r).await?),
                     })
                 })
             })
-            .await)
+            .await;
+        // Runs waiting on its upstreams may have queued destroy runs.
+        self.core.runs_queued.notify_waiters();
+        ok(resp)
     }
 
     pub(super) async fn complete_action_step(

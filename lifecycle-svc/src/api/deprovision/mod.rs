@@ -79,6 +79,7 @@ fn kind_pb(k: &KindDef) -> pb::EntityKind {
                     .iter()
                     .map(|r| pb::CascadeRule {
                         relationship_type: r.relationship_type.clone(),
+                        shared_upstream: r.shared_upstream.as_str().to_owned(),
                     })
                     .collect(),
                 trigger_type: a.trigger.name().to_owned(),
@@ -137,6 +138,19 @@ fn plan_pb(plan: &plan::Plan) -> Vec<pb::PlanStep> {
             entity_kind: n.kind.clone(),
             entity_name: n.name.clone(),
             waits_for_entity_ids: n.waits_for.clone(),
+            shared_with: n.shared_with.clone(),
+        })
+        .collect()
+}
+
+fn kept_pb(plan: &plan::Plan) -> Vec<pb::KeptEntity> {
+    plan.kept
+        .iter()
+        .map(|k| pb::KeptEntity {
+            entity_id: k.entity_id.clone(),
+            entity_kind: k.kind.clone(),
+            entity_name: k.name.clone(),
+            used_by: k.used_by.clone(),
         })
         .collect()
 }
@@ -148,6 +162,7 @@ fn step_status(s: StepStatus) -> pb::ActionStepStatus {
         StepStatus::Succeeded => pb::ActionStepStatus::Succeeded,
         StepStatus::Failed => pb::ActionStepStatus::Failed,
         StepStatus::Canceled => pb::ActionStepStatus::Canceled,
+        StepStatus::Kept => pb::ActionStepStatus::Kept,
     }
 }
 
@@ -162,13 +177,15 @@ fn run_status(s: ActionRunStatus) -> pb::ActionRunStatus {
 
 async fn action_run_pb(conn: &impl ConnectionTrait, r: &ActionRunRow) -> Result<pb::ActionRun> {
     let steps = action_runs::steps(conn, &r.id).await?;
+    let plan = r.plan()?;
     Ok(pb::ActionRun {
         id: r.id.clone(),
         organization_id: r.organization_id.clone(),
         entity_id: r.entity_id.clone(),
         action: r.action.clone(),
         parameters: Some(json_to_struct(&Json::Object(r.parameters()?))),
-        plan: plan_pb(&r.plan()?),
+        plan: plan_pb(&plan),
+        kept: kept_pb(&plan),
         status: run_status(r.status) as i32,
         actor: r.actor.clone(),
         error: r.error.clone(),
