@@ -59,6 +59,10 @@ enum Command {
         call: ActionCall,
         #[command(flatten)]
         waiting: Waiting,
+        /// The number of entities the plan tears down (as `plan` prints it), required when it
+        /// exceeds the organization's confirm_threshold.
+        #[arg(long, default_value_t = 0)]
+        confirm_count: i32,
     },
     /// Show an action run and its steps; with --wait, follow it until it ends.
     Status {
@@ -202,6 +206,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                     action: call.action.clone(),
                     parameters: parameters(&call.params),
                     dry_run: true,
+                    confirm_count: 0,
                 })
                 .await
                 .map_err(|s| {
@@ -210,14 +215,20 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 .into_inner();
             ctx.print(&answer, "ebb.lifecycle.v1.TriggerActionResponse", &|r| {
                 format!(
-                    "{}\n{}{} step(s), leaves first; nothing was changed (dry run)",
+                    "{}\n{}{} step(s), leaves first, tearing down {} entities; nothing was changed \
+                     (dry run)",
                     plan_table(&r.plan),
                     shared_lines(&r.plan, &r.kept),
-                    r.plan.len()
+                    r.plan.len(),
+                    r.destroy_count
                 )
             })
         }
-        Command::Trigger { call, waiting } => {
+        Command::Trigger {
+            call,
+            waiting,
+            confirm_count,
+        } => {
             let answer = api
                 .trigger_action(pb::TriggerActionRequest {
                     request_id: request_id(),
@@ -225,6 +236,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                     action: call.action.clone(),
                     parameters: parameters(&call.params),
                     dry_run: false,
+                    confirm_count,
                 })
                 .await
                 .map_err(|s| {

@@ -31,6 +31,21 @@ pub struct Triggered {
     pub queued_runs: bool,
 }
 
+/// The blast-radius guard of a cascade (AD-13): a plan tearing down more entities than the
+/// organization's `confirm_threshold` needs `confirm_count` equal to their number.
+pub fn check_blast_radius(plan: &Plan, threshold: i32, confirm_count: i32) -> Result<()> {
+    let count = plan.nodes.len();
+    let threshold = usize::try_from(threshold).unwrap_or(0);
+    if count <= threshold || usize::try_from(confirm_count).ok() == Some(count) {
+        return Ok(());
+    }
+    Err(Error::precondition(format!(
+        "this cascade would tear down {count} entities, more than the organization's \
+         confirm_threshold of {threshold}; look at its plan with a dry run and repeat the \
+         request with confirm_count = {count}"
+    )))
+}
+
 /// Triggers `action` on an entity (rules 2 and 3).
 #[allow(clippy::too_many_arguments)]
 pub async fn trigger(

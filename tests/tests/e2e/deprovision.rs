@@ -965,3 +965,62 @@ async fn a_webhook_that_refuses_fails_the_step_and_reverts_the_entity() {
         "onFailure"
     );
 }
+
+#[tokio::test]
+async fn a_cascade_past_the_blast_radius_needs_its_count_confirmed() {
+    let cluster = Cluster::start(0).await;
+    let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
+    let s = stack(&mut api, &mut dep, true).await;
+    api.update_organization_settings(pb::UpdateOrganizationSettingsRequest {
+        organization_id: s.org.clone(),
+        settings: Some(pb::OrganizationSettings {
+            confirm_threshold: Some(3),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["confirm_threshold".into()],
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("lower the threshold");
+    let trigger = |dry_run, confirm_count| pb::TriggerActionRequest {
+        entity_id: s.tenant.id.clone(),
+        action: "DeprovisionTenant".into(),
+        parameters: grace(0.0),
+        dry_run,
+        confirm_count,
+        ..Default::default()
+    };
+    let plan = dep
+        .trigger_action(trigger(true, 0))
+        .await
+        .expect("dry run")
+        .into_inner();
+    assert_eq!(plan.destroy_count, 4, "the dry run tells the count");
+    let err = dep
+        .trigger_action(trigger(false, 0))
+        .await
+        .expect_err("four entities, threshold three");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        err.message().contains("confirm_count = 4"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        entity(&mut dep, &s.tenant.id).await.state,
+        "active",
+        "a refused trigger changes nothing"
+    );
+    assert!(deprovision_runs(&mut api, &s.org).await.is_empty());
+    let run = dep
+        .trigger_action(trigger(false, plan.destroy_count))
+        .await
+        .expect("confirmed")
+        .into_inner()
+        .action_run
+        .expect("action run");
+    assert_eq!(run.status, pb::ActionRunStatus::Running as i32);
+    cluster.check_destroy_causes().await;
+}

@@ -13,7 +13,9 @@ use crate::api::deprovision::{
 use crate::api::validate as check;
 use crate::core::Call;
 use crate::deprovision::action_runs::ActionRunStatus;
+use crate::deprovision::entities;
 use crate::deprovision::{action_runs, callbacks, steps, trigger};
+use crate::tenancy::orgs;
 
 impl DeprovisionApi {
     pub(super) async fn trigger_action(
@@ -28,6 +30,7 @@ impl DeprovisionApi {
         let params = parameters(&mut v, &req.parameters);
         v.finish()?;
         let (dry_run, now, engine) = (req.dry_run, self.core.now(), steps::Engine::of(&self.core));
+        let confirm_count = req.confirm_count;
         let resp = self
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
@@ -36,6 +39,12 @@ impl DeprovisionApi {
                         txn, &engine, &entity, &action, &params, dry_run, None, ACTOR, now,
                     )
                     .await?;
+                    if !dry_run {
+                        // AD-13: refused here, the whole trigger rolls back.
+                        let root = entities::get_entity(txn, &entity).await?;
+                        let org = orgs::get_org(txn, &root.organization_id).await?;
+                        trigger::check_blast_radius(&t.plan, org.confirm_threshold, confirm_count)?;
+                    }
                     let run = match &t.run {
                         Some(r) => Some(action_run_pb(txn, r).await?),
                         None => None,
@@ -44,6 +53,7 @@ impl DeprovisionApi {
                         action_run: run,
                         plan: plan_pb(&t.plan),
                         kept: kept_pb(&t.plan),
+                        destroy_count: i32::try_from(t.plan.nodes.len()).unwrap_or(i32::MAX),
                     })
                 })
             })
