@@ -24,7 +24,7 @@ pub struct Config {
     /// Base delay before retrying a failed auto-destroy; doubles with each failure.
     #[serde(with = "humantime_serde")]
     pub auto_destroy_retry_backoff: Duration,
-    /// How long an action step may run before it fails (rule 8).
+    /// How long an action step may run before it fails (DP-8).
     #[serde(with = "humantime_serde")]
     pub action_step_timeout: Duration,
     /// How long the callback token of a webhook step stays valid.

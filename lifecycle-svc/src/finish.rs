@@ -1,5 +1,5 @@
 //! What a finished run means — the one place that decides it. A run ends by its runner's
-//! completion, a cancel, or an expired lease; the outcome then goes to auto-destroy (rules 7–9)
+//! completion, a cancel, or an expired lease; the outcome then goes to auto-destroy (AD-7 – AD-9)
 //! or to the deprovisioning step the run carries out.
 
 use ebb_common::time::EpochMs;
@@ -230,7 +230,7 @@ pub async fn rescue_expired_run_leases(
     Ok((requeued, errored))
 }
 
-/// What a finished destroy run means for its workspace (rules 7, 8 and 9). `succeeded` is
+/// What a finished destroy run means for its workspace (AD-7, AD-8, AD-9). `succeeded` is
 /// `None` for a run that was canceled or errored without an outcome.
 pub async fn finish_consequences(
     conn: &impl ConnectionTrait,

@@ -6,7 +6,7 @@ use ebb_common::config::parse_duration;
 use ebb_common::error::Violations;
 use ebb_common::time::{EpochMs, from_timestamp};
 
-/// The longest inactivity period (rule 2).
+/// The longest inactivity period (AD-2).
 pub const MAX_INACTIVITY_MS: i64 = 9999 * 86_400_000;
 
 /// A required resource id (a UUID).

@@ -31,7 +31,7 @@ pub async fn destroy_run_finished(
     let auto = run.source == RunSource::AutoDestroy;
     match (succeeded, auto) {
         (Some(true), true) => {
-            // Rule 7: archive (never delete), clear the one-shot, keep the inactivity setting
+            // AD-7: archive (never delete), clear the one-shot, keep the inactivity setting
             // (it schedules again only after a new applied state version).
             ws.state = WorkspaceState::Archived;
             ws.auto_destroy_at = None;
@@ -52,7 +52,7 @@ pub async fn destroy_run_finished(
             ));
         }
         (Some(true), false) => {
-            // Rule 9: a manual destroy before the scheduled time cancels the one-shot; and
+            // AD-9: a manual destroy before the scheduled time cancels the one-shot; and
             // inactivity waits for the next applied state version.
             ws.applied_since_destroy = false;
             if ws.auto_destroy_at.is_some_and(|at| at > now) {
@@ -63,7 +63,7 @@ pub async fn destroy_run_finished(
             }
         }
         (outcome, true) => {
-            // Rule 8: retry while this run is still the workspace's latest, up to the limit.
+            // AD-8: retry while this run is still the workspace's latest, up to the limit.
             let latest = latest_run_id(conn, &ws.id).await?;
             let is_latest = latest.as_deref() == Some(run.id.as_str());
             let failures = ws.auto_destroy_failures + 1;

@@ -69,7 +69,7 @@ pub fn decide(ws: &WorkspaceRow, due_at: EpochMs, has_active_run: bool) -> Verdi
     }
 }
 
-/// Decides each fire key on its own, all in the caller's one transaction (rule 6).
+/// Decides each fire key on its own, all in the caller's one transaction (AD-6).
 pub async fn queue_auto_destroy_runs(
     conn: &impl ConnectionTrait,
     keys: &[FireKey],

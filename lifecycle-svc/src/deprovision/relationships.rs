@@ -179,7 +179,7 @@ pub async fn transition_relationship(
     .await
 }
 
-/// Holds a `removing` relationship until `now + grace` (rule 4) and records
+/// Holds a `removing` relationship until `now + grace` (DP-4) and records
 /// `deprovision.scheduled`.
 pub async fn schedule_deletion(
     conn: &impl ConnectionTrait,
@@ -219,7 +219,7 @@ fn finalized_event(rel: &RelationshipRow, method: &str, actor: &str) -> NewEvent
     )
 }
 
-/// Finalizes relationships whose grace period elapsed (rule 6). The conditional UPDATE moves
+/// Finalizes relationships whose grace period elapsed (DP-6). The conditional UPDATE moves
 /// each row once: a concurrent sweep finds it no longer `removing`.
 pub async fn finalize_elapsed(
     conn: &impl ConnectionTrait,
@@ -252,7 +252,7 @@ pub async fn finalize_elapsed(
     Ok(rows.len() as u32)
 }
 
-/// Skips the rest of one relationship's grace period (rule 7).
+/// Skips the rest of one relationship's grace period (DP-7).
 pub async fn force_finalize(
     conn: &impl ConnectionTrait,
     id: &str,

@@ -27,7 +27,7 @@ db_enum! {
     }
 }
 
-// --- scheduled actions (rule 9) --------------------------------------------------------------
+// --- scheduled actions (DP-9) --------------------------------------------------------------
 
 /// Columns of [`ScheduledRow`].
 pub const SCHEDULED_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, scheduled_at, status, action_run_id, error, \

@@ -386,7 +386,7 @@ async fn finish(
             }
         }
     } else {
-        // Rule 5: back to onFailure; edges stay `removing` for investigation.
+        // DP-5: back to onFailure; edges stay `removing` for investigation.
         entities::transition_entity(conn, &root, &def.on_failure, &run.id, actor, now).await?;
     }
     let event = if succeeded {
@@ -447,7 +447,7 @@ pub async fn on_run_finished(
     advance(conn, engine, &step.action_run_id, run.actor, now).await
 }
 
-/// Fails running steps past their deadline (rule 8).
+/// Fails running steps past their deadline (DP-8).
 pub async fn time_out_steps(
     conn: &impl ConnectionTrait,
     engine: &Engine,

@@ -46,7 +46,7 @@ pub fn check_blast_radius(plan: &Plan, threshold: i32, confirm_count: i32) -> Re
     )))
 }
 
-/// Triggers `action` on an entity (rules 2 and 3).
+/// Triggers `action` on an entity (DP-2, DP-3).
 #[allow(clippy::too_many_arguments)]
 pub async fn trigger(
     conn: &impl ConnectionTrait,
@@ -169,7 +169,7 @@ pub async fn trigger(
     })
 }
 
-/// Resumes a failed action run at its failed steps (rule 5); finished steps stay finished.
+/// Resumes a failed action run at its failed steps (DP-5); finished steps stay finished.
 pub async fn retry(
     conn: &impl ConnectionTrait,
     engine: &Engine,

@@ -43,7 +43,7 @@ pub enum Branch {
 }
 
 impl Timing {
-    /// The due time of the inactivity branch, if it applies (rule 3: only once there has been
+    /// The due time of the inactivity branch, if it applies (AD-3: only once there has been
     /// an applied state version since the last destroy).
     pub fn inactivity_due(&self) -> Option<EpochMs> {
         if !self.applied_since_destroy {

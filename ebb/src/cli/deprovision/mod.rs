@@ -1,16 +1,21 @@
 //! `ebb deprovision`: plan (dry run) and trigger catalog actions on entities, follow an action
 //! run's steps with a progress bar until it ends, list overdue grace periods and force one.
 
-use std::collections::HashMap;
+mod api;
+mod follow;
+mod render;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use ebb_proto::lifecycle::v1 as pb;
-use ebb_proto::lifecycle::v1::deprovision_service_client::DeprovisionServiceClient;
 
-use super::output::{self, fields, label, or_none, relative, struct_text, table, text, time, when};
-use super::{CliError, Connection, Ctx, enum_parser, parse_duration, request_id};
+use super::output::{self, fields, or_none, table, text, when};
+use super::{CliError, Connection, Ctx, enum_parser, request_id};
+use crate::cli::deprovision::api::{ACTION_RUN, Deprovision, get};
+use crate::cli::deprovision::follow::{Waiting, finish};
+use crate::cli::deprovision::render::{
+    plan_table, relationships_table, run_report, runs_table, shared_lines,
+};
 
 /// `ebb deprovision`.
 #[derive(Debug, clap::Args)]
@@ -32,21 +37,6 @@ struct ActionCall {
     /// A parameter, NAME=VALUE (VALUE read as JSON when it parses, else as text); repeatable.
     #[arg(long = "param", value_parser = super::parse_key_value)]
     params: Vec<(String, String)>,
-}
-
-/// Following a run to its end.
-#[derive(Debug, clap::Args)]
-struct Waiting {
-    /// Follow the run until it ends, with a progress bar of its steps on standard error;
-    /// exits 1 if it fails.
-    #[arg(long)]
-    wait: bool,
-    /// How often to look while waiting.
-    #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    poll: Duration,
-    /// Give up waiting after this long (the run goes on).
-    #[arg(long, default_value = "1h", value_parser = parse_duration)]
-    wait_timeout: Duration,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -163,10 +153,6 @@ enum Command {
         file: PathBuf,
     },
 }
-
-type Deprovision = DeprovisionServiceClient<ebb_common::client::TracedChannel>;
-
-const ACTION_RUN: &str = "ebb.lifecycle.v1.ActionRun";
 
 /// Runs `ebb deprovision`.
 pub fn main(args: DeprovisionArgs) -> std::process::ExitCode {
@@ -477,17 +463,6 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     }
 }
 
-async fn get(api: &mut Deprovision, action_run: &str) -> Result<pb::ActionRun, CliError> {
-    api.get_action_run(pb::GetActionRunRequest {
-        action_run_id: action_run.to_owned(),
-    })
-    .await
-    .map_err(|s| CliError::status(format!("action run {action_run}"), s))?
-    .into_inner()
-    .action_run
-    .ok_or_else(|| CliError::Failed(format!("action run {action_run}: the answer is empty")))
-}
-
 /// Most relationships one listing prints.
 const MAX_RELATIONSHIPS: usize = 10_000;
 
@@ -524,280 +499,4 @@ async fn print_relationships(
     ctx.print(&all, "ebb.lifecycle.v1.ListRelationshipsResponse", &|r| {
         relationships_table(&r.relationships, none)
     })
-}
-
-fn is_done(status: i32) -> bool {
-    [
-        pb::ActionStepStatus::Succeeded as i32,
-        pb::ActionStepStatus::Failed as i32,
-        pb::ActionStepStatus::Canceled as i32,
-        pb::ActionStepStatus::Kept as i32,
-    ]
-    .contains(&status)
-}
-
-/// Prints the run (after following it with `--wait`); exits 1 when it failed or was
-/// canceled.
-async fn finish(
-    ctx: &Ctx,
-    api: &mut Deprovision,
-    run: pb::ActionRun,
-    waiting: &Waiting,
-) -> Result<(), CliError> {
-    let run = if waiting.wait {
-        wait(api, run, waiting).await?
-    } else {
-        run
-    };
-    ctx.print(&run, ACTION_RUN, &|r| run_report(r))?;
-    if run.status == pb::ActionRunStatus::Failed as i32
-        || run.status == pb::ActionRunStatus::Canceled as i32
-    {
-        return Err(CliError::Failed(format!(
-            "action run {} {}{}",
-            run.id,
-            run_status(&run),
-            if run.error.is_empty() {
-                String::new()
-            } else {
-                format!(": {}", run.error)
-            }
-        )));
-    }
-    Ok(())
-}
-
-/// Polls the run until it is no longer running, showing steps done out of all.
-async fn wait(
-    api: &mut Deprovision,
-    mut run: pb::ActionRun,
-    waiting: &Waiting,
-) -> Result<pb::ActionRun, CliError> {
-    let started = Instant::now();
-    let names = entity_names(&run);
-    let bar = super::progress_bar(run.steps.len().max(run.plan.len()) as u64, "steps");
-    loop {
-        let total = run.steps.len().max(run.plan.len()) as u64;
-        let done = run.steps.iter().filter(|s| is_done(s.status)).count() as u64;
-        let running: Vec<String> = run
-            .steps
-            .iter()
-            .filter(|s| s.status == pb::ActionStepStatus::Running as i32)
-            .map(|s| {
-                names
-                    .get(&s.entity_id)
-                    .cloned()
-                    .unwrap_or(s.entity_id.clone())
-            })
-            .collect();
-        bar.set_length(total);
-        bar.set_position(done);
-        bar.set_message(if running.is_empty() {
-            String::new()
-        } else {
-            format!("running: {}", running.join(", "))
-        });
-        if run.status != pb::ActionRunStatus::Running as i32 {
-            bar.finish_and_clear();
-            return Ok(run);
-        }
-        if started.elapsed() >= waiting.wait_timeout {
-            bar.finish_and_clear();
-            return Err(CliError::Failed(format!(
-                "action run {} is still running after {} ({done} of {total} steps done); \
-                 follow it with `ebb deprovision status {} --wait`",
-                run.id,
-                output::compact(waiting.wait_timeout.as_secs()),
-                run.id
-            )));
-        }
-        tokio::time::sleep(waiting.poll).await;
-        let id = run.id.clone();
-        run = match get(api, &id).await {
-            Ok(r) => r,
-            Err(e) => {
-                bar.finish_and_clear();
-                return Err(e);
-            }
-        };
-    }
-}
-
-fn entity_names(run: &pb::ActionRun) -> HashMap<String, String> {
-    run.plan
-        .iter()
-        .map(|p| (p.entity_id.clone(), p.entity_name.clone()))
-        .collect()
-}
-
-fn run_status(r: &pb::ActionRun) -> String {
-    label(
-        r.status,
-        "ACTION_RUN_STATUS_",
-        pb::ActionRunStatus::as_str_name,
-    )
-}
-
-fn plan_table(plan: &[pb::PlanStep]) -> String {
-    let names: HashMap<&str, &str> = plan
-        .iter()
-        .map(|p| (p.entity_id.as_str(), p.entity_name.as_str()))
-        .collect();
-    let mut t = table(&["order", "entity", "kind", "name", "after"]);
-    let mut steps: Vec<&pb::PlanStep> = plan.iter().collect();
-    steps.sort_by_key(|p| p.order);
-    for p in steps {
-        let after: Vec<&str> = p
-            .waits_for_entity_ids
-            .iter()
-            .map(|id| names.get(id.as_str()).copied().unwrap_or(id.as_str()))
-            .collect();
-        t.add_row(vec![
-            p.order.to_string(),
-            p.entity_id.clone(),
-            p.entity_kind.clone(),
-            p.entity_name.clone(),
-            text(&after.join(", ")),
-        ]);
-    }
-    or_none(t, plan.len(), "nothing to do")
-}
-
-/// One line per shared upstream of a plan, each ending in a newline: those kept, with who
-/// still uses them, and those torn down only after other runs tear down their other users.
-fn shared_lines(plan: &[pb::PlanStep], kept: &[pb::KeptEntity]) -> String {
-    let mut out = String::new();
-    for p in plan.iter().filter(|p| !p.shared_with.is_empty()) {
-        out.push_str(&format!(
-            "shared: {}/{} (torn down once the runs tearing down {} succeed)\n",
-            p.entity_kind,
-            p.entity_name,
-            p.shared_with.join(", ")
-        ));
-    }
-    for k in kept {
-        out.push_str(&format!(
-            "kept: {}/{} (still used by {})\n",
-            k.entity_kind,
-            k.entity_name,
-            k.used_by.join(", ")
-        ));
-    }
-    out
-}
-
-/// An action run: its summary and a table of its steps in order.
-fn run_report(r: &pb::ActionRun) -> String {
-    let summary = fields(vec![
-        ("action run", r.id.clone()),
-        ("action", r.action.clone()),
-        ("entity", r.entity_id.clone()),
-        ("status", run_status(r)),
-        ("parameters", struct_text(r.parameters.as_ref())),
-        ("actor", text(&r.actor)),
-        ("started", when(r.create_time.as_ref())),
-        ("finished", when(r.finish_time.as_ref())),
-        ("error", text(&r.error)),
-    ]);
-    let plan: HashMap<&str, &pb::PlanStep> =
-        r.plan.iter().map(|p| (p.entity_id.as_str(), p)).collect();
-    let mut steps: Vec<&pb::ActionStep> = r.steps.iter().collect();
-    steps.sort_by_key(|s| s.order);
-    let mut t = table(&[
-        "order", "entity", "kind", "status", "trigger", "run", "attempt", "started", "finished",
-        "error",
-    ]);
-    for s in &steps {
-        let p = plan.get(s.entity_id.as_str());
-        t.add_row(vec![
-            s.order.to_string(),
-            p.map_or(s.entity_id.clone(), |p| p.entity_name.clone()),
-            p.map_or("-".to_owned(), |p| p.entity_kind.clone()),
-            label(
-                s.status,
-                "ACTION_STEP_STATUS_",
-                pb::ActionStepStatus::as_str_name,
-            ),
-            text(&s.trigger_type),
-            text(&s.run_id),
-            s.attempt.to_string(),
-            time(s.start_time.as_ref()),
-            time(s.finish_time.as_ref()),
-            text(&s.error),
-        ]);
-    }
-    let done = steps.iter().filter(|s| is_done(s.status)).count();
-    format!(
-        "{summary}\n{}\n{}{done} of {} step(s) done",
-        or_none(t, steps.len(), "no steps"),
-        shared_lines(&r.plan, &r.kept),
-        steps.len()
-    )
-}
-
-fn runs_table(runs: &[pb::ActionRun]) -> String {
-    let mut t = table(&[
-        "action run",
-        "action",
-        "entity",
-        "status",
-        "steps done",
-        "started (UTC)",
-        "finished (UTC)",
-        "error",
-    ]);
-    for r in runs {
-        let done = r.steps.iter().filter(|s| is_done(s.status)).count();
-        t.add_row(vec![
-            r.id.clone(),
-            r.action.clone(),
-            r.entity_id.clone(),
-            run_status(r),
-            format!("{done}/{}", r.steps.len()),
-            time(r.create_time.as_ref()),
-            time(r.finish_time.as_ref()),
-            text(&r.error),
-        ]);
-    }
-    or_none(t, runs.len(), "no action runs")
-}
-
-fn relationships_table(list: &[pb::Relationship], none: &str) -> String {
-    let mut t = table(&[
-        "relationship",
-        "type",
-        "from",
-        "to",
-        "state",
-        "deletion scheduled (UTC)",
-        "due",
-        "finalized",
-        "method",
-    ]);
-    let now = Utc::now();
-    for r in list {
-        let due = match output::datetime(r.deletion_scheduled_time.as_ref()) {
-            Some(t) if r.state == pb::RelationshipState::Removing as i32 && t < now => {
-                format!("overdue {}", relative(r.deletion_scheduled_time.as_ref()))
-            }
-            Some(_) => relative(r.deletion_scheduled_time.as_ref()),
-            None => "-".to_owned(),
-        };
-        t.add_row(vec![
-            r.id.clone(),
-            r.r#type.clone(),
-            r.from_entity_id.clone(),
-            r.to_entity_id.clone(),
-            label(
-                r.state,
-                "RELATIONSHIP_STATE_",
-                pb::RelationshipState::as_str_name,
-            ),
-            time(r.deletion_scheduled_time.as_ref()),
-            due,
-            time(r.finalize_time.as_ref()),
-            text(&r.finalize_method),
-        ]);
-    }
-    or_none(t, list.len(), none)
 }
