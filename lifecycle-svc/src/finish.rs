@@ -4,7 +4,7 @@
 
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
-use sea_orm::{ConnectionTrait, DatabaseBackend};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::actor::{self, Actor};
@@ -20,6 +20,7 @@ use crate::runs::lease::{MAX_OUTPUT_TAIL, fenced};
 use crate::runs::{RUN_COLUMNS, RunRow, get_run};
 use crate::store::{exec, query_all};
 use crate::workspaces::state_versions;
+use ebb_common::sql;
 
 /// The actor of the scheduler's work.
 const ACTOR: &str = "scheduler";
@@ -178,10 +179,9 @@ pub async fn rescue_expired_run_leases(
     now: EpochMs,
     policy: &Policy,
 ) -> Result<(u32, u32)> {
-    let skip_locked = match conn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-        _ => "",
-    };
+    let skip_locked = sql::for_update()
+        .skip_locked()
+        .sql(conn.get_database_backend());
     let expired: Vec<RunRow> = query_all(
         conn,
         &format!(

@@ -4,7 +4,7 @@
 use ebb_common::time::{EpochMs, rfc3339};
 use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::{Map, Value as Json, json};
 
 use crate::deprovision::action_runs::{check_parameters, load_action};
@@ -16,6 +16,7 @@ use crate::store::{db_enum, decode_json, exec, keyset, query_all, query_one, sel
 use crate::tenancy::orgs;
 use crate::timing::reminders::{self, Reminded};
 use crate::timing::{self, math};
+use ebb_common::sql;
 
 db_enum! {
     /// Where a scheduled action stands.
@@ -158,10 +159,7 @@ pub async fn fire_scheduled(
     due: EpochMs,
     now: EpochMs,
 ) -> Result<(FireDecision, bool)> {
-    let lock = match conn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE",
-        _ => "",
-    };
+    let lock = sql::for_update().sql(conn.get_database_backend());
     let Some(row) = query_one::<ScheduledRow>(
         conn,
         &format!("SELECT {SCHEDULED_COLUMNS} FROM scheduled_actions WHERE id = $1{lock}"),

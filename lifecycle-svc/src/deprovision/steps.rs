@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use ebb_common::Result;
 use ebb_common::time::EpochMs;
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::{Value as Json, json};
 
 use crate::core::Lifecycle;
@@ -24,6 +24,7 @@ use crate::events::{NewEvent, outbox};
 use crate::runs::NewRun;
 use crate::store::{exec, placeholders, query_all, query_one};
 use crate::{runs, workspaces};
+use ebb_common::sql;
 
 /// The settings action runs need.
 #[derive(Debug, Clone)]
@@ -454,10 +455,9 @@ pub async fn time_out_steps(
     limit: u64,
     now: EpochMs,
 ) -> Result<u32> {
-    let skip = match conn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-        _ => "",
-    };
+    let skip = sql::for_update()
+        .skip_locked()
+        .sql(conn.get_database_backend());
     let late: Vec<StepRow> = query_all(
         conn,
         &format!("SELECT {STEP_COLUMNS} FROM action_steps WHERE status = 'running' AND deadline_at < $1 ORDER BY deadline_at LIMIT {limit}{skip}"),

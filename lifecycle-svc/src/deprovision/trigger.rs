@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
-use sea_orm::{ConnectionTrait, DatabaseBackend};
+use sea_orm::ConnectionTrait;
 use serde_json::{Map, Value as Json, json};
 
 use crate::actor;
@@ -23,6 +23,7 @@ use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
 use crate::runs;
 use crate::store::{exec, query_one};
+use ebb_common::sql;
 
 /// What a trigger answers.
 pub struct Triggered {
@@ -59,10 +60,7 @@ pub async fn trigger(
     actor: &str,
     now: EpochMs,
 ) -> Result<Triggered> {
-    let lock = match conn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE",
-        _ => "",
-    };
+    let lock = sql::for_update().sql(conn.get_database_backend());
     let entity: EntityRow = query_one(
         conn,
         &format!("SELECT {ENTITY_COLUMNS} FROM entities WHERE id = $1{lock}"),

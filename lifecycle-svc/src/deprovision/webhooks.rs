@@ -6,12 +6,13 @@ use std::time::Duration;
 
 use ebb_common::Result;
 use ebb_common::time::rfc3339;
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::Lifecycle;
 use crate::deprovision::catalog::TriggerDef;
+use ebb_common::sql;
 
 use crate::deprovision::action_runs::STEP_COLUMNS;
 use crate::deprovision::action_runs::StepRow;
@@ -116,10 +117,9 @@ async fn dispatch_once(core: &Lifecycle, client: &reqwest::Client) -> Result<()>
 
 async fn claim(core: &Lifecycle) -> Result<Vec<Request>> {
     let txn = core.begin().await?;
-    let skip = match txn.get_database_backend() {
-        DatabaseBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-        _ => "",
-    };
+    let skip = sql::for_update()
+        .skip_locked()
+        .sql(txn.get_database_backend());
     let pending: Vec<StepRow> = query_all(
         &txn,
         &format!(

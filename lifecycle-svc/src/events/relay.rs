@@ -23,7 +23,7 @@ use ebb_proto::audit::v1::audit_service_client::AuditServiceClient;
 use ebb_proto::audit::v1::{AppendEventsRequest, EventInput};
 use ebb_proto::notifier::v1::notifier_service_client::NotifierServiceClient;
 use ebb_proto::notifier::v1::{Event, PublishEventRequest};
-use sea_orm::{ConnectionTrait, DatabaseBackend, TransactionTrait};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 use sea_orm_migration::prelude::*;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -265,10 +265,7 @@ async fn advance(
     }
     let backend = db.backend();
     let txn = db.conn.begin().await?;
-    let lock = match backend {
-        DatabaseBackend::Sqlite => "",
-        _ => " FOR UPDATE",
-    };
+    let lock = ebb_common::sql::for_update().sql(backend);
     let held = txn
         .query_one_raw(db.stmt(
             &format!(

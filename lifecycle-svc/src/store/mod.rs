@@ -67,25 +67,26 @@ macro_rules! db_enum {
 pub(crate) use db_enum;
 
 use ebb_common::db::stmt;
+use ebb_common::sql;
+pub use ebb_common::sql::placeholders;
 use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Cond, Expr, ExprTrait, IntoColumnRef, Order, SelectStatement};
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 
 /// ` FOR UPDATE OF alias` on PostgreSQL; nothing on SQLite, whose writers are serialized.
 pub fn for_update(conn: &impl ConnectionTrait, table_alias: &str) -> String {
-    match conn.get_database_backend() {
-        DatabaseBackend::Postgres => format!(" FOR UPDATE OF {table_alias}"),
-        _ => String::new(),
-    }
+    sql::for_update()
+        .of(table_alias)
+        .sql(conn.get_database_backend())
 }
 
 /// ` FOR UPDATE OF alias SKIP LOCKED` on PostgreSQL, so replicas working on the same table
 /// take different rows; nothing on SQLite.
 pub fn skip_locked(conn: &impl ConnectionTrait, table_alias: &str) -> String {
-    match conn.get_database_backend() {
-        DatabaseBackend::Postgres => format!(" FOR UPDATE OF {table_alias} SKIP LOCKED"),
-        _ => String::new(),
-    }
+    sql::for_update()
+        .of(table_alias)
+        .skip_locked()
+        .sql(conn.get_database_backend())
 }
 
 /// Decodes a JSON column strictly: a value that does not decode is an error naming the table,
@@ -181,13 +182,6 @@ pub async fn exec(
         .execute_raw(stmt(conn.get_database_backend(), sql, values))
         .await?
         .rows_affected())
-}
-
-pub fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// A row of which only existence matters.
