@@ -43,11 +43,18 @@ pub fn check_blast_radius(scheduled: usize, threshold: i32, confirm_count: i32) 
     if scheduled <= threshold || usize::try_from(confirm_count).ok() == Some(scheduled) {
         return Ok(());
     }
-    Err(Error::precondition(format!(
-        "this change would schedule {scheduled} workspaces to be destroyed within 7 days, more \
-         than the organization's confirm_threshold of {threshold}; preview it with \
-         PreviewAutoDestroy and repeat the request with confirm_count = {scheduled}"
-    )))
+    Err(Error::precondition_reason(
+        "CONFIRM_COUNT_REQUIRED",
+        format!(
+            "this change would schedule {scheduled} workspaces to be destroyed within 7 days, \
+             more than the organization's confirm_threshold of {threshold}; preview it with \
+             PreviewAutoDestroy and repeat the request with confirm_count = {scheduled}"
+        ),
+        [
+            ("count", scheduled.to_string()),
+            ("confirm_threshold", threshold.to_string()),
+        ],
+    ))
 }
 
 /// Re-saves `affected` after a policy change: protection follows the label policy, the minimum

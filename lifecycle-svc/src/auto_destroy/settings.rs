@@ -13,17 +13,25 @@ use crate::workspaces::{WorkspaceRow, get_workspace, lock_workspace_row, save};
 
 fn refuse_if_protected(ws: &WorkspaceRow) -> Result<()> {
     if ws.protected {
-        return Err(Error::precondition(format!(
-            "workspace {} is protected; it cannot get an auto-destroy schedule",
-            ws.id
-        )));
+        return Err(Error::precondition_reason(
+            "WORKSPACE_PROTECTED",
+            format!(
+                "workspace {} is protected; it cannot get an auto-destroy schedule",
+                ws.id
+            ),
+            [("workspace_id", ws.id.as_str())],
+        ));
     }
     if ws.protected_by_policy {
-        return Err(Error::precondition(format!(
-            "workspace {} is protected by the organization's label policy; it cannot get an \
-             auto-destroy schedule",
-            ws.id
-        )));
+        return Err(Error::precondition_reason(
+            "WORKSPACE_PROTECTED_BY_POLICY",
+            format!(
+                "workspace {} is protected by the organization's label policy; it cannot get \
+                 an auto-destroy schedule",
+                ws.id
+            ),
+            [("workspace_id", ws.id.as_str())],
+        ));
     }
     Ok(())
 }

@@ -338,10 +338,14 @@ fn refuse_shared(
     if refused.is_empty() {
         return Ok(());
     }
-    Err(Error::precondition(format!(
-        "{}; the cascade rule says sharedUpstream: refuse",
-        refused.join("; ")
-    )))
+    Err(Error::precondition_reason(
+        "SHARED_UPSTREAM_IN_USE",
+        format!(
+            "{}; the cascade rule says sharedUpstream: refuse",
+            refused.join("; ")
+        ),
+        [("action", action.name.as_str())],
+    ))
 }
 
 fn find_cycle<'a>(

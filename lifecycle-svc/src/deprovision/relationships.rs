@@ -261,10 +261,14 @@ pub async fn force_finalize(
 ) -> Result<RelationshipRow> {
     let rel = get_relationship(conn, id).await?;
     if rel.state != EdgeState::Removing || rel.deletion_scheduled_at.is_none() {
-        return Err(Error::precondition(format!(
-            "relationship {id} has no scheduled grace period (it is {})",
-            rel.state
-        )));
+        return Err(Error::precondition_reason(
+            "NO_GRACE_PERIOD",
+            format!(
+                "relationship {id} has no scheduled grace period (it is {})",
+                rel.state
+            ),
+            [("relationship_id", id)],
+        ));
     }
     let n = exec(
         conn,

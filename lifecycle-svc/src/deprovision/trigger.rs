@@ -40,11 +40,18 @@ pub fn check_blast_radius(plan: &Plan, threshold: i32, confirm_count: i32) -> Re
     if count <= threshold || usize::try_from(confirm_count).ok() == Some(count) {
         return Ok(());
     }
-    Err(Error::precondition(format!(
-        "this cascade would tear down {count} entities, more than the organization's \
-         confirm_threshold of {threshold}; look at its plan with a dry run and repeat the \
-         request with confirm_count = {count}"
-    )))
+    Err(Error::precondition_reason(
+        "CONFIRM_COUNT_REQUIRED",
+        format!(
+            "this cascade would tear down {count} entities, more than the organization's \
+             confirm_threshold of {threshold}; look at its plan with a dry run and repeat the \
+             request with confirm_count = {count}"
+        ),
+        [
+            ("count", count.to_string()),
+            ("confirm_threshold", threshold.to_string()),
+        ],
+    ))
 }
 
 /// Triggers `action` on an entity (DP-2, DP-3).

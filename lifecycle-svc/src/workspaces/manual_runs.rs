@@ -42,9 +42,11 @@ pub async fn create_manual_run(
     };
     let Some(id) = insert_run(conn, &ws.organization_id, &ws.working_directory, &new, now).await?
     else {
-        return Err(Error::precondition(format!(
-            "workspace {workspace_id} already has an active destroy run"
-        )));
+        return Err(Error::precondition_reason(
+            "ACTIVE_DESTROY_RUN",
+            format!("workspace {workspace_id} already has an active destroy run"),
+            [("workspace_id", workspace_id)],
+        ));
     };
     outbox::write(
         conn,

@@ -15,6 +15,7 @@ use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceC
 use ebb_tests::proto::lifecycle::v1::token_service_client::TokenServiceClient;
 use sea_orm::ConnectionTrait;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -269,6 +270,9 @@ async fn a_policy_change_past_the_blast_radius_needs_its_count_confirmed() {
         "{}",
         err.message()
     );
+    let info = err.get_details_error_info().expect("a stable reason");
+    assert_eq!(info.reason, "CONFIRM_COUNT_REQUIRED");
+    assert_eq!(info.metadata.get("count").map(String::as_str), Some("3"));
     let err = api.update_project(lower(2)).await.expect_err("wrong count");
     assert_eq!(err.code(), Code::FailedPrecondition);
     for id in &ids {
