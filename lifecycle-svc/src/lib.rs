@@ -13,6 +13,8 @@ mod finish;
 mod gauges;
 mod migrations;
 mod runs;
+#[cfg(test)]
+mod safety_model;
 mod store;
 mod tenancy;
 mod timing;

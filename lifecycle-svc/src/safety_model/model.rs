@@ -1,0 +1,73 @@
+//! What the model remembers, independently of the database, and the rules it computes
+//! itself rather than asking the code under test.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use ebb_common::time::EpochMs;
+
+use crate::workspaces::WorkspaceRow;
+
+use super::case::{DAY, WORKSPACES};
+
+/// What the model knows independently of the database.
+pub(super) struct Model {
+    pub(super) now: EpochMs,
+    pub(super) notice_ms: i64,
+    /// The protection flag, as the operator last set it.
+    pub(super) flag: [bool; WORKSPACES],
+    /// Whether the workspace carries `env=prod`.
+    pub(super) prod: [bool; WORKSPACES],
+    /// Whether the organization's label policy protects `env=prod`.
+    pub(super) policy_prod: bool,
+    /// Since when each protected workspace has been protected without a break.
+    pub(super) protected_since: [Option<EpochMs>; WORKSPACES],
+    /// When a policy change (AD-12) last brought each workspace's destroy forward.
+    pub(super) implicit_at: [Option<EpochMs>; WORKSPACES],
+    /// Every one-shot time the operator chose (or extended to), per workspace.
+    pub(super) explicit_at: Vec<BTreeSet<EpochMs>>,
+    /// Due times that came while their workspace was protected: never to fire (AD-12).
+    pub(super) came_due_protected: BTreeSet<(usize, EpochMs)>,
+    /// Runs already checked.
+    pub(super) runs: BTreeSet<String>,
+    /// Runs whose runner vanished after claiming them, with their lease tokens.
+    pub(super) abandoned: VecDeque<(String, String)>,
+}
+
+impl Model {
+    pub(super) fn protected(&self, ws: usize) -> bool {
+        self.flag[ws] || (self.policy_prod && self.prod[ws])
+    }
+
+    pub(super) fn protection(&self) -> [bool; WORKSPACES] {
+        std::array::from_fn(|i| self.protected(i))
+    }
+}
+
+/// The due time of a workspace's inactivity branch as DESIGN AD-3 defines it, computed here
+/// rather than by the code under test.
+pub(super) fn inactivity_due(ws: &WorkspaceRow) -> Option<EpochMs> {
+    if !ws.applied_since_destroy {
+        return None;
+    }
+    let inactivity = if ws.inherits_project_auto_destroy {
+        ws.project_default_inactivity_ms
+    } else {
+        ws.auto_destroy_inactivity_ms
+    }?;
+    let due = ws.last_state_change_at? + inactivity + ws.inactivity_extension_ms;
+    Some(ws.inactivity_not_before.map_or(due, |floor| due.max(floor)))
+}
+
+/// Whether a change moved a destroy into the blast-radius window (AD-13): due within 7 days
+/// now, and not that soon before.
+pub(super) fn newly_within_week(
+    before: Option<EpochMs>,
+    after: Option<EpochMs>,
+    now: EpochMs,
+) -> bool {
+    let horizon = now + 7 * DAY;
+    match after {
+        Some(at) if at <= horizon => before.is_none_or(|b| b > horizon || at < b),
+        _ => false,
+    }
+}
