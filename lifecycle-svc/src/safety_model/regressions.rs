@@ -41,3 +41,168 @@ fn a_shared_account_is_destroyed_once_after_its_last_tenant() {
         ],
     );
 }
+
+/// AD-12: a schedule that comes due while protected is consumed. The label policy
+/// protects w2 before its inactivity deadline (day 1, 00:00) and its one-shot (00:01);
+/// lifting the policy on day 3 consumes only the earlier of the two, and the one-shot that
+/// came while protected fires at the next tick.
+#[test]
+#[ignore = "lifting protection consumes only the earliest due time that passed (AD-12)"]
+fn lifting_protection_consumes_every_due_time_that_passed() {
+    replay(
+        defaults(),
+        &[
+            Op::ProjectDefault {
+                project: 1,
+                hours: Some(1),
+                wrong_confirm: false,
+            },
+            Op::ScheduleAt {
+                ws: 2,
+                in_minutes: 1441,
+            },
+            Op::LabelPolicy {
+                protect_prod: true,
+                wrong_confirm: false,
+            },
+            Op::Advance { minutes: 4320 },
+            Op::LabelPolicy {
+                protect_prod: false,
+                wrong_confirm: false,
+            },
+            Op::Tick,
+        ],
+    );
+}
+
+/// AD-12 through an archive: the one-shot comes due while w1 is protected and before any
+/// tick; archiving, unprotecting and restoring never consumes it, and it fires at once.
+#[test]
+#[ignore = "a due time that came while protected survives archive and restore (AD-12)"]
+fn a_due_time_that_came_while_protected_does_not_fire_after_a_restore() {
+    replay(
+        defaults(),
+        &[
+            Op::ScheduleAt {
+                ws: 1,
+                in_minutes: 60,
+            },
+            Op::Protect { ws: 1, on: true },
+            Op::Advance { minutes: 120 },
+            Op::Archive { ws: 1, on: true },
+            Op::Protect { ws: 1, on: false },
+            Op::Archive { ws: 1, on: false },
+            Op::Tick,
+        ],
+    );
+}
+
+/// AD-12: lifting protection gives the minimum notice. An inactivity destroy fires with
+/// notice and fails; its retry (AD-8) is pending when w1 is protected and unprotected
+/// again, and fires a minute later instead of a day later.
+#[test]
+#[ignore = "a pending retry gets no minimum notice when protection is lifted (AD-12)"]
+fn a_retry_waits_the_minimum_notice_after_protection_is_lifted() {
+    replay(
+        defaults(),
+        &[
+            Op::ScheduleInactivity { ws: 1, hours: 1 },
+            Op::Advance { minutes: 24 * 60 },
+            Op::Tick,
+            Op::RunnerFails,
+            Op::Protect { ws: 1, on: true },
+            Op::Protect { ws: 1, on: false },
+            Op::Advance { minutes: 1 },
+            Op::Tick,
+        ],
+    );
+}
+
+/// AD-12: a change that leaves a workspace due sooner than the minimum notice is clamped.
+/// w0's auto-destroy failed with no retries left (FAILED, left for an operator); clearing
+/// its one-shot — which it does not even have — resets the status and re-arms the
+/// inactivity deadline of the state applied since, one hour away instead of a day.
+#[test]
+#[ignore = "clearing a failed workspace re-arms inactivity without the minimum notice (AD-12)"]
+fn clearing_a_failed_auto_destroy_gives_the_minimum_notice() {
+    replay(
+        Setup {
+            retry_limit: 0,
+            project_default_hours: [Some(1), None],
+            ..defaults()
+        },
+        &[
+            Op::Advance { minutes: 120 },
+            Op::Tick,
+            Op::RunnerFails,
+            Op::Apply { ws: 0 },
+            Op::Clear {
+                ws: 0,
+                at: true,
+                inactivity: false,
+                inherit: false,
+            },
+            Op::Advance { minutes: 120 },
+            Op::Tick,
+        ],
+    );
+}
+
+/// DP-10 (destroyed exactly once) and DP-5 (a failed run is retried from its failed
+/// step): t0 is the last user of both accounts; its cascade destroys a0, then a1's run is
+/// canceled and the action run fails. Triggering t0 again plans a0 anew — its edge is
+/// still `removing` — and queues a second destroy of the account already destroyed.
+#[test]
+#[ignore = "a new trigger after a partial failure destroys an account again (DP-10)"]
+fn a_destroyed_account_is_not_destroyed_again() {
+    let deprovision = |tenant| Op::Deprovision {
+        tenant,
+        grace_hours: 0,
+        wrong_confirm: false,
+    };
+    replay(
+        Setup {
+            runs_on: [3, 1, 2],
+            ..defaults()
+        },
+        &[
+            deprovision(1),
+            Op::RunnerSucceeds,
+            deprovision(2),
+            Op::RunnerSucceeds,
+            deprovision(0),
+            Op::RunnerSucceeds,
+            Op::RunnerSucceeds,
+            Op::Cancel { pick: 0 },
+            deprovision(0),
+            Op::RunnerSucceeds,
+        ],
+    );
+}
+
+/// The same through the label policy, as the exploration first found it (minimum notice
+/// 48 h; the destroy that failed was an explicit one-shot).
+#[test]
+#[ignore = "a pending retry gets no minimum notice when protection is lifted (AD-12)"]
+fn a_retry_waits_the_minimum_notice_after_relabelling() {
+    replay(
+        Setup {
+            minimum_notice_hours: Some(48),
+            protect_prod: true,
+            ..defaults()
+        },
+        &[
+            Op::ScheduleAt {
+                ws: 1,
+                in_minutes: 1,
+            },
+            Op::Advance { minutes: 1 },
+            Op::Tick,
+            Op::RunnerFails,
+            Op::Relabel { ws: 1, prod: true },
+            Op::Relabel { ws: 1, prod: false },
+            Op::Advance { minutes: 1 },
+            Op::Tick,
+        ],
+    );
+}
