@@ -119,7 +119,7 @@ pub async fn queue_auto_destroy_runs(
             Verdict::Queue => {}
             Verdict::Consume => {
                 // AD-12: what came due while protected is consumed, never kept loaded.
-                let event = ws.consume_held(key.due_at, ACTOR);
+                let event = ws.consume_held(key.due_at, "protected", ACTOR);
                 workspaces::save(conn, ws, org, ACTOR, now).await?;
                 events.push(event);
                 results.push((key.clone(), Decision::SkippedProtected));

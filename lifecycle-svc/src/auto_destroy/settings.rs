@@ -122,10 +122,9 @@ pub async fn clear_auto_destroy(
     if ws.auto_destroy_status != AutoDestroyStatus::Queued {
         ws.auto_destroy_status = AutoDestroyStatus::Idle;
     }
-    if clear_inactivity && inherit {
-        // Back to the project's default: no sooner than the minimum notice (AD-12).
-        ws.give_notice(&org, before, now)?;
-    }
+    // Whatever clearing re-arms (the project's default, or the inactivity of a workspace whose
+    // auto-destroy had FAILED) comes due no sooner than the minimum notice (AD-12).
+    ws.give_notice(&org, before, now)?;
     save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(
         conn,

@@ -222,6 +222,14 @@ async fn start_step(
         }
         (TriggerDef::DestroyRun, Some(workspace_id)) => {
             let ws = workspaces::get_workspace(conn, workspace_id).await?;
+            if !ws.applied_since_destroy
+                && runs::destroyed_since(conn, workspace_id, ws.last_state_change_at).await?
+            {
+                // An earlier cascade destroyed it and nothing was applied since: a new trigger
+                // (after that cascade failed elsewhere) must not destroy it again (DP-10).
+                set_step(conn, &step.id, StepStatus::Succeeded, "", now).await?;
+                return Ok(Started::Finished);
+            }
             let new = NewRun {
                 workspace_id,
                 is_destroy: true,

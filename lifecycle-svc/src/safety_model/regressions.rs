@@ -1,5 +1,5 @@
 //! Sequences worth keeping, replayed on every run: the ones the model found (those marked
-//! `#[ignore]` still fail: each names the rule it breaks; remove the `ignore` with the fix),
+//! each was a failing sequence the exploration found; each now passes and guards its fix),
 //! and paths it must keep allowing.
 
 use super::case::{Op, Setup};
@@ -47,7 +47,6 @@ fn a_shared_account_is_destroyed_once_after_its_last_tenant() {
 /// lifting the policy on day 3 consumes only the earlier of the two, and the one-shot that
 /// came while protected fires at the next tick.
 #[test]
-#[ignore = "lifting protection consumes only the earliest due time that passed (AD-12)"]
 fn lifting_protection_consumes_every_due_time_that_passed() {
     replay(
         defaults(),
@@ -78,7 +77,6 @@ fn lifting_protection_consumes_every_due_time_that_passed() {
 /// AD-12 through an archive: the one-shot comes due while w1 is protected and before any
 /// tick; archiving, unprotecting and restoring never consumes it, and it fires at once.
 #[test]
-#[ignore = "a due time that came while protected survives archive and restore (AD-12)"]
 fn a_due_time_that_came_while_protected_does_not_fire_after_a_restore() {
     replay(
         defaults(),
@@ -101,7 +99,6 @@ fn a_due_time_that_came_while_protected_does_not_fire_after_a_restore() {
 /// notice and fails; its retry (AD-8) is pending when w1 is protected and unprotected
 /// again, and fires a minute later instead of a day later.
 #[test]
-#[ignore = "a pending retry gets no minimum notice when protection is lifted (AD-12)"]
 fn a_retry_waits_the_minimum_notice_after_protection_is_lifted() {
     replay(
         defaults(),
@@ -123,7 +120,6 @@ fn a_retry_waits_the_minimum_notice_after_protection_is_lifted() {
 /// its one-shot — which it does not even have — resets the status and re-arms the
 /// inactivity deadline of the state applied since, one hour away instead of a day.
 #[test]
-#[ignore = "clearing a failed workspace re-arms inactivity without the minimum notice (AD-12)"]
 fn clearing_a_failed_auto_destroy_gives_the_minimum_notice() {
     replay(
         Setup {
@@ -153,7 +149,6 @@ fn clearing_a_failed_auto_destroy_gives_the_minimum_notice() {
 /// canceled and the action run fails. Triggering t0 again plans a0 anew — its edge is
 /// still `removing` — and queues a second destroy of the account already destroyed.
 #[test]
-#[ignore = "a new trigger after a partial failure destroys an account again (DP-10)"]
 fn a_destroyed_account_is_not_destroyed_again() {
     let deprovision = |tenant| Op::Deprovision {
         tenant,
@@ -183,7 +178,6 @@ fn a_destroyed_account_is_not_destroyed_again() {
 /// The same through the label policy, as the exploration first found it (minimum notice
 /// 48 h; the destroy that failed was an explicit one-shot).
 #[test]
-#[ignore = "a pending retry gets no minimum notice when protection is lifted (AD-12)"]
 fn a_retry_waits_the_minimum_notice_after_relabelling() {
     replay(
         Setup {

@@ -143,14 +143,21 @@ impl Timing {
     /// would come due before `now + notice_ms` comes due then instead. The one-shot, chosen
     /// explicitly, is never pushed. Whether it pushed anything.
     pub fn give_notice(&mut self, now: EpochMs, notice_ms: i64) -> bool {
-        let earliest = now.saturating_add(notice_ms);
-        match self.inactivity_due() {
-            Some(due) if due < earliest && notice_ms > 0 => {
-                self.inactivity_not_before = Some(earliest);
-                true
-            }
-            _ => false,
+        if notice_ms <= 0 {
+            return false;
         }
+        let earliest = now.saturating_add(notice_ms);
+        let mut pushed = false;
+        if self.inactivity_due().is_some_and(|due| due < earliest) {
+            self.inactivity_not_before = Some(earliest);
+            pushed = true;
+        }
+        // A pending retry is implicit too: it waits for the notice as well.
+        if self.retry_at.is_some_and(|at| at < earliest) {
+            self.retry_at = Some(earliest);
+            pushed = true;
+        }
+        pushed
     }
 
     /// Which branch decides the next due time: `auto_destroy_at`, `inactivity`, `retry`, or

@@ -85,10 +85,23 @@ pub async fn set_archived(
         )));
     }
     ws.state = target;
+    let mut skipped = Vec::new();
     if !archived {
-        // A restored workspace is never due without the minimum notice (AD-12).
+        // What came due while it was archived is consumed, never fired, and a restored
+        // workspace is never due without the minimum notice (AD-12).
+        let mut timing = ws.timing();
+        timing.protected = true;
+        while let Some(due) = timing.held_due_at().filter(|d| *d <= now) {
+            if skipped.len() >= 16 {
+                break;
+            }
+            skipped.push(ws.consume_held(due, "archived", actor));
+            timing = ws.timing();
+            timing.protected = true;
+        }
         ws.give_notice(&org, None, now)?;
     }
+    outbox::write(conn, skipped, now).await?;
     save(conn, &mut ws, &org, actor, now).await?;
     let event = if archived {
         "workspace.archived"

@@ -156,7 +156,7 @@ impl WorkspaceRow {
 
     /// Consumes the schedule held by protection that came due at `due` (AD-12): records
     /// `workspace.auto_destroy.skipped`, clears the one-shot and restarts the inactivity clock.
-    pub fn consume_held(&mut self, due: EpochMs, actor: &str) -> NewEvent {
+    pub fn consume_held(&mut self, due: EpochMs, reason: &str, actor: &str) -> NewEvent {
         let mut timing = self.timing();
         let branch = timing.branch_of(due);
         timing.consume(due);
@@ -170,7 +170,7 @@ impl WorkspaceRow {
             json!({
                 "due_at": rfc3339(due),
                 "workspace_name": self.name,
-                "reason": "protected",
+                "reason": reason,
                 "schedule": match branch {
                     Branch::OneShot => "auto_destroy_at",
                     Branch::Inactivity => "inactivity",
@@ -344,8 +344,19 @@ pub async fn save(
     // was protected is consumed, never fired, and the rest gets the minimum notice (AD-12).
     if !ws.is_protected() && ws.state == WorkspaceState::Active {
         if let Some(held) = ws.held_due_at.filter(|h| *h <= now) {
-            let event = ws.consume_held(held, actor);
-            outbox::write(conn, vec![event], now).await?;
+            let mut events = vec![ws.consume_held(held, "protected", actor)];
+            // Everything else that came due while protected is consumed too.
+            let mut unprotected = ws.timing();
+            unprotected.protected = true;
+            while let Some(due) = unprotected.held_due_at().filter(|d| *d <= now) {
+                if events.len() >= 16 {
+                    break;
+                }
+                events.push(ws.consume_held(due, "protected", actor));
+                unprotected = ws.timing();
+                unprotected.protected = true;
+            }
+            outbox::write(conn, events, now).await?;
         }
         if ws.held_due_at.is_some() {
             ws.give_notice(org, None, now)?;
