@@ -348,6 +348,24 @@ pub async fn with_active_run(
     Ok(rows.into_iter().map(|a| a.workspace_id).collect())
 }
 
+/// Whether a deprovisioning destroy of the workspace already succeeded since `applied_at`
+/// (its last applied state, if any): the infrastructure is gone, so a cascade has nothing left
+/// to destroy there.
+pub async fn destroyed_since(
+    conn: &impl ConnectionTrait,
+    workspace_id: &str,
+    applied_at: Option<EpochMs>,
+) -> Result<bool> {
+    let done: Option<IdRow> = query_one(
+        conn,
+        "SELECT id FROM runs WHERE workspace_id = $1 AND is_destroy AND source = 'deprovision' \
+         AND status = 'succeeded' AND finished_at >= $2 LIMIT 1",
+        [workspace_id.into(), applied_at.unwrap_or(i64::MIN).into()],
+    )
+    .await?;
+    Ok(done.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,22 +389,4 @@ mod tests {
         );
         assert_eq!(RunSource::parse(""), None);
     }
-}
-
-/// Whether a deprovisioning destroy of the workspace already succeeded since `applied_at`
-/// (its last applied state, if any): the infrastructure is gone, so a cascade has nothing left
-/// to destroy there.
-pub async fn destroyed_since(
-    conn: &impl ConnectionTrait,
-    workspace_id: &str,
-    applied_at: Option<EpochMs>,
-) -> Result<bool> {
-    let done: Option<IdRow> = query_one(
-        conn,
-        "SELECT id FROM runs WHERE workspace_id = $1 AND is_destroy AND source = 'deprovision' \
-         AND status = 'succeeded' AND finished_at >= $2 LIMIT 1",
-        [workspace_id.into(), applied_at.unwrap_or(i64::MIN).into()],
-    )
-    .await?;
-    Ok(done.is_some())
 }

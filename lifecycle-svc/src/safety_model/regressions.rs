@@ -1,6 +1,5 @@
-//! Sequences worth keeping, replayed on every run: the ones the model found (those marked
-//! each was a failing sequence the exploration found; each now passes and guards its fix),
-//! and paths it must keep allowing.
+//! Sequences worth keeping, replayed on every run: the ones the model found (each failed
+//! before its fix and now guards it), and paths it must keep allowing.
 
 use super::case::{Op, Setup};
 use super::running::replay;
