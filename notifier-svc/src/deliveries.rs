@@ -132,7 +132,6 @@ pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<
     let secrets = configurations::signing_secrets_of(db, &config_ids).await?;
     rows.iter()
         .map(|r| {
-            let emails: String = rows::get(r, "c_emails")?;
             let destination: String = rows::get(r, "c_destination")?;
             Ok(Job {
                 id: rows::get(r, "id")?,
@@ -143,14 +142,9 @@ pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<
                 event: publish::event_from_row(r)?,
                 configuration_id: rows::get(r, "configuration_id")?,
                 configuration_name: rows::get(r, "c_name")?,
-                destination: match destination.as_str() {
-                    "webhook" => Destination::Webhook,
-                    "slack" => Destination::Slack,
-                    "email" => Destination::Email,
-                    _ => Destination::Teams,
-                },
+                destination: Destination::parse(&destination)?,
                 url: rows::get(r, "c_url")?,
-                email_addresses: serde_json::from_str(&emails).unwrap_or_default(),
+                email_addresses: rows::json(r, "c_emails")?,
                 secrets: Vec::new(),
             })
         })

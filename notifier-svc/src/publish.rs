@@ -380,7 +380,8 @@ pub fn event_from_row(row: &sea_orm::QueryResult) -> Result<EventRecord> {
         project_id: rows::get(row, "e_project_id")?,
         workspace_id: rows::get(row, "e_workspace_id")?,
         entity_id: rows::get(row, "e_entity_id")?,
-        data: serde_json::from_str(&data).unwrap_or(Json::Null),
+        data: serde_json::from_str(&data)
+            .map_err(|e| Error::Internal(format!("column e_data: {e}")))?,
         occur_ms: rows::get(row, "e_occur_ms")?,
     })
 }

@@ -89,16 +89,7 @@ pub async fn set_archived(
     if !archived {
         // What came due while it was archived is consumed, never fired, and a restored
         // workspace is never due without the minimum notice (AD-12).
-        let mut timing = ws.timing();
-        timing.protected = true;
-        while let Some(due) = timing.held_due_at().filter(|d| *d <= now) {
-            if skipped.len() >= 16 {
-                break;
-            }
-            skipped.push(ws.consume_held(due, "archived", actor));
-            timing = ws.timing();
-            timing.protected = true;
-        }
+        skipped = ws.consume_passed("archived", actor, now);
         ws.give_notice(&org, None, now)?;
     }
     outbox::write(conn, skipped, now).await?;

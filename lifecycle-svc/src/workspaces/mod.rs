@@ -154,6 +154,24 @@ impl WorkspaceRow {
         Ok(pushed)
     }
 
+    /// Consumes every due time up to `now` that passed while the workspace could not be
+    /// destroyed (`reason`: `protected`, `archived`), one `skipped` event each (AD-12): the
+    /// one-shot cleared, the inactivity clock restarted, so nothing that passed fires later.
+    pub fn consume_passed(&mut self, reason: &str, actor: &str, now: EpochMs) -> Vec<NewEvent> {
+        let mut events = Vec::new();
+        // Bounded: each consumption moves the next due time past the one it consumed.
+        while events.len() < 16 {
+            let mut held = self.timing();
+            held.protected = true;
+            held.archived = false;
+            let Some(due) = held.held_due_at().filter(|d| *d <= now) else {
+                break;
+            };
+            events.push(self.consume_held(due, reason, actor));
+        }
+        events
+    }
+
     /// Consumes the schedule held by protection that came due at `due` (AD-12): records
     /// `workspace.auto_destroy.skipped`, clears the one-shot and restarts the inactivity clock.
     pub fn consume_held(&mut self, due: EpochMs, reason: &str, actor: &str) -> NewEvent {
@@ -344,18 +362,9 @@ pub async fn save(
     // was protected is consumed, never fired, and the rest gets the minimum notice (AD-12).
     if !ws.is_protected() && ws.state == WorkspaceState::Active {
         if let Some(held) = ws.held_due_at.filter(|h| *h <= now) {
+            // The held time first (as stored when it was protected), then whatever else passed.
             let mut events = vec![ws.consume_held(held, "protected", actor)];
-            // Everything else that came due while protected is consumed too.
-            let mut unprotected = ws.timing();
-            unprotected.protected = true;
-            while let Some(due) = unprotected.held_due_at().filter(|d| *d <= now) {
-                if events.len() >= 16 {
-                    break;
-                }
-                events.push(ws.consume_held(due, "protected", actor));
-                unprotected = ws.timing();
-                unprotected.protected = true;
-            }
+            events.extend(ws.consume_passed("protected", actor, now));
             outbox::write(conn, events, now).await?;
         }
         if ws.held_due_at.is_some() {

@@ -29,7 +29,7 @@ impl Destination {
         }
     }
 
-    pub(super) fn parse(s: &str) -> Result<Self> {
+    pub(crate) fn parse(s: &str) -> Result<Self> {
         Ok(match s {
             "webhook" => Self::Webhook,
             "slack" => Self::Slack,
