@@ -94,6 +94,7 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
         system(&[Admin]),
     ),
     ("/ebb.lifecycle.v1.LifecycleService/GetOrganization", READ),
+    ("/ebb.lifecycle.v1.LifecycleService/ListOrganizations", READ),
     (
         "/ebb.lifecycle.v1.LifecycleService/UpdateOrganizationSettings",
         ADMINISTER,
@@ -312,6 +313,18 @@ pub fn is_public(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
         || path.starts_with("/grpc.reflection.v1.ServerReflection/")
         || path.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Paths whose request carries its own credential, so a bearer token is optional: a call
+/// without an `authorization` header goes to the handler, which checks that credential (a
+/// webhook step's callback token: single use, expiring, bound to the step by HMAC), so the
+/// external system completing a step needs no Ebb token. A call with a bearer token is checked
+/// like any other.
+pub const SELF_AUTHORIZED: &[&str] = &["/ebb.lifecycle.v1.DeprovisionService/CompleteActionStep"];
+
+/// Whether `path` is one of [`SELF_AUTHORIZED`].
+pub fn is_self_authorized(path: &str) -> bool {
+    SELF_AUTHORIZED.contains(&path)
 }
 
 /// Every Ebb message and service, from the descriptors compiled into `ebb-proto`.

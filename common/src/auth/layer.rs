@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use tonic::body::Body;
 
 use super::guard::Guard;
-use crate::methods::is_public;
+use crate::methods::{is_public, is_self_authorized};
 
 /// A tower layer that runs [`Guard::check`] before every call.
 #[derive(Clone, Debug)]
@@ -63,7 +63,11 @@ where
         // The clone that was made ready serves this call; a fresh clone waits for the next.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if is_public(request.uri().path()) {
+        let path = request.uri().path();
+        if is_public(path)
+            || (is_self_authorized(path)
+                && !request.headers().contains_key(http::header::AUTHORIZATION))
+        {
             return Box::pin(inner.call(request));
         }
         let guard = self.guard.clone();

@@ -34,7 +34,7 @@ fn verify_token(
     token: &str,
     now: EpochMs,
 ) -> Result<()> {
-    let bad = || Error::PermissionDenied("the callback token is not valid for this step".into());
+    let bad = || not_valid_for(step_id);
     let (expiry, mac_hex) = token.split_once('.').ok_or_else(bad)?;
     let expires_at: EpochMs = expiry.parse().map_err(|_| bad())?;
     let given = hex::decode(mac_hex).map_err(|_| bad())?;
@@ -48,6 +48,12 @@ fn verify_token(
         )));
     }
     Ok(())
+}
+
+fn not_valid_for(step_id: &str) -> Error {
+    Error::PermissionDenied(format!(
+        "the callback token is not valid for step {step_id}"
+    ))
 }
 
 /// The callback of a webhook step.
@@ -66,7 +72,9 @@ pub async fn complete_step(
         [step_id.into()],
     )
     .await?
-    .ok_or_else(|| Error::not_found("action step", step_id))?;
+    // Callers without an Ebb token reach this too: an unknown step answers as a wrong token
+    // does, so step ids cannot be probed.
+    .ok_or_else(|| not_valid_for(step_id))?;
     verify_token(&engine.callback_secret, step_id, step.attempt, token, now)?;
     if step.trigger_type != "webhook" || step.status != StepStatus::Running {
         return Err(Error::precondition(format!(

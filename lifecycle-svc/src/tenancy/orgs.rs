@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
 use crate::store::decode_json;
 use crate::store::for_update;
-use crate::store::{exec, query_one};
+use crate::store::{exec, keyset, query_one, select_all};
 
 /// Columns of [`OrgRow`], in order.
 pub const ORG_COLUMNS: &str = "id, name, reminder_lead_times_ms, destroy_retry_limit, \
@@ -176,6 +177,32 @@ pub async fn get_org(conn: &impl ConnectionTrait, id: &str) -> Result<OrgRow> {
     )
     .await?
     .ok_or_else(|| Error::not_found("organization", id))
+}
+
+/// One page of organizations, oldest first, after `after` (created_at, id): only `only` when
+/// given (the caller's own), only those named `name` when given.
+pub async fn list_orgs(
+    conn: &impl ConnectionTrait,
+    only: Option<&str>,
+    name: Option<&str>,
+    after: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<OrgRow>> {
+    let mut q = Query::select();
+    q.expr(Expr::cust(format!("{ORG_COLUMNS} FROM organizations")));
+    if let Some(id) = only {
+        q.and_where(Expr::col("id").eq(id));
+    }
+    if let Some(name) = name {
+        q.and_where(Expr::col("name").eq(name));
+    }
+    if let Some(position) = after {
+        q.cond_where(keyset("created_at", "id", position, Order::Asc));
+    }
+    q.order_by("created_at", Order::Asc)
+        .order_by("id", Order::Asc)
+        .limit(limit);
+    select_all(conn, &q).await
 }
 
 /// An organization by id, its row locked for the rest of the transaction (PostgreSQL; SQLite

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use ebb_common::auth::{ROLE_TABLE, Role};
+use ebb_common::methods::is_self_authorized;
 use ebb_tests::cluster::{Cluster, eventually, fixture};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
@@ -162,9 +163,15 @@ async fn every_rpc_of_every_service_follows_the_role_table() {
             checked += 1;
         }
         let anonymous = call_empty(process.channel_as("").await, path, streaming).await;
+        // A self-authorized call goes to its handler, which refuses the empty request.
+        let expected = if is_self_authorized(path) {
+            Code::InvalidArgument
+        } else {
+            Code::Unauthenticated
+        };
         assert_eq!(
             anonymous.err().map(|s| s.code()),
-            Some(Code::Unauthenticated),
+            Some(expected),
             "{path} without a token"
         );
     }
@@ -532,4 +539,65 @@ mod tls {
         assert!(health(&p.url(), None).await.is_err());
         p.kill().await;
     }
+}
+
+#[tokio::test]
+async fn organizations_are_listed_to_those_who_may_see_them() {
+    let cluster = Cluster::start(0).await;
+    let mut api = cluster.api().await;
+    let mut ids = Vec::new();
+    for name in ["list-a", "list-b", "list-c"] {
+        let org = api
+            .create_organization(pb::CreateOrganizationRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("org")
+            .into_inner()
+            .organization
+            .expect("org");
+        ids.push(org.id);
+    }
+    let list = |api: &mut LifecycleServiceClient<Channel>, name: &str, size: i32, token: &str| {
+        let mut api = api.clone();
+        let req = pb::ListOrganizationsRequest {
+            name: name.into(),
+            page_size: size,
+            page_token: token.into(),
+        };
+        async move { api.list_organizations(req).await.map(|r| r.into_inner()) }
+    };
+    // The bootstrap admin sees every organization, oldest first, page by page.
+    let first = list(&mut api, "", 2, "").await.expect("page 1");
+    let second = list(&mut api, "", 2, &first.next_page_token)
+        .await
+        .expect("page 2");
+    assert!(second.next_page_token.is_empty());
+    let seen: Vec<String> = first
+        .organizations
+        .iter()
+        .chain(&second.organizations)
+        .map(|o| o.id.clone())
+        .collect();
+    assert_eq!(seen, ids);
+    let named = list(&mut api, "list-b", 0, "").await.expect("by name");
+    assert_eq!(named.organizations.len(), 1);
+    assert_eq!(named.organizations[0].id, ids[1]);
+    // A page token of another filter is refused, naming the field.
+    let err = list(&mut api, "list-b", 0, &first.next_page_token)
+        .await
+        .expect_err("token of another filter");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("page_token"), "{err:?}");
+
+    // An organization's reader sees its own organization only.
+    let mut tokens = TokenServiceClient::new(cluster.lifecycle.channel().await);
+    let (_, secret) = create_token(&mut tokens, &ids[2], pb::TokenRole::Reader, None).await;
+    let mut reader = LifecycleServiceClient::new(cluster.lifecycle.channel_as(&secret).await);
+    let own = list(&mut reader, "", 0, "").await.expect("reader's list");
+    let own: Vec<&str> = own.organizations.iter().map(|o| o.id.as_str()).collect();
+    assert_eq!(own, [ids[2].as_str()]);
+    let other = list(&mut reader, "list-a", 0, "").await.expect("by name");
+    assert!(other.organizations.is_empty(), "{other:?}");
 }

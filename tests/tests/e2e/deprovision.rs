@@ -887,7 +887,9 @@ async fn webhook_tenant_triggered(
 
 #[tokio::test]
 async fn a_webhook_step_is_completed_by_its_callback_token_only() {
-    let (_cluster, mut dep, tenant, run, body) = webhook_tenant_triggered(202).await;
+    let (cluster, mut dep, tenant, run, body) = webhook_tenant_triggered(202).await;
+    // The external system has no Ebb token: the callback token is its only credential.
+    let mut callback = DeprovisionServiceClient::new(cluster.lifecycle.channel_as("").await);
     let request = tokio::time::timeout(WAIT, body)
         .await
         .expect("the webhook was called")
@@ -909,10 +911,14 @@ async fn a_webhook_step_is_completed_by_its_callback_token_only() {
 
     // A token for another step, or a forged one, is refused and changes nothing.
     let forged = format!("{}.{}", i64::MAX, "00".repeat(32));
-    for bad in [forged, token.replace('.', ".0")] {
-        let err = dep
+    for (step, bad) in [
+        (step_id.clone(), forged),
+        (step_id.clone(), token.replace('.', ".0")),
+        (uuid::Uuid::now_v7().to_string(), token.clone()),
+    ] {
+        let err = callback
             .complete_action_step(pb::CompleteActionStepRequest {
-                step_id: step_id.clone(),
+                step_id: step,
                 callback_token: bad,
                 outcome: pb::StepOutcome::Succeeded as i32,
                 ..Default::default()
@@ -926,19 +932,38 @@ async fn a_webhook_step_is_completed_by_its_callback_token_only() {
         pb::ActionRunStatus::Running as i32
     );
 
-    let done = dep
-        .complete_action_step(pb::CompleteActionStepRequest {
-            step_id,
-            callback_token: token,
-            outcome: pb::StepOutcome::Succeeded as i32,
-            ..Default::default()
-        })
+    let complete = pb::CompleteActionStepRequest {
+        request_id: "callback-1".into(),
+        step_id: step_id.clone(),
+        callback_token: token.clone(),
+        outcome: pb::StepOutcome::Succeeded as i32,
+        ..Default::default()
+    };
+    let done = callback
+        .complete_action_step(complete.clone())
         .await
         .expect("callback")
         .into_inner()
         .action_run
         .expect("run");
     assert_eq!(done.status, pb::ActionRunStatus::Succeeded as i32);
+    // A retry of the same request answers the same; a second use of the token is refused.
+    let again = callback
+        .complete_action_step(complete)
+        .await
+        .expect("retried callback")
+        .into_inner();
+    assert_eq!(again.action_run.expect("run").status, done.status);
+    let reuse = callback
+        .complete_action_step(pb::CompleteActionStepRequest {
+            step_id,
+            callback_token: token,
+            outcome: pb::StepOutcome::Failed as i32,
+            ..Default::default()
+        })
+        .await
+        .expect_err("the token is single use");
+    assert_eq!(reuse.code(), Code::FailedPrecondition, "{reuse:?}");
     assert_eq!(entity(&mut dep, &tenant.id).await.state, "decommissioned");
 }
 

@@ -1,5 +1,6 @@
 //! Action runs: trigger (or plan with a dry run), follow, retry, cancel, and complete a webhook step by its callback token.
 
+use ebb_common::auth::Caller;
 use ebb_common::error::Violations;
 use ebb_common::page;
 use ebb_proto::lifecycle::v1 as pb;
@@ -186,6 +187,7 @@ impl DeprovisionApi {
         request: Request<pb::CompleteActionStepRequest>,
     ) -> Reply<pb::CompleteActionStepResponse> {
         let mut call = Call::of(&request, "CompleteActionStep");
+        let anonymous = request.extensions().get::<Caller>().is_none();
         let req = request.into_inner();
         let mut v = Violations::new();
         let step = check::id(&mut v, "step_id", &req.step_id);
@@ -193,6 +195,10 @@ impl DeprovisionApi {
         call.actor = Actor::Callback {
             step_id: step.clone(),
         };
+        // Without a bearer token (see `SELF_AUTHORIZED`) the step is the scope of request ids.
+        if anonymous {
+            call.organization_id = format!("callback:{step}");
+        }
         if req.callback_token.is_empty() || req.callback_token.len() > 200 {
             v.add(
                 "callback_token",

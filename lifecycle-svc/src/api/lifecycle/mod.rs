@@ -155,6 +155,13 @@ impl LifecycleService for LifecycleApi {
         LifecycleApi::get_organization(self, request).await
     }
 
+    async fn list_organizations(
+        &self,
+        request: Request<pb::ListOrganizationsRequest>,
+    ) -> Reply<pb::ListOrganizationsResponse> {
+        LifecycleApi::list_organizations(self, request).await
+    }
+
     async fn update_organization_settings(
         &self,
         request: Request<pb::UpdateOrganizationSettingsRequest>,

@@ -1,6 +1,8 @@
 //! Organizations and projects.
 
+use ebb_common::auth::Caller;
 use ebb_common::error::Violations;
+use ebb_common::page::Page;
 use ebb_proto::lifecycle::v1 as pb;
 use tonic::Request;
 
@@ -49,6 +51,45 @@ impl LifecycleApi {
         let org = orgs::get_org(&self.core.db.conn, &id).await?;
         ok(Ok(pb::GetOrganizationResponse {
             organization: Some(convert::organization(&org)?),
+        }))
+    }
+
+    pub(super) async fn list_organizations(
+        &self,
+        request: Request<pb::ListOrganizationsRequest>,
+    ) -> Reply<pb::ListOrganizationsResponse> {
+        let only = Caller::of(&request)?.organization_id.clone();
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let name = (!req.name.is_empty()).then(|| check::name(&mut v, "name", &req.name));
+        let page = Page::read(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            &[
+                "organizations",
+                only.as_deref().unwrap_or_default(),
+                name.as_deref().unwrap_or_default(),
+            ],
+        );
+        v.finish()?;
+        let rows = orgs::list_orgs(
+            &self.core.db.conn,
+            only.as_deref(),
+            name.as_deref(),
+            page.after_key_id()?,
+            page.limit(),
+        )
+        .await?;
+        let (rows, next_page_token) = page.finish(rows, |last| {
+            vec![last.created_at.to_string(), last.id.clone()]
+        });
+        ok(Ok(pb::ListOrganizationsResponse {
+            organizations: rows
+                .iter()
+                .map(convert::organization)
+                .collect::<ebb_common::Result<_>>()?,
+            next_page_token,
         }))
     }
 
