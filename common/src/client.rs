@@ -8,9 +8,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ServerConfig;
+use crate::peers::Watched;
 use crate::telemetry::TraceContextInterceptor;
 
 /// Trace context and the bearer token on every call.
@@ -28,7 +29,8 @@ impl tonic::service::Interceptor for Outgoing {
 }
 
 /// A channel with trace-context propagation and the bearer token on every call.
-pub type TracedChannel = InterceptedService<Channel, Outgoing>;
+/// Answers that refuse this process's token are watched ([`crate::peers`]).
+pub type TracedChannel = InterceptedService<Watched, Outgoing>;
 
 /// What a process's clients present and trust.
 #[derive(Clone, Debug, Default)]
@@ -105,7 +107,7 @@ pub fn channel_with(
             .map_err(|e| format!("TLS for `{url}`: {e}"))?;
     }
     Ok(InterceptedService::new(
-        endpoint.connect_lazy(),
+        Watched::new(endpoint.connect_lazy(), url),
         Outgoing {
             bearer: Bearer::new(&settings.token)?,
         },

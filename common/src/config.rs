@@ -30,7 +30,7 @@ pub trait Validate {
 }
 
 /// Settings every service shares.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ServerConfig {
     /// Address the gRPC server binds.
     pub listen: SocketAddr,
@@ -41,6 +41,7 @@ pub struct ServerConfig {
     pub database: DatabaseConfig,
     /// How long in-flight calls may take to finish after a shutdown signal.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// Logging and tracing.
     pub telemetry: TelemetryConfig,
@@ -63,7 +64,7 @@ pub struct ServerConfig {
 }
 
 /// The connection pool (`EBB_DATABASE__ACQUIRE_TIMEOUT=2s`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct DatabaseConfig {
     /// Most connections open at once (SQLite always uses one).
@@ -72,6 +73,7 @@ pub struct DatabaseConfig {
     /// so that calls fail fast while the database is away. SQLite waits at least 30s: its one
     /// connection is the writers' queue.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub acquire_timeout: Duration,
 }
 
@@ -116,7 +118,7 @@ impl Validate for DatabaseConfig {
 }
 
 /// The Prometheus endpoint: `GET /metrics` over plain HTTP on its own address.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, schemars::JsonSchema)]
 #[serde(default)]
 pub struct MetricsConfig {
     /// Address of the endpoint, such as `0.0.0.0:9461`; empty turns it off. It carries counts
@@ -141,7 +143,7 @@ impl Validate for MetricsConfig {
 }
 
 /// How tokens are checked and presented.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct AuthConfig {
     /// The token this service presents to its peers (`EBB_AUTH__SERVICE_TOKEN`), and accepts
@@ -154,6 +156,7 @@ pub struct AuthConfig {
     /// How long another service trusts lifecycle's answer about a token (at most 2s), so that
     /// a revocation is effective everywhere within that time.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub cache_ttl: Duration,
 }
 
@@ -169,7 +172,7 @@ impl Default for AuthConfig {
 
 /// TLS settings. With `cert_path` and `key_path` the server speaks only TLS; with
 /// `client_ca_path` too, it requires client certificates signed by that CA (mTLS).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, schemars::JsonSchema)]
 #[serde(default)]
 pub struct TlsConfig {
     /// PEM certificate chain of the server.
@@ -194,7 +197,7 @@ impl TlsConfig {
 }
 
 /// Limits of every call, each answered with a status rather than a dropped connection.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct LimitsConfig {
     /// Largest request message in bytes; larger ones answer RESOURCE_EXHAUSTED.
@@ -202,6 +205,7 @@ pub struct LimitsConfig {
     /// Deadline of a call the client gave none (or a longer one); DEADLINE_EXCEEDED after.
     /// Must exceed the longest long-poll (60s).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Calls in flight on one connection; more answer RESOURCE_EXHAUSTED.
     pub concurrency_per_connection: usize,
@@ -244,6 +248,38 @@ impl ServerConfig {
         } else {
             &self.auth.service_token
         }
+    }
+}
+
+impl ServerConfig {
+    /// Refuses a configuration without a token to present to peers (`auth.service_token`,
+    /// else `admin_token`): every call this service makes to `peer` would be refused.
+    pub fn require_outgoing_token(&self, service: &str, peer: &str) -> Result<(), ConfigError> {
+        if self.outgoing_token().is_empty() {
+            return Err(ConfigError::field(
+                "auth.service_token",
+                format!(
+                    "is required: {service} presents it to {peer} (EBB_AUTH__SERVICE_TOKEN; \
+                     give every service the same one)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a configuration that accepts no service token: lifecycle's outbox relay could
+    /// never deliver to this service.
+    pub fn require_service_token(&self, service: &str) -> Result<(), ConfigError> {
+        if self.auth.service_token.is_empty() && self.admin_token.is_empty() {
+            return Err(ConfigError::field(
+                "auth.service_token",
+                format!(
+                    "is required: lifecycle-svc's outbox relay presents it to {service} \
+                     (EBB_AUTH__SERVICE_TOKEN; give every service the same one)"
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -346,7 +382,18 @@ impl Validate for ServerConfig {
 }
 
 /// Log format.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Serialize,
+    Deserialize,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -357,7 +404,7 @@ pub enum LogFormat {
 }
 
 /// Logging and OpenTelemetry export.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct TelemetryConfig {
     /// An `EnvFilter` directive such as `info,sea_orm=warn`. `RUST_LOG` wins when set.

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod methods;
 pub mod metrics;
 pub mod page;
+pub mod peers;
 pub mod serving;
 pub mod sql;
 pub mod telemetry;

@@ -2,8 +2,11 @@
 
 mod audit_cli;
 mod cli;
+mod health;
+mod reference;
 mod runner;
 mod serve;
+mod service;
 
 use std::process::ExitCode;
 
@@ -21,6 +24,15 @@ struct Cli {
 enum Command {
     /// Run all four services in one process on one port, on embedded SQLite.
     Serve(serve::ServeArgs),
+    /// Run one service in this process (`lifecycle`, `scheduler`, `notifier`, `audit`), as a
+    /// deployment does: one image, one binary.
+    Service(service::ServiceArgs),
+    /// Probe a server's gRPC health: prints the status, exits 0 when SERVING, else 1.
+    Health(health::HealthArgs),
+    /// Print a reference generated from the code (configuration keys, the catalog's JSON
+    /// Schema).
+    #[command(hide = true)]
+    Reference(reference::ReferenceArgs),
     /// Claim runs and execute them with a command template (or a simulation).
     Runner(runner::RunnerArgs),
     /// Export and verify audit chains (offline from a file, or online on the server), and
@@ -46,6 +58,9 @@ enum Command {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve::main(args),
+        Command::Service(args) => service::main(args),
+        Command::Health(args) => health::main(args),
+        Command::Reference(args) => reference::main(args),
         Command::Runner(args) => runner::main(args),
         Command::Audit(args) => audit_cli::main(args),
         Command::Orgs(args) => cli::orgs::orgs(args),

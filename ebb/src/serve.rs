@@ -45,7 +45,7 @@ struct Overrides<'a> {
 }
 
 /// Configuration of `ebb serve`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct ServeConfig {
     /// The one address every service answers on.
@@ -54,6 +54,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// How long in-flight calls may take after Ctrl-C.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// Logging and tracing for the whole process.
     pub telemetry: TelemetryConfig,
@@ -115,10 +116,15 @@ impl Validate for ServeConfig {
                 "the services of `ebb serve` call each other over TLS and must trust its CA",
             ));
         }
-        self.lifecycle.validate()?;
-        self.scheduler.validate()?;
-        self.notifier.validate()?;
-        self.audit.validate()
+        // The tokens and peer addresses are wired in at start (`wire`): check each service's
+        // settings as they will be run.
+        let mut wired = self.clone();
+        let placeholder = "token-wired-in-at-start";
+        wired.wire(self.listen, placeholder, placeholder);
+        wired.lifecycle.validate()?;
+        wired.scheduler.validate()?;
+        wired.notifier.validate()?;
+        wired.audit.validate()
     }
 }
 

@@ -9,7 +9,7 @@ use ebb_common::idempotency::IdempotencyConfig;
 use serde::{Deserialize, Serialize};
 
 /// lifecycle-svc configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Config {
     /// Shared server settings.
@@ -17,18 +17,23 @@ pub struct Config {
     pub server: ServerConfig,
     /// Shortest inactivity period a workspace may have (1h; tests lower it).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub min_inactivity: Duration,
     /// How long a runner's claim on a run lasts without a heartbeat.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub run_lease_ttl: Duration,
     /// Base delay before retrying a failed auto-destroy; doubles with each failure.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub auto_destroy_retry_backoff: Duration,
     /// How long an action step may run before it fails (DP-8).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub action_step_timeout: Duration,
     /// How long the callback token of a webhook step stays valid.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub callback_token_ttl: Duration,
     /// Catalog file (YAML) loaded at start; empty for none.
     pub catalog_file: String,
@@ -72,6 +77,13 @@ impl Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        if self.server.admin_token.is_empty() {
+            return Err(ConfigError::field(
+                "admin_token",
+                "is required: it is the only token that can create organizations and their \
+                 first tokens (EBB_ADMIN_TOKEN)",
+            ));
+        }
         if self.min_inactivity < Duration::from_secs(1) {
             return Err(ConfigError::field("min_inactivity", "must be at least 1s"));
         }

@@ -41,8 +41,26 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The `ebb` binary of the same profile, which runs the notifier (`ebb service notifier`).
+fn ebb_binary() -> anyhow::Result<std::path::PathBuf> {
+    // <target>/<profile>/deps/<bench>
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("ebb"))
+        .ok_or_else(|| anyhow::anyhow!("no profile directory above {}", exe.display()))?;
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build --release --bin ebb`",
+        path.display()
+    );
+    Ok(path)
+}
+
 async fn start_replica(config: &std::path::Path, url: &str) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_notifier-svc"))
+    let mut child = Command::new(ebb_binary()?)
+        .args(["service", "notifier"])
         .args(["--listen", "127.0.0.1:0", "--database-url", url, "--config"])
         .arg(config)
         .env(

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 /// notifier-svc configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Config {
     /// Shared server settings.
@@ -65,6 +65,7 @@ impl Default for Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        self.server.require_service_token("notifier-svc")?;
         self.delivery.validate()?;
         self.egress.validate()?;
         self.smtp.validate()?;
@@ -79,23 +80,27 @@ impl ServiceConfig for Config {
 }
 
 /// How deliveries are attempted and retried.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct DeliveryConfig {
     /// Delay before each attempt, the first included: attempt `n` waits `retry_schedule[n-1]`
     /// after attempt `n-1` failed. Its length is the number of attempts before a delivery is
     /// dead-lettered.
+    #[schemars(with = "Vec<String>")]
     pub retry_schedule: Vec<Serde<Duration>>,
     /// Each delay is spread uniformly by ± this fraction (0.2 = ±20%).
     pub jitter: f64,
     /// A 429 or a timeout waits at least this long before the next attempt.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub min_throttle_wait: Duration,
     /// Whole-request timeout of one HTTP attempt (connect, send, answer, body).
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// TCP connect timeout of one HTTP attempt.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub connect_timeout: Duration,
     /// Attempts in flight at once in this replica.
     pub concurrency: usize,
@@ -103,9 +108,11 @@ pub struct DeliveryConfig {
     pub batch_size: u32,
     /// How often to look for due deliveries when idle.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub poll_interval: Duration,
     /// How long a claimed delivery stays leased to this replica; must outlast an attempt.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lease_ttl: Duration,
 }
 
@@ -214,7 +221,7 @@ impl Validate for DeliveryConfig {
 /// Which addresses outbound HTTP may reach. Link-local and cloud-metadata addresses are
 /// always refused unless a network of `allow_networks` contains them; loopback is refused
 /// unless `allow_loopback` is set (tests and single-machine setups set it on purpose).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, schemars::JsonSchema)]
 #[serde(default)]
 pub struct EgressConfig {
     /// Allow 127.0.0.0/8 and ::1.
@@ -235,7 +242,9 @@ impl Validate for EgressConfig {
 }
 
 /// How the SMTP session is secured.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(
+    Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpTls {
     /// Plain SMTP (tests, a relay on the same host).
@@ -248,7 +257,7 @@ pub enum SmtpTls {
 }
 
 /// The SMTP relay for email destinations. With no `relay`, email configurations are refused.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct SmtpConfig {
     /// Relay host name; empty disables email.
@@ -265,6 +274,7 @@ pub struct SmtpConfig {
     pub from: String,
     /// Timeout of one SMTP session.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub timeout: Duration,
 }
 

