@@ -72,14 +72,16 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 pub const TABLE: &str = "request_log";
 
 /// How long responses are kept for replay.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(default)]
 pub struct IdempotencyConfig {
     /// How long a request id answers its first response; a retry after this acts again.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub retention: Duration,
     /// How often each replica deletes expired responses.
     #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub sweep_interval: Duration,
 }
 

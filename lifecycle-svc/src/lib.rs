@@ -31,6 +31,8 @@ use ebb_proto::lifecycle::v1::token_service_server::TokenServiceServer;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+/// The catalog document, whose JSON Schema `ebb reference catalog-schema` prints.
+pub use deprovision::catalog::Catalog;
 
 /// Connects, migrates and assembles the service.
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {

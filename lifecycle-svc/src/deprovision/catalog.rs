@@ -11,23 +11,30 @@ use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde::{Deserialize, Serialize};
 
-/// A catalog document.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// A catalog document: the entity kinds of a fleet, their states, and the actions that
+/// deprovision them. `docs/catalog.schema.json` is this type's JSON Schema (editors validate
+/// catalog files with it); ApplyCatalog refuses a bad document naming the same paths
+/// (`kinds[0].actions[1].onSuccess`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Ebb catalog")]
 pub struct Catalog {
     /// The entity kinds it declares.
     pub kinds: Vec<KindDef>,
 }
 
 /// An entity kind.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KindDef {
+    /// The kind's name (`tenant`, `account`): 1-100 letters, digits, `_`, `-` or `.`; unique.
     pub name: String,
+    /// Every state an entity of this kind can be in, each named like a kind; at least one.
     pub states: Vec<String>,
-    /// Defaults to the first state.
+    /// The state new entities start in; defaults to the first state.
     #[serde(default)]
     pub initial_state: Option<String>,
+    /// The actions that can be triggered on entities of this kind.
     #[serde(default)]
     pub actions: Vec<ActionDef>,
 }
@@ -48,23 +55,36 @@ impl KindDef {
 }
 
 /// An action declared on a kind.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ActionDef {
+    /// The action's name (`DeprovisionTenant`), unique within its kind.
     pub name: String,
+    /// What it acts on: only `instance` (one entity and its cascade).
     #[serde(default = "instance")]
     pub scope: String,
+    /// What it does: only `transition-entity` (move through onTrigger, then onSuccess or
+    /// onFailure).
     #[serde(default = "transition_entity")]
     pub operation: String,
+    /// Conditions the entity must meet to be triggered: `state == VALUE`,
+    /// `state != VALUE`, `attributes.KEY == VALUE` or `attributes.KEY != VALUE`.
     #[serde(default)]
     pub conditions: Vec<String>,
+    /// Typed parameters a trigger may give (`gracePeriodSeconds` sets the grace period of
+    /// each relationship the cascade finalizes).
     #[serde(default)]
     pub parameters: Vec<ParamDef>,
+    /// The state the entity (and each entity of the cascade) enters when triggered.
     pub on_trigger: String,
+    /// The state after its step succeeded.
     pub on_success: String,
+    /// The state after its step failed.
     pub on_failure: String,
+    /// The relationships the cascade walks, leaves first.
     #[serde(default)]
     pub cascade_rules: Vec<CascadeRuleDef>,
+    /// What each step of the action does.
     pub trigger: TriggerDef,
 }
 
@@ -87,22 +107,27 @@ fn transition_entity() -> String {
 }
 
 /// A typed parameter.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ParamDef {
+    /// The parameter's name.
     pub name: String,
+    /// Its type.
     #[serde(rename = "type")]
     pub ty: ParamType,
+    /// Whether a trigger must give it.
     #[serde(default)]
     pub required: bool,
+    /// The smallest value an integer parameter takes.
     #[serde(default)]
     pub minimum: Option<i64>,
+    /// The value when a trigger gives none; of the parameter's type.
     #[serde(default)]
     pub default: Option<serde_json::Value>,
 }
 
 /// Parameter types.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ParamType {
     Integer,
@@ -111,9 +136,10 @@ pub enum ParamType {
 }
 
 /// Relationships an action walks.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CascadeRuleDef {
+    /// The relationship type to walk (`runs_on`): from the entity to what it runs on.
     pub relationship_type: String,
     /// What to do with an entity this rule reaches that others still run on (DP-10).
     #[serde(default)]
@@ -122,7 +148,9 @@ pub struct CascadeRuleDef {
 
 /// What a cascade does with a shared upstream: an entity it reaches that entities outside the
 /// action run still run on.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SharedUpstream {
     /// Leave it (and what it runs on) standing; the plan lists it as kept with who uses it.
@@ -143,13 +171,16 @@ impl SharedUpstream {
 }
 
 /// What a step does.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum TriggerDef {
     /// A destroy run on the entity's workspace.
     DestroyRun,
     /// A POST to an external system (a PR-driven flow) that calls back with a token.
-    Webhook { url: String },
+    Webhook {
+        /// Where the step's request is POSTed (`http://` or `https://`).
+        url: String,
+    },
     /// Nothing to do: the step succeeds at once.
     Noop,
 }
