@@ -257,11 +257,13 @@ pub fn db_failure(err: &DbErr) -> DbFailure {
     use sea_orm::RuntimeErr;
     match err {
         DbErr::ConnectionAcquire(_) => DbFailure::Unavailable,
-        DbErr::Conn(RuntimeErr::SqlxError(e))
-        | DbErr::Exec(RuntimeErr::SqlxError(e))
-        | DbErr::Query(RuntimeErr::SqlxError(e)) => sqlx_failure(e),
-        // SeaORM's own connection errors (a URL it cannot use, a closed pool).
+        // Whatever stops a connection from being made is the database being away for the
+        // caller: refused, reset, or a proxy in front of a dead server answering garbage
+        // (`unexpected response from SSLRequest`).
         DbErr::Conn(_) => DbFailure::Unavailable,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            sqlx_failure(e)
+        }
         _ => DbFailure::Other,
     }
 }
@@ -269,9 +271,13 @@ pub fn db_failure(err: &DbErr) -> DbFailure {
 fn sqlx_failure(err: &sea_orm::sqlx::Error) -> DbFailure {
     use sea_orm::sqlx::Error as E;
     match err {
-        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
-            DbFailure::Unavailable
-        }
+        // A protocol error mid-statement is a connection cut in the middle of a message.
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed => DbFailure::Unavailable,
         E::Database(db) => {
             let Some(code) = db.code() else {
                 return DbFailure::Other;
@@ -567,6 +573,20 @@ mod tests {
                 Code::Unavailable,
             ),
             (query_err(sea_orm::sqlx::Error::Io(io())), Code::Unavailable),
+            // A proxy in front of a dead server answers the connection's first message with
+            // garbage; a cut mid-statement is a protocol error too.
+            (
+                DbErr::Conn(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(
+                    sea_orm::sqlx::Error::Protocol(
+                        "unexpected response from SSLRequest: 0x00".into(),
+                    ),
+                ))),
+                Code::Unavailable,
+            ),
+            (
+                query_err(sea_orm::sqlx::Error::Protocol("unexpected EOF".into())),
+                Code::Unavailable,
+            ),
             (
                 DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(
                     sea_orm::sqlx::Error::PoolTimedOut,

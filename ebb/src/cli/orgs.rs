@@ -28,6 +28,12 @@ enum OrgsCommand {
         /// Organization id.
         organization: String,
     },
+    /// List the organizations the token sees (the bootstrap admin: every one), oldest first.
+    List {
+        /// Only organizations with this exact name.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 /// `ebb projects`.
@@ -78,6 +84,9 @@ pub fn orgs(args: OrgsArgs) -> std::process::ExitCode {
         let ctx = super::connect(&args.conn)?;
         let mut api = Lifecycle::new(ctx.channel.clone());
         let org = match args.command {
+            OrgsCommand::List { name } => {
+                return list_orgs(&ctx, &mut api, name.as_deref().unwrap_or_default()).await;
+            }
             OrgsCommand::Create { name } => {
                 api.create_organization(pb::CreateOrganizationRequest {
                     request_id: request_id(),
@@ -100,6 +109,38 @@ pub fn orgs(args: OrgsArgs) -> std::process::ExitCode {
             }
         };
         print_org(&ctx, &org.unwrap_or_default())
+    })
+}
+
+/// Every page of `ListOrganizations`, printed as one table (or one JSON answer).
+async fn list_orgs(ctx: &Ctx, api: &mut Lifecycle, name: &str) -> Result<(), CliError> {
+    let mut all = pb::ListOrganizationsResponse::default();
+    loop {
+        let page = api
+            .list_organizations(pb::ListOrganizationsRequest {
+                name: name.to_owned(),
+                page_size: 1000,
+                page_token: all.next_page_token.clone(),
+            })
+            .await
+            .map_err(|s| CliError::status("list organizations", s))?
+            .into_inner();
+        all.organizations.extend(page.organizations);
+        all.next_page_token = page.next_page_token;
+        if all.next_page_token.is_empty() {
+            break;
+        }
+    }
+    ctx.print(&all, "ebb.lifecycle.v1.ListOrganizationsResponse", &|r| {
+        let mut t = super::output::table(&["id", "name", "created"]);
+        for o in &r.organizations {
+            t.add_row(vec![
+                o.id.clone(),
+                o.name.clone(),
+                when(o.create_time.as_ref()),
+            ]);
+        }
+        t.to_string()
     })
 }
 

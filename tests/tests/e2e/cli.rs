@@ -123,6 +123,11 @@ async fn schedules_upcoming_destroys_and_errors_from_the_command_line() {
     // Organization, project and workspace, created with the CLI; ids read from its JSON.
     let org = ebb.json(&["orgs", "create", "acme"]).await;
     let org = string(&org, "id");
+    // Found again later by listing.
+    let listed = ebb.ok(&["orgs", "list"]).await;
+    assert!(listed.contains(&org) && listed.contains("acme"), "{listed}");
+    let named = ebb.json(&["orgs", "list", "--name", "acme"]).await;
+    assert_eq!(named["organizations"][0]["id"], serde_json::json!(org));
     let project = ebb
         .json(&["projects", "create", "--org", &org, "previews"])
         .await;

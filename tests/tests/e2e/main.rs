@@ -17,6 +17,7 @@ mod foundation;
 mod hostile;
 mod metrics;
 mod notifier;
+mod outage;
 mod runbook;
 mod safety;
 mod scheduler_replicas;
