@@ -19,6 +19,7 @@ mod notifier;
 mod runbook;
 mod safety;
 mod scheduler_replicas;
+mod security;
 mod shared_upstreams;
 mod support;
 mod tracing;
