@@ -66,3 +66,39 @@ async fn verifying_past_the_head_is_out_of_range_not_a_broken_chain() {
     assert!(last.intact, "{last:?}");
     assert_eq!(last.head_sequence, 5);
 }
+
+/// A PostgreSQL password with a `/` in it (not percent-encoded) breaks URL parsing; the
+/// retry log must still never show it.
+#[tokio::test]
+async fn a_database_password_never_reaches_the_log_even_when_the_url_does_not_parse() {
+    let dbs = TestDatabases::new();
+    let password = "hunter2/sEcr3t";
+    for url in [
+        format!("postgres://ebb:{password}@127.0.0.1:1/ebb"),
+        format!("postgres://ebb:{password}@127.0.0.1:1/ebb?sslmode=disable"),
+        format!("postgresql://127.0.0.1:1/ebb?user=ebb&password={password}"),
+    ] {
+        // It does not listen before its database answers: read its log as it retries.
+        let log = dbs
+            .dir()
+            .join(format!("audit-{}.log", uuid::Uuid::new_v4().simple()));
+        let mut child = tokio::process::Command::new(ebb_tests::bin_path("audit-svc"))
+            .args(["--database-url", &url, "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .env_remove("EBB_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start audit-svc");
+        let text = eventually(Duration::from_secs(20), "two connection attempts", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            async move { (text.matches("database not reachable").count() >= 2).then_some(text) }
+        })
+        .await;
+        assert!(!text.contains("hunter2"), "password in the log:\n{text}");
+        assert!(!text.contains("sEcr3t"), "password in the log:\n{text}");
+        let _ = child.kill().await;
+    }
+}
