@@ -14,6 +14,7 @@ pub mod page;
 pub mod serving;
 pub mod sql;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 pub mod tls;
 

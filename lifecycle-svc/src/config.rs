@@ -30,6 +30,9 @@ pub struct Config {
     /// How long the callback token of a webhook step stays valid.
     #[serde(with = "humantime_serde")]
     pub callback_token_ttl: Duration,
+    /// The longest `gracePeriodSeconds` an action may be given (365 days).
+    #[serde(with = "humantime_serde")]
+    pub max_grace_period: Duration,
     /// Catalog file (YAML) loaded at start; empty for none.
     pub catalog_file: String,
     /// audit-svc address for the outbox relay; empty disables relaying to audit.
@@ -53,6 +56,7 @@ impl Default for Config {
             auto_destroy_retry_backoff: Duration::from_secs(60),
             action_step_timeout: Duration::from_secs(3600),
             callback_token_ttl: Duration::from_secs(7 * 86_400),
+            max_grace_period: Duration::from_secs(365 * 86_400),
             catalog_file: String::new(),
             audit_url: String::new(),
             notifier_url: String::new(),
@@ -99,6 +103,12 @@ impl Validate for Config {
             return Err(ConfigError::field(
                 "callback_token_ttl",
                 "must be at least 1s",
+            ));
+        }
+        if self.max_grace_period > Duration::from_secs(9999 * 86_400) {
+            return Err(ConfigError::field(
+                "max_grace_period",
+                "must be at most 9999 days",
             ));
         }
         if !self.catalog_file.is_empty() && !std::path::Path::new(&self.catalog_file).is_file() {

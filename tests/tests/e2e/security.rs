@@ -102,3 +102,151 @@ async fn a_database_password_never_reaches_the_log_even_when_the_url_does_not_pa
         let _ = child.kill().await;
     }
 }
+
+/// The fields an INVALID_ARGUMENT names in its `google.rpc.BadRequest`.
+fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn grace(seconds: f64) -> Option<prost_types::Struct> {
+    Some(prost_types::Struct {
+        fields: [(
+            "gracePeriodSeconds".to_owned(),
+            prost_types::Value {
+                kind: Some(prost_types::value::Kind::NumberValue(seconds)),
+            },
+        )]
+        .into(),
+    })
+}
+
+/// Values far out of bounds are refused with the field named, not accepted (a grace period
+/// of 1e15 seconds) nor silently clamped (a ClaimRun wait of 1e12 seconds); names cannot hide
+/// bidirectional overrides or invisible characters.
+#[tokio::test]
+async fn out_of_bound_values_and_hidden_characters_are_refused_with_their_field() {
+    use ebb_tests::cluster::{Cluster, fixture, from_now, secs};
+    use ebb_tests::proto::lifecycle::v1 as pb;
+    use ebb_tests::proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
+
+    let cluster = Cluster::start_on(
+        TestDatabases::new(),
+        0,
+        &[("EBB_MAX_GRACE_PERIOD", "30d".into())],
+    )
+    .await;
+    let mut api = cluster.api().await;
+    let mut dep = cluster.deprovision().await;
+    dep.apply_catalog(pb::ApplyCatalogRequest {
+        yaml: include_str!("../../../deploy/catalog/deprovision-tenant.yaml").into(),
+        ..Default::default()
+    })
+    .await
+    .expect("apply catalog");
+    let f = fixture(&mut api, None, "ws").await;
+    let tenant = dep
+        .create_entity(pb::CreateEntityRequest {
+            organization_id: f.org.id.clone(),
+            kind: "tenant".into(),
+            name: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create entity")
+        .into_inner()
+        .entity
+        .expect("entity");
+
+    // The configured maximum (30 days) holds, and its bound itself is accepted.
+    for seconds in [1e15, 30.0 * 86_400.0 + 1.0, 0.5] {
+        let err = dep
+            .trigger_action(pb::TriggerActionRequest {
+                entity_id: tenant.id.clone(),
+                action: "DeprovisionTenant".into(),
+                parameters: grace(seconds),
+                dry_run: true,
+                ..Default::default()
+            })
+            .await
+            .expect_err("grace period out of bounds");
+        assert!(
+            violated_fields(&err).contains(&"parameters.gracePeriodSeconds".to_owned()),
+            "{err:?}"
+        );
+        let err = dep
+            .schedule_action(pb::ScheduleActionRequest {
+                entity_id: tenant.id.clone(),
+                action: "DeprovisionTenant".into(),
+                parameters: grace(seconds),
+                scheduled_time: Some(from_now(Duration::from_secs(3600))),
+                ..Default::default()
+            })
+            .await
+            .expect_err("grace period out of bounds");
+        assert!(
+            violated_fields(&err).contains(&"parameters.gracePeriodSeconds".to_owned()),
+            "{err:?}"
+        );
+    }
+    dep.trigger_action(pb::TriggerActionRequest {
+        entity_id: tenant.id.clone(),
+        action: "DeprovisionTenant".into(),
+        parameters: grace(30.0 * 86_400.0),
+        dry_run: true,
+        ..Default::default()
+    })
+    .await
+    .expect("the maximum itself");
+
+    // A wait past the 60 s long-poll is refused, not clamped.
+    let mut runner = RunnerServiceClient::new(cluster.lifecycle.channel().await);
+    let err = runner
+        .claim_run(pb::ClaimRunRequest {
+            organization_id: f.org.id.clone(),
+            runner_id: "r".into(),
+            wait: Some(secs(1_000_000_000_000)),
+        })
+        .await
+        .expect_err("wait of 1e12 s");
+    assert_eq!(violated_fields(&err), ["wait"]);
+
+    // Names and labels with bidirectional overrides or invisible characters.
+    for name in [
+        "prod\u{202E}dlrow",
+        "a\u{2066}b\u{2069}",
+        "zero\u{200B}width",
+    ] {
+        let err = api
+            .create_workspace(pb::CreateWorkspaceRequest {
+                project_id: f.project.id.clone(),
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("hidden characters in a name");
+        assert_eq!(violated_fields(&err), ["name"], "{name:?}");
+    }
+    let err = api
+        .create_workspace(pb::CreateWorkspaceRequest {
+            project_id: f.project.id.clone(),
+            name: "fine".into(),
+            labels: [("team".to_owned(), "ops\u{202E}".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("hidden characters in a label");
+    assert_eq!(violated_fields(&err), ["labels[team]"]);
+    api.create_workspace(pb::CreateWorkspaceRequest {
+        project_id: f.project.id.clone(),
+        name: "Zürich 東京 🚀".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("non-ASCII names stay welcome");
+}
