@@ -250,3 +250,82 @@ async fn out_of_bound_values_and_hidden_characters_are_refused_with_their_field(
     .await
     .expect("non-ASCII names stay welcome");
 }
+
+/// The example catalog with an alias bomb in a parameter's default: an anchor of 2,000 values
+/// referenced 3,000 times, six million values once expanded.
+fn alias_bomb() -> String {
+    let anchor: Vec<String> = (0..2000).map(|i| format!("x{i}")).collect();
+    let aliases = vec!["*a"; 3000].join(", ");
+    include_str!("../../../deploy/catalog/deprovision-tenant.yaml").replacen(
+        "        parameters:\n",
+        &format!(
+            "        parameters:\n          - name: pad\n            type: string\n            \
+             default: &a [{}]\n          - name: bomb\n            type: string\n            \
+             default: [{aliases}]\n",
+            anchor.join(", ")
+        ),
+        1,
+    )
+}
+
+/// An alias bomb is refused at once with the `yaml` field named, and health keeps answering
+/// while bombs are parsed.
+#[tokio::test]
+async fn a_yaml_alias_bomb_is_refused_quickly_and_health_never_stalls() {
+    use ebb_tests::cluster::Cluster;
+    use ebb_tests::proto::lifecycle::v1 as pb;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let cluster = Cluster::start(0).await;
+    let bomb = alias_bomb();
+    let started = std::time::Instant::now();
+    let dep = cluster.deprovision().await;
+    let bombs: Vec<_> = (0..3)
+        .map(|_| {
+            let yaml = bomb.clone();
+            let mut dep = dep.clone();
+            tokio::spawn(async move {
+                dep.apply_catalog(pb::ApplyCatalogRequest {
+                    yaml,
+                    ..Default::default()
+                })
+                .await
+            })
+        })
+        .collect();
+    let health_channel = tonic::transport::Channel::from_shared(cluster.lifecycle.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(health_channel);
+    let mut slowest = Duration::ZERO;
+    while bombs.iter().any(|b| !b.is_finished()) {
+        let asked = std::time::Instant::now();
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            health.check(HealthCheckRequest {
+                service: String::new(),
+            }),
+        )
+        .await
+        .expect("health answers within 2s while bombs are parsed")
+        .expect("health");
+        slowest = slowest.max(asked.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "bombs still being parsed after 10s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for b in bombs {
+        let err = b.await.expect("task").expect_err("bomb refused");
+        assert_eq!(violated_fields(&err), ["yaml"], "{err:?}");
+        assert!(err.message().contains("expands to more than"), "{err:?}");
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "health took {slowest:?}"
+    );
+}

@@ -18,8 +18,13 @@ impl DeprovisionApi {
     ) -> Reply<pb::ApplyCatalogResponse> {
         let call = Call::of(&request, "ApplyCatalog");
         let req = request.into_inner();
-        let catalog =
-            catalog::parse(&req.yaml).map_err(|e| Error::invalid("yaml", e.to_string()))?;
+        // Parsing is CPU work (bounded, but up to a megabyte of YAML): off the async runtime,
+        // so health checks and other calls keep being answered meanwhile.
+        let yaml = req.yaml.clone();
+        let catalog = tokio::task::spawn_blocking(move || catalog::parse(&yaml))
+            .await
+            .map_err(|e| Error::Internal(format!("catalog parsing failed: {e}")))?
+            .map_err(|e| Error::invalid("yaml", e.to_string()))?;
         let now = self.core.now();
         ok(self
             .core
