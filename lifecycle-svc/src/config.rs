@@ -41,6 +41,10 @@ pub struct Config {
     pub notifier_url: String,
     /// How long request ids answer their first response.
     pub idempotency: IdempotencyConfig,
+    /// Refused calls are recorded as one `auth.denied` event per token, method and code per
+    /// this window, with a count (a minute).
+    #[serde(with = "humantime_serde")]
+    pub denied_events_window: Duration,
 }
 
 impl Default for Config {
@@ -61,6 +65,7 @@ impl Default for Config {
             audit_url: String::new(),
             notifier_url: String::new(),
             idempotency: IdempotencyConfig::default(),
+            denied_events_window: Duration::from_secs(60),
         }
     }
 }
@@ -127,6 +132,14 @@ impl Validate for Config {
                     "must be an http:// or https:// URL",
                 ));
             }
+        }
+        if self.denied_events_window < Duration::from_millis(100)
+            || self.denied_events_window > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::field(
+                "denied_events_window",
+                "must be between 100ms and 1h",
+            ));
         }
         self.idempotency.validate()
     }

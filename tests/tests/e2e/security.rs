@@ -329,3 +329,94 @@ async fn a_yaml_alias_bomb_is_refused_quickly_and_health_never_stalls() {
         "health took {slowest:?}"
     );
 }
+
+/// A flood of refused calls is one `auth.denied` event per caller, method and code per window
+/// (1 s in tests, a minute by default) with their count; a call about another organization's
+/// resource leaves no event naming it, exactly as for an id that exists nowhere.
+#[tokio::test]
+async fn refused_calls_are_aggregated_and_never_reveal_foreign_ids() {
+    use ebb_tests::cluster::{Cluster, events, fixture};
+    use ebb_tests::proto::lifecycle::v1 as pb;
+    use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
+    use ebb_tests::proto::lifecycle::v1::token_service_client::TokenServiceClient;
+
+    let cluster = Cluster::start(0).await;
+    let mut api = cluster.api().await;
+    let a = fixture(&mut api, None, "ws-a").await;
+    let b = fixture(&mut api, None, "ws-b").await;
+    let reader = TokenServiceClient::new(cluster.lifecycle.channel().await)
+        .create_token(pb::CreateTokenRequest {
+            organization_id: b.org.id.clone(),
+            role: pb::TokenRole::Reader as i32,
+            description: "b reader".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .secret;
+    let as_reader = LifecycleServiceClient::new(cluster.lifecycle.channel_as(&reader).await);
+
+    // Foreign and missing ids: the same answer.
+    let missing = uuid::Uuid::new_v4().to_string();
+    for id in [&a.workspace.id, &missing] {
+        let err = as_reader
+            .clone()
+            .get_workspace(pb::GetWorkspaceRequest {
+                workspace_id: id.clone(),
+            })
+            .await
+            .expect_err("not visible");
+        assert_eq!(err.code(), Code::NotFound);
+        assert_eq!(err.message(), format!("workspace {id} not found"));
+    }
+    // 50 refused writes at once.
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let mut c = as_reader.clone();
+            let project_id = b.project.id.clone();
+            tokio::spawn(async move {
+                c.create_workspace(pb::CreateWorkspaceRequest {
+                    project_id,
+                    name: format!("nope-{i}"),
+                    ..Default::default()
+                })
+                .await
+            })
+        })
+        .collect();
+    for call in calls {
+        let r = call.await.expect("task");
+        assert_eq!(r.expect_err("reader").code(), Code::PermissionDenied);
+    }
+
+    let count_of = |e: &pb::OutboxEvent| {
+        e.data
+            .as_ref()
+            .and_then(|d| d.fields.get("count"))
+            .and_then(|v| match v.kind {
+                Some(prost_types::value::Kind::NumberValue(n)) => Some(n as u64),
+                _ => None,
+            })
+            .unwrap_or(0)
+    };
+    let denied = eventually(Duration::from_secs(15), "the aggregated event", || {
+        let mut api = api.clone();
+        let org = b.org.id.clone();
+        async move {
+            let denied = events(&mut api, &org, "auth.denied").await;
+            let total: u64 = denied.iter().map(count_of).sum();
+            (total >= 50).then_some(denied)
+        }
+    })
+    .await;
+    assert_eq!(denied.len(), 1, "{denied:#?}");
+    assert_eq!(count_of(&denied[0]), 50);
+    let text = format!("{denied:?}");
+    assert!(text.contains("CreateWorkspace"), "{text}");
+    assert!(
+        !text.contains(&a.workspace.id),
+        "a foreign id leaked: {text}"
+    );
+    assert!(!text.contains(&missing), "{text}");
+}
