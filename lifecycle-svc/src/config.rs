@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ebb_common::app::ServiceConfig;
 use ebb_common::config::{ConfigError, ServerConfig, Validate};
+use ebb_common::egress::EgressConfig;
 use ebb_common::idempotency::IdempotencyConfig;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +46,11 @@ pub struct Config {
     /// this window, with a count (a minute).
     #[serde(with = "humantime_serde")]
     pub denied_events_window: Duration,
+    /// Which addresses webhook steps may reach (loopback refused unless allowed).
+    pub egress: EgressConfig,
+    /// The `whsec_` secret that signs webhook-step requests (Standard Webhooks headers);
+    /// empty sends them unsigned, with a warning at start.
+    pub step_signing_secret: String,
 }
 
 impl Default for Config {
@@ -66,6 +72,8 @@ impl Default for Config {
             notifier_url: String::new(),
             idempotency: IdempotencyConfig::default(),
             denied_events_window: Duration::from_secs(60),
+            egress: EgressConfig::default(),
+            step_signing_secret: String::new(),
         }
     }
 }
@@ -141,6 +149,11 @@ impl Validate for Config {
                 "must be between 100ms and 1h",
             ));
         }
+        if !self.step_signing_secret.is_empty() {
+            ebb_common::signing::check_secret(&self.step_signing_secret)
+                .map_err(|e| ConfigError::field("step_signing_secret", e))?;
+        }
+        self.egress.validate()?;
         self.idempotency.validate()
     }
 }

@@ -330,6 +330,205 @@ async fn a_yaml_alias_bomb_is_refused_quickly_and_health_never_stalls() {
     );
 }
 
+fn webhook_catalog(url: &str) -> String {
+    format!(
+        "kinds:\n  - name: pr_tenant\n    states: [active, deprovisioning, decommissioned]\n    \
+         actions:\n      - name: DeprovisionByPr\n        onTrigger: deprovisioning\n        \
+         onSuccess: decommissioned\n        onFailure: active\n        trigger:\n          \
+         type: webhook\n          url: {url}\n"
+    )
+}
+
+/// A webhook step whose receiver redirects to an internal address: lifecycle does not follow
+/// the redirect, the internal address is never contacted, the step's error (which readers see)
+/// quotes the status line and not the body, and the request was signed with Standard Webhooks
+/// headers. The catalog refuses metadata and (by default) loopback URLs outright.
+#[tokio::test]
+async fn webhook_steps_go_through_the_egress_guard_and_never_follow_redirects() {
+    use crate::support::read_request;
+    use ebb_tests::cluster::{Cluster, fixture};
+    use ebb_tests::proto::lifecycle::v1 as pb;
+    use ebb_tests::proto::lifecycle::v1::deprovision_service_client::DeprovisionServiceClient;
+    use ebb_tests::proto::lifecycle::v1::token_service_client::TokenServiceClient;
+    use tokio::io::AsyncWriteExt;
+
+    let secret = ebb_common::signing::generate_secret();
+    let cluster = Cluster::start_on(
+        TestDatabases::new(),
+        0,
+        &[("EBB_STEP_SIGNING_SECRET", secret.clone())],
+    )
+    .await;
+
+    // The internal service the redirect points at: any request to it is a failure.
+    let internal = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let internal_addr = internal.local_addr().expect("addr");
+    let (hit_tx, mut hit_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = internal.accept().await {
+            let _ = hit_tx.send(());
+            let body = "db_password=hunter2";
+            let _ = socket
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    // The step's receiver: answers with a redirect to the internal service.
+    let receiver = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", receiver.local_addr().expect("addr"));
+    let (req_tx, req_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = receiver.accept().await.expect("accept");
+        let request = read_request(&mut socket, &mut Vec::new())
+            .await
+            .expect("read")
+            .expect("a request");
+        let body = "moved; db_password=hunter2";
+        let reply = format!(
+            "HTTP/1.1 302 Found\r\nlocation: http://{internal_addr}/admin\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        socket.write_all(reply.as_bytes()).await.expect("reply");
+        let _ = req_tx.send(request);
+    });
+
+    let mut api = cluster.api().await;
+    let mut dep = cluster.deprovision().await;
+    dep.apply_catalog(pb::ApplyCatalogRequest {
+        yaml: webhook_catalog(&url),
+        ..Default::default()
+    })
+    .await
+    .expect("catalog");
+    let f = fixture(&mut api, None, "w").await;
+    let tenant = dep
+        .create_entity(pb::CreateEntityRequest {
+            organization_id: f.org.id.clone(),
+            kind: "pr_tenant".into(),
+            name: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("entity")
+        .into_inner()
+        .entity
+        .expect("entity");
+    let run = dep
+        .trigger_action(pb::TriggerActionRequest {
+            entity_id: tenant.id.clone(),
+            action: "DeprovisionByPr".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner()
+        .action_run
+        .expect("run");
+
+    // Signed as the notifier signs: webhook-id, webhook-timestamp, webhook-signature.
+    let request = tokio::time::timeout(Duration::from_secs(20), req_rx)
+        .await
+        .expect("the webhook was called")
+        .expect("request");
+    let id = &request.headers["webhook-id"];
+    let timestamp: i64 = request.headers["webhook-timestamp"]
+        .parse()
+        .expect("timestamp");
+    let expected = ebb_common::signing::standard_signature(&secret, id, timestamp, &request.body)
+        .expect("sign");
+    assert_eq!(request.headers["webhook-signature"], expected);
+
+    // A reader of the organization sees the step failed with the status line only.
+    let mut tokens = TokenServiceClient::new(cluster.lifecycle.channel().await);
+    let reader = tokens
+        .create_token(pb::CreateTokenRequest {
+            organization_id: f.org.id.clone(),
+            role: pb::TokenRole::Reader as i32,
+            description: "reader".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("token")
+        .into_inner()
+        .secret;
+    let mut as_reader = DeprovisionServiceClient::new(cluster.lifecycle.channel_as(&reader).await);
+    let step = eventually(Duration::from_secs(20), "the step to fail", || {
+        let mut as_reader = as_reader.clone();
+        let id = run.id.clone();
+        async move {
+            let run = as_reader
+                .get_action_run(pb::GetActionRunRequest { action_run_id: id })
+                .await
+                .expect("get")
+                .into_inner()
+                .action_run
+                .expect("run");
+            run.steps
+                .into_iter()
+                .find(|s| s.status == pb::ActionStepStatus::Failed as i32)
+        }
+    })
+    .await;
+    assert!(step.error.contains("302 Found"), "{}", step.error);
+    assert!(!step.error.contains("hunter2"), "{}", step.error);
+    assert!(!step.error.contains("moved"), "{}", step.error);
+    assert!(hit_rx.try_recv().is_err(), "the redirect was followed");
+    as_reader
+        .get_action_run(pb::GetActionRunRequest {
+            action_run_id: run.id.clone(),
+        })
+        .await
+        .expect("still readable");
+
+    // Metadata and link-local URLs are refused by the catalog; loopback too where it is not
+    // allowed explicitly.
+    let err = dep
+        .apply_catalog(pb::ApplyCatalogRequest {
+            yaml: webhook_catalog("http://169.254.169.254/latest/meta-data/"),
+            ..Default::default()
+        })
+        .await
+        .expect_err("metadata URL");
+    assert_eq!(violated_fields(&err), ["yaml"]);
+    assert!(err.message().contains("169.254.169.254"), "{err:?}");
+    let strict = Cluster::start_on(
+        TestDatabases::new(),
+        0,
+        &[("EBB_EGRESS__ALLOW_LOOPBACK", "false".into())],
+    )
+    .await;
+    let err = strict
+        .deprovision()
+        .await
+        .apply_catalog(pb::ApplyCatalogRequest {
+            yaml: webhook_catalog(&url),
+            ..Default::default()
+        })
+        .await
+        .expect_err("loopback URL");
+    assert!(err.message().contains("loopback"), "{err:?}");
+    let err = strict
+        .deprovision()
+        .await
+        .apply_catalog(pb::ApplyCatalogRequest {
+            yaml: webhook_catalog("http://[::ffff:127.0.0.1]:9/x"),
+            ..Default::default()
+        })
+        .await
+        .expect_err("loopback as a mapped IPv6 address");
+    assert!(err.message().contains("loopback"), "{err:?}");
+}
+
 /// A flood of refused calls is one `auth.denied` event per caller, method and code per window
 /// (1 s in tests, a minute by default) with their count; a call about another organization's
 /// resource leaves no event naming it, exactly as for an id that exists nowhere.

@@ -11,6 +11,32 @@ use crate::api::validate as check;
 use crate::core::Call;
 use crate::deprovision::{catalog, entities};
 
+/// Refuses webhook URLs whose host is an address the egress guard refuses (metadata,
+/// link-local, loopback unless allowed): they could never be sent, and saying so now beats a
+/// step failing later. Host names are checked each time they resolve.
+fn refuse_guarded_urls(
+    catalog: &catalog::Catalog,
+    egress: &ebb_common::egress::EgressConfig,
+) -> Result<()> {
+    let guard = ebb_common::egress::EgressGuard::new(egress);
+    for (k, kind) in catalog.kinds.iter().enumerate() {
+        for (a, action) in kind.actions.iter().enumerate() {
+            if let catalog::TriggerDef::Webhook { url } = &action.trigger {
+                let checked = reqwest::Url::parse(url)
+                    .map_err(|e| e.to_string())
+                    .and_then(|u| guard.check_url(&u));
+                if let Err(e) = checked {
+                    return Err(Error::invalid(
+                        "yaml",
+                        format!("at kinds[{k}].actions[{a}].trigger.url: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl DeprovisionApi {
     pub(super) async fn apply_catalog(
         &self,
@@ -25,6 +51,7 @@ impl DeprovisionApi {
             .await
             .map_err(|e| Error::Internal(format!("catalog parsing failed: {e}")))?
             .map_err(|e| Error::invalid("yaml", e.to_string()))?;
+        refuse_guarded_urls(&catalog, &self.core.config.egress)?;
         let now = self.core.now();
         ok(self
             .core
