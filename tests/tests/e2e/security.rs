@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use ebb_tests::{Process, TestDatabases};
 use ebb_tests::cluster::eventually;
 use ebb_tests::proto::audit::v1::audit_service_client::AuditServiceClient;
 use ebb_tests::proto::audit::v1::{AppendEventsRequest, EventInput, VerifyChainRequest};
+use ebb_tests::{Process, TestDatabases};
 use tonic::Code;
 
 async fn start_audit(dbs: &mut TestDatabases, env: &[(&str, String)]) -> Process {
@@ -618,4 +618,97 @@ async fn refused_calls_are_aggregated_and_never_reveal_foreign_ids() {
         "a foreign id leaked: {text}"
     );
     assert!(!text.contains(&missing), "{text}");
+}
+
+/// Health over a fresh connection, within `limit`.
+async fn health_answers(p: &Process, limit: Duration) {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let check = async {
+        let channel = tonic::transport::Channel::from_shared(p.url())
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health")
+    };
+    tokio::time::timeout(limit, check)
+        .await
+        .expect("health answers in time");
+}
+
+/// 300 connections that never finish their HTTP/2 preface (silent, or half a preface) are
+/// closed after the handshake timeout, and health answers while they are held.
+#[tokio::test]
+async fn idle_and_half_open_connections_are_closed_and_health_still_answers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut dbs = TestDatabases::new();
+    let p = start_audit(&mut dbs, &[("EBB_LIMITS__HANDSHAKE_TIMEOUT", "1s".into())]).await;
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let mut socket = tokio::net::TcpStream::connect(p.addr)
+            .await
+            .expect("connect");
+        if i % 2 == 0 {
+            socket
+                .write_all(b"PRI * HTTP/2.0\r\n")
+                .await
+                .expect("half a preface");
+        }
+        held.push(socket);
+    }
+    health_answers(&p, Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    for mut socket in held {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a connection stayed open");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    health_answers(&p, Duration::from_secs(2)).await;
+}
+
+/// HTTP/2 rapid reset (CVE-2023-44487): a client opening and cancelling streams as fast as it
+/// can does not take the server down; health answers on another connection.
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_leaves_the_server_responsive() {
+    use tokio::io::AsyncWriteExt;
+    let mut dbs = TestDatabases::new();
+    let p = start_audit(&mut dbs, &[]).await;
+    let mut socket = tokio::net::TcpStream::connect(p.addr)
+        .await
+        .expect("connect");
+    let mut frames = Vec::new();
+    frames.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    frames.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+    for n in 0..5000u32 {
+        let id = (2 * n + 1).to_be_bytes();
+        // HEADERS (END_HEADERS): :method POST, :scheme http, :path / from the static table.
+        frames.extend_from_slice(&[0, 0, 3, 1, 4, id[0], id[1], id[2], id[3], 0x83, 0x86, 0x84]);
+        // RST_STREAM CANCEL.
+        frames.extend_from_slice(&[0, 0, 4, 3, 0, id[0], id[1], id[2], id[3], 0, 0, 0, 8]);
+    }
+    // The server may close the connection part way: that is a fine answer to a flood.
+    let _ = socket.write_all(&frames).await;
+    health_answers(&p, Duration::from_secs(2)).await;
+    let mut audit = AuditServiceClient::new(p.channel().await);
+    audit
+        .append_events(AppendEventsRequest {
+            events: vec![audit_event("org-rr", 1)],
+        })
+        .await
+        .expect("still serving calls");
 }
