@@ -340,6 +340,13 @@ impl Store {
             return Ok(None);
         };
         let from = from.max(1);
+        // A range that starts past the head is a question about events that do not exist
+        // yet, not a gap in the chain: reporting it as broken would be a false tamper alarm.
+        if from > head_sequence {
+            return Err(Error::OutOfRange(format!(
+                "from_sequence {from} is past the chain head at sequence {head_sequence}"
+            )));
+        }
         let to = to.unwrap_or(head_sequence).min(head_sequence);
         let prev = if from == 1 {
             GENESIS_HASH

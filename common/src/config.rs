@@ -209,6 +209,26 @@ pub struct LimitsConfig {
     pub request_timeout: Duration,
     /// Calls in flight on one connection; more answer RESOURCE_EXHAUSTED.
     pub concurrency_per_connection: usize,
+    /// Connections open at once; more are closed as soon as they are accepted. Keep it below
+    /// the process's open-file limit.
+    pub max_connections: usize,
+    /// How long a new connection may take to send its first bytes (the HTTP/2 preface, or a
+    /// TLS ClientHello) before it is closed.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub idle_timeout: Duration,
+    /// How often the server pings an HTTP/2 connection.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for LimitsConfig {
@@ -217,6 +237,11 @@ impl Default for LimitsConfig {
             max_request_bytes: 4 * 1024 * 1024,
             request_timeout: Duration::from_secs(90),
             concurrency_per_connection: 256,
+            max_connections: 1000,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -369,6 +394,50 @@ impl Validate for ServerConfig {
                 "limits.request_timeout",
                 "must be between 61s (above the longest long-poll) and 1h",
             ));
+        }
+        if !(1..=100_000).contains(&limits.max_connections) {
+            return Err(ConfigError::field(
+                "limits.max_connections",
+                "must be between 1 and 100000",
+            ));
+        }
+        for (field, value, min, max) in [
+            (
+                "limits.handshake_timeout",
+                limits.handshake_timeout,
+                100,
+                300_000,
+            ),
+            (
+                "limits.idle_timeout",
+                limits.idle_timeout,
+                1_000,
+                86_400_000,
+            ),
+            (
+                "limits.keepalive_interval",
+                limits.keepalive_interval,
+                1_000,
+                3_600_000,
+            ),
+            (
+                "limits.keepalive_timeout",
+                limits.keepalive_timeout,
+                1_000,
+                600_000,
+            ),
+        ] {
+            let ms = value.as_millis();
+            if ms < min || ms > max {
+                return Err(ConfigError::field(
+                    field,
+                    format!(
+                        "must be between {:?} and {:?}",
+                        Duration::from_millis(min as u64),
+                        Duration::from_millis(max as u64)
+                    ),
+                ));
+            }
         }
         if !(1..=10_000).contains(&limits.concurrency_per_connection) {
             return Err(ConfigError::field(

@@ -60,17 +60,88 @@ pub fn validate_url(url: &str) -> Result<(), String> {
 }
 
 /// Hides a password in a URL for logs and errors.
+///
+/// Works on the raw text, not on what a URL parser makes of it: a password with an unencoded
+/// `/`, `?`, `#` or `@` does not parse, and is exactly what must not be shown. The user
+/// information ends at the last `@`, so everything from the first `:` after the scheme up to
+/// it is hidden, as is the value of a `password=` query parameter. When in doubt it hides too
+/// much rather than too little.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.find(':') {
-                Some(c) => format!("{}{}:***{}", &url[..s + 3], &creds[..c], &url[at..]),
-                None => url.to_owned(),
+    let Some(scheme_end) = url.find("://").map(|s| s + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let mut out = match rest.rfind('@') {
+        Some(at) => match rest[..at].find(':') {
+            Some(colon) => format!(
+                "{}{}:***{}",
+                &url[..scheme_end],
+                &rest[..colon],
+                &rest[at..]
+            ),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    };
+    for key in ["password=", "passwd=", "pass="] {
+        let mut from = 0;
+        while let Some(i) = out[from..].to_ascii_lowercase().find(key) {
+            let start = from + i + key.len();
+            let preceded = out[..from + i].ends_with(['?', '&']);
+            let end = out[start..].find('&').map_or(out.len(), |e| start + e);
+            if preceded {
+                out.replace_range(start..end, "***");
+                from = start + 3;
+            } else {
+                from = start;
             }
         }
-        _ => url.to_owned(),
     }
+    out
+}
+
+/// The password of `url` as written (between the first `:` after the scheme and the last `@`,
+/// or a `password=` parameter), for scrubbing it from messages that quote it.
+fn raw_passwords(url: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    if let Some(scheme_end) = url.find("://").map(|s| s + 3) {
+        let rest = &url[scheme_end..];
+        if let Some(at) = rest.rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            found.push(&rest[colon + 1..at]);
+        }
+    }
+    if let Some((_, query)) = url.split_once('?') {
+        for pair in query.split('&') {
+            if let Some((k, v)) = pair.split_once('=')
+                && matches!(
+                    k.to_ascii_lowercase().as_str(),
+                    "password" | "passwd" | "pass"
+                )
+            {
+                found.push(v);
+            }
+        }
+    }
+    found.retain(|p| !p.is_empty());
+    found
+}
+
+/// `text` (an error message about connecting to `url`) with the URL's password hidden,
+/// wherever and however the message quotes it.
+pub fn scrub(text: &str, url: &str) -> String {
+    let mut out = text.replace(url, &redact(url));
+    for password in raw_passwords(url) {
+        out = out.replace(password, "***");
+        // Parsers quote the part after a `/` as a path or the part before as a port.
+        for part in password.split(['/', '?', '#', '@']) {
+            if part.len() >= 4 {
+                out = out.replace(part, "***");
+            }
+        }
+    }
+    out
 }
 
 /// A service's connection pool and the dialect it speaks.
@@ -108,6 +179,18 @@ impl Db {
 
     async fn open(url: &str, pool: &PoolOptions, lazy: bool) -> Result<Self, DbErr> {
         validate_url(url).map_err(DbErr::Custom)?;
+        Self::open_checked(url, pool, lazy).await.map_err(|e| {
+            let text = e.to_string();
+            let scrubbed = scrub(&text, url);
+            if scrubbed == text {
+                e
+            } else {
+                DbErr::Custom(scrubbed)
+            }
+        })
+    }
+
+    async fn open_checked(url: &str, pool: &PoolOptions, lazy: bool) -> Result<Self, DbErr> {
         if let Some(path) = sqlite_path(url)
             && let Some(dir) = std::path::Path::new(&path).parent()
             && !dir.as_os_str().is_empty()
@@ -326,5 +409,30 @@ mod tests {
         assert!(validate_url("postgres://u@h/db").is_ok());
         assert!(validate_url("mysql://u@h/db").is_err());
         assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+    }
+
+    #[test]
+    fn passwords_the_parser_cannot_read_are_redacted_too() {
+        for (url, shown) in [
+            ("postgres://u:pa/ss@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:p@s/s?x@h:5/db", "postgres://u:***@h:5/db"),
+            (
+                "postgres://u:pa#ss@h/db?sslmode=disable",
+                "postgres://u:***@h/db?sslmode=disable",
+            ),
+            (
+                "postgres://h/db?user=u&password=s/e&x=1",
+                "postgres://h/db?user=u&password=***&x=1",
+            ),
+            ("postgres://u@h/db", "postgres://u@h/db"),
+            ("sqlite://x.db?mode=rwc", "sqlite://x.db?mode=rwc"),
+        ] {
+            assert_eq!(redact(url), shown, "{url}");
+        }
+        let url = "postgres://u:hunter2/secret@h/db";
+        let message = format!("invalid port number in {url}: `hunter2`, path `/secret@h/db`");
+        let scrubbed = scrub(&message, url);
+        assert!(!scrubbed.contains("hunter2"), "{scrubbed}");
+        assert!(!scrubbed.contains("secret"), "{scrubbed}");
     }
 }

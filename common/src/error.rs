@@ -58,6 +58,10 @@ pub enum Error {
     /// A limit was reached.
     #[error("resource exhausted: {0}")]
     ResourceExhausted(String),
+    /// The request names a position past the end of what exists (a sequence past a chain's
+    /// head); asking again later may succeed.
+    #[error("out of range: {0}")]
+    OutOfRange(String),
     /// A dependency (database, peer service) cannot be reached right now.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -174,6 +178,7 @@ impl Error {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::OutOfRange(_) => Code::OutOfRange,
             Self::Unavailable(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -441,6 +446,7 @@ mod tests {
             Code::FailedPrecondition
         );
         assert_eq!(Error::Aborted("x".into()).code(), Code::Aborted);
+        assert_eq!(Error::OutOfRange("x".into()).code(), Code::OutOfRange);
     }
 
     #[test]

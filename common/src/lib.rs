@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod egress;
 pub mod error;
 pub mod idempotency;
 pub mod methods;
@@ -13,8 +14,10 @@ pub mod metrics;
 pub mod page;
 pub mod peers;
 pub mod serving;
+pub mod signing;
 pub mod sql;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 pub mod tls;
 

@@ -2,16 +2,19 @@
 //! the token store, telling which organization a resource belongs to, and recording refused
 //! calls as `auth.denied` events.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ebb_common::Error;
 use ebb_common::auth::{
     AuthError, Caller, Denial, DenialSink, TableResolver, TokenAuthority, hash_secret,
 };
 use ebb_common::db::Db;
-use ebb_common::time::now_ms;
+use ebb_common::time::{now_ms, rfc3339};
 use futures::future::BoxFuture;
 use serde_json::json;
+use tonic::Code;
 
 use crate::core::Lifecycle;
 use crate::events::{NewEvent, outbox};
@@ -107,54 +110,127 @@ pub fn resolver(db: Db) -> TableResolver {
     )
 }
 
-/// Writes an `auth.denied` outbox event for every refusal of a token bound to an
-/// organization, in that organization's stream (so its audit chain holds it). Refusals without
-/// a valid organization token (no token, a bad one, a service token) have no organization to
-/// file them under: they are logged at warn only, which also keeps a flood of anonymous calls
-/// from filling the outbox.
+/// Writes `auth.denied` outbox events for refusals of tokens bound to an organization,
+/// aggregated: one event per caller (token), method and code per window (a minute by
+/// default), carrying how many calls it stands for. Refusals cost the caller nothing, so
+/// without this 300 refused calls were 300 events, 300 audit rows and 300 webhooks.
+///
+/// The first refusal of a key opens its window; the event is written when the window closes.
+/// At most [`MAX_OPEN_WINDOWS`] keys are open at once; refusals past that are only logged
+/// (by the guard, as every refusal is). Windows still open at shutdown are lost with the
+/// process; the log has every refusal.
+#[derive(Clone)]
 pub struct DeniedEvents {
     core: Lifecycle,
+    window: Duration,
+    open: Arc<Mutex<HashMap<DenialKey, Tally>>>,
+}
+
+/// Most aggregation windows open at once.
+pub const MAX_OPEN_WINDOWS: usize = 10_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DenialKey {
+    organization_id: String,
+    token_id: String,
+    method: String,
+    code: Code,
+}
+
+#[derive(Debug)]
+struct Tally {
+    count: u64,
+    role: String,
+    reason: String,
+    first_at: i64,
+    last_at: i64,
 }
 
 impl DeniedEvents {
-    /// Writes to `core`'s outbox.
-    pub fn new(core: Lifecycle) -> Arc<Self> {
-        Arc::new(Self { core })
+    /// Writes to `core`'s outbox, one event per key per `window`.
+    pub fn new(core: Lifecycle, window: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            core,
+            window,
+            open: Arc::new(Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<DenialKey, Tally>> {
+        // A panic while holding the lock cannot leave the map half-changed.
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes `key`'s window: writes its event.
+    async fn flush(self, key: DenialKey) {
+        tokio::time::sleep(self.window).await;
+        let Some(tally) = self.open().remove(&key) else {
+            return;
+        };
+        let event = NewEvent::new(
+            &key.organization_id,
+            "auth.denied",
+            "token",
+            &key.token_id,
+            &key.token_id,
+            json!({
+                "method": key.method,
+                "code": format!("{:?}", key.code),
+                "reason": tally.reason,
+                "role": tally.role,
+                "count": tally.count,
+                "first_time": rfc3339(tally.first_at),
+                "last_time": rfc3339(tally.last_at),
+                "window_seconds": self.window.as_secs_f64(),
+            }),
+        );
+        let written = async {
+            let txn = self.core.begin().await?;
+            outbox::write(&txn, vec![event], now_ms()).await?;
+            txn.commit().await.map_err(Error::from)
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, organization_id = %key.organization_id, "cannot record denied calls");
+        }
     }
 }
 
 impl DenialSink for DeniedEvents {
     fn record(&self, denial: Denial) {
-        let Some(caller) = denial.caller.clone() else {
+        let Some(caller) = denial.caller else {
             return;
         };
-        let Some(org) = caller.organization_id.clone() else {
+        let Some(organization_id) = caller.organization_id.clone() else {
             return;
         };
-        let core = self.core.clone();
-        tokio::spawn(async move {
-            let event = NewEvent::new(
-                &org,
-                "auth.denied",
-                "token",
-                &caller.token_id,
-                &caller.token_id,
-                json!({
-                    "method": denial.method,
-                    "code": format!("{:?}", denial.code),
-                    "reason": denial.reason,
-                    "role": caller.role.as_str(),
-                }),
-            );
-            let written = async {
-                let txn = core.begin().await?;
-                outbox::write(&txn, vec![event], now_ms()).await?;
-                txn.commit().await.map_err(Error::from)
-            }
-            .await;
-            if let Err(e) = written {
-                tracing::warn!(error = %e, organization_id = %org, "cannot record a denied call");
-            }
-        });
+        let key = DenialKey {
+            organization_id,
+            token_id: caller.token_id.clone(),
+            method: denial.method,
+            code: denial.code,
+        };
+        let now = now_ms();
+        let mut open = self.open();
+        if let Some(tally) = open.get_mut(&key) {
+            tally.count += 1;
+            tally.last_at = now;
+            return;
+        }
+        if open.len() >= MAX_OPEN_WINDOWS {
+            return;
+        }
+        open.insert(
+            key.clone(),
+            Tally {
+                count: 1,
+                role: caller.role.as_str().to_owned(),
+                reason: denial.reason,
+                first_at: now,
+                last_at: now,
+            },
+        );
+        drop(open);
+        tokio::spawn(self.clone().flush(key));
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ebb_common::app::ServiceConfig;
 use ebb_common::config::{ConfigError, ServerConfig, Validate};
+use ebb_common::egress::EgressConfig;
 use ebb_common::idempotency::IdempotencyConfig;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +36,10 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub callback_token_ttl: Duration,
+    /// The longest `gracePeriodSeconds` an action may be given (365 days).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_grace_period: Duration,
     /// Catalog file (YAML) loaded at start; empty for none.
     pub catalog_file: String,
     /// audit-svc address for the outbox relay; empty disables relaying to audit.
@@ -43,6 +48,16 @@ pub struct Config {
     pub notifier_url: String,
     /// How long request ids answer their first response.
     pub idempotency: IdempotencyConfig,
+    /// Refused calls are recorded as one `auth.denied` event per token, method and code per
+    /// this window, with a count (a minute).
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub denied_events_window: Duration,
+    /// Which addresses webhook steps may reach (loopback refused unless allowed).
+    pub egress: EgressConfig,
+    /// The `whsec_` secret that signs webhook-step requests (Standard Webhooks headers);
+    /// empty sends them unsigned, with a warning at start.
+    pub step_signing_secret: String,
 }
 
 impl Default for Config {
@@ -58,10 +73,14 @@ impl Default for Config {
             auto_destroy_retry_backoff: Duration::from_secs(60),
             action_step_timeout: Duration::from_secs(3600),
             callback_token_ttl: Duration::from_secs(7 * 86_400),
+            max_grace_period: Duration::from_secs(365 * 86_400),
             catalog_file: String::new(),
             audit_url: String::new(),
             notifier_url: String::new(),
             idempotency: IdempotencyConfig::default(),
+            denied_events_window: Duration::from_secs(60),
+            egress: EgressConfig::default(),
+            step_signing_secret: String::new(),
         }
     }
 }
@@ -113,6 +132,12 @@ impl Validate for Config {
                 "must be at least 1s",
             ));
         }
+        if self.max_grace_period > Duration::from_secs(9999 * 86_400) {
+            return Err(ConfigError::field(
+                "max_grace_period",
+                "must be at most 9999 days",
+            ));
+        }
         if !self.catalog_file.is_empty() && !std::path::Path::new(&self.catalog_file).is_file() {
             return Err(ConfigError::field(
                 "catalog_file",
@@ -130,6 +155,19 @@ impl Validate for Config {
                 ));
             }
         }
+        if self.denied_events_window < Duration::from_millis(100)
+            || self.denied_events_window > Duration::from_secs(3600)
+        {
+            return Err(ConfigError::field(
+                "denied_events_window",
+                "must be between 100ms and 1h",
+            ));
+        }
+        if !self.step_signing_secret.is_empty() {
+            ebb_common::signing::check_secret(&self.step_signing_secret)
+                .map_err(|e| ConfigError::field("step_signing_secret", e))?;
+        }
+        self.egress.validate()?;
         self.idempotency.validate()
     }
 }

@@ -62,7 +62,10 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         Arc::new(auth::LocalAuthority::new(db.clone())),
     );
     component.add_resolver(Arc::new(auth::resolver(db.clone())));
-    component.add_denial_sink(auth::DeniedEvents::new(core.clone()));
+    component.add_denial_sink(auth::DeniedEvents::new(
+        core.clone(),
+        core.config.denied_events_window,
+    ));
     component.add_service(
         TokenServiceServer::new(api::TokenApi::new(core.clone(), configured)),
         &db,

@@ -4,7 +4,7 @@
 mod api;
 mod configurations;
 mod deliveries;
-mod egress;
+use ebb_common::egress;
 mod gauges;
 pub mod migrations;
 mod patterns;
@@ -218,28 +218,7 @@ impl Validate for DeliveryConfig {
     }
 }
 
-/// Which addresses outbound HTTP may reach. Link-local and cloud-metadata addresses are
-/// always refused unless a network of `allow_networks` contains them; loopback is refused
-/// unless `allow_loopback` is set (tests and single-machine setups set it on purpose).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default, schemars::JsonSchema)]
-#[serde(default)]
-pub struct EgressConfig {
-    /// Allow 127.0.0.0/8 and ::1.
-    pub allow_loopback: bool,
-    /// Networks (`10.1.2.0/24`, `fd00::/8`, or single addresses) allowed even when a rule
-    /// above would refuse them.
-    pub allow_networks: Vec<String>,
-}
-
-impl Validate for EgressConfig {
-    fn validate(&self) -> Result<(), ConfigError> {
-        for (i, net) in self.allow_networks.iter().enumerate() {
-            egress::Network::parse(net)
-                .map_err(|e| ConfigError::field(&format!("egress.allow_networks[{i}]"), e))?;
-        }
-        Ok(())
-    }
-}
+pub use ebb_common::egress::EgressConfig;
 
 /// How the SMTP session is secured.
 #[derive(

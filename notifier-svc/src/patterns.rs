@@ -2,7 +2,9 @@
 //!
 //! A pattern is dot-separated segments of `[a-z0-9_]`, where `*` stands for one segment, or,
 //! as the last segment, for one or more (`workspace.*` matches `workspace.auto_destroy.queued`);
-//! `*` alone matches every event. HCP Terraform's trigger names are accepted as aliases.
+//! `*` alone matches every event but those of the `auth` family (`auth.denied`): refused calls
+//! are many and an attacker makes them at will, so a configuration receives them only when it
+//! names them (`auth.denied`, `auth.*`). HCP Terraform's trigger names are accepted as aliases.
 
 /// HCP Terraform trigger names and the Ebb patterns they stand for.
 const ALIASES: &[(&str, &[&str])] = &[
@@ -54,9 +56,15 @@ pub fn matches_any(patterns: &[String], event_type: &str) -> bool {
         })
 }
 
+/// Event families a leading `*` does not reach.
+const EXPLICIT_ONLY: &[&str] = &["auth"];
+
 fn matches(pattern: &str, event_type: &str) -> bool {
     let pat: Vec<&str> = pattern.split('.').collect();
     let ev: Vec<&str> = event_type.split('.').collect();
+    if pat[0] == "*" && EXPLICIT_ONLY.contains(&ev[0]) {
+        return false;
+    }
     for (i, p) in pat.iter().enumerate() {
         let last = i == pat.len() - 1;
         match (*p, ev.get(i)) {
@@ -76,6 +84,15 @@ mod tests {
 
     fn m(p: &str, e: &str) -> bool {
         matches_any(&[p.to_owned()], e)
+    }
+
+    #[test]
+    fn auth_events_need_to_be_named() {
+        assert!(!m("*", "auth.denied"));
+        assert!(!m("*.denied", "auth.denied"));
+        assert!(m("auth.denied", "auth.denied"));
+        assert!(m("auth.*", "auth.denied"));
+        assert!(m("*", "workspace.created"));
     }
 
     #[test]

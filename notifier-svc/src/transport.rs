@@ -2,7 +2,6 @@
 //! configured relay, and recording what came back.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,10 +9,10 @@ use lettre::message::{Mailbox, MultiPart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-use crate::egress::EgressGuard;
 use crate::payload::Rendered;
 use crate::retry::{Verdict, parse_retry_after};
 use crate::{Config, SmtpTls, signing};
+use ebb_common::egress::{self, EgressGuard};
 
 /// Most bytes of a response body kept per attempt.
 pub const MAX_BODY: usize = 20 * 1024;
@@ -93,15 +92,20 @@ impl AttemptResult {
         }
     }
 
-    /// One line describing the answer, for errors shown to clients.
+    /// One line describing the answer, for errors shown to clients: the status line and what
+    /// went wrong on our side, never the body (whatever the endpoint chose to show is kept
+    /// with the attempt, for those who may list attempts, not quoted in errors).
     pub fn describe(&self) -> String {
         match self.outcome {
             Outcome::Succeeded | Outcome::Rejected => {
-                let body: String = self.body.chars().take(300).collect();
+                let status = u16::try_from(self.status)
+                    .ok()
+                    .and_then(|s| reqwest::StatusCode::from_u16(s).ok())
+                    .map_or_else(|| self.status.to_string(), egress::status_line);
                 if self.error.is_empty() {
-                    format!("the endpoint answered {}: {}", self.status, body.trim())
+                    format!("the endpoint answered {status}")
                 } else {
-                    format!("the endpoint answered {}: {}", self.status, self.error)
+                    format!("the endpoint answered {status}: {}", self.error)
                 }
             }
             Outcome::TimedOut => format!("no answer in time: {}", self.error),
@@ -131,17 +135,14 @@ impl Sender {
     /// Builds the HTTP client and SMTP transport of a validated configuration.
     pub fn new(config: &Config) -> anyhow::Result<Self> {
         let guard = Arc::new(EgressGuard::new(&config.egress));
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .timeout(config.delivery.request_timeout)
-            .connect_timeout(config.delivery.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver {
-                guard: guard.clone(),
-            }))
-            .user_agent(concat!("Ebb-Notifier/", env!("CARGO_PKG_VERSION")))
-            .pool_max_idle_per_host(config.delivery.concurrency.min(256))
-            .build()?;
+        let http = egress::http_client(
+            guard.clone(),
+            reqwest::Client::builder()
+                .timeout(config.delivery.request_timeout)
+                .connect_timeout(config.delivery.connect_timeout)
+                .user_agent(concat!("Ebb-Notifier/", env!("CARGO_PKG_VERSION")))
+                .pool_max_idle_per_host(config.delivery.concurrency.min(256)),
+        )?;
         let smtp = if config.smtp.relay.is_empty() {
             None
         } else {
@@ -219,13 +220,7 @@ impl Sender {
             Ok(u) => u,
             Err(e) => return AttemptResult::failed(Outcome::Unreachable, e.to_string(), started),
         };
-        let literal = parsed.host_str().and_then(|h| {
-            h.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<IpAddr>()
-                .ok()
-        });
-        if let Some(Err(e)) = literal.map(|ip| self.guard.check(ip)) {
+        if let Err(e) = self.guard.check_url(&parsed) {
             return AttemptResult::failed(Outcome::Unreachable, e, started);
         }
         let timestamp = chrono::Utc::now().timestamp();
@@ -417,37 +412,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Resolves host names and drops addresses the guard refuses, so DNS cannot route a webhook
-/// to a forbidden address.
-struct GuardedResolver {
-    guard: Arc<EgressGuard>,
-}
-
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let guard = self.guard.clone();
-        Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let mut refusal = None;
-            let allowed: Vec<SocketAddr> = found
-                .into_iter()
-                .filter(|a| match guard.check(a.ip()) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        refusal = Some(e);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let why = refusal.unwrap_or_else(|| format!("{host} has no address"));
-                return Err(why.into());
-            }
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
 }

@@ -19,6 +19,9 @@ pub fn fast_lifecycle_env() -> Vec<(&'static str, String)> {
         ("EBB_MIN_INACTIVITY", "1s".into()),
         ("EBB_AUTO_DESTROY_RETRY_BACKOFF", "300ms".into()),
         ("EBB_RUN_LEASE_TTL", "2s".into()),
+        // The tests' webhook receivers listen on loopback, which production refuses.
+        ("EBB_EGRESS__ALLOW_LOOPBACK", "true".into()),
+        ("EBB_DENIED_EVENTS_WINDOW", "1s".into()),
     ]
 }
 

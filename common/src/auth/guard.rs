@@ -88,6 +88,22 @@ impl Guard {
         }
     }
 
+    /// A call about another organization's resource, answered as if it did not exist. Only
+    /// the log (for operators) names it: any record the caller's organization can read (an
+    /// `auth.denied` event, with or without the id) would tell a foreign id from one that
+    /// exists nowhere, for which the handler answers the same NOT_FOUND and records nothing.
+    fn deny_unseen(&self, method: &str, status: &Status, caller: &Caller) {
+        tracing::warn!(
+            method,
+            code = ?status.code(),
+            reason = status.message(),
+            token_id = caller.token_id.as_str(),
+            role = caller.role.as_str(),
+            organization_id = caller.organization_id.as_deref().unwrap_or(""),
+            "call denied: another organization's resource"
+        );
+    }
+
     /// Checks one call; on success the request (possibly with its organization filled in)
     /// carries its [`Caller`].
     pub async fn check(&self, request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
@@ -137,7 +153,7 @@ impl Guard {
                 Ok(r) => r,
                 Err(status) => {
                     if status.code() == Code::NotFound {
-                        self.deny(&method, &status, Some(&caller));
+                        self.deny_unseen(&method, &status, &caller);
                     }
                     return Err(status);
                 }

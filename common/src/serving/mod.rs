@@ -2,6 +2,7 @@
 //! readiness, and ordered, graceful shutdown.
 
 mod component;
+mod connections;
 mod limits;
 mod readiness;
 mod server;

@@ -91,15 +91,23 @@ pub async fn serve(
     }
     let limits = &server.limits;
     let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = crate::tls::server_tls(&server.tls)? {
+    let tls = crate::tls::server_tls(&server.tls)?;
+    let serves_tls = tls.is_some();
+    if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
         tracing::info!(mtls = !server.tls.client_ca_path.is_empty(), "serving TLS");
     }
     let streams =
         u32::try_from(limits.concurrency_per_connection.saturating_mul(2)).unwrap_or(u32::MAX);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = super::connections::incoming(listener, limits, serves_tls, shutdown.clone());
     let stop = shutdown.clone();
     let server = builder
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        // HTTP/2 rapid reset (CVE-2023-44487): streams a client opens and cancels at once
+        // still count against it.
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_local_error_reset_streams(Some(256))
         .concurrency_limit_per_connection(limits.concurrency_per_connection)
         .load_shed(true)
         .max_concurrent_streams(streams)

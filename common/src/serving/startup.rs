@@ -40,7 +40,7 @@ async fn connect_pool(
         match Db::connect_with(url, pool).await {
             Ok(db) => return Ok(db),
             Err(e) => {
-                tracing::warn!(database = %crate::db::redact(url), error = %e, retry_in = ?delay, "database not reachable");
+                tracing::warn!(database = %crate::db::redact(url), error = %crate::db::scrub(&e.to_string(), url), retry_in = ?delay, "database not reachable");
                 tokio::select! {
                     () = shutdown.cancelled() => anyhow::bail!("shut down before the database answered"),
                     () = tokio::time::sleep(delay) => {}

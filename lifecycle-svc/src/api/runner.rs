@@ -58,7 +58,7 @@ impl RunnerApi {
 }
 
 fn runner_id(v: &mut Violations, value: &str) -> String {
-    if value.is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
+    if value.is_empty() || value.len() > 200 || ebb_common::text::has_hidden_or_control(value) {
         v.add("runner_id", "must be 1-200 printable characters");
     }
     value.to_owned()
@@ -78,7 +78,16 @@ impl RunnerService for RunnerApi {
         let wait = match &req.wait {
             None => Duration::ZERO,
             Some(d) => match from_duration(d) {
-                Ok(ms) => Duration::from_millis(ms as u64).min(MAX_CLAIM_WAIT),
+                // Refused rather than clamped: a runner asking for more than it can get has
+                // a bug worth hearing about.
+                Ok(ms) if Duration::from_millis(ms as u64) > MAX_CLAIM_WAIT => {
+                    v.add(
+                        "wait",
+                        format!("must be at most {}s", MAX_CLAIM_WAIT.as_secs()),
+                    );
+                    Duration::ZERO
+                }
+                Ok(ms) => Duration::from_millis(ms as u64),
                 Err(e) => {
                     v.add("wait", e);
                     Duration::ZERO

@@ -68,7 +68,9 @@ impl TokenApi {
                 "must be one of TOKEN_ROLE_ADMIN, _OPERATOR, _RUNNER, _SERVICE, _READER",
             );
         }
-        if req.description.chars().count() > 200 || req.description.chars().any(char::is_control) {
+        if req.description.chars().count() > 200
+            || ebb_common::text::has_hidden_or_control(&req.description)
+        {
             v.add("description", "must be at most 200 printable characters");
         }
         let expires_at = check::timestamp(&mut v, "expire_time", &req.expire_time);

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use ebb_common::config::parse_duration;
 use ebb_common::error::Violations;
+use ebb_common::text::has_hidden_or_control;
 use ebb_common::time::{EpochMs, from_timestamp};
 
 /// The longest inactivity period (AD-2).
@@ -28,15 +29,19 @@ pub fn optional_id(v: &mut Violations, field: &str, value: &str) -> Option<Strin
     }
 }
 
-/// A display name: 1 to 200 characters without control characters.
+/// A display name: 1 to 200 characters without control or hidden characters (bidirectional
+/// overrides, zero-width characters: [`ebb_common::text::is_hidden_or_control`]).
 pub fn name(v: &mut Violations, field: &str, value: &str) -> String {
     let len = value.chars().count();
     if value.trim().is_empty() {
         v.add(field, "is required");
     } else if len > 200 {
         v.add(field, "must be at most 200 characters");
-    } else if value.chars().any(char::is_control) {
-        v.add(field, "must not contain control characters");
+    } else if has_hidden_or_control(value) {
+        v.add(
+            field,
+            "must not contain control, bidirectional or invisible characters",
+        );
     }
     value.to_owned()
 }
@@ -59,13 +64,13 @@ pub fn labels(
         v.add(field, "at most 64 labels");
     }
     for (k, val) in value {
-        if k.is_empty() || k.len() > 63 || k.chars().any(char::is_control) {
+        if k.is_empty() || k.len() > 63 || has_hidden_or_control(k) {
             v.add(
                 format!("{field}[{k}]"),
                 "label keys must be 1-63 printable characters",
             );
         }
-        if val.len() > 255 || val.chars().any(char::is_control) {
+        if val.len() > 255 || has_hidden_or_control(val) {
             v.add(
                 format!("{field}[{k}]"),
                 "label values must be at most 255 printable characters",

@@ -273,11 +273,23 @@ fn refuse(path: impl Into<String>, reason: impl Into<String>) -> CatalogError {
     }
 }
 
-/// Parses and validates a catalog document.
+/// The largest catalog document, in bytes.
+pub const MAX_CATALOG_BYTES: usize = 1024 * 1024;
+
+/// The most values (scalars, lists, maps) a catalog may hold once its YAML aliases are
+/// expanded. Real catalogs hold a few hundred; an alias bomb ("billion laughs": an anchor
+/// referenced thousands of times) expands into millions and would keep a thread busy for many
+/// seconds. Counting stops at the limit, so refusing costs no more than the limit.
+pub const MAX_CATALOG_VALUES: usize = 100_000;
+
+/// Parses and validates a catalog document. Parsing is CPU work bounded by
+/// [`MAX_CATALOG_BYTES`] and [`MAX_CATALOG_VALUES`]; call it off the async runtime
+/// (`spawn_blocking`) when serving.
 pub fn parse(yaml: &str) -> std::result::Result<Catalog, CatalogError> {
-    if yaml.len() > 1024 * 1024 {
+    if yaml.len() > MAX_CATALOG_BYTES {
         return Err(refuse("", "the catalog is larger than 1 MiB"));
     }
+    check_expanded_size(yaml)?;
     let de = serde_norway::Deserializer::from_str(yaml);
     let catalog: Catalog = serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
@@ -286,6 +298,124 @@ pub fn parse(yaml: &str) -> std::result::Result<Catalog, CatalogError> {
     })?;
     validate(&catalog)?;
     Ok(catalog)
+}
+
+/// Refuses a document that expands to more than [`MAX_CATALOG_VALUES`] values. Other errors
+/// are left to the typed parse, which names where they are.
+fn check_expanded_size(yaml: &str) -> std::result::Result<(), CatalogError> {
+    use serde::de::DeserializeSeed;
+    let budget = std::cell::Cell::new(MAX_CATALOG_VALUES);
+    let de = serde_norway::Deserializer::from_str(yaml);
+    match (ValueBudget(&budget)).deserialize(de) {
+        Err(_) if budget.get() == 0 => Err(refuse(
+            "",
+            format!(
+                "the catalog expands to more than {MAX_CATALOG_VALUES} values (YAML aliases \
+                 included)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Walks any YAML value, spending one unit of the budget per value and failing once it is
+/// spent.
+struct ValueBudget<'a>(&'a std::cell::Cell<usize>);
+
+impl ValueBudget<'_> {
+    fn spend<E: serde::de::Error>(&self) -> std::result::Result<(), E> {
+        match self.0.get() {
+            0 => Err(E::custom("too many values")),
+            n => {
+                self.0.set(n - 1);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ValueBudget<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ValueBudget<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> std::result::Result<(), E> {
+        self.spend()
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> std::result::Result<(), E> {
+        self.spend()
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> std::result::Result<(), E> {
+        self.spend()
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> std::result::Result<(), E> {
+        self.spend()
+    }
+
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> std::result::Result<(), E> {
+        self.spend()
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.spend()
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> std::result::Result<(), E> {
+        self.spend()
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> std::result::Result<(), D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, deserializer)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<(), A::Error> {
+        self.spend()?;
+        while seq.next_element_seed(ValueBudget(self.0))?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<(), A::Error> {
+        self.spend()?;
+        while map.next_key_seed(ValueBudget(self.0))?.is_some() {
+            map.next_value_seed(ValueBudget(self.0))?;
+        }
+        Ok(())
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(
+        self,
+        data: A,
+    ) -> std::result::Result<(), A::Error> {
+        use serde::de::VariantAccess;
+        self.spend()?;
+        let ((), variant) = data.variant_seed(ValueBudget(self.0))?;
+        variant.newtype_variant_seed(ValueBudget(self.0))
+    }
 }
 
 fn name_ok(name: &str) -> bool {
@@ -525,6 +655,30 @@ mod tests {
         let action = tenant.action("DeprovisionTenant").expect("action");
         assert_eq!(action.on_success, "decommissioned");
         assert_eq!(action.parameters[0].name, "gracePeriodSeconds");
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_without_expanding_it() {
+        let mut bomb = String::from("kinds:\n  - name: t\n    states: &s [");
+        bomb.push_str(
+            &(0..1000)
+                .map(|i| format!("s{i}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+        bomb.push_str("]\n    actions:\n      - name: a\n        parameters:\n          - name: p\n            type: string\n            default: [");
+        bomb.push_str(&vec!["*s"; 500].join(", "));
+        bomb.push_str("]\n");
+        let started = std::time::Instant::now();
+        let e = parse(&bomb).expect_err("alias bomb");
+        assert!(e.reason.contains("expands to more than"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // The same anchors used a few times are fine.
+        let fine = "kinds:\n  - name: t\n    states: &s [a, b]\n  - name: u\n    states: *s\n";
+        assert_eq!(
+            parse(fine).expect("aliases within the limit").kinds[1].states,
+            ["a", "b"]
+        );
     }
 
     #[test]

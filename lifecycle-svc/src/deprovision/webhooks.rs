@@ -2,7 +2,11 @@
 //! committed. A step's request goes out at least once; the external system completes the step
 //! with the callback token it carries.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use ebb_common::egress::{self, EgressGuard};
+use ebb_common::signing;
 
 use ebb_common::Result;
 use ebb_common::time::rfc3339;
@@ -48,25 +52,99 @@ pub async fn callback_secret(conn: &impl ConnectionTrait) -> Result<Vec<u8>> {
 
 /// Dispatches pending webhook requests until shutdown.
 pub async fn run(core: Lifecycle, shutdown: CancellationToken) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-    {
+    let guard = Arc::new(EgressGuard::new(&core.config.egress));
+    let client = match egress::http_client(
+        guard.clone(),
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("Ebb-Lifecycle/", env!("CARGO_PKG_VERSION"))),
+    ) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the webhook client; webhook steps will time out");
             return;
         }
     };
+    if core.config.step_signing_secret.is_empty() {
+        tracing::warn!(
+            "webhook-step requests are unsigned: set step_signing_secret (whsec_...) so receivers can verify them"
+        );
+    }
+    let sender = Sender { client, guard };
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(POLL) => {}
         }
-        if let Err(e) = dispatch_once(&core, &client).await {
+        if let Err(e) = dispatch_once(&core, &sender).await {
             tracing::warn!(error = %e, "dispatching webhook steps failed");
         }
     }
+}
+
+/// The HTTP client of webhook steps and the guard it resolves through.
+struct Sender {
+    client: reqwest::Client,
+    guard: Arc<EgressGuard>,
+}
+
+impl Sender {
+    /// Sends one step request: through the egress guard, never following a redirect, signed
+    /// when a secret is configured. `Err` says what went wrong, quoting at most the status
+    /// line of the answer: its body (or where a redirect points) is none of the step's
+    /// readers' business.
+    async fn send(
+        &self,
+        url: &str,
+        msg_id: &str,
+        body: Vec<u8>,
+        secret: &str,
+    ) -> std::result::Result<(), String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+        self.guard.check_url(&parsed)?;
+        let timestamp = chrono::Utc::now().timestamp();
+        let mut request = self
+            .client
+            .post(parsed)
+            .header("content-type", "application/json")
+            .header("webhook-id", msg_id)
+            .header("webhook-timestamp", timestamp.to_string());
+        if !secret.is_empty() {
+            let signature = signing::standard_signature(secret, msg_id, timestamp, &body)?;
+            request = request.header("webhook-signature", signature);
+        }
+        match request.body(body).send().await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!(
+                "the webhook answered {}",
+                egress::status_line(r.status())
+            )),
+            Err(e) => Err(format!(
+                "the webhook could not be reached: {}",
+                reqwest_reason(&e)
+            )),
+        }
+    }
+}
+
+/// Why a request failed, without the URL (reqwest's message repeats it) but with the cause
+/// (an egress refusal names the address and the rule).
+fn reqwest_reason(e: &reqwest::Error) -> String {
+    let mut text = if e.is_timeout() {
+        "timed out".to_owned()
+    } else if e.is_connect() {
+        "cannot connect".to_owned()
+    } else {
+        "request failed".to_owned()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// A webhook request ready to send.
@@ -80,33 +158,24 @@ struct Request {
 /// transaction open: a slow receiver must not hold database locks (on SQLite, the only
 /// connection). A process that dies between the claim and the send leaves the step to its
 /// timeout.
-async fn dispatch_once(core: &Lifecycle, client: &reqwest::Client) -> Result<()> {
+async fn dispatch_once(core: &Lifecycle, sender: &Sender) -> Result<()> {
     for request in claim(core).await? {
         let Request { step, url, body } = request;
-        let answer = client
-            .post(&url)
-            .header("webhook-id", format!("{}-{}", step.id, step.attempt))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
+        let msg_id = format!("{}-{}", step.id, step.attempt);
+        let sent = sender
+            .send(
+                &url,
+                &msg_id,
+                body.to_string().into_bytes(),
+                &core.config.step_signing_secret,
+            )
             .await;
-        let error = match answer {
-            Ok(r) if r.status().is_success() => {
+        let error = match sent {
+            Ok(()) => {
                 tracing::info!(step_id = %step.id, %url, "webhook step requested");
                 continue;
             }
-            Ok(r) => {
-                let status = r.status();
-                let text: String = r
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(500)
-                    .collect();
-                format!("the webhook answered {status}: {text}")
-            }
-            Err(e) => format!("the webhook could not be reached: {e}"),
+            Err(e) => e,
         };
         let txn = core.begin().await?;
         fail(&txn, core, &step, &error, core.now()).await?;

@@ -21,6 +21,7 @@ mod outage;
 mod runbook;
 mod safety;
 mod scheduler_replicas;
+mod security;
 mod shared_upstreams;
 mod support;
 mod tools;

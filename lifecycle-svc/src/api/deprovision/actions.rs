@@ -9,7 +9,7 @@ use tonic::Request;
 use super::{DeprovisionApi, Reply, ok};
 use crate::actor::Actor;
 use crate::api::deprovision::{
-    ACTOR, action_run_pb, after, kept_pb, parameters, plan_pb, short_name,
+    ACTOR, action_run_pb, after, grace_period, kept_pb, parameters, plan_pb, short_name,
 };
 use crate::api::validate as check;
 use crate::core::Call;
@@ -29,6 +29,7 @@ impl DeprovisionApi {
         let entity = check::id(&mut v, "entity_id", &req.entity_id);
         let action = short_name(&mut v, "action", &req.action);
         let params = parameters(&mut v, &req.parameters);
+        grace_period(&mut v, &params, self.core.config.max_grace_period);
         v.finish()?;
         let (dry_run, now, engine) = (req.dry_run, self.core.now(), steps::Engine::of(&self.core));
         let confirm_count = req.confirm_count;

@@ -11,6 +11,32 @@ use crate::api::validate as check;
 use crate::core::Call;
 use crate::deprovision::{catalog, entities};
 
+/// Refuses webhook URLs whose host is an address the egress guard refuses (metadata,
+/// link-local, loopback unless allowed): they could never be sent, and saying so now beats a
+/// step failing later. Host names are checked each time they resolve.
+fn refuse_guarded_urls(
+    catalog: &catalog::Catalog,
+    egress: &ebb_common::egress::EgressConfig,
+) -> Result<()> {
+    let guard = ebb_common::egress::EgressGuard::new(egress);
+    for (k, kind) in catalog.kinds.iter().enumerate() {
+        for (a, action) in kind.actions.iter().enumerate() {
+            if let catalog::TriggerDef::Webhook { url } = &action.trigger {
+                let checked = reqwest::Url::parse(url)
+                    .map_err(|e| e.to_string())
+                    .and_then(|u| guard.check_url(&u));
+                if let Err(e) = checked {
+                    return Err(Error::invalid(
+                        "yaml",
+                        format!("at kinds[{k}].actions[{a}].trigger.url: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl DeprovisionApi {
     pub(super) async fn apply_catalog(
         &self,
@@ -18,8 +44,14 @@ impl DeprovisionApi {
     ) -> Reply<pb::ApplyCatalogResponse> {
         let call = Call::of(&request, "ApplyCatalog");
         let req = request.into_inner();
-        let catalog =
-            catalog::parse(&req.yaml).map_err(|e| Error::invalid("yaml", e.to_string()))?;
+        // Parsing is CPU work (bounded, but up to a megabyte of YAML): off the async runtime,
+        // so health checks and other calls keep being answered meanwhile.
+        let yaml = req.yaml.clone();
+        let catalog = tokio::task::spawn_blocking(move || catalog::parse(&yaml))
+            .await
+            .map_err(|e| Error::Internal(format!("catalog parsing failed: {e}")))?
+            .map_err(|e| Error::invalid("yaml", e.to_string()))?;
+        refuse_guarded_urls(&catalog, &self.core.config.egress)?;
         let now = self.core.now();
         ok(self
             .core

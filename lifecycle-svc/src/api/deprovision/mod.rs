@@ -253,6 +253,24 @@ fn parameters(v: &mut Violations, s: &Option<prost_types::Struct>) -> Map<String
     out
 }
 
+/// The well-known parameter that holds edges before their deletion (DP-6): a whole number of
+/// seconds from 0 to `max`, so a due time is always a date the store and the API can carry.
+fn grace_period(v: &mut Violations, params: &Map<String, Json>, max: std::time::Duration) {
+    let Some(value) = params.get("gracePeriodSeconds") else {
+        return;
+    };
+    let max = max.as_secs();
+    let within = value
+        .as_f64()
+        .is_some_and(|s| s >= 0.0 && s.fract() == 0.0 && s <= max as f64);
+    if !within {
+        v.add(
+            "parameters.gracePeriodSeconds",
+            format!("must be a whole number of seconds from 0 to {max}"),
+        );
+    }
+}
+
 fn struct_value_to_json(v: &prost_types::Value) -> Option<Json> {
     use prost_types::value::Kind;
     Some(match v.kind.as_ref()? {

@@ -6,7 +6,7 @@ use ebb_proto::lifecycle::v1 as pb;
 use tonic::Request;
 
 use super::{DeprovisionApi, Reply, ok};
-use crate::api::deprovision::{ACTOR, after, parameters, scheduled_pb, short_name};
+use crate::api::deprovision::{ACTOR, after, grace_period, parameters, scheduled_pb, short_name};
 use crate::api::validate as check;
 use crate::core::Call;
 use crate::deprovision::scheduled;
@@ -22,6 +22,7 @@ impl DeprovisionApi {
         let entity = check::id(&mut v, "entity_id", &req.entity_id);
         let action = short_name(&mut v, "action", &req.action);
         let params = parameters(&mut v, &req.parameters);
+        grace_period(&mut v, &params, self.core.config.max_grace_period);
         let at = check::timestamp(&mut v, "scheduled_time", &req.scheduled_time);
         if req.scheduled_time.is_none() {
             v.add("scheduled_time", "is required");

@@ -1,0 +1,168 @@
+//! The connections a server holds: at most `limits.max_connections` at once, each closed if it
+//! does not start talking within `limits.handshake_timeout` or goes silent for
+//! `limits.idle_timeout`. Without these, idle sockets and half-sent prefaces cost nothing to
+//! open and were never closed, until the process ran out of file descriptors and stopped
+//! answering health.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use crate::config::LimitsConfig;
+
+/// Accepts on `listener` until `shutdown`, handing over the connections that sent their first
+/// bytes in time, while fewer than `max_connections` are open.
+pub fn incoming(
+    listener: TcpListener,
+    limits: &LimitsConfig,
+    tls: bool,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<GuardedStream>> {
+    let (tx, rx) = mpsc::channel(64);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let (handshake, idle) = (limits.handshake_timeout, limits.idle_timeout);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                () = shutdown.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let socket = match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    // Out of descriptors or a reset before accept: wait a moment, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                metrics::counter!("ebb_connections_refused_total").increment(1);
+                drop(socket);
+                continue;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                // In plaintext the whole HTTP/2 preface must arrive in time (half a preface is
+                // the cheapest way to hold a socket); with TLS, the ClientHello must start.
+                let expected: &[u8] = if tls { b"" } else { PREFACE };
+                if !starts_within(&socket, expected, handshake).await {
+                    metrics::counter!("ebb_connections_timed_out_total").increment(1);
+                    return;
+                }
+                let _ = socket.set_nodelay(true);
+                let stream = GuardedStream {
+                    inner: socket,
+                    idle,
+                    deadline: Box::pin(tokio::time::sleep(idle)),
+                    _permit: permit,
+                };
+                let _ = tx.send(Ok(stream)).await;
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// What every HTTP/2 connection starts with.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the peer sends at least one byte, and `expected` if not empty, within `limit`
+/// (peeked, not consumed).
+async fn starts_within(socket: &TcpStream, expected: &[u8], limit: Duration) -> bool {
+    let wanted = expected.len().max(1);
+    let check = async {
+        let mut buf = [0u8; 24];
+        loop {
+            match socket.peek(&mut buf[..wanted]).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= wanted => return expected.is_empty() || &buf[..n] == expected,
+                Ok(n) if !expected.is_empty() && buf[..n] != expected[..n] => return false,
+                // Part of it: peek returns at once while those bytes wait, so poll gently.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, check).await.unwrap_or(false)
+}
+
+/// An accepted connection holding its place among `max_connections`, failing its reads once
+/// nothing arrived for the idle timeout, which makes the server close it.
+pub struct GuardedStream {
+    inner: TcpStream,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for GuardedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    let next = tokio::time::Instant::now() + self.idle;
+                    self.deadline.as_mut().reset(next);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle for too long",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for GuardedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl Connected for GuardedStream {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
