@@ -82,8 +82,9 @@ async fn a_database_password_never_reaches_the_log_even_when_the_url_does_not_pa
         let log = dbs
             .dir()
             .join(format!("audit-{}.log", uuid::Uuid::new_v4().simple()));
-        let mut child = tokio::process::Command::new(ebb_tests::bin_path("audit-svc"))
+        let mut child = ebb_tests::command("audit-svc")
             .args(["--database-url", &url, "--listen", "127.0.0.1:0"])
+            .env("EBB_AUTH__SERVICE_TOKEN", ebb_tests::SERVICE_TOKEN)
             .args(["--metrics-listen", "127.0.0.1:0"])
             .env_remove("EBB_CONFIG")
             .stdin(std::process::Stdio::null())
