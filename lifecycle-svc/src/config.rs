@@ -38,6 +38,10 @@ pub struct Config {
     pub notifier_url: String,
     /// How long request ids answer their first response.
     pub idempotency: IdempotencyConfig,
+    /// How long an outbox event is kept after every configured sink has it; audit-svc is
+    /// the permanent record.
+    #[serde(with = "humantime_serde")]
+    pub outbox_retention: Duration,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             audit_url: String::new(),
             notifier_url: String::new(),
             idempotency: IdempotencyConfig::default(),
+            outbox_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -99,6 +104,12 @@ impl Validate for Config {
             return Err(ConfigError::field(
                 "callback_token_ttl",
                 "must be at least 1s",
+            ));
+        }
+        if self.outbox_retention < Duration::from_secs(60) {
+            return Err(ConfigError::field(
+                "outbox_retention",
+                "must be at least 1m",
             ));
         }
         if !self.catalog_file.is_empty() && !std::path::Path::new(&self.catalog_file).is_file() {

@@ -32,6 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
+/// What the benchmarks measure from inside: one outbox relay round and the outbox pruning.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::events::relay::{probe as relay_probe, prune as outbox_prune};
+}
+
 /// Connects, migrates and assembles the service.
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
