@@ -25,6 +25,9 @@ pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// and a local file does not go away the way a server does.
 const SQLITE_MIN_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a pooled connection may sit idle before it is pinged on its next use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(30);
+
 /// How a service's connection pool is sized and how long calls wait for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolOptions {
@@ -147,8 +150,12 @@ pub fn scrub(text: &str, url: &str) -> String {
 /// A service's connection pool and the dialect it speaks.
 #[derive(Clone, Debug)]
 pub struct Db {
-    /// The pool.
+    /// The pool: every write and every transaction.
     pub conn: DatabaseConnection,
+    /// Reads outside a transaction. On a SQLite file, a pool of read-only connections beside
+    /// the one writer: in WAL mode they read the last commit while the writer writes, so reads
+    /// scale with cores and never queue behind writes. Elsewhere the same pool as `conn`.
+    pub read: DatabaseConnection,
     url: String,
 }
 
@@ -206,6 +213,10 @@ impl Db {
             // SeaORM gives sqlx one timeout for connecting and acquiring: the acquire timeout
             // bounds both, so an unreachable server fails a call within it.
             .acquire_timeout(pool.acquire_timeout)
+            // A connection that was busy a moment ago is used as it is: pinging on every
+            // acquire (sqlx's default) is a second round trip for every statement. One idle
+            // long enough for a server, proxy or firewall to have dropped it is pinged first.
+            .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
             .sqlx_logging(false);
         if url.starts_with("sqlite:") {
             // SQLite has one writer at a time, and a deferred transaction that upgrades to a
@@ -216,7 +227,8 @@ impl Db {
                 .acquire_timeout(pool.acquire_timeout.max(SQLITE_MIN_ACQUIRE_TIMEOUT));
         }
         let conn = Database::connect(options).await?;
-        let db = Self {
+        let mut db = Self {
+            read: conn.clone(),
             conn,
             url: url.to_owned(),
         };
@@ -228,6 +240,24 @@ impl Db {
                 "PRAGMA foreign_keys = ON",
             ] {
                 db.conn.execute_unprepared(pragma).await?;
+            }
+            if let Some(read_url) = sqlite_read_only_url(url) {
+                // Opened on first use and closed when idle, so an idle service holds only its
+                // writer. The file is in WAL mode already (above), which read-only connections
+                // need to read beside the writer.
+                let readers = std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .clamp(2, SQLITE_MAX_READERS) as u32;
+                let mut options = ConnectOptions::new(read_url);
+                options
+                    .max_connections(readers)
+                    .min_connections(0)
+                    .connect_lazy(true)
+                    .idle_timeout(Duration::from_secs(60))
+                    .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
+                    .acquire_timeout(pool.acquire_timeout.max(SQLITE_MIN_ACQUIRE_TIMEOUT))
+                    .sqlx_logging(false);
+                db.read = Database::connect(options).await?;
             }
         }
         Ok(db)
@@ -301,6 +331,22 @@ impl Db {
     pub fn same_database(&self, other: &Db) -> bool {
         self.url == other.url
     }
+}
+
+/// Most read-only connections to one SQLite file.
+const SQLITE_MAX_READERS: usize = 8;
+
+/// The URL of read-only connections to the SQLite file `url` names; `None` for an in-memory
+/// database, whose connections would each see a database of their own.
+fn sqlite_read_only_url(url: &str) -> Option<String> {
+    sqlite_path(url)?;
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut params: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("mode="))
+        .collect();
+    params.push("mode=ro");
+    Some(format!("{base}?{}", params.join("&")))
 }
 
 fn sqlite_path(url: &str) -> Option<String> {
@@ -434,5 +480,59 @@ mod tests {
         let scrubbed = scrub(&message, url);
         assert!(!scrubbed.contains("hunter2"), "{scrubbed}");
         assert!(!scrubbed.contains("secret"), "{scrubbed}");
+    }
+
+    #[test]
+    fn sqlite_readers_open_the_same_file_read_only() {
+        assert_eq!(
+            sqlite_read_only_url("sqlite://data/l.db?mode=rwc").as_deref(),
+            Some("sqlite://data/l.db?mode=ro")
+        );
+        assert_eq!(
+            sqlite_read_only_url("sqlite:l.db").as_deref(),
+            Some("sqlite:l.db?mode=ro")
+        );
+        assert_eq!(sqlite_read_only_url("sqlite::memory:"), None);
+    }
+
+    #[tokio::test]
+    async fn sqlite_reads_see_commits_and_do_not_wait_for_an_open_write() {
+        use sea_orm::TransactionTrait;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let db = Db::connect(&url, 4).await.expect("connect");
+        db.conn
+            .execute_unprepared("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1)")
+            .await
+            .expect("write");
+        let count = |conn: DatabaseConnection| async move {
+            conn.query_one_raw(Statement::from_string(
+                DatabaseBackend::Sqlite,
+                "SELECT COUNT(*) AS n FROM t",
+            ))
+            .await
+            .expect("read")
+            .expect("row")
+            .try_get::<i64>("", "n")
+            .expect("n")
+        };
+        assert_eq!(
+            count(db.read.clone()).await,
+            1,
+            "a commit is visible to readers"
+        );
+        // A write transaction holds the only writer; readers still answer, with the last commit.
+        let txn = db.conn.begin().await.expect("begin");
+        txn.execute_unprepared("INSERT INTO t VALUES (2)")
+            .await
+            .expect("write in a transaction");
+        let read = tokio::time::timeout(Duration::from_secs(5), count(db.read.clone()))
+            .await
+            .expect("a read does not wait for the open write");
+        assert_eq!(read, 1);
+        txn.commit().await.expect("commit");
+        assert_eq!(count(db.read.clone()).await, 2);
+        let refused = db.read.execute_unprepared("INSERT INTO t VALUES (3)").await;
+        assert!(refused.is_err(), "the read connections are read-only");
     }
 }

@@ -39,7 +39,7 @@ impl TokenAuthority for LocalAuthority {
         secret: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Caller, AuthError>> {
         Box::pin(async move {
-            match find_live(&self.db.conn, &hash_secret(secret), now_ms()).await {
+            match find_live(&self.db.read, &hash_secret(secret), now_ms()).await {
                 Ok(Some(row)) => caller(&row).map_err(|e| AuthError::Unavailable(e.to_string())),
                 Ok(None) => Err(AuthError::Invalid),
                 Err(e) => Err(AuthError::Unavailable(e.to_string())),

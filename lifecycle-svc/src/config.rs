@@ -58,6 +58,11 @@ pub struct Config {
     /// The `whsec_` secret that signs webhook-step requests (Standard Webhooks headers);
     /// empty sends them unsigned, with a warning at start.
     pub step_signing_secret: String,
+    /// How long an outbox event is kept after every configured sink has it; audit-svc is
+    /// the permanent record.
+    #[serde(with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub outbox_retention: Duration,
 }
 
 impl Default for Config {
@@ -81,6 +86,7 @@ impl Default for Config {
             denied_events_window: Duration::from_secs(60),
             egress: EgressConfig::default(),
             step_signing_secret: String::new(),
+            outbox_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -136,6 +142,12 @@ impl Validate for Config {
             return Err(ConfigError::field(
                 "max_grace_period",
                 "must be at most 9999 days",
+            ));
+        }
+        if self.outbox_retention < Duration::from_secs(60) {
+            return Err(ConfigError::field(
+                "outbox_retention",
+                "must be at least 1m",
             ));
         }
         if !self.catalog_file.is_empty() && !std::path::Path::new(&self.catalog_file).is_file() {

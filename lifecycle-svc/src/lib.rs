@@ -34,6 +34,12 @@ pub use config::Config;
 /// The catalog document, whose JSON Schema `ebb reference catalog-schema` prints.
 pub use deprovision::catalog::Catalog;
 
+/// What the benchmarks measure from inside: one outbox relay round and the outbox pruning.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::events::relay::{probe as relay_probe, prune as outbox_prune};
+}
+
 /// Connects, migrates and assembles the service.
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;

@@ -356,10 +356,21 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 mod tests {
     use super::*;
 
+    /// The defaults with the service token every deployment gives.
+    fn configured() -> Config {
+        let mut c = Config::default();
+        c.server.auth.service_token = "a-service-token-of-the-deployment".into();
+        c
+    }
+
     #[test]
     fn defaults_are_valid_and_follow_the_documented_schedule() {
-        let c = Config::default();
+        let c = configured();
         assert!(c.validate().is_ok());
+        let mut unconfigured = c.clone();
+        unconfigured.server.auth.service_token.clear();
+        let err = unconfigured.validate().expect_err("no token").to_string();
+        assert!(err.contains("`auth.service_token`"), "{err}");
         let secs: Vec<u64> = c.delivery.schedule().iter().map(|d| d.as_secs()).collect();
         assert_eq!(secs, [0, 5, 300, 1800, 7200, 18_000, 36_000, 36_000]);
         assert!(!c.egress.allow_loopback);
@@ -395,7 +406,7 @@ mod tests {
             ),
         ];
         for (field, change) in cases {
-            let mut c = Config::default();
+            let mut c = configured();
             change(&mut c);
             let err = c.validate().expect_err(field).to_string();
             assert!(err.contains(&format!("`{field}`")), "{field}: {err}");

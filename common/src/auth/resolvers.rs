@@ -59,7 +59,7 @@ impl OrganizationResolver for TableResolver {
             };
             let row = self
                 .db
-                .conn
+                .read
                 .query_one_raw(self.db.stmt(
                     &format!("SELECT organization_id FROM {table} WHERE {column} = $1"),
                     [id.into()],

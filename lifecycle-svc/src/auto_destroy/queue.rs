@@ -244,14 +244,14 @@ async fn mark_fired(
                 ws.next_reminder_at.into(),
             ]);
         }
-        // Correlated lookups keep this one statement portable between SQLite and PostgreSQL.
+        // One join against the list (UPDATE … FROM, on SQLite and PostgreSQL alike): each
+        // row finds its values by the primary key, whatever the batch's size.
         let sql = format!(
             "WITH v (id, fired, next_at, reminder_at) AS (VALUES {}) \
              UPDATE workspaces SET auto_destroy_status = 'queued', updated_at = $1, \
-             last_fired_due_at = (SELECT fired FROM v WHERE v.id = workspaces.id), \
-             next_auto_destroy_at = (SELECT next_at FROM v WHERE v.id = workspaces.id), \
-             next_reminder_at = (SELECT reminder_at FROM v WHERE v.id = workspaces.id) \
-             WHERE id IN (SELECT id FROM v)",
+             last_fired_due_at = v.fired, next_auto_destroy_at = v.next_at, \
+             next_reminder_at = v.reminder_at \
+             FROM v WHERE v.id = workspaces.id",
             rows.join(", ")
         );
         exec(conn, &sql, values).await?;

@@ -101,9 +101,11 @@ pub fn run(
         (SinkKind::Audit, config.audit_url.clone()),
         (SinkKind::Notifier, config.notifier_url.clone()),
     ];
+    let retention = config.outbox_retention;
     async move {
         let owner = uuid::Uuid::new_v4().to_string();
         let mut loops = Vec::new();
+        let mut sinks = Vec::new();
         for (kind, url) in targets {
             if url.is_empty() {
                 tracing::info!(
@@ -122,6 +124,7 @@ pub fn run(
                     continue;
                 }
             };
+            sinks.push(kind.name());
             loops.push(relay_loop(
                 kind,
                 sink,
@@ -130,7 +133,8 @@ pub fn run(
                 shutdown.clone(),
             ));
         }
-        futures::future::join_all(loops).await;
+        let pruning = prune_loop(db.clone(), sinks, retention, shutdown.clone());
+        futures::future::join(futures::future::join_all(loops), pruning).await;
     }
 }
 
@@ -201,53 +205,172 @@ async fn lease(db: &Db, kind: SinkKind, owner: &str) -> Result<Option<i64>, DbEr
 }
 
 /// The next events to send: for each organization, the contiguous run after its cursor.
+///
+/// The organizations with something to send are those whose event counter is past the sink's
+/// cursor, found without reading the outbox; each one's events are then read by the
+/// `(organization_id, org_seq)` index from its cursor on. A round's cost grows with the number
+/// of organizations and of events sent, never with the history already relayed. The
+/// organizations whose cursor moved least recently go first, so one busy organization does not
+/// hold back the others.
 async fn pending(db: &Db, kind: SinkKind) -> Result<Vec<OutboxEvent>, DbErr> {
-    let rows = db
+    let behind = db
         .conn
         .query_all_raw(db.stmt(
-            "SELECT o.id, o.organization_id, o.org_seq, o.type, o.subject_type, o.subject_id, \
-                    o.actor, o.data, o.created_at, COALESCE(c.last_org_seq, 0), o.trace_context \
-             FROM outbox o LEFT JOIN outbox_relay_cursors c \
-                 ON c.sink = $1 AND c.organization_id = o.organization_id \
-             WHERE o.org_seq > COALESCE(c.last_org_seq, 0) \
-             ORDER BY o.seq LIMIT $2",
+            "SELECT o.id, COALESCE(c.last_org_seq, 0), o.event_seq \
+             FROM organizations o LEFT JOIN outbox_relay_cursors c \
+                 ON c.sink = $1 AND c.organization_id = o.id \
+             WHERE o.event_seq > COALESCE(c.last_org_seq, 0) \
+             ORDER BY COALESCE(c.updated_at, 0), o.id LIMIT $2",
             [kind.name().into(), BATCH.into()],
         ))
         .await?;
-    let mut by_org: BTreeMap<String, (i64, Vec<OutboxEvent>)> = BTreeMap::new();
-    for row in &rows {
-        let event = OutboxEvent {
-            id: row.try_get_by_index(0)?,
-            organization_id: row.try_get_by_index(1)?,
-            org_seq: row.try_get_by_index(2)?,
-            event_type: row.try_get_by_index(3)?,
-            subject_type: row.try_get_by_index(4)?,
-            subject_id: row.try_get_by_index(5)?,
-            actor: row.try_get_by_index(6)?,
-            data: row.try_get_by_index(7)?,
-            created_at: row.try_get_by_index(8)?,
-            trace_context: row.try_get_by_index(10)?,
-        };
-        let cursor: i64 = row.try_get_by_index(9)?;
-        by_org
-            .entry(event.organization_id.clone())
-            .or_insert_with(|| (cursor, Vec::new()))
-            .1
-            .push(event);
-    }
-    let mut out = Vec::with_capacity(rows.len());
-    for (_, (cursor, mut events)) in by_org {
-        events.sort_by_key(|e| e.org_seq);
-        // Only a gapless run after the cursor: an event whose predecessor is not visible yet
-        // waits for a later round, so an organization's order is never broken.
-        for (expected, e) in (cursor + 1..).zip(events) {
-            if e.org_seq != expected {
-                break;
+    let mut out = Vec::new();
+    for row in &behind {
+        let left = BATCH - out.len() as i64;
+        if left <= 0 {
+            break;
+        }
+        let org: String = row.try_get_by_index(0)?;
+        let cursor: i64 = row.try_get_by_index(1)?;
+        let head: i64 = row.try_get_by_index(2)?;
+        let take = std::cmp::min(left, head - cursor);
+        let rows = db
+            .conn
+            .query_all_raw(db.stmt(
+                "SELECT id, organization_id, org_seq, type, subject_type, subject_id, actor, data, \
+                        created_at, trace_context \
+                 FROM outbox WHERE organization_id = $1 AND org_seq > $2 AND org_seq <= $3 \
+                 ORDER BY org_seq LIMIT $4",
+                [org.into(), cursor.into(), head.into(), take.into()],
+            ))
+            .await?;
+        // The counter and the events move in one transaction, so every event up to the head
+        // read above is committed and the run after the cursor has no gap, in order. Only
+        // pruning makes one, for a sink that was turned off for longer than the retention:
+        // what it missed is skipped, with a warning, one gap per round.
+        let mut expected = cursor + 1;
+        for row in &rows {
+            let event = OutboxEvent {
+                id: row.try_get_by_index(0)?,
+                organization_id: row.try_get_by_index(1)?,
+                org_seq: row.try_get_by_index(2)?,
+                event_type: row.try_get_by_index(3)?,
+                subject_type: row.try_get_by_index(4)?,
+                subject_id: row.try_get_by_index(5)?,
+                actor: row.try_get_by_index(6)?,
+                data: row.try_get_by_index(7)?,
+                created_at: row.try_get_by_index(8)?,
+                trace_context: row.try_get_by_index(9)?,
+            };
+            if event.org_seq != expected {
+                if expected != cursor + 1 {
+                    break;
+                }
+                tracing::warn!(
+                    sink = kind.name(),
+                    organization_id = %event.organization_id,
+                    from = expected,
+                    to = event.org_seq - 1,
+                    "events pruned before this sink received them are skipped"
+                );
             }
-            out.push(e);
+            expected = event.org_seq + 1;
+            out.push(event);
         }
     }
     Ok(out)
+}
+
+/// What a relay round costs the database when it holds the lease of `sink` ("audit" or
+/// "notifier") as `owner`: renewing the lease and looking for events to send. The number of
+/// events found. For benchmarks.
+pub async fn probe(db: &Db, sink: &str, owner: &str) -> Result<usize, DbErr> {
+    let kind = match sink {
+        "audit" => SinkKind::Audit,
+        "notifier" => SinkKind::Notifier,
+        other => return Err(DbErr::Custom(format!("no sink {other}"))),
+    };
+    if lease(db, kind, owner).await?.is_none() {
+        return Ok(0);
+    }
+    Ok(pending(db, kind).await?.len())
+}
+
+/// Outbox rows deleted per statement when pruning.
+const PRUNE_BATCH: i64 = 5000;
+/// Pause between pruning passes.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Deletes outbox events older than `retention_ms` (by `now_ms`) that every sink of `sinks`
+/// has acknowledged; the number deleted. An event some sink has not acknowledged stays,
+/// however old; with no sinks nothing is relayed and nothing is deleted.
+pub async fn prune(db: &Db, sinks: &[&str], retention_ms: i64, now_ms: i64) -> Result<u64, DbErr> {
+    if sinks.is_empty() {
+        return Ok(0);
+    }
+    let cutoff = now_ms.saturating_sub(retention_ms);
+    let mut values: Vec<sea_orm::Value> = sinks.iter().map(|s| (*s).into()).collect();
+    values.push((sinks.len() as i64).into());
+    let relayed = db
+        .conn
+        .query_all_raw(db.stmt(
+            &format!(
+                "SELECT organization_id, MIN(last_org_seq) FROM outbox_relay_cursors \
+                 WHERE sink IN ({}) GROUP BY organization_id HAVING COUNT(*) = ${}",
+                ebb_common::sql::placeholders(1, sinks.len()),
+                sinks.len() + 1
+            ),
+            values,
+        ))
+        .await?;
+    let mut deleted = 0;
+    for row in &relayed {
+        let org: String = row.try_get_by_index(0)?;
+        let upto: i64 = row.try_get_by_index(1)?;
+        loop {
+            let n = db
+                .conn
+                .execute_raw(db.stmt(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox \
+                     WHERE organization_id = $1 AND org_seq <= $2 AND created_at < $3 \
+                     ORDER BY org_seq LIMIT $4)",
+                    [
+                        org.clone().into(),
+                        upto.into(),
+                        cutoff.into(),
+                        PRUNE_BATCH.into(),
+                    ],
+                ))
+                .await?
+                .rows_affected();
+            deleted += n;
+            if (n as i64) < PRUNE_BATCH {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Prunes the outbox every [`PRUNE_INTERVAL`] until `shutdown`.
+async fn prune_loop(
+    db: Db,
+    sinks: Vec<&'static str>,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let retention_ms = <i64 as TryFrom<u128>>::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        match prune(&db, &sinks, retention_ms, ebb_common::time::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "relayed outbox events pruned"),
+            Err(e) => tracing::warn!(error = %e, "pruning the outbox failed"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(PRUNE_INTERVAL) => {}
+        }
+    }
 }
 
 /// Advances the cursors past `sent`, if the lease is still ours.

@@ -55,7 +55,7 @@ impl LifecycleApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
         v.finish()?;
-        let w = workspaces::get_workspace(&self.core.db.conn, &id).await?;
+        let w = workspaces::get_workspace(&self.core.db.read, &id).await?;
         ok(Ok(pb::GetWorkspaceResponse {
             workspace: Some(convert::workspace(&w)?),
         }))
@@ -103,7 +103,7 @@ impl LifecycleApi {
             None => None,
         };
         let rows =
-            workspaces::list_workspaces(&self.core.db.conn, &filter, after, size + 1).await?;
+            workspaces::list_workspaces(&self.core.db.read, &filter, after, size + 1).await?;
         let (rows, next_page_token) = page::split(rows, size, &fh, |last| {
             vec![last.created_at.to_string(), last.id.clone()]
         });
