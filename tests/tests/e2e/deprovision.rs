@@ -17,7 +17,7 @@ use tonic::Code;
 const CATALOG: &str = include_str!("../../../deploy/catalog/deprovision-tenant.yaml");
 const WAIT: Duration = Duration::from_secs(20);
 
-type Dep = DeprovisionServiceClient<ebb_tests::Channel>;
+pub(crate) type Dep = DeprovisionServiceClient<ebb_tests::Channel>;
 type Api = LifecycleServiceClient<ebb_tests::Channel>;
 
 struct Stack {
@@ -832,28 +832,21 @@ async fn one_webhook(status: u16) -> (String, tokio::sync::oneshot::Receiver<ser
     (url, rx)
 }
 
-fn webhook_catalog(url: &str) -> String {
+/// A catalog whose `pr_tenant` kind is deprovisioned by a webhook step to `url`.
+pub(crate) fn webhook_catalog(url: &str) -> String {
     format!(
         "kinds:\n  - name: pr_tenant\n    states: [active, deprovisioning, decommissioned]\n    actions:\n      - name: DeprovisionByPr\n        conditions: [state == active]\n        onTrigger: deprovisioning\n        onSuccess: decommissioned\n        onFailure: active\n        trigger:\n          type: webhook\n          url: {url}\n"
     )
 }
 
-/// A cluster whose catalog deprovisions a tenant through a webhook answering `status`, with
-/// the tenant's action triggered: the run, and the body the webhook received.
-async fn webhook_tenant_triggered(
-    status: u16,
-) -> (
-    Cluster,
-    Dep,
-    pb::Entity,
-    pb::ActionRun,
-    tokio::sync::oneshot::Receiver<serde_json::Value>,
-) {
-    let cluster = Cluster::start(0).await;
+/// On `cluster`: the webhook catalog to `url` applied, a tenant, and its action triggered.
+pub(crate) async fn trigger_webhook_tenant(
+    cluster: &Cluster,
+    url: &str,
+) -> (Dep, pb::Entity, pb::ActionRun) {
     let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
-    let (url, body) = one_webhook(status).await;
     dep.apply_catalog(pb::ApplyCatalogRequest {
-        yaml: webhook_catalog(&url),
+        yaml: webhook_catalog(url),
         ..Default::default()
     })
     .await
@@ -882,6 +875,23 @@ async fn webhook_tenant_triggered(
         .into_inner()
         .action_run
         .expect("run");
+    (dep, tenant, run)
+}
+
+/// A cluster whose catalog deprovisions a tenant through a webhook answering `status`, with
+/// the tenant's action triggered: the run, and the body the webhook received.
+async fn webhook_tenant_triggered(
+    status: u16,
+) -> (
+    Cluster,
+    Dep,
+    pb::Entity,
+    pb::ActionRun,
+    tokio::sync::oneshot::Receiver<serde_json::Value>,
+) {
+    let cluster = Cluster::start(0).await;
+    let (url, body) = one_webhook(status).await;
+    let (dep, tenant, run) = trigger_webhook_tenant(&cluster, &url).await;
     (cluster, dep, tenant, run, body)
 }
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::deprovision::{trigger_webhook_tenant, webhook_catalog};
 use ebb_tests::cluster::eventually;
 use ebb_tests::proto::audit::v1::audit_service_client::AuditServiceClient;
 use ebb_tests::proto::audit::v1::{AppendEventsRequest, EventInput, VerifyChainRequest};
@@ -331,15 +332,6 @@ async fn a_yaml_alias_bomb_is_refused_quickly_and_health_never_stalls() {
     );
 }
 
-fn webhook_catalog(url: &str) -> String {
-    format!(
-        "kinds:\n  - name: pr_tenant\n    states: [active, deprovisioning, decommissioned]\n    \
-         actions:\n      - name: DeprovisionByPr\n        onTrigger: deprovisioning\n        \
-         onSuccess: decommissioned\n        onFailure: active\n        trigger:\n          \
-         type: webhook\n          url: {url}\n"
-    )
-}
-
 /// A webhook step whose receiver redirects to an internal address: lifecycle does not follow
 /// the redirect, the internal address is never contacted, the step's error (which readers see)
 /// quotes the status line and not the body, and the request was signed with Standard Webhooks
@@ -347,7 +339,7 @@ fn webhook_catalog(url: &str) -> String {
 #[tokio::test]
 async fn webhook_steps_go_through_the_egress_guard_and_never_follow_redirects() {
     use crate::support::read_request;
-    use ebb_tests::cluster::{Cluster, fixture};
+    use ebb_tests::cluster::Cluster;
     use ebb_tests::proto::lifecycle::v1 as pb;
     use ebb_tests::proto::lifecycle::v1::deprovision_service_client::DeprovisionServiceClient;
     use ebb_tests::proto::lifecycle::v1::token_service_client::TokenServiceClient;
@@ -403,38 +395,7 @@ async fn webhook_steps_go_through_the_egress_guard_and_never_follow_redirects() 
         let _ = req_tx.send(request);
     });
 
-    let mut api = cluster.api().await;
-    let mut dep = cluster.deprovision().await;
-    dep.apply_catalog(pb::ApplyCatalogRequest {
-        yaml: webhook_catalog(&url),
-        ..Default::default()
-    })
-    .await
-    .expect("catalog");
-    let f = fixture(&mut api, None, "w").await;
-    let tenant = dep
-        .create_entity(pb::CreateEntityRequest {
-            organization_id: f.org.id.clone(),
-            kind: "pr_tenant".into(),
-            name: "acme".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("entity")
-        .into_inner()
-        .entity
-        .expect("entity");
-    let run = dep
-        .trigger_action(pb::TriggerActionRequest {
-            entity_id: tenant.id.clone(),
-            action: "DeprovisionByPr".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner()
-        .action_run
-        .expect("run");
+    let (mut dep, tenant, run) = trigger_webhook_tenant(&cluster, &url).await;
 
     // Signed as the notifier signs: webhook-id, webhook-timestamp, webhook-signature.
     let request = tokio::time::timeout(Duration::from_secs(20), req_rx)
@@ -453,7 +414,7 @@ async fn webhook_steps_go_through_the_egress_guard_and_never_follow_redirects() 
     let mut tokens = TokenServiceClient::new(cluster.lifecycle.channel().await);
     let reader = tokens
         .create_token(pb::CreateTokenRequest {
-            organization_id: f.org.id.clone(),
+            organization_id: tenant.organization_id.clone(),
             role: pb::TokenRole::Reader as i32,
             description: "reader".into(),
             ..Default::default()
