@@ -1,7 +1,10 @@
 //! The gRPC surface of audit-svc: validates requests, calls the store, maps the results.
 
+use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
+use ebb_common::auth::Caller;
 use ebb_common::error::Violations;
 use ebb_common::page::Page;
 use ebb_common::time::{from_timestamp, to_timestamp};
@@ -17,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::chain::BreakKind;
 use crate::data;
-use crate::store::{Filter, NewEvent, SCAN_CHUNK, Store, StoredEvent, Verification};
+use crate::store::{Filter, NewEvent, Store, StoredEvent, Verification};
 
 /// Most events one AppendEvents call may carry.
 pub const MAX_BATCH: usize = 1000;
@@ -25,18 +28,107 @@ pub const MAX_BATCH: usize = 1000;
 const MAX_NAME: usize = 256;
 /// Largest canonical `data` accepted.
 const MAX_DATA_BYTES: usize = 64 * 1024;
-/// Events per export message.
-const EXPORT_CHUNK: i64 = 500;
+/// Events per export message, read from the database only when the client has taken the
+/// previous one: an unread stream holds at most this many events.
+const EXPORT_CHUNK: i64 = 100;
 
 /// AuditService over the audit database.
 pub struct AuditApi {
     store: Store,
+    exports: ExportSlots,
 }
 
 impl AuditApi {
-    /// Serves `store`.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Serves `store`, each token having at most `max_exports_per_caller` ExportEvents
+    /// streams open at once.
+    pub fn new(store: Store, max_exports_per_caller: usize) -> Self {
+        Self {
+            store,
+            exports: ExportSlots {
+                limit: max_exports_per_caller,
+                open: Arc::default(),
+            },
+        }
+    }
+}
+
+/// The ExportEvents streams each token has open.
+struct ExportSlots {
+    limit: usize,
+    open: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl ExportSlots {
+    /// A place for one more stream of `caller`, or RESOURCE_EXHAUSTED naming the limit.
+    fn take(&self, caller: &str) -> Result<ExportSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.entry(caller.to_owned()).or_default();
+        if *count >= self.limit {
+            return Err(Error::ResourceExhausted(format!(
+                "at most {} ExportEvents streams may be open at once per token \
+                 (export.max_streams_per_caller); finish or cancel one first",
+                self.limit
+            )));
+        }
+        *count += 1;
+        Ok(ExportSlot {
+            open: self.open.clone(),
+            caller: caller.to_owned(),
+        })
+    }
+}
+
+/// One open ExportEvents stream; its place is given back when the stream is dropped (ended,
+/// failed, or cancelled by the client).
+struct ExportSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    caller: String,
+}
+
+impl Drop for ExportSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.caller) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.caller);
+            }
+        }
+    }
+}
+
+/// Where an export stands: the next page starts at `next`.
+struct Export {
+    store: Store,
+    organization_id: String,
+    next: i64,
+    to: i64,
+    _slot: ExportSlot,
+}
+
+impl Export {
+    /// The next page and the state after it; `None` once the range is done. Reads the
+    /// database only when polled, that is when the client has room for another message.
+    async fn page(mut self) -> Option<(Result<ExportEventsResponse, Status>, Option<Self>)> {
+        if self.next > self.to {
+            return None;
+        }
+        let chunk = match self
+            .store
+            .range(&self.organization_id, self.next, self.to, EXPORT_CHUNK)
+            .await
+        {
+            Ok(chunk) => chunk,
+            Err(e) => return Some((Err(Status::from(e)), None)),
+        };
+        let last = chunk.last()?.sequence;
+        match chunk.into_iter().map(to_proto).collect::<Result<Vec<_>>>() {
+            Ok(events) => {
+                self.next = last + 1;
+                Some((Ok(ExportEventsResponse { events }), Some(self)))
+            }
+            Err(e) => Some((Err(Status::from(e)), None)),
+        }
     }
 }
 
@@ -374,54 +466,31 @@ impl AuditService for AuditApi {
         &self,
         request: Request<ExportEventsRequest>,
     ) -> Result<Response<Self::ExportEventsStream>, Status> {
+        let caller = Caller::of(&request)?.token_id.clone();
         let request = request.into_inner();
         let mut v = Violations::new();
         check_name(&mut v, "organization_id", &request.organization_id, true);
         v.finish()?;
         let (from, to) = range(request.from_sequence, request.to_sequence)?;
         let organization_id = request.organization_id;
+        let slot = self.exports.take(&caller)?;
         let (head, _) = self
             .store
             .head(&organization_id)
             .await?
             .ok_or_else(|| Error::not_found("audit chain", &organization_id))?;
         // The head when the export starts bounds it, so a busy chain still ends.
-        let to = to.unwrap_or(head).min(head);
-        let store = self.store.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        tokio::spawn(async move {
-            let mut next = from;
-            while next <= to {
-                let chunk = match store
-                    .range(&organization_id, next, to, EXPORT_CHUNK.min(SCAN_CHUNK))
-                    .await
-                {
-                    Ok(chunk) => chunk,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                };
-                let Some(last) = chunk.last().map(|e| e.sequence) else {
-                    return;
-                };
-                let events = match chunk.into_iter().map(to_proto).collect::<Result<Vec<_>>>() {
-                    Ok(events) => events,
-                    Err(e) => {
-                        let _ = tx.send(Err(Status::from(e))).await;
-                        return;
-                    }
-                };
-                if tx.send(Ok(ExportEventsResponse { events })).await.is_err() {
-                    // The client went away.
-                    return;
-                }
-                next = last + 1;
-            }
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        let export = Export {
+            store: self.store.clone(),
+            organization_id,
+            next: from,
+            to: to.unwrap_or(head).min(head),
+            _slot: slot,
+        };
+        Ok(Response::new(Box::pin(futures::stream::unfold(
+            Some(export),
+            |export| async move { export?.page().await },
+        ))))
     }
 }
 

@@ -24,6 +24,25 @@ pub struct Config {
     /// Shared server settings.
     #[serde(flatten)]
     pub server: ServerConfig,
+    /// ExportEvents.
+    pub export: ExportConfig,
+}
+
+/// ExportEvents streams (`EBB_EXPORT__MAX_STREAMS_PER_CALLER=8`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(default)]
+pub struct ExportConfig {
+    /// ExportEvents streams one token may have open at once; more answer RESOURCE_EXHAUSTED.
+    /// Each open stream holds at most one page of events, read only as the client reads.
+    pub max_streams_per_caller: usize,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_caller: 4,
+        }
+    }
 }
 
 impl Default for Config {
@@ -34,6 +53,7 @@ impl Default for Config {
                 "ebb-data/audit.db",
                 "127.0.0.1:9464",
             ),
+            export: ExportConfig::default(),
         }
     }
 }
@@ -41,6 +61,12 @@ impl Default for Config {
 impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
+        if self.export.max_streams_per_caller == 0 {
+            return Err(ConfigError::field(
+                "export.max_streams_per_caller",
+                "must be at least 1",
+            ));
+        }
         self.server.require_service_token("audit-svc")
     }
 }
@@ -63,7 +89,10 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         &[("ebb.audit.v1.", "id", "audit event")],
         &[("audit event", "audit_events", "id")],
     )));
-    let api = api::AuditApi::new(store::Store::new(db.clone()));
+    let api = api::AuditApi::new(
+        store::Store::new(db.clone()),
+        config.export.max_streams_per_caller,
+    );
     component.add_service(AuditServiceServer::new(api), &db);
     Ok(component)
 }

@@ -212,8 +212,8 @@ pub struct LimitsConfig {
     /// Connections open at once; more are closed as soon as they are accepted. Keep it below
     /// the process's open-file limit.
     pub max_connections: usize,
-    /// How long a new connection may take to send its first bytes (the HTTP/2 preface, or a
-    /// TLS ClientHello) before it is closed.
+    /// How long a new connection may take to send the whole HTTP/2 preface (in plaintext) or to
+    /// finish its TLS handshake before it is closed.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub handshake_timeout: Duration,

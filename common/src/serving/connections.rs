@@ -2,7 +2,8 @@
 //! does not start talking within `limits.handshake_timeout` or goes silent for
 //! `limits.idle_timeout`. Without these, idle sockets and half-sent prefaces cost nothing to
 //! open and were never closed, until the process ran out of file descriptors and stopped
-//! answering health.
+//! answering health. With TLS, the handshake happens here too, with the certificate of the
+//! moment (see [`ServerTls`]), and must finish within the handshake timeout.
 
 use std::io;
 use std::pin::Pin;
@@ -17,15 +18,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::config::LimitsConfig;
+use crate::tls::ServerTls;
 
 /// Accepts on `listener` until `shutdown`, handing over the connections that sent their first
 /// bytes in time, while fewer than `max_connections` are open.
 pub fn incoming(
     listener: TcpListener,
     limits: &LimitsConfig,
-    tls: bool,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
-) -> tokio_stream::wrappers::ReceiverStream<io::Result<GuardedStream>> {
+) -> tokio_stream::wrappers::ReceiverStream<io::Result<ServerIo>> {
     let (tx, rx) = mpsc::channel(64);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let (handshake, idle) = (limits.handshake_timeout, limits.idle_timeout);
@@ -50,10 +52,12 @@ pub fn incoming(
                 continue;
             };
             let tx = tx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
                 // In plaintext the whole HTTP/2 preface must arrive in time (half a preface is
                 // the cheapest way to hold a socket); with TLS, the ClientHello must start.
-                let expected: &[u8] = if tls { b"" } else { PREFACE };
+                let expected: &[u8] = if tls.is_some() { b"" } else { PREFACE };
                 if !starts_within(&socket, expected, handshake).await {
                     metrics::counter!("ebb_connections_timed_out_total").increment(1);
                     return;
@@ -65,7 +69,27 @@ pub fn incoming(
                     deadline: Box::pin(tokio::time::sleep(idle)),
                     _permit: permit,
                 };
-                let _ = tx.send(Ok(stream)).await;
+                let io = match tls {
+                    None => ServerIo::Plain(stream),
+                    Some(tls) => {
+                        let handshake = tokio::time::timeout_at(
+                            started + handshake,
+                            tls.acceptor().accept(stream),
+                        );
+                        match handshake.await {
+                            Ok(Ok(stream)) => ServerIo::Tls(Box::new(stream)),
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                metrics::counter!("ebb_connections_timed_out_total").increment(1);
+                                return;
+                            }
+                        }
+                    }
+                };
+                let _ = tx.send(Ok(io)).await;
             });
         }
     });
@@ -164,5 +188,82 @@ impl Connected for GuardedStream {
 
     fn connect_info(&self) -> TcpConnectInfo {
         self.inner.connect_info()
+    }
+}
+
+/// A connection as the server speaks on it: plaintext, or TLS over it.
+pub enum ServerIo {
+    /// Plaintext HTTP/2.
+    Plain(GuardedStream),
+    /// HTTP/2 over TLS.
+    Tls(Box<tokio_rustls::server::TlsStream<GuardedStream>>),
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerIo::Plain(s) => s.is_write_vectored(),
+            ServerIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+impl Connected for ServerIo {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        match self {
+            ServerIo::Plain(s) => s.connect_info(),
+            ServerIo::Tls(s) => s.get_ref().0.connect_info(),
+        }
     }
 }

@@ -90,16 +90,18 @@ pub async fn serve(
         tracing::warn!("no admin token and no token store: only the service token is accepted");
     }
     let limits = &server.limits;
-    let mut builder = tonic::transport::Server::builder();
-    let tls = crate::tls::server_tls(&server.tls)?;
-    let serves_tls = tls.is_some();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+    let builder = tonic::transport::Server::builder();
+    let tls = crate::tls::ServerTls::load(&server.tls)?;
+    if let Some(tls) = &tls {
+        tokio::spawn(
+            tls.clone()
+                .watch(crate::tls::RELOAD_INTERVAL, shutdown.clone()),
+        );
         tracing::info!(mtls = !server.tls.client_ca_path.is_empty(), "serving TLS");
     }
     let streams =
         u32::try_from(limits.concurrency_per_connection.saturating_mul(2)).unwrap_or(u32::MAX);
-    let incoming = super::connections::incoming(listener, limits, serves_tls, shutdown.clone());
+    let incoming = super::connections::incoming(listener, limits, tls, shutdown.clone());
     let stop = shutdown.clone();
     let server = builder
         .http2_keepalive_interval(Some(limits.keepalive_interval))

@@ -429,7 +429,9 @@ async fn organizations_cannot_see_each_other_and_refusals_change_nothing() {
 
 mod tls {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType, SerialNumber,
+    };
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
     struct Pki {
@@ -437,6 +439,7 @@ mod tls {
         files: Vec<(&'static str, std::path::PathBuf)>,
         client_cert: String,
         client_key: String,
+        issuer: Issuer<'static, KeyPair>,
     }
 
     fn pki(dir: &std::path::Path) -> Pki {
@@ -476,6 +479,7 @@ mod tls {
             ],
             client_cert: client_cert.pem(),
             client_key: client_key.serialize_pem(),
+            issuer,
         }
     }
 
@@ -545,6 +549,113 @@ mod tls {
         assert!(health(&https, Some(no_cert)).await.is_err());
         // Plaintext gets nothing either.
         assert!(health(&p.url(), None).await.is_err());
+        p.kill().await;
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1 named `cn` with `serial`, signed by
+    /// `issuer`: (certificate PEM, key PEM, certificate DER).
+    fn server_cert(
+        issuer: &Issuer<'static, KeyPair>,
+        cn: &str,
+        serial: u64,
+    ) -> (String, String, Vec<u8>) {
+        let key = KeyPair::generate().expect("server key");
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress([127, 0, 0, 1].into()));
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.serial_number = Some(SerialNumber::from(serial));
+        let cert = params.signed_by(&key, issuer).expect("server cert");
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+
+    /// The certificate a new TLS connection to `addr` is shown (DER), trusting `ca` and
+    /// presenting the client certificate.
+    async fn served_certificate(addr: std::net::SocketAddr, pki: &Pki) -> Option<Vec<u8>> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(pki.ca.as_bytes()).expect("ca pem"))
+            .expect("ca");
+        let mut config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(pki.client_cert.as_bytes()).expect("cert")],
+                PrivateKeyDer::from_pem_slice(pki.client_key.as_bytes()).expect("key"),
+            )
+            .expect("client auth");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let socket = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let tls = connector
+            .connect(ServerName::try_from("localhost").expect("name"), socket)
+            .await
+            .ok()?;
+        let (_, session) = tls.get_ref();
+        assert_eq!(session.alpn_protocol(), Some(&b"h2"[..]));
+        Some(session.peer_certificates()?.first()?.to_vec())
+    }
+
+    /// Replacing the certificate and key files under a running server: within seconds new
+    /// connections see the new certificate, without a restart; a file that does not load
+    /// keeps the previous certificate and is logged.
+    #[tokio::test]
+    async fn certificates_reload_when_their_files_change() {
+        let mut dbs = TestDatabases::new();
+        let url = dbs.create("audit").await;
+        let pki = pki(dbs.dir());
+        let mut env: Vec<(&str, String)> = pki
+            .files
+            .iter()
+            .map(|(k, p)| (*k, p.display().to_string()))
+            .collect();
+        env.push(("EBB_DATABASE_URL", url));
+        let p = Process::spawn("audit-svc", &[], &env, dbs.dir())
+            .await
+            .expect("audit-svc with TLS");
+        let pid = p.pid();
+        let (cert_path, key_path) = (dbs.dir().join("server.pem"), dbs.dir().join("server.key"));
+        let (pem1, key1, der1) = server_cert(&pki.issuer, "ebb-cert-one", 1001);
+        std::fs::write(&cert_path, &pem1).expect("write cert");
+        std::fs::write(&key_path, &key1).expect("write key");
+        // The certificate written before start (by `pki`) or cert 1, whichever was read: wait
+        // for cert 1, the first rotation.
+        eventually(Duration::from_secs(10), "certificate one", || {
+            let (pki, der1) = (&pki, &der1);
+            async move { (served_certificate(p.addr, pki).await.as_ref() == Some(der1)).then_some(()) }
+        })
+        .await;
+
+        // A broken certificate file keeps certificate one.
+        std::fs::write(&cert_path, "not a certificate").expect("write junk");
+        eventually(Duration::from_secs(10), "the load error logged", || {
+            let log = p.log_text();
+            async move {
+                log.contains("keeping the previous certificate")
+                    .then_some(())
+            }
+        })
+        .await;
+        assert_eq!(served_certificate(p.addr, &pki).await, Some(der1));
+
+        // Certificate two, another name and serial from the same CA.
+        let (pem2, key2, der2) = server_cert(&pki.issuer, "ebb-cert-two", 2002);
+        let started = std::time::Instant::now();
+        std::fs::write(&key_path, &key2).expect("write key");
+        std::fs::write(&cert_path, &pem2).expect("write cert");
+        eventually(Duration::from_secs(10), "certificate two", || {
+            let (pki, der2) = (&pki, &der2);
+            async move { (served_certificate(p.addr, pki).await.as_ref() == Some(der2)).then_some(()) }
+        })
+        .await;
+        println!("new certificate served after {:?}", started.elapsed());
+        assert_eq!(p.pid(), pid, "the server was not restarted");
+        assert!(p.log_text().contains("TLS certificate reloaded"));
         p.kill().await;
     }
 }

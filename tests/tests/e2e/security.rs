@@ -6,7 +6,9 @@ use std::time::Duration;
 use crate::deprovision::{trigger_webhook_tenant, webhook_catalog};
 use ebb_tests::cluster::eventually;
 use ebb_tests::proto::audit::v1::audit_service_client::AuditServiceClient;
-use ebb_tests::proto::audit::v1::{AppendEventsRequest, EventInput, VerifyChainRequest};
+use ebb_tests::proto::audit::v1::{
+    AppendEventsRequest, EventInput, ExportEventsRequest, VerifyChainRequest,
+};
 use ebb_tests::{Process, TestDatabases};
 use tonic::Code;
 
@@ -673,4 +675,148 @@ async fn an_http2_rapid_reset_flood_leaves_the_server_responsive() {
         })
         .await
         .expect("still serving calls");
+}
+
+/// Resident memory of a process in kilobytes (`VmRSS` of /proc/PID/status).
+fn rss_kb(p: &Process) -> u64 {
+    let pid = p.pid().expect("running");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Appends `n` events of about a kilobyte each to the chain of `org`.
+async fn seed_chain(p: &Process, org: &str, n: i64) {
+    let mut audit = AuditServiceClient::new(p.channel().await);
+    let filler = "x".repeat(1000);
+    let mut next = 1;
+    while next <= n {
+        let events = (next..(next + 1000).min(n + 1))
+            .map(|i| {
+                let mut event = audit_event(org, i);
+                event.data = Some(prost_types::Struct {
+                    fields: [(
+                        "note".to_owned(),
+                        prost_types::Value {
+                            kind: Some(prost_types::value::Kind::StringValue(filler.clone())),
+                        },
+                    )]
+                    .into(),
+                });
+                event
+            })
+            .collect::<Vec<_>>();
+        next += events.len() as i64;
+        audit
+            .append_events(AppendEventsRequest { events })
+            .await
+            .expect("append");
+    }
+}
+
+/// 100 ExportEvents streams that are opened and never read hold at most a megabyte each:
+/// the server reads a page from the database only when the client has taken the previous
+/// one. (Each once held thousands of events, about 7 MB.)
+#[tokio::test]
+async fn unread_export_streams_do_not_pin_memory() {
+    let mut dbs = TestDatabases::new();
+    let p = start_audit(
+        &mut dbs,
+        &[("EBB_EXPORT__MAX_STREAMS_PER_CALLER", "100".into())],
+    )
+    .await;
+    seed_chain(&p, "org-x", 4000).await;
+    let request = ExportEventsRequest {
+        organization_id: "org-x".into(),
+        ..Default::default()
+    };
+    // One export read to the end: the whole chain arrives, and the allocator has warmed up.
+    let mut audit = AuditServiceClient::new(p.channel().await);
+    let mut stream = audit
+        .export_events(request.clone())
+        .await
+        .expect("export")
+        .into_inner();
+    let mut received = 0;
+    while let Some(message) = stream.message().await.expect("message") {
+        received += message.events.len();
+    }
+    assert_eq!(received, 4000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kb(&p);
+    let (mut held, mut clients) = (Vec::new(), Vec::new());
+    for _ in 0..4 {
+        let mut audit = AuditServiceClient::new(p.channel().await);
+        for _ in 0..25 {
+            let stream = audit
+                .export_events(request.clone())
+                .await
+                .expect("export")
+                .into_inner();
+            held.push(stream);
+        }
+        clients.push(audit);
+    }
+    // Whatever the server would buffer, it has by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kb(&p);
+    let grown = after.saturating_sub(before);
+    println!(
+        "100 unread export streams: audit-svc RSS {before} kB -> {after} kB, grew {grown} kB \
+         ({} kB per stream)",
+        grown / 100
+    );
+    assert!(
+        grown <= 100 * 1024,
+        "100 unread streams grew RSS by {grown} kB (limit 1 MB per stream)"
+    );
+    drop((held, clients));
+}
+
+/// A token may have at most `export.max_streams_per_caller` (default 4) ExportEvents streams
+/// open; one more answers RESOURCE_EXHAUSTED naming the limit, and a cancelled stream gives
+/// its place back.
+#[tokio::test]
+async fn export_streams_per_token_are_limited() {
+    let mut dbs = TestDatabases::new();
+    let p = start_audit(&mut dbs, &[]).await;
+    seed_chain(&p, "org-l", 1000).await;
+    let request = ExportEventsRequest {
+        organization_id: "org-l".into(),
+        ..Default::default()
+    };
+    let mut audit = AuditServiceClient::new(p.channel().await);
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(
+            audit
+                .export_events(request.clone())
+                .await
+                .expect("within the limit")
+                .into_inner(),
+        );
+    }
+    let err = audit
+        .export_events(request.clone())
+        .await
+        .expect_err("one too many");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("at most 4") && err.message().contains("max_streams_per_caller"),
+        "{err:?}"
+    );
+    drop(open.pop());
+    eventually(
+        Duration::from_secs(5),
+        "a cancelled stream frees its place",
+        || {
+            let mut audit = audit.clone();
+            let request = request.clone();
+            async move { audit.export_events(request).await.ok().map(|_| ()) }
+        },
+    )
+    .await;
 }
