@@ -49,7 +49,14 @@ pub fn observe(peer: &str, headers: &http::HeaderMap) {
     let message = headers
         .get("grpc-message")
         .and_then(|v| v.to_str().ok())
-        .map(|m| percent_decode(m).chars().take(200).collect::<String>())
+        .map(|m| {
+            // Percent-encoded, as the gRPC HTTP/2 protocol says.
+            percent_encoding::percent_decode_str(m)
+                .decode_utf8_lossy()
+                .chars()
+                .take(200)
+                .collect::<String>()
+        })
         .unwrap_or_default();
     let reason = format!(
         "{peer} refuses this service's token (auth.service_token, else admin_token): {} {message}",
@@ -73,27 +80,6 @@ pub fn observe(peer: &str, headers: &http::HeaderMap) {
             );
         }
     }
-}
-
-/// `grpc-message` is percent-encoded (the gRPC HTTP/2 protocol); decodes `%XX`.
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(b) = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A channel whose answers are [`observe`]d as those of `peer`.

@@ -31,11 +31,7 @@ pub struct HealthArgs {
 
 /// Asks once and maps the answer to the exit code.
 pub fn main(args: HealthArgs) -> ExitCode {
-    let server = if args.server.contains("://") {
-        args.server.clone()
-    } else {
-        format!("http://{}", args.server)
-    };
+    let server = crate::cli::server_url(&args.server);
     let ca_path = match args.ca.as_deref().map(|p| p.to_str()) {
         Some(Some(p)) => p.to_owned(),
         Some(None) => {

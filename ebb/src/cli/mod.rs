@@ -192,11 +192,7 @@ fn resolve_token(conn: &Connection) -> Result<String, CliError> {
 /// Opens a lazily connected channel to `--server` presenting the resolved token.
 pub fn connect(conn: &Connection) -> Result<Ctx, CliError> {
     let token = resolve_token(conn)?;
-    let server = if conn.server.contains("://") {
-        conn.server.clone()
-    } else {
-        format!("http://{}", conn.server)
-    };
+    let server = server_url(&conn.server);
     let ca_path = match conn.ca.as_ref().filter(|p| !p.as_os_str().is_empty()) {
         Some(path) => path
             .to_str()
@@ -215,6 +211,15 @@ pub fn connect(conn: &Connection) -> Result<Ctx, CliError> {
         channel,
         output: conn.output,
     })
+}
+
+/// A `--server` value as a URL: `http://` is assumed for a bare HOST:PORT.
+pub fn server_url(server: &str) -> String {
+    if server.contains("://") {
+        server.to_owned()
+    } else {
+        format!("http://{server}")
+    }
 }
 
 /// Runs one operator command to completion on a fresh runtime and turns its outcome into

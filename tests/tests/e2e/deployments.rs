@@ -76,33 +76,31 @@ impl Site {
     }
 }
 
-/// Compose's variable interpolation: `${VAR}`, `${VAR:-default}`, `${VAR:?message}` (which
-/// stops `docker compose up` when VAR is unset or empty).
-fn interpolate(text: &str, vars: &BTreeMap<&str, String>) -> String {
+/// Compose's variable interpolation: `${VAR}`, `${VAR:-default}`, `${VAR:?message}`; the last
+/// stops `docker compose up` when VAR is unset or empty, which is the error here.
+fn interpolate(text: &str, vars: &BTreeMap<&str, String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
-        let end = rest[start..].find('}').expect("unclosed ${") + start;
+        let end = rest[start..]
+            .find('}')
+            .map(|e| e + start)
+            .ok_or_else(|| format!("unclosed ${{ in `{}`", &rest[start..]))?;
         let expr = &rest[start + 2..end];
+        let set = |name: &str| vars.get(name).filter(|v| !v.is_empty()).cloned();
         let value = if let Some((name, default)) = expr.split_once(":-") {
-            vars.get(name)
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .unwrap_or_else(|| default.to_owned())
+            set(name).unwrap_or_else(|| default.to_owned())
         } else if let Some((name, message)) = expr.split_once(":?") {
-            vars.get(name)
-                .filter(|v| !v.is_empty())
-                .cloned()
-                .unwrap_or_else(|| panic!("compose would refuse to start: {name}: {message}"))
+            set(name).ok_or_else(|| format!("{name}: {message}"))?
         } else {
-            vars.get(expr).cloned().unwrap_or_default()
+            set(expr).unwrap_or_default()
         };
         out.push_str(&value);
         rest = &rest[end + 1..];
     }
     out.push_str(rest);
-    out
+    Ok(out)
 }
 
 fn read(path: &str) -> String {
@@ -144,7 +142,8 @@ fn scalar(value: &Value) -> String {
 
 /// The services of `deploy/compose.yaml`, with `deploy/.env` as its one-liner writes it.
 fn compose(site: &Site, tokens: &BTreeMap<&str, String>) -> Vec<Launch> {
-    let text = interpolate(&read("deploy/compose.yaml"), tokens);
+    let text = interpolate(&read("deploy/compose.yaml"), tokens)
+        .unwrap_or_else(|e| panic!("compose would refuse to start: {e}"));
     let doc = yaml_docs(&text).remove(0);
     let services = &doc["services"];
     SERVICES
@@ -443,11 +442,13 @@ async fn compose_runs_a_workspace_to_an_archived_destroy() {
 #[tokio::test]
 async fn compose_refuses_to_start_without_the_tokens() {
     let text = read("deploy/compose.yaml");
-    let started = std::panic::catch_unwind(|| interpolate(&text, &BTreeMap::new()));
+    let refused = interpolate(&text, &BTreeMap::new())
+        .expect_err("compose.yaml must stop `up` without deploy/.env (${EBB_ADMIN_TOKEN:?…})");
     assert!(
-        started.is_err(),
-        "compose.yaml must stop `up` without deploy/.env (${{EBB_ADMIN_TOKEN:?…}})"
+        refused.starts_with("EBB_ADMIN_TOKEN: write deploy/.env first"),
+        "{refused}"
     );
+    assert!(interpolate(&text, &compose_env()).is_ok());
 }
 
 #[tokio::test]
