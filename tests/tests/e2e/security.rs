@@ -783,7 +783,9 @@ async fn unread_export_streams_do_not_pin_memory() {
 async fn export_streams_per_token_are_limited() {
     let mut dbs = TestDatabases::new();
     let p = start_audit(&mut dbs, &[]).await;
-    seed_chain(&p, "org-l", 1000).await;
+    // More than HTTP/2's flow-control windows hold (about 6 MB), so an unread stream stays
+    // open instead of finishing into the transport's buffers.
+    seed_chain(&p, "org-l", 6000).await;
     let request = ExportEventsRequest {
         organization_id: "org-l".into(),
         ..Default::default()
