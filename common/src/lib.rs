@@ -13,6 +13,8 @@ pub mod methods;
 pub mod metrics;
 pub mod page;
 pub mod peers;
+pub mod private_files;
+pub mod sealing;
 pub mod serving;
 pub mod signing;
 pub mod sql;

@@ -109,6 +109,9 @@ impl Validate for Config {
                  first tokens (EBB_ADMIN_TOKEN)",
             ));
         }
+        self.server
+            .encryption
+            .require_key("lifecycle-svc", "the key of step callback tokens")?;
         if self.min_inactivity < Duration::from_secs(1) {
             return Err(ConfigError::field("min_inactivity", "must be at least 1s"));
         }

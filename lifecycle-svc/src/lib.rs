@@ -52,7 +52,9 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if !config.catalog_file.is_empty() {
         load_catalog_file(&db, &config.catalog_file).await?;
     }
-    let secret = deprovision::webhooks::callback_secret(&db.conn).await?;
+    let keys = ebb_common::sealing::Keyring::from_config(&config.server.encryption)?
+        .ok_or_else(|| anyhow::anyhow!("encryption.key is required"))?;
+    let secret = deprovision::webhooks::callback_secret(&db.conn, &keys).await?;
     let gauges = Arc::new(gauges::LifecycleMetrics::new(db.clone(), &config));
     let core = core::Lifecycle::new(db.clone(), config).with_callback_secret(secret);
     let mut component = Component::new();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Validate};
+use crate::sealing::EncryptionConfig;
 /// Settings every service shares.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ServerConfig {
@@ -40,6 +41,9 @@ pub struct ServerConfig {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The keys that seal secrets kept in the database (lifecycle-svc and notifier-svc).
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
 }
 
 /// The connection pool (`EBB_DATABASE__ACQUIRE_TIMEOUT=2s`).
@@ -242,6 +246,7 @@ impl ServerConfig {
             metrics: MetricsConfig {
                 listen: metrics_listen.to_owned(),
             },
+            encryption: Default::default(),
         }
     }
 
@@ -310,6 +315,7 @@ impl Validate for ServerConfig {
         }
         check_token("admin_token", &self.admin_token)?;
         check_token("auth.service_token", &self.auth.service_token)?;
+        self.encryption.validate()?;
         let url = &self.auth.lifecycle_url;
         if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(ConfigError::field(

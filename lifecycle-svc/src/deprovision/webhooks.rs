@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebb_common::egress::{self, EgressGuard};
+use ebb_common::sealing::Keyring;
 use ebb_common::signing;
 
 use ebb_common::Result;
@@ -26,13 +27,18 @@ use crate::store::{exec, query_all, query_one};
 const POLL: Duration = Duration::from_millis(500);
 const BATCH: u64 = 20;
 
-/// Loads the callback-token key, creating it on first start; replicas share it.
-pub async fn callback_secret(conn: &impl ConnectionTrait) -> Result<Vec<u8>> {
+/// What the callback-token key is sealed for (associated data of its sealed value).
+const CALLBACK_KEY_PURPOSE: &str = "lifecycle_secrets/callback_tokens";
+
+/// Loads the callback-token key, creating it on first start; replicas share it. It is stored
+/// sealed under the configured encryption key; a key stored in clear by an earlier version, or
+/// under a retired encryption key, is sealed under the current one.
+pub async fn callback_secret(conn: &impl ConnectionTrait, keys: &Keyring) -> Result<Vec<u8>> {
     let fresh: [u8; 32] = rand::random();
     exec(
         conn,
         "INSERT INTO lifecycle_secrets (name, value) VALUES ('callback_tokens', $1) ON CONFLICT (name) DO NOTHING",
-        [hex::encode(fresh).into()],
+        [keys.seal(CALLBACK_KEY_PURPOSE, hex::encode(fresh).as_bytes()).into()],
     )
     .await?;
     #[derive(FromQueryResult)]
@@ -45,7 +51,26 @@ pub async fn callback_secret(conn: &impl ConnectionTrait) -> Result<Vec<u8>> {
         [],
     )
     .await?;
-    let value = row.map(|r| r.value).unwrap_or_default();
+    let stored = row.map(|r| r.value).unwrap_or_default();
+    let value = keys
+        .open_text(CALLBACK_KEY_PURPOSE, &stored)
+        .map_err(|e| ebb_common::Error::Unavailable(format!("callback-token key: {e}")))?;
+    if let Some(resealed) = keys
+        .reseal(CALLBACK_KEY_PURPOSE, &stored)
+        .map_err(|e| ebb_common::Error::Unavailable(format!("callback-token key: {e}")))?
+    {
+        // Another replica may have re-sealed it meanwhile: only the value read is replaced.
+        exec(
+            conn,
+            "UPDATE lifecycle_secrets SET value = $1 WHERE name = 'callback_tokens' AND value = $2",
+            [resealed.into(), stored.into()],
+        )
+        .await?;
+        tracing::info!(
+            key = keys.active_id(),
+            "sealed the callback-token key under the current encryption key"
+        );
+    }
     hex::decode(value)
         .map_err(|e| ebb_common::Error::Internal(format!("stored callback secret is not hex: {e}")))
 }
