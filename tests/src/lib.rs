@@ -73,6 +73,9 @@ fn credentials(envs: &[(&str, String)]) -> Vec<(&'static str, String)> {
         ("EBB_AUTH__SERVICE_TOKEN", SERVICE_TOKEN),
         ("EBB_TOKEN", ADMIN_TOKEN),
         ("EBB_ENCRYPTION__KEY", ENCRYPTION_KEY),
+        // lifecycle's snooze-link server on a port of its own, as every other listener.
+        ("EBB_SNOOZE__LISTEN", "127.0.0.1:0"),
+        ("EBB_LIFECYCLE__SNOOZE__LISTEN", "127.0.0.1:0"),
     ]
     .into_iter()
     .filter(|(k, _)| !envs.iter().any(|(e, _)| e == k))

@@ -11,7 +11,7 @@ use ebb_common::signing;
 
 use ebb_common::Result;
 use ebb_common::time::rfc3339;
-use sea_orm::{ConnectionTrait, FromQueryResult};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -22,57 +22,14 @@ use ebb_common::sql;
 use crate::deprovision::action_runs::STEP_COLUMNS;
 use crate::deprovision::action_runs::StepRow;
 use crate::deprovision::{action_runs, callbacks, catalog, entities, steps};
-use crate::store::{exec, query_all, query_one};
+use crate::store::{exec, query_all};
 
 const POLL: Duration = Duration::from_millis(500);
 const BATCH: u64 = 20;
 
-/// What the callback-token key is sealed for (associated data of its sealed value).
-const CALLBACK_KEY_PURPOSE: &str = "lifecycle_secrets/callback_tokens";
-
-/// Loads the callback-token key, creating it on first start; replicas share it. It is stored
-/// sealed under the configured encryption key; a key stored in clear by an earlier version, or
-/// under a retired encryption key, is sealed under the current one.
+/// Loads the callback-token key, creating it on first start; replicas share it.
 pub async fn callback_secret(conn: &impl ConnectionTrait, keys: &Keyring) -> Result<Vec<u8>> {
-    let fresh: [u8; 32] = rand::random();
-    exec(
-        conn,
-        "INSERT INTO lifecycle_secrets (name, value) VALUES ('callback_tokens', $1) ON CONFLICT (name) DO NOTHING",
-        [keys.seal(CALLBACK_KEY_PURPOSE, hex::encode(fresh).as_bytes()).into()],
-    )
-    .await?;
-    #[derive(FromQueryResult)]
-    struct Secret {
-        value: String,
-    }
-    let row: Option<Secret> = query_one(
-        conn,
-        "SELECT value FROM lifecycle_secrets WHERE name = 'callback_tokens'",
-        [],
-    )
-    .await?;
-    let stored = row.map(|r| r.value).unwrap_or_default();
-    let value = keys
-        .open_text(CALLBACK_KEY_PURPOSE, &stored)
-        .map_err(|e| ebb_common::Error::Unavailable(format!("callback-token key: {e}")))?;
-    if let Some(resealed) = keys
-        .reseal(CALLBACK_KEY_PURPOSE, &stored)
-        .map_err(|e| ebb_common::Error::Unavailable(format!("callback-token key: {e}")))?
-    {
-        // Another replica may have re-sealed it meanwhile: only the value read is replaced.
-        exec(
-            conn,
-            "UPDATE lifecycle_secrets SET value = $1 WHERE name = 'callback_tokens' AND value = $2",
-            [resealed.into(), stored.into()],
-        )
-        .await?;
-        tracing::info!(
-            key = keys.active_id(),
-            "sealed the callback-token key under the current encryption key"
-        );
-    }
-    hex::decode(value)
-        .map_err(|e| ebb_common::Error::Internal(format!("stored callback secret is not hex: {e}")))
+    crate::secrets::shared_key(conn, keys, "callback_tokens").await
 }
 
 /// Dispatches pending webhook requests until shutdown.

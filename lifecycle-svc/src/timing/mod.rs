@@ -5,6 +5,7 @@
 pub(crate) mod due;
 pub(crate) mod math;
 pub(crate) mod reminders;
+pub(crate) mod snooze_links;
 
 use ebb_common::time::EpochMs;
 use sea_orm::Value;

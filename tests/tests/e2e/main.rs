@@ -24,6 +24,7 @@ mod safety;
 mod scheduler_replicas;
 mod security;
 mod shared_upstreams;
+mod snooze;
 mod support;
 mod tools;
 mod tracing;
