@@ -324,6 +324,9 @@ async fn drive(launches: Vec<Launch>, site: &Site, admin_token: &str) {
             "EBB_LISTEN",
             format!("127.0.0.1:{}", site.ports[launch.service]),
         ));
+        if launch.service == "lifecycle" {
+            env.push(("EBB_SNOOZE__LISTEN", "127.0.0.1:0".into()));
+        }
         if launch.service == "scheduler" {
             env.extend(
                 ebb_tests::cluster::fast_scheduler_env("unused")
