@@ -12,6 +12,7 @@ use crate::notifier::{
     webhook,
 };
 use crate::support::ebb_serve;
+use ebb_tests::cluster::Cluster;
 use ebb_tests::proto::notifier::v1 as pb;
 use ebb_tests::{ENCRYPTION_KEY, TestDatabases, run_to_exit};
 use sea_orm::{ConnectionTrait, Database, Statement};
@@ -178,16 +179,53 @@ async fn signing_secrets_are_sealed_at_rest_and_a_key_rotation_reseals_them() {
 
 #[tokio::test]
 async fn the_callback_token_key_is_sealed_and_a_malformed_key_is_named_not_quoted() {
-    let cluster = ebb_tests::cluster::Cluster::start(0).await;
+    let cluster = Cluster::start(0).await;
     let values = stored(&cluster.lifecycle_db, "lifecycle_secrets", "value").await;
-    assert_eq!(values.len(), 1);
-    assert!(
-        values[0].starts_with(format!("{SEALED}ebb-test:").as_bytes()),
-        "{}",
-        String::from_utf8_lossy(&values[0])
+    assert_eq!(
+        values.len(),
+        2,
+        "the callback-token key and the snooze-link key"
     );
+    for v in &values {
+        assert!(
+            v.starts_with(format!("{SEALED}ebb-test:").as_bytes()),
+            "{}",
+            String::from_utf8_lossy(v)
+        );
+    }
     for file in sqlite_files(&cluster.lifecycle_db) {
         assert_eq!(mode(&file), 0o600, "{}", file.display());
+    }
+    // A rotation re-seals the shared keys (the callback-token key, the snooze-link key) under
+    // the new key at start, and the old key can go afterwards.
+    let Cluster {
+        dbs,
+        lifecycle,
+        lifecycle_db,
+        ..
+    } = cluster;
+    lifecycle.kill().await;
+    let new_key = ebb_common::sealing::generate_key("k2");
+    let mut env = ebb_tests::cluster::fast_lifecycle_env();
+    env.push(("EBB_DATABASE_URL", lifecycle_db.clone()));
+    for (rotating, retired) in [(true, ENCRYPTION_KEY.to_owned()), (false, String::new())] {
+        let mut env = env.clone();
+        env.push(("EBB_ENCRYPTION__KEY", new_key.clone()));
+        env.push(("EBB_ENCRYPTION__RETIRED_KEYS", retired));
+        let p = ebb_tests::Process::spawn("lifecycle-svc", &[], &env, dbs.dir())
+            .await
+            .expect("lifecycle with the new key");
+        p.wait_serving("").await.expect("serving");
+        let values = stored(&lifecycle_db, "lifecycle_secrets", "value").await;
+        assert!(values.len() >= 2, "callback and snooze keys");
+        for v in &values {
+            assert!(
+                v.starts_with(format!("{SEALED}k2:").as_bytes()),
+                "rotating={rotating}: {}",
+                String::from_utf8_lossy(v)
+            );
+        }
+        p.kill().await;
     }
     // A missing key is refused at start (foundation's test of required settings); a malformed
     // one is named without being quoted.
@@ -263,6 +301,10 @@ async fn ebb_serve_keeps_its_data_directory_private() {
     )
     .await;
     let id = key.trim().split(':').next().expect("key id");
-    assert!(values[0].starts_with(format!("{SEALED}{id}:").as_bytes()));
+    assert!(
+        values
+            .iter()
+            .all(|v| v.starts_with(format!("{SEALED}{id}:").as_bytes()))
+    );
     server.kill().await;
 }
