@@ -170,3 +170,129 @@ impl<P: SpanProcessor> SpanProcessor for DeferringProcessor<P> {
         self.inner.set_resource(resource);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{
+        Span as _, SpanContext, TraceContextExt, TraceFlags, Tracer, TracerProvider as _,
+    };
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+
+    use super::*;
+
+    /// Keeps the names of the spans passed on for export.
+    #[derive(Debug, Default, Clone)]
+    struct Exported(Arc<Mutex<Vec<String>>>);
+
+    impl SpanProcessor for Exported {
+        fn on_start(&self, _: &mut Span, _: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().expect("lock").push(span.name.into_owned());
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    impl Exported {
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.lock().expect("lock"))
+        }
+    }
+
+    fn provider(ratio: f64) -> (SdkTracerProvider, Exported) {
+        let exported = Exported::default();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(DeferringSampler::new(ratio))
+            .with_span_processor(DeferringProcessor::new(exported.clone()))
+            .build();
+        (provider, exported)
+    }
+
+    /// A root (deferred or not) with one child; `work` marks the child's trace.
+    fn round(provider: &SdkTracerProvider, deferred: bool, work: bool) {
+        let tracer = provider.tracer("test");
+        let attributes = if deferred {
+            vec![KeyValue::new(DEFERRED_ATTRIBUTE, true)]
+        } else {
+            vec![]
+        };
+        let root = tracer
+            .span_builder("root")
+            .with_attributes(attributes)
+            .start(&tracer);
+        let cx = Context::current_with_span(root);
+        let mut child = tracer.start_with_context("child", &cx);
+        if work {
+            mark_work(child.span_context());
+        }
+        child.end();
+        cx.span().end();
+    }
+
+    #[test]
+    fn a_deferred_round_is_exported_only_if_it_did_work() {
+        let (provider, exported) = provider(1.0);
+        round(&provider, true, false);
+        assert!(exported.take().is_empty(), "an idle round exports nothing");
+        round(&provider, true, true);
+        assert_eq!(exported.take(), ["child", "root"]);
+        round(&provider, false, false);
+        assert_eq!(exported.take(), ["child", "root"], "other traces pass");
+    }
+
+    #[test]
+    fn a_callee_keeps_its_part_of_a_deferred_trace_only_if_it_did_work() {
+        let (provider, exported) = provider(1.0);
+        let tracer = provider.tracer("test");
+        let state = TraceState::default()
+            .insert(STATE_KEY, STATE_VALUE)
+            .expect("state");
+        for (work, expected) in [(false, vec![]), (true, vec!["handler", "served"])] {
+            let caller = SpanContext::new(
+                TraceId::from(rand::random::<u128>().max(1)),
+                opentelemetry::trace::SpanId::from(7),
+                TraceFlags::SAMPLED,
+                true,
+                state.clone(),
+            );
+            let remote = Context::new().with_remote_span_context(caller);
+            let served = tracer.start_with_context("served", &remote);
+            let cx = remote.with_span(served);
+            let mut handler = tracer.start_with_context("handler", &cx);
+            assert!(
+                is_deferred(handler.span_context()),
+                "the caller's mark is inherited"
+            );
+            if work {
+                mark_work(handler.span_context());
+            }
+            handler.end();
+            cx.span().end();
+            assert_eq!(exported.take(), expected, "work: {work}");
+        }
+    }
+
+    #[test]
+    fn roots_follow_the_ratio_and_children_their_parent() {
+        let (provider, exported) = provider(0.0);
+        round(&provider, false, false);
+        assert!(exported.take().is_empty(), "ratio 0 samples no new trace");
+        let tracer = provider.tracer("test");
+        let caller = SpanContext::new(
+            TraceId::from(42u128),
+            opentelemetry::trace::SpanId::from(7),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        );
+        let remote = Context::new().with_remote_span_context(caller);
+        tracer.start_with_context("served", &remote).end();
+        assert_eq!(exported.take(), ["served"], "a sampled caller decides");
+    }
+}

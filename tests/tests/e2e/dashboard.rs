@@ -178,7 +178,6 @@ async fn the_dashboard_queries_only_series_ebb_serve_serves() {
     let refused = api
         .get_workspace(pb::GetWorkspaceRequest {
             workspace_id: "not-a-uuid".into(),
-            ..Default::default()
         })
         .await
         .expect_err("a malformed id is refused");

@@ -322,7 +322,6 @@ async fn an_idle_server_exports_no_root_spans() {
     let refused = api
         .get_workspace(pb::GetWorkspaceRequest {
             workspace_id: "not-a-uuid".into(),
-            ..Default::default()
         })
         .await
         .expect_err("a malformed id is refused");
