@@ -210,7 +210,7 @@ impl Call {
         }
     }
 
-    /// Ends the call with `code` now (no response to follow).
+    /// Ends the call with `code` now.
     pub fn fail(mut self, code: Code) {
         self.code = Some(code);
         self.ended = true;
@@ -218,10 +218,14 @@ impl Call {
 
     /// The response, whose stream ends the call.
     pub fn respond(
-        mut self,
+        self,
         response: http::Response<tonic::body::Body>,
     ) -> http::Response<tonic::body::Body> {
-        self.code = status_in(response.headers());
+        // A status in the headers is a trailers-only response: the call ends here.
+        if let Some(code) = status_in(response.headers()) {
+            self.fail(code);
+            return response;
+        }
         let (parts, body) = response.into_parts();
         let body = Observed {
             inner: body,
@@ -287,8 +291,11 @@ impl http_body::Body for Observed {
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(trailers), Some(call)) = (frame.trailers_ref(), this.call.as_mut()) {
-                    call.code = status_in(trailers).or(call.code);
+                // The trailers end the call: count it before they reach the peer.
+                if let Some(trailers) = frame.trailers_ref()
+                    && let Some(mut call) = this.call.take()
+                {
+                    call.code = status_in(trailers);
                     call.ended = true;
                 }
             }

@@ -88,6 +88,30 @@ async fn every_service_serves_the_metrics_the_documentation_lists() {
         },
     )
     .await;
+    // The calls above, by the grpc-ecosystem labels, on the server and on the client side.
+    let created = [
+        ("grpc_service", "ebb.lifecycle.v1.LifecycleService"),
+        ("grpc_method", "CreateOrganization"),
+        ("grpc_type", "unary"),
+        ("grpc_code", "OK"),
+    ];
+    let lifecycle_scrape = scrape(&lifecycle).await;
+    assert_eq!(
+        lifecycle_scrape.value("grpc_server_handled_total", &created),
+        Some(1.0)
+    );
+    let appended = [
+        ("grpc_service", "ebb.audit.v1.AuditService"),
+        ("grpc_method", "AppendEvents"),
+        ("grpc_code", "OK"),
+    ];
+    assert!(lifecycle_scrape.value("grpc_client_handled_total", &appended) >= Some(1.0));
+    assert!(
+        scrape(&audit)
+            .await
+            .value("grpc_server_handled_total", &appended)
+            >= Some(1.0)
+    );
     for (service, process) in [
         ("lifecycle", &lifecycle),
         ("scheduler", &scheduler),
