@@ -11,6 +11,7 @@ pub mod error;
 pub mod idempotency;
 pub mod methods;
 pub mod metrics;
+pub mod observe;
 pub mod page;
 pub mod peers;
 pub mod private_files;

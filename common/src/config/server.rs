@@ -467,6 +467,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
     /// The `service.name` resource attribute; defaults to the binary's name.
     pub service_name: String,
+    /// Share of traces started here that are exported, from 0 to 1 (parent-based: a call that
+    /// arrives with a sampled `traceparent` follows its caller's decision).
+    pub sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -476,6 +479,7 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Pretty,
             otlp_endpoint: String::new(),
             service_name: String::new(),
+            sample_ratio: 1.0,
         }
     }
 }
@@ -484,6 +488,12 @@ impl Validate for TelemetryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
             .map_err(|e| ConfigError::field("telemetry.log_filter", e))?;
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::field(
+                "telemetry.sample_ratio",
+                format!("is {}: expected a share from 0 to 1", self.sample_ratio),
+            ));
+        }
         if !self.otlp_endpoint.is_empty() {
             let uri: http::Uri = self
                 .otlp_endpoint

@@ -12,6 +12,7 @@ mod auth;
 mod auto_destroy;
 mod cli;
 mod clients;
+mod dashboard;
 mod deployments;
 mod deprovision;
 mod foundation;
