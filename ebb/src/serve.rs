@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ebb_common::app::ServiceConfig;
 use ebb_common::config::{
-    self, ConfigError, LimitsConfig, MetricsConfig, ServerConfig, TelemetryConfig, TlsConfig,
-    Validate,
+    self, ConfigError, GrpcWebConfig, LimitsConfig, MetricsConfig, ServerConfig, TelemetryConfig,
+    TlsConfig, Validate,
 };
 use ebb_common::sealing::EncryptionConfig;
 use ebb_common::serving::{self, Component};
@@ -66,6 +66,8 @@ pub struct ServeConfig {
     pub tls: TlsConfig,
     /// Limits every call is held to.
     pub limits: LimitsConfig,
+    /// gRPC-Web callers in browsers: which other origins may call (none by default).
+    pub grpc_web: GrpcWebConfig,
     /// The one Prometheus endpoint of the process, with every service's metrics.
     pub metrics: MetricsConfig,
     /// The key that seals secrets in the databases (`EBB_ENCRYPTION__KEY`). Empty: the one kept
@@ -92,6 +94,7 @@ impl Default for ServeConfig {
             admin_token: String::new(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            grpc_web: GrpcWebConfig::default(),
             metrics: MetricsConfig {
                 listen: "127.0.0.1:9460".into(),
             },
@@ -115,6 +118,7 @@ impl Validate for ServeConfig {
         shared.admin_token = self.admin_token.clone();
         shared.tls = self.tls.clone();
         shared.limits = self.limits.clone();
+        shared.grpc_web = self.grpc_web.clone();
         shared.validate()?;
         if self.tls.enabled() && self.tls.ca_path.is_empty() {
             return Err(ConfigError::field(
@@ -176,6 +180,7 @@ impl ServeConfig {
             server.tls = self.tls.clone();
             server.limits = self.limits.clone();
             server.encryption = self.encryption.clone();
+            server.grpc_web = self.grpc_web.clone();
             // The process serves one metrics endpoint, not one per service.
             server.metrics.listen = String::new();
         }

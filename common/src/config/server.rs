@@ -44,6 +44,18 @@ pub struct ServerConfig {
     /// The keys that seal secrets kept in the database (lifecycle-svc and notifier-svc).
     #[serde(default)]
     pub encryption: EncryptionConfig,
+    /// gRPC-Web callers (browsers): which other origins may call.
+    #[serde(default)]
+    pub grpc_web: GrpcWebConfig,
+}
+
+/// gRPC-Web is always served; cross-origin calls only from these origins (`EBB_GRPC_WEB__*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcWebConfig {
+    /// Origins (`https://console.example.com`) whose pages may call this server from a browser
+    /// (CORS). Empty: none, only same-origin and non-browser callers.
+    pub allowed_origins: Vec<String>,
 }
 
 /// The connection pool (`EBB_DATABASE__ACQUIRE_TIMEOUT=2s`).
@@ -247,6 +259,7 @@ impl ServerConfig {
                 listen: metrics_listen.to_owned(),
             },
             encryption: Default::default(),
+            grpc_web: GrpcWebConfig::default(),
         }
     }
 
@@ -316,6 +329,7 @@ impl Validate for ServerConfig {
         check_token("admin_token", &self.admin_token)?;
         check_token("auth.service_token", &self.auth.service_token)?;
         self.encryption.validate()?;
+        crate::serving::web::validate(&self.grpc_web)?;
         let url = &self.auth.lifecycle_url;
         if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(ConfigError::field(

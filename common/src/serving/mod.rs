@@ -9,6 +9,7 @@ mod readiness;
 mod server;
 mod shutdown;
 mod startup;
+pub mod web;
 
 pub use component::{Authority, Component};
 pub use limits::{Limits, LimitsLayer};

@@ -114,6 +114,10 @@ pub async fn serve(
         .load_shed(true)
         .max_concurrent_streams(streams)
         .http2_max_header_list_size(64 * 1024)
+        // gRPC-Web (HTTP/1.1 too) for browsers, translated to gRPC before anything else looks.
+        .accept_http1(true)
+        .layer(super::web::cors(&server.grpc_web))
+        .layer(tonic_web::GrpcWebLayer::new())
         .layer(ObserveLayer)
         .layer(LimitsLayer::new(limits))
         .layer(AuthLayer::new(guard))
