@@ -4,6 +4,7 @@
 
 pub(crate) mod due;
 pub(crate) mod math;
+pub(crate) mod recurrence;
 pub(crate) mod reminders;
 
 use ebb_common::time::EpochMs;
