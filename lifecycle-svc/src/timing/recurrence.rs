@@ -13,20 +13,28 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use ebb_common::time::{EpochMs, MAX_EPOCH_MS};
 
-/// The most occurrences a schedule shows ahead.
-pub const MAX_UPCOMING: usize = 10;
 
 /// A parsed recurring schedule.
 #[derive(Debug, Clone)]
 pub struct Recurrence {
     cron: Cron,
     zone: Tz,
+    /// The expression and the zone's name as given.
+    source: (String, String),
 }
+
+impl PartialEq for Recurrence {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Recurrence {}
 
 /// Why a cron expression or a time zone was refused: the field and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub field: &'static str,
+    pub field: String,
     pub reason: String,
 }
 
@@ -37,10 +45,13 @@ impl Recurrence {
     pub fn parse(
         cron: &str,
         time_zone: &str,
-        cron_field: &'static str,
-        zone_field: &'static str,
+        cron_field: &str,
+        zone_field: &str,
     ) -> Result<Self, Refusal> {
-        let refuse = |field, reason: String| Refusal { field, reason };
+        let refuse = |field: &str, reason: String| Refusal {
+            field: field.to_owned(),
+            reason,
+        };
         if cron.trim().is_empty() {
             return Err(refuse(cron_field, "must not be empty".into()));
         }
@@ -58,7 +69,12 @@ impl Recurrence {
             .year(Year::Disallowed)
             .build()
             .parse(cron)
-            .map_err(|e| refuse(cron_field, format!("{cron:?} is not a valid cron expression: {e}")))?;
+            .map_err(|e| {
+                refuse(
+                    cron_field,
+                    format!("{cron:?} is not a valid cron expression: {e}"),
+                )
+            })?;
         if time_zone.trim().is_empty() {
             return Err(refuse(
                 zone_field,
@@ -71,7 +87,27 @@ impl Recurrence {
                 format!("{time_zone:?} is not an IANA time zone (e.g. Europe/Berlin, UTC)"),
             )
         })?;
-        Ok(Self { cron: parsed, zone })
+        Ok(Self {
+            cron: parsed,
+            zone,
+            source: (cron.trim().to_owned(), time_zone.to_owned()),
+        })
+    }
+
+    /// A schedule as stored; `None` (never occurs) for one that no longer parses, so a
+    /// damaged row fails closed.
+    pub fn stored(cron: Option<&str>, time_zone: Option<&str>) -> Option<Self> {
+        Self::parse(cron?, time_zone?, "recurring_cron", "recurring_time_zone").ok()
+    }
+
+    /// The cron expression as given.
+    pub fn cron(&self) -> &str {
+        &self.source.0
+    }
+
+    /// The time zone's name.
+    pub fn time_zone(&self) -> &str {
+        &self.source.1
     }
 
     /// The first occurrence strictly after `t`, if there is one before year 9999.

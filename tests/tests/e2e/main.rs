@@ -20,6 +20,7 @@ mod notifier;
 mod outage;
 mod runbook;
 mod safety;
+mod schedules;
 mod scheduler_replicas;
 mod security;
 mod shared_upstreams;
