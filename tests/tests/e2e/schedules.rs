@@ -151,14 +151,16 @@ async fn event_dues(
         .await
         .into_iter()
         .filter(|e| e.subject_id == ws)
-        .map(|e| {
-            let data: serde_json::Value = serde_json::from_str(&e.data).expect("event data");
-            (
-                data["due_at"].as_str().unwrap_or_default().to_owned(),
-                data["reason"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
+        .map(|e| (field(&e, "due_at"), field(&e, "reason")))
         .collect()
+}
+
+/// A string field of an event's data, or empty.
+fn field(e: &pb::OutboxEvent, name: &str) -> String {
+    match e.data.as_ref().and_then(|d| d.fields.get(name)?.kind.clone()) {
+        Some(prost_types::value::Kind::StringValue(s)) => s,
+        _ => String::new(),
+    }
 }
 
 /// "30 2 * * *" in Berlin across both 2026 transitions, on a clock the test moves: on the
