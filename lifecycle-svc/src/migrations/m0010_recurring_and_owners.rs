@@ -3,8 +3,8 @@ use sea_orm_migration::prelude::*;
 
 /// Recurring schedules and owners: a workspace may carry a cron expression with its IANA time
 /// zone and the due time of its current occurrence (the three set together or not at all), and
-/// a workspace or an entity may name an owner (an email address and/or a Slack user id) who is
-/// told about its reminders and results.
+/// it may name an owner (an email address and/or a Slack user id) who is told about its
+/// reminders and results.
 pub struct M0010RecurringAndOwners;
 
 impl MigrationName for M0010RecurringAndOwners {
@@ -21,8 +21,6 @@ ALTER TABLE workspaces ADD COLUMN recurring_time_zone TEXT;
 ALTER TABLE workspaces ADD COLUMN recurring_due_at BIGINT;
 ALTER TABLE workspaces ADD COLUMN owner_email TEXT NOT NULL DEFAULT '';
 ALTER TABLE workspaces ADD COLUMN owner_slack_user_id TEXT NOT NULL DEFAULT '';
-ALTER TABLE entities ADD COLUMN owner_email TEXT NOT NULL DEFAULT '';
-ALTER TABLE entities ADD COLUMN owner_slack_user_id TEXT NOT NULL DEFAULT '';
 
 CREATE INDEX workspaces_owner_email ON workspaces (organization_id, owner_email)
     WHERE owner_email <> '';

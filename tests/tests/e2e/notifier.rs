@@ -476,7 +476,7 @@ async fn serve_connection(
 // Starting notifier-svc.
 
 /// notifier-svc configuration for tests: short retries, loopback allowed.
-fn config_toml(schedule: &[&str], extra: &str) -> String {
+pub(crate) fn config_toml(schedule: &[&str], extra: &str) -> String {
     let schedule: Vec<String> = schedule.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         "[delivery]\nretry_schedule = [{}]\njitter = 0.0\nmin_throttle_wait = \"1s\"\n\
@@ -486,7 +486,7 @@ fn config_toml(schedule: &[&str], extra: &str) -> String {
     )
 }
 
-async fn start_notifier(dbs: &TestDatabases, url: &str, toml: &str) -> Process {
+pub(crate) async fn start_notifier(dbs: &TestDatabases, url: &str, toml: &str) -> Process {
     let path = dbs
         .dir()
         .join(format!("notifier-{}.toml", uuid::Uuid::new_v4().simple()));
@@ -510,7 +510,7 @@ async fn start_notifier(dbs: &TestDatabases, url: &str, toml: &str) -> Process {
     p
 }
 
-async fn client(p: &Process) -> NotifierServiceClient<Channel> {
+pub(crate) async fn client(p: &Process) -> NotifierServiceClient<Channel> {
     NotifierServiceClient::new(p.channel().await)
 }
 
@@ -527,7 +527,7 @@ fn webhook(org: &str, url: String, events: &[&str]) -> pb::NotificationConfigura
     }
 }
 
-async fn create(
+pub(crate) async fn create(
     c: &mut NotifierServiceClient<Channel>,
     config: pb::NotificationConfiguration,
 ) -> (pb::NotificationConfiguration, String) {
@@ -542,7 +542,7 @@ async fn create(
     (r.configuration.expect("configuration"), r.signing_secret)
 }
 
-fn event(id: &str, org: &str, kind: &str, workspace: &str) -> pb::Event {
+pub(crate) fn event(id: &str, org: &str, kind: &str, workspace: &str) -> pb::Event {
     let data = prost_types::Struct {
         fields: [
             ("workspace_id", workspace),
@@ -575,7 +575,7 @@ fn event(id: &str, org: &str, kind: &str, workspace: &str) -> pb::Event {
     }
 }
 
-async fn publish(c: &mut NotifierServiceClient<Channel>, e: pb::Event) -> i32 {
+pub(crate) async fn publish(c: &mut NotifierServiceClient<Channel>, e: pb::Event) -> i32 {
     c.publish_event(pb::PublishEventRequest { event: Some(e) })
         .await
         .expect("publish")
@@ -600,7 +600,7 @@ async fn deliveries(
     .deliveries
 }
 
-async fn wait_delivery(
+pub(crate) async fn wait_delivery(
     c: &mut NotifierServiceClient<Channel>,
     org: &str,
     configuration_id: &str,

@@ -460,3 +460,219 @@ async fn the_database_refuses_a_partial_recurring_schedule() {
         assert!(refused.is_err(), "the database accepted {set}");
     }
 }
+
+/// Owners: set at creation and by update (refused naming the field when malformed), listed by
+/// `owner`, and carried by the workspace's reminders and results as `data.owner`.
+#[tokio::test]
+async fn owners_filter_the_list_and_ride_on_reminders() {
+    let cluster = Cluster::start(1).await;
+    let mut api = cluster.api().await;
+    let settings = pb::OrganizationSettings {
+        reminder_lead_times: vec![secs(60)],
+        minimum_notice: Some(secs(0)),
+        ..Default::default()
+    };
+    let f = fixture(&mut api, Some(settings), "unowned").await;
+    let create = |name: &str, email: &str, slack: &str| pb::CreateWorkspaceRequest {
+        project_id: f.project.id.clone(),
+        name: name.into(),
+        owner: Some(pb::Owner {
+            email: email.into(),
+            slack_user_id: slack.into(),
+        }),
+        ..Default::default()
+    };
+    let status = api
+        .create_workspace(create("bad", "not-an-address", "#general"))
+        .await
+        .expect_err("malformed owner");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut fields: Vec<String> = status
+        .get_details_bad_request()
+        .expect("field violations")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect();
+    fields.sort();
+    assert_eq!(fields, ["owner.email", "owner.slack_user_id"]);
+
+    let ana = api
+        .create_workspace(create("ana", "ana@example.com", "U024BE7LH"))
+        .await
+        .expect("create")
+        .into_inner()
+        .workspace
+        .expect("workspace");
+    let bo = api
+        .create_workspace(create("bo", "bo@example.com", ""))
+        .await
+        .expect("create")
+        .into_inner()
+        .workspace
+        .expect("workspace");
+    let owned_by = |owner: &str| pb::ListWorkspacesRequest {
+        organization_id: f.org.id.clone(),
+        owner: owner.into(),
+        ..Default::default()
+    };
+    for (owner, expected) in [
+        ("ana@example.com", vec![ana.id.clone()]),
+        ("U024BE7LH", vec![ana.id.clone()]),
+        ("bo@example.com", vec![bo.id.clone()]),
+        ("nobody@example.com", vec![]),
+    ] {
+        let ids: Vec<String> = api
+            .list_workspaces(owned_by(owner))
+            .await
+            .expect("list")
+            .into_inner()
+            .workspaces
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        assert_eq!(ids, expected, "owner {owner}");
+    }
+    // Handing the workspace over.
+    let moved = api
+        .update_workspace(pb::UpdateWorkspaceRequest {
+            workspace: Some(pb::Workspace {
+                id: bo.id.clone(),
+                owner: Some(pb::Owner {
+                    email: "ana@example.com".into(),
+                    slack_user_id: String::new(),
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["owner".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .workspace
+        .expect("workspace");
+    assert_eq!(
+        moved.owner.as_ref().map(|o| o.email.as_str()),
+        Some("ana@example.com")
+    );
+    let listed = api
+        .list_workspaces(owned_by("ana@example.com"))
+        .await
+        .expect("list")
+        .into_inner()
+        .workspaces;
+    assert_eq!(listed.len(), 2);
+
+    // A reminder names the owner.
+    apply(&mut api, &ana.id, 1).await;
+    api.set_auto_destroy(pb::SetAutoDestroyRequest {
+        workspace_id: ana.id.clone(),
+        auto_destroy_at: Some(ebb_tests::cluster::from_now(Duration::from_secs(30))),
+        ..Default::default()
+    })
+    .await
+    .expect("schedule");
+    cluster.scheduler_rounds(REMINDERS, 2).await;
+    let reminder = eventually(WAIT, "the reminder", || {
+        let (mut api, org) = (api.clone(), f.org.id.clone());
+        async move {
+            events(&mut api, &org, "workspace.auto_destroy.reminder")
+                .await
+                .into_iter()
+                .next()
+        }
+    })
+    .await;
+    let owner = match reminder
+        .data
+        .as_ref()
+        .and_then(|d| d.fields.get("owner")?.kind.clone())
+    {
+        Some(prost_types::value::Kind::StructValue(s)) => s,
+        other => panic!("no owner in the reminder: {other:?}"),
+    };
+    let part = |name: &str| match owner.fields.get(name).and_then(|v| v.kind.clone()) {
+        Some(prost_types::value::Kind::StringValue(s)) => s,
+        _ => String::new(),
+    };
+    assert_eq!(part("email"), "ana@example.com");
+    assert_eq!(part("slack_user_id"), "U024BE7LH");
+}
+
+/// The notifier sends an event that names an owner to the owner too: the real notifier
+/// binary, an email configuration and an SMTP server the test stands up.
+#[tokio::test]
+async fn the_owner_of_an_event_gets_the_email() {
+    use crate::notifier::{config_toml, create, event, publish, start_notifier, wait_delivery};
+    use crate::support::SmtpSink;
+    use ebb_tests::proto::notifier::v1 as npb;
+    let sink = SmtpSink::start().await;
+    let mut dbs = TestDatabases::new();
+    let url = dbs.create("notifier").await;
+    let smtp = format!(
+        "[smtp]\nrelay = \"127.0.0.1\"\nport = {}\ntls = \"none\"\nfrom = \"Ebb <ebb@example.com>\"\n",
+        sink.port
+    );
+    let notifier = start_notifier(
+        &dbs,
+        &url,
+        &format!("{}{smtp}", config_toml(&["0s", "200ms"], "")),
+    )
+    .await;
+    let mut c = crate::notifier::client(&notifier).await;
+    let (config, _) = create(
+        &mut c,
+        npb::NotificationConfiguration {
+            organization_id: "org_o".into(),
+            name: "on-call mail".into(),
+            destination_type: npb::DestinationType::Email as i32,
+            email_addresses: vec!["oncall@example.com".into()],
+            event_types: vec!["workspace.auto_destroy.reminder".into()],
+            enabled: true,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut owned = event("o1", "org_o", "workspace.auto_destroy.reminder", "ws_o");
+    let owner = prost_types::Struct {
+        fields: [("email", "ana@example.com"), ("slack_user_id", "U024BE7LH")]
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_owned(),
+                    prost_types::Value {
+                        kind: Some(prost_types::value::Kind::StringValue(v.to_owned())),
+                    },
+                )
+            })
+            .collect(),
+    };
+    owned.data.get_or_insert_default().fields.insert(
+        "owner".into(),
+        prost_types::Value {
+            kind: Some(prost_types::value::Kind::StructValue(owner)),
+        },
+    );
+    publish(&mut c, owned).await;
+    wait_delivery(
+        &mut c,
+        "org_o",
+        &config.id,
+        npb::DeliveryStatus::Succeeded,
+        Duration::from_secs(10),
+    )
+    .await;
+    let mail = eventually(Duration::from_secs(5), "the reminder email", || {
+        let all = sink.messages();
+        async move { all.into_iter().find(|m| m.contains("auto-destroyed")) }
+    })
+    .await;
+    assert!(
+        mail.contains("To: oncall@example.com, ana@example.com"),
+        "{mail}"
+    );
+    assert!(mail.contains("ana@example.com"), "{mail}");
+}
