@@ -124,10 +124,15 @@ impl Owner {
             email: part("email").filter(|e| {
                 e.len() <= 254
                     && e.contains('@')
-                    && !e.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',')
+                    && !e
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
             }),
             slack_user_id: part("slack_user_id").filter(|id| {
-                id.len() <= 21 && id.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+                id.len() <= 21
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
             }),
         }
     }
@@ -391,7 +396,11 @@ mod tests {
             panic!("json")
         };
         let slack: Value = serde_json::from_slice(&slack).expect("json");
-        assert!(slack["text"].as_str().is_some_and(|t| t.starts_with("<@U024BE7LH> ")));
+        assert!(
+            slack["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("<@U024BE7LH> "))
+        );
         assert_eq!(slack["blocks"][2]["text"]["text"], "Owner: <@U024BE7LH>");
         let configured = vec!["ops@example.com".to_owned()];
         assert_eq!(
@@ -400,7 +409,8 @@ mod tests {
         );
         // Without an owner, or with one that does not look like an address, nothing is added.
         assert_eq!(email_recipients(&configured, &event()), configured);
-        owned.data["owner"] = json!({"email": "a@b.c, evil@example.com", "slack_user_id": "<!channel>"});
+        owned.data["owner"] =
+            json!({"email": "a@b.c, evil@example.com", "slack_user_id": "<!channel>"});
         assert_eq!(email_recipients(&configured, &owned), configured);
         assert_eq!(Owner::of(&owned), Owner::default());
     }

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 
 use crate::auto_destroy::policy;
-use crate::timing::math::{Branch, Timing};
-use crate::timing::recurrence::Recurrence;
 use crate::store::query_all;
 use crate::tenancy::orgs;
+use crate::timing::math::{Branch, Timing};
+use crate::timing::recurrence::Recurrence;
 use crate::workspaces::WORKSPACE_COLUMNS;
 use crate::workspaces::WORKSPACE_FROM;
 use crate::workspaces::WorkspaceRow;

@@ -22,12 +22,20 @@ use crate::{runs, workspaces};
 /// What became of a fire key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Queued { run_id: String },
-    Deferred { reason: String },
-    Stale { reason: String },
+    Queued {
+        run_id: String,
+    },
+    Deferred {
+        reason: String,
+    },
+    Stale {
+        reason: String,
+    },
     SkippedProtected,
     /// Consumed without a run, for `reason` (`nothing_to_destroy`).
-    Skipped { reason: String },
+    Skipped {
+        reason: String,
+    },
 }
 
 /// The actor of the scheduler's decisions.

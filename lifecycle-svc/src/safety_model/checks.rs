@@ -204,7 +204,10 @@ impl World {
     ) -> Result<(), String> {
         let now = self.model.now;
         for (i, ws) in after.iter().enumerate() {
-            let stored = ws.recurring_cron.as_deref().zip(ws.recurring_time_zone.as_deref());
+            let stored = ws
+                .recurring_cron
+                .as_deref()
+                .zip(ws.recurring_time_zone.as_deref());
             let set = self.model.recurring[i]
                 .as_ref()
                 .map(|r| (r.cron(), r.time_zone()));

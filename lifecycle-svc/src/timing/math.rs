@@ -152,9 +152,9 @@ impl Timing {
             self.recurring_due(),
         ]
         .into_iter()
-            .flatten()
-            .filter_map(unfired)
-            .min()
+        .flatten()
+        .filter_map(unfired)
+        .min()
     }
 
     /// Which schedule the due time `due` belongs to.
@@ -522,7 +522,11 @@ mod tests {
         // At 9:30 with a 2 h notice: 10:00 and 11:00 are skipped, 12:00 (>= 11:30) fires.
         assert!(t.give_notice(9 * H + H / 2, 2 * H));
         assert_eq!(t.next_auto_destroy_at(), Some(12 * H));
-        assert_eq!(t.reason(), "recurring", "still an occurrence the cron names");
+        assert_eq!(
+            t.reason(),
+            "recurring",
+            "still an occurrence the cron names"
+        );
     }
 
     #[test]

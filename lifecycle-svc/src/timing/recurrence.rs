@@ -13,7 +13,6 @@ use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use ebb_common::time::{EpochMs, MAX_EPOCH_MS};
 
-
 /// A parsed recurring schedule.
 #[derive(Debug, Clone)]
 pub struct Recurrence {
@@ -222,7 +221,13 @@ mod tests {
 
     #[test]
     fn bad_expressions_and_zones_are_refused_naming_the_field() {
-        for bad in ["", "0 19 * *", "0 0 19 * * FRI", "61 19 * * *", "0 19 * * FUNDAY"] {
+        for bad in [
+            "",
+            "0 19 * *",
+            "0 0 19 * * FRI",
+            "61 19 * * *",
+            "0 19 * * FUNDAY",
+        ] {
             let e = Recurrence::parse(bad, "UTC", "cron", "time_zone").expect_err(bad);
             assert_eq!(e.field, "cron", "{bad}: {}", e.reason);
         }

@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ebb_tests::Channel;
+use ebb_tests::TestDatabases;
 use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, runs, secs};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
-use ebb_tests::TestDatabases;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -157,7 +157,11 @@ async fn event_dues(
 
 /// A string field of an event's data, or empty.
 fn field(e: &pb::OutboxEvent, name: &str) -> String {
-    match e.data.as_ref().and_then(|d| d.fields.get(name)?.kind.clone()) {
+    match e
+        .data
+        .as_ref()
+        .and_then(|d| d.fields.get(name)?.kind.clone())
+    {
         Some(prost_types::value::Kind::StringValue(s)) => s,
         _ => String::new(),
     }
@@ -183,7 +187,9 @@ async fn a_recurring_destroy_fires_once_across_both_daylight_saving_transitions(
     let f = fixture(&mut api, Some(settings), "applied").await;
     let org = f.org.id.clone();
     let applied = f.workspace.id.clone();
-    let idle = create_workspace(&mut api, &f.project.id, "never-applied").await.id;
+    let idle = create_workspace(&mut api, &f.project.id, "never-applied")
+        .await
+        .id;
     apply(&mut api, &applied, 1).await;
 
     // Spring: the first occurrence is 03:00 CEST (01:00 UTC), then 02:30 CEST each day.
@@ -383,11 +389,7 @@ async fn recurring_schedules_are_validated_noticed_previewed_and_extended() {
         let local = chrono::DateTime::from_timestamp_millis(ts_ms(t))
             .expect("time")
             .with_timezone(&chrono_tz::Europe::Berlin);
-        assert_eq!(
-            local.format("%a %H:%M").to_string(),
-            "Fri 19:00",
-            "{local}"
-        );
+        assert_eq!(local.format("%a %H:%M").to_string(), "Fri 19:00", "{local}");
     }
 
     // An extension applies to the current occurrence only.

@@ -25,6 +25,7 @@ pub(super) fn decided_by(w: &pb::Workspace) -> &'static str {
     match (&w.next_auto_destroy_at, &w.auto_destroy_at) {
         (None, _) => "-",
         (Some(next), Some(at)) if next == at => "time",
+        (Some(_), _) if w.next_auto_destroy_reason == "recurring" => "recurring",
         (Some(_), _) => "inactivity",
     }
 }

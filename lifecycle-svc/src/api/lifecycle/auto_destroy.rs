@@ -58,8 +58,7 @@ impl LifecycleApi {
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = settings::set_auto_destroy(txn, &id, schedule, API_ACTOR, now)
-                        .await?;
+                    let w = settings::set_auto_destroy(txn, &id, schedule, API_ACTOR, now).await?;
                     Ok(pb::SetAutoDestroyResponse {
                         workspace: Some(convert::workspace(&w)?),
                     })
@@ -102,8 +101,7 @@ impl LifecycleApi {
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = settings::clear_auto_destroy(txn, &id, clear, API_ACTOR, now)
-                        .await?;
+                    let w = settings::clear_auto_destroy(txn, &id, clear, API_ACTOR, now).await?;
                     Ok(pb::ClearAutoDestroyResponse {
                         workspace: Some(convert::workspace(&w)?),
                     })
