@@ -160,7 +160,7 @@ pub fn owner(
             });
         if !valid {
             v.add(
-                &format!("{prefix}.email"),
+                format!("{prefix}.email"),
                 format!("{email:?} is not an email address"),
             );
         }
@@ -174,7 +174,7 @@ pub fn owner(
                 .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
         if !valid {
             v.add(
-                &format!("{prefix}.slack_user_id"),
+                format!("{prefix}.slack_user_id"),
                 format!("{slack:?} is not a Slack member id (such as U024BE7LH)"),
             );
         }
@@ -197,7 +197,7 @@ pub fn recurring(
     ) {
         Ok(r) => Some(r),
         Err(refusal) => {
-            v.add(&refusal.field, refusal.reason);
+            v.add(refusal.field, refusal.reason);
             None
         }
     }
