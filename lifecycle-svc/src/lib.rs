@@ -42,13 +42,6 @@ pub mod bench {
 
 /// Connects, migrates and assembles the service.
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
-    if let Some(file) = ebb_common::time::test_clock::enabled() {
-        tracing::warn!(
-            file,
-            "the test clock is on: every decision reads the time moved by the offset in this \
-             file; never run like this in production"
-        );
-    }
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let relay = events::relay::run(&config, db.clone(), shutdown.clone());

@@ -317,6 +317,13 @@ async fn a_recurring_destroy_fires_once_across_both_daylight_saving_transitions(
         vec![ms("2026-10-26T01:30:00Z"), ms("2026-10-25T00:30:00Z")]
     );
     cluster.check_destroy_causes().await;
+    assert!(
+        cluster
+            .lifecycle
+            .log_text()
+            .contains("the test clock is on"),
+        "a process on the test clock says so"
+    );
 }
 
 /// Refusals name the field; the minimum notice skips occurrences to the first after it; the
