@@ -155,6 +155,33 @@ struct Summary {
     headline: String,
     facts: Vec<(String, String)>,
     footer: String,
+    snooze: Option<Snooze>,
+}
+
+/// The snooze link of a reminder (lifecycle-svc adds `snooze_url` and `snooze_by`).
+struct Snooze {
+    url: String,
+    /// The link's token: the last segment of its address, which the Slack button carries.
+    token: String,
+    /// How much later it pushes the destroy, e.g. "1d".
+    by: String,
+}
+
+impl Snooze {
+    fn of(data: &Value) -> Option<Self> {
+        let url = data.get("snooze_url").and_then(scalar)?;
+        let token = url.rsplit_once("/v1/snooze/")?.1.to_owned();
+        let by = data.get("snooze_by").and_then(scalar).unwrap_or_default();
+        Some(Self { url, token, by })
+    }
+
+    fn label(&self) -> String {
+        if self.by.is_empty() {
+            "Snooze".into()
+        } else {
+            format!("Snooze {}", self.by)
+        }
+    }
 }
 
 impl Summary {
@@ -227,6 +254,9 @@ impl Summary {
                 if facts.len() >= 10 {
                     break;
                 }
+                if k.starts_with("snooze_") {
+                    continue;
+                }
                 if let Some(text) = scalar(v) {
                     facts.push((k.replace('_', " "), truncate(&text, 200)));
                 }
@@ -242,6 +272,7 @@ impl Summary {
             headline,
             facts,
             footer,
+            snooze: Snooze::of(&event.data),
         }
     }
 }
@@ -291,6 +322,16 @@ fn slack(s: &Summary, owner: &Owner) -> Value {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("Owner: <@{id}>")}}));
         text = format!("<@{id}> {text}");
     }
+    if let Some(snooze) = &s.snooze {
+        // Pressed in Slack, it reaches lifecycle's /v1/slack/interactions (the Slack app's
+        // interactivity request URL), which verifies Slack's signature and snoozes once.
+        blocks.push(json!({"type": "actions", "elements": [{
+            "type": "button",
+            "action_id": "ebb_snooze",
+            "text": {"type": "plain_text", "text": snooze.label(), "emoji": false},
+            "value": snooze.token,
+        }]}));
+    }
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&s.footer)}]}));
     json!({"text": text, "blocks": blocks})
 }
@@ -322,6 +363,9 @@ fn teams(s: &Summary) -> Value {
                     {"type": "FactSet", "facts": facts},
                     {"type": "TextBlock", "text": s.footer, "isSubtle": true, "size": "Small", "wrap": true},
                 ],
+                "actions": s.snooze.iter().map(|z| json!({
+                    "type": "Action.OpenUrl", "title": z.label(), "url": z.url,
+                })).collect::<Vec<_>>(),
             },
         }],
     })
@@ -332,6 +376,9 @@ fn email(s: &Summary) -> (String, String) {
     let mut text = format!("{}\n\n", s.headline);
     for (k, v) in &s.facts {
         text.push_str(&format!("{k}: {v}\n"));
+    }
+    if let Some(z) = &s.snooze {
+        text.push_str(&format!("\n{}: {}\n", z.label(), z.url));
     }
     text.push_str(&format!("\n-- \n{}\n", s.footer));
     let rows: String = s
@@ -345,8 +392,19 @@ fn email(s: &Summary) -> (String, String) {
             )
         })
         .collect();
+    let snooze = s
+        .snooze
+        .as_ref()
+        .map(|z| {
+            format!(
+                "<p><a href=\"{}\">{}</a></p>",
+                html_escape(&z.url),
+                html_escape(&z.label())
+            )
+        })
+        .unwrap_or_default();
     let html = format!(
-        "<!DOCTYPE html><html><body><h2>{}</h2><table>{rows}</table><p style=\"color:#666\">{}</p></body></html>",
+        "<!DOCTYPE html><html><body><h2>{}</h2><table>{rows}</table>{snooze}<p style=\"color:#666\">{}</p></body></html>",
         html_escape(&s.headline),
         html_escape(&s.footer)
     );
@@ -413,6 +471,48 @@ mod tests {
             json!({"email": "a@b.c, evil@example.com", "slack_user_id": "<!channel>"});
         assert_eq!(email_recipients(&configured, &owned), configured);
         assert_eq!(Owner::of(&owned), Owner::default());
+    }
+
+    #[test]
+    fn a_reminder_s_snooze_link_is_a_slack_button_a_teams_action_and_an_email_link() {
+        let mut e = event();
+        e.data = json!({
+            "due_at": "2030-01-01T00:00:00Z",
+            "snooze_url": "https://ebb.example.com/v1/snooze/abc.def",
+            "snooze_by": "1d",
+        });
+        let json_of = |d| match render(d, &e, &to()) {
+            Rendered::Json(b) => serde_json::from_slice::<Value>(&b).expect("json"),
+            _ => panic!("json"),
+        };
+        let slack = json_of(Destination::Slack);
+        let actions = &slack["blocks"][2];
+        assert_eq!(actions["type"], "actions");
+        assert_eq!(actions["elements"][0]["action_id"], "ebb_snooze");
+        assert_eq!(actions["elements"][0]["value"], "abc.def");
+        assert_eq!(actions["elements"][0]["text"]["text"], "Snooze 1d");
+        let teams = json_of(Destination::Teams);
+        let action = &teams["attachments"][0]["content"]["actions"][0];
+        assert_eq!(action["type"], "Action.OpenUrl");
+        assert_eq!(action["url"], "https://ebb.example.com/v1/snooze/abc.def");
+        let Rendered::Email { text, html, .. } = render(Destination::Email, &e, &to()) else {
+            panic!("email")
+        };
+        assert!(text.contains("Snooze 1d: https://ebb.example.com/v1/snooze/abc.def"));
+        assert!(
+            html.contains("<a href=\"https://ebb.example.com/v1/snooze/abc.def\">Snooze 1d</a>")
+        );
+        // The link is an action, not a fact; a reminder without one has no action.
+        assert!(!text.contains("snooze url"));
+        let plain = json_of_plain(&event());
+        assert_eq!(plain["blocks"].as_array().map(Vec::len), Some(3));
+    }
+
+    fn json_of_plain(e: &EventRecord) -> Value {
+        match render(Destination::Slack, e, &to()) {
+            Rendered::Json(b) => serde_json::from_slice(&b).expect("json"),
+            _ => panic!("json"),
+        }
     }
 
     #[test]

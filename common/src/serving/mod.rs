@@ -4,6 +4,7 @@
 mod component;
 mod connections;
 mod limits;
+mod observe;
 mod readiness;
 mod server;
 mod shutdown;
@@ -11,6 +12,7 @@ mod startup;
 
 pub use component::{Authority, Component};
 pub use limits::{Limits, LimitsLayer};
+pub use observe::ObserveLayer;
 pub use readiness::READINESS_PING_TIMEOUT;
 pub use server::{REFLECTED_DESCRIPTOR_SETS, serve};
 pub use shutdown::shutdown_on_signals;

@@ -25,6 +25,7 @@ pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
             protected_labels: o.protected_labels()?.into_iter().collect(),
             minimum_notice: o.minimum_notice_ms.map(to_duration),
             confirm_threshold: Some(o.confirm_threshold),
+            snooze_step: Some(to_duration(o.snooze_step_ms())),
         }),
         etag: o.etag(),
         create_time: Some(to_timestamp(o.created_at)),

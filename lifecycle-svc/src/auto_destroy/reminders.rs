@@ -9,6 +9,7 @@ use crate::auto_destroy::queue::ACTOR;
 use crate::events::NewEvent;
 use crate::store::query_all;
 use crate::timing::reminders::{self, Reminded};
+use crate::timing::snooze_links::Links;
 use crate::timing::{self};
 use crate::workspaces::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
 
@@ -48,11 +49,13 @@ impl Reminded for WorkspaceRow {
 }
 
 /// Sends the reminders that are due in one shard; each (schedule, lead time) at most once.
+/// With `links`, each reminder carries a snooze link.
 pub async fn send_due_reminders(
     conn: &impl ConnectionTrait,
     shard: i32,
     shard_count: i32,
     limit: u64,
+    links: Option<&Links>,
     now: EpochMs,
 ) -> Result<u32> {
     let sql = reminders::due_statement(
@@ -65,5 +68,5 @@ pub async fn send_due_reminders(
     );
     let due: Vec<WorkspaceRow> =
         query_all(conn, &sql, [now.into(), shard_count.into(), shard.into()]).await?;
-    reminders::send(conn, &timing::WORKSPACES, &due, now).await
+    reminders::send(conn, &timing::WORKSPACES, &due, links, now).await
 }

@@ -378,7 +378,7 @@ impl World {
             let done = self
                 .txn(scheduler("auto_destroy_reminders", shard), move |t| {
                     Box::pin(async move {
-                        reminders::send_due_reminders(t, shard, SHARDS, 100, now).await
+                        reminders::send_due_reminders(t, shard, SHARDS, 100, None, now).await
                     })
                 })
                 .await?;

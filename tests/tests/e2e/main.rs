@@ -6,11 +6,13 @@
 //! PostgreSQL with `EBB_TEST_DATABASE_URL` set; see the `ebb_tests` library. Tests that only
 //! mean something on PostgreSQL are `#[ignore]`d, and run with `-- --include-ignored`.
 
+mod at_rest;
 mod audit;
 mod auth;
 mod auto_destroy;
 mod cli;
 mod clients;
+mod dashboard;
 mod deployments;
 mod deprovision;
 mod foundation;
@@ -24,6 +26,7 @@ mod scheduler_replicas;
 mod schedules;
 mod security;
 mod shared_upstreams;
+mod snooze;
 mod support;
 mod tools;
 mod tracing;

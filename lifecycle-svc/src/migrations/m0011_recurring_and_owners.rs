@@ -5,11 +5,11 @@ use sea_orm_migration::prelude::*;
 /// zone and the due time of its current occurrence (the three set together or not at all), and
 /// it may name an owner (an email address and/or a Slack user id) who is told about its
 /// reminders and results.
-pub struct M0010RecurringAndOwners;
+pub struct M0011RecurringAndOwners;
 
-impl MigrationName for M0010RecurringAndOwners {
+impl MigrationName for M0011RecurringAndOwners {
     fn name(&self) -> &str {
-        "m0010_recurring_and_owners"
+        "m0011_recurring_and_owners"
     }
 }
 
@@ -51,7 +51,7 @@ ALTER TABLE workspaces ADD CONSTRAINT workspaces_recurring_whole CHECK (
 "#;
 
 #[async_trait::async_trait]
-impl MigrationTrait for M0010RecurringAndOwners {
+impl MigrationTrait for M0011RecurringAndOwners {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(COMMON).await?;
