@@ -100,6 +100,13 @@ pub fn init(
         .with(fmt)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
+    if let Some(file) = crate::time::test_clock::enabled() {
+        tracing::warn!(
+            file,
+            "the test clock is on: every decision reads the time moved by the offset in this \
+             file; never run like this in production"
+        );
+    }
     Ok(TelemetryGuard {
         provider: Some(provider),
     })

@@ -39,7 +39,7 @@ pub fn render(destination: Destination, event: &EventRecord, to: &Recipient) -> 
     let summary = Summary::of(event, to);
     match destination {
         Destination::Webhook => Rendered::Json(to_bytes(&envelope(event, to))),
-        Destination::Slack => Rendered::Json(to_bytes(&slack(&summary))),
+        Destination::Slack => Rendered::Json(to_bytes(&slack(&summary, &Owner::of(event)))),
         Destination::Teams => Rendered::Json(to_bytes(&teams(&summary))),
         Destination::Email => {
             let (text, html) = email(&summary);
@@ -94,6 +94,60 @@ pub fn envelope(event: &EventRecord, to: &Recipient) -> Value {
         "payload_version": PAYLOAD_VERSION,
         "data": Value::Object(data),
     })
+}
+
+/// The owner an event names (`data.owner`: the workspace's or entity's owner), told about
+/// reminders and results: Slack messages mention the owner, email goes to the owner too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// An email address.
+    pub email: Option<String>,
+    /// A Slack member id.
+    pub slack_user_id: Option<String>,
+}
+
+impl Owner {
+    /// The owner of `event`; parts that do not look like an address or a member id (the
+    /// publisher's input) are left out rather than sent on.
+    pub fn of(event: &EventRecord) -> Self {
+        let part = |name: &str| {
+            event
+                .data
+                .get("owner")
+                .and_then(|o| o.get(name))
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        Self {
+            email: part("email").filter(|e| {
+                e.len() <= 254
+                    && e.contains('@')
+                    && !e
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+            }),
+            slack_user_id: part("slack_user_id").filter(|id| {
+                id.len() <= 21
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            }),
+        }
+    }
+}
+
+/// The addresses an email goes to: the configuration's, and the event's owner if not among
+/// them.
+pub fn email_recipients(configured: &[String], event: &EventRecord) -> Vec<String> {
+    let mut to = configured.to_vec();
+    if let Some(owner) = Owner::of(event).email
+        && !to.iter().any(|a| a.eq_ignore_ascii_case(&owner))
+    {
+        to.push(owner);
+    }
+    to
 }
 
 /// The human view of an event shared by Slack, Teams and email.
@@ -191,6 +245,10 @@ impl Summary {
             };
             facts.push((capitalize(&event.subject_type), who));
         }
+        let owner = Owner::of(event);
+        if let Some(owner) = owner.email.or(owner.slack_user_id) {
+            facts.push(("Owner".to_owned(), owner));
+        }
         if let Value::Object(m) = &event.data {
             for (k, v) in m.iter() {
                 if facts.len() >= 10 {
@@ -246,8 +304,10 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// Slack Block Kit: header, fields, context; `text` is the notification fallback.
-fn slack(s: &Summary) -> Value {
+/// Slack Block Kit: header, fields, context; `text` is the notification fallback. An owner
+/// with a Slack member id is mentioned (`<@U…>`), so Slack notifies that user: incoming
+/// webhooks post to their channel and cannot message a user directly.
+fn slack(s: &Summary, owner: &Owner) -> Value {
     let fields: Vec<Value> = s
         .facts
         .iter()
@@ -257,6 +317,11 @@ fn slack(s: &Summary) -> Value {
         json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&s.headline, 150), "emoji": false}}),
         json!({"type": "section", "fields": fields}),
     ];
+    let mut text = s.headline.clone();
+    if let Some(id) = &owner.slack_user_id {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("Owner: <@{id}>")}}));
+        text = format!("<@{id}> {text}");
+    }
     if let Some(snooze) = &s.snooze {
         // Pressed in Slack, it reaches lifecycle's /v1/slack/interactions (the Slack app's
         // interactivity request URL), which verifies Slack's signature and snoozes once.
@@ -268,7 +333,7 @@ fn slack(s: &Summary) -> Value {
         }]}));
     }
     blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&s.footer)}]}));
-    json!({"text": s.headline, "blocks": blocks})
+    json!({"text": text, "blocks": blocks})
 }
 
 fn slack_escape(s: &str) -> String {
@@ -379,6 +444,33 @@ mod tests {
             id: "nc_1".into(),
             name: "ops".into(),
         }
+    }
+
+    #[test]
+    fn the_owner_is_mentioned_on_slack_and_mailed() {
+        let mut owned = event();
+        owned.data["owner"] = json!({"email": "ana@example.com", "slack_user_id": "U024BE7LH"});
+        let Rendered::Json(slack) = render(Destination::Slack, &owned, &to()) else {
+            panic!("json")
+        };
+        let slack: Value = serde_json::from_slice(&slack).expect("json");
+        assert!(
+            slack["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("<@U024BE7LH> "))
+        );
+        assert_eq!(slack["blocks"][2]["text"]["text"], "Owner: <@U024BE7LH>");
+        let configured = vec!["ops@example.com".to_owned()];
+        assert_eq!(
+            email_recipients(&configured, &owned),
+            vec!["ops@example.com".to_owned(), "ana@example.com".to_owned()]
+        );
+        // Without an owner, or with one that does not look like an address, nothing is added.
+        assert_eq!(email_recipients(&configured, &event()), configured);
+        owned.data["owner"] =
+            json!({"email": "a@b.c, evil@example.com", "slack_user_id": "<!channel>"});
+        assert_eq!(email_recipients(&configured, &owned), configured);
+        assert_eq!(Owner::of(&owned), Owner::default());
     }
 
     #[test]

@@ -153,8 +153,10 @@ impl AttemptCtx {
             name: job.configuration_name.clone(),
         };
         let message = payload::render(job.destination, &job.event, &recipient);
+        // Email goes to the event's owner too (reminders and results name one).
+        let mail_to = payload::email_recipients(&job.email_addresses, &job.event);
         let target = match job.destination {
-            Destination::Email => Target::Mail(&job.email_addresses),
+            Destination::Email => Target::Mail(&mail_to),
             _ => Target::Url(&job.url),
         };
         let started_ms = ebb_common::time::now_ms();

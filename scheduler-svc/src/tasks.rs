@@ -280,7 +280,9 @@ async fn fire_due(
             match pb::QueueDecision::try_from(r.decision) {
                 Ok(pb::QueueDecision::Queued) => queued += 1,
                 Ok(pb::QueueDecision::Deferred) => deferred += 1,
-                Ok(pb::QueueDecision::SkippedProtected) => skipped += 1,
+                Ok(pb::QueueDecision::SkippedProtected | pb::QueueDecision::Skipped) => {
+                    skipped += 1
+                }
                 _ => stale += 1,
             }
         }

@@ -174,6 +174,9 @@ impl SchedulingApi {
                         String::new(),
                         "protected".into(),
                     ),
+                    Decision::Skipped { reason } => {
+                        (pb::QueueDecision::Skipped, String::new(), reason)
+                    }
                 };
                 pb::QueueItemResult {
                     fire_key: Some(to_pb(&k)),

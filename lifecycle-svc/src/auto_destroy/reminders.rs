@@ -23,7 +23,10 @@ impl Reminded for WorkspaceRow {
     }
 
     fn due_at(&self) -> Option<EpochMs> {
+        // A recurring occurrence with nothing to destroy gets no reminder.
+        let timing = self.timing();
         self.next_auto_destroy_at
+            .filter(|due| !timing.nothing_to_destroy(*due))
     }
 
     fn reminder(&self, due_at: EpochMs, lead_ms: i64) -> NewEvent {
@@ -39,6 +42,7 @@ impl Reminded for WorkspaceRow {
                 "lead_time_ms": lead_ms,
                 "lead_time": ebb_common::time::human(lead_ms),
                 "reason": self.timing().reason(),
+                "owner": self.owner(),
             }),
         )
     }

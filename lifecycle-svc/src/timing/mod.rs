@@ -4,6 +4,7 @@
 
 pub(crate) mod due;
 pub(crate) mod math;
+pub(crate) mod recurrence;
 pub(crate) mod reminders;
 pub(crate) mod snooze_links;
 

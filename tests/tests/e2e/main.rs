@@ -23,6 +23,7 @@ mod outage;
 mod runbook;
 mod safety;
 mod scheduler_replicas;
+mod schedules;
 mod security;
 mod shared_upstreams;
 mod snooze;

@@ -490,7 +490,7 @@ pub(crate) fn config_toml(schedule: &[&str], extra: &str) -> String {
     )
 }
 
-async fn start_notifier(dbs: &TestDatabases, url: &str, toml: &str) -> Process {
+pub(crate) async fn start_notifier(dbs: &TestDatabases, url: &str, toml: &str) -> Process {
     start_notifier_with(dbs, url, toml, &[])
         .await
         .expect("start notifier-svc")
@@ -540,7 +540,7 @@ pub(crate) fn webhook(org: &str, url: String, events: &[&str]) -> pb::Notificati
     }
 }
 
-async fn create(
+pub(crate) async fn create(
     c: &mut NotifierServiceClient<Channel>,
     config: pb::NotificationConfiguration,
 ) -> (pb::NotificationConfiguration, String) {
@@ -613,7 +613,7 @@ async fn deliveries(
     .deliveries
 }
 
-async fn wait_delivery(
+pub(crate) async fn wait_delivery(
     c: &mut NotifierServiceClient<Channel>,
     org: &str,
     configuration_id: &str,
