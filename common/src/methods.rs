@@ -127,6 +127,8 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
     ("/ebb.lifecycle.v1.LifecycleService/GetRun", READ),
     ("/ebb.lifecycle.v1.LifecycleService/ListRuns", READ),
     ("/ebb.lifecycle.v1.LifecycleService/CancelRun", CHANGE),
+    ("/ebb.lifecycle.v1.LifecycleService/ApproveRun", CHANGE),
+    ("/ebb.lifecycle.v1.LifecycleService/RejectRun", CHANGE),
     ("/ebb.lifecycle.v1.LifecycleService/SetAutoDestroy", CHANGE),
     (
         "/ebb.lifecycle.v1.LifecycleService/ClearAutoDestroy",

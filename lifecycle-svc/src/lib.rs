@@ -3,6 +3,7 @@
 
 mod actor;
 mod api;
+mod approval;
 mod auth;
 mod auto_destroy;
 pub mod config;

@@ -26,6 +26,8 @@ pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
             minimum_notice: o.minimum_notice_ms.map(to_duration),
             confirm_threshold: Some(o.confirm_threshold),
             snooze_step: Some(to_duration(o.snooze_step_ms())),
+            require_approval: o.require_approval,
+            approval_window: Some(to_duration(o.approval_window_ms)),
         }),
         etag: o.etag(),
         create_time: Some(to_timestamp(o.created_at)),
@@ -168,7 +170,11 @@ pub fn run(r: &RunRow) -> pb::Run {
         is_destroy: r.is_destroy,
         auto_apply: r.auto_apply,
         source: run_source(r.source) as i32,
-        status: run_status(r.status) as i32,
+        status: if r.awaits_approval() {
+            pb::RunStatus::AwaitingApproval as i32
+        } else {
+            run_status(r.status) as i32
+        },
         fire_due_time: to_timestamp_opt(r.fire_due_at),
         attempt: r.attempt,
         runner_id: r.runner_id.clone(),
@@ -180,6 +186,13 @@ pub fn run(r: &RunRow) -> pb::Run {
         claim_time: to_timestamp_opt(r.claimed_at),
         finish_time: to_timestamp_opt(r.finished_at),
         working_directory: r.working_directory.clone(),
+        approval: r.approval.as_ref().map(|state| pb::RunApproval {
+            state: state.to_ascii_uppercase(),
+            deadline: to_timestamp_opt(r.approval_deadline),
+            decided_by: r.approval_by.clone().unwrap_or_default(),
+            reason: r.approval_reason.clone().unwrap_or_default(),
+            decide_time: to_timestamp_opt(r.approval_at),
+        }),
     }
 }
 
@@ -260,12 +273,25 @@ pub fn auto_destroy_status_filter(v: i32) -> Result<Option<AutoDestroyStatus>> {
     })
 }
 
-/// The run status a list filter names.
-pub fn run_status_filter(v: i32) -> Result<Option<RunStatus>> {
+/// The run status a list filter names, and whether it means runs awaiting approval (queued
+/// ones that do, or queued ones that do not).
+pub fn run_status_filter(v: i32) -> Result<(Option<RunStatus>, Option<bool>)> {
     use pb::RunStatus as S;
     Ok(match S::try_from(v) {
+        Ok(S::AwaitingApproval) => (Some(RunStatus::Queued), Some(true)),
+        Ok(S::Queued) => (Some(RunStatus::Queued), Some(false)),
+        other => (run_status_plain(other, v)?, None),
+    })
+}
+
+fn run_status_plain(
+    s: std::result::Result<pb::RunStatus, prost::UnknownEnumValue>,
+    v: i32,
+) -> Result<Option<RunStatus>> {
+    use pb::RunStatus as S;
+    Ok(match s {
         Ok(S::Unspecified) => None,
-        Ok(S::Queued) => Some(RunStatus::Queued),
+        Ok(S::Queued | S::AwaitingApproval) => Some(RunStatus::Queued),
         Ok(S::Running) => Some(RunStatus::Running),
         Ok(S::Succeeded) => Some(RunStatus::Succeeded),
         Ok(S::Failed) => Some(RunStatus::Failed),

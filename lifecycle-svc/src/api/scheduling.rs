@@ -217,6 +217,15 @@ impl SchedulingApi {
                 self.core.now(),
             )
             .await?;
+        // The same round cancels auto-destroy runs left unapproved past their deadline.
+        crate::approval::expire_due(
+            &txn,
+            req.shard,
+            req.shard_count,
+            self.core.now(),
+            &crate::finish::Policy::of(&self.core),
+        )
+        .await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(Response::new(pb::SendDueRemindersResponse {
             sent: sent as i32,

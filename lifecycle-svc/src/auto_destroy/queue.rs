@@ -207,12 +207,16 @@ pub async fn queue_auto_destroy_runs(
         .iter()
         .filter_map(|(_, key, run_id)| {
             let ws = workspaces.get(&key.subject_id)?;
+            let org = &orgs[&ws.organization_id];
             Some(AutoDestroyRun {
                 run_id: run_id.clone(),
                 organization_id: ws.organization_id.clone(),
                 workspace_id: ws.id.clone(),
                 due_at: key.due_at,
                 working_directory: ws.working_directory.clone(),
+                approval_deadline: org
+                    .require_approval
+                    .then(|| now.saturating_add(org.approval_window_ms)),
             })
         })
         .collect();
@@ -250,6 +254,12 @@ pub async fn queue_auto_destroy_runs(
         events.push(NewEvent::new(&ws.organization_id, "run.queued", "run", &run_id, ACTOR, json!({
             "workspace_id": ws.id, "is_destroy": true, "source": "auto_destroy", "fire_due_at": rfc3339(key.due_at),
         })));
+        if org.require_approval {
+            events.push(NewEvent::new(&ws.organization_id, "workspace.auto_destroy.awaiting_approval", "workspace", &ws.id, ACTOR, json!({
+                "run_id": run_id, "workspace_name": ws.name, "due_at": rfc3339(key.due_at),
+                "approval_deadline": rfc3339(now.saturating_add(org.approval_window_ms)), "owner": ws.owner(),
+            })));
+        }
         results[index].1 = Decision::Queued { run_id };
     }
     mark_fired(conn, &fired, now).await?;

@@ -19,6 +19,7 @@ mod m0008_destruction_safety;
 mod m0009_request_log;
 mod m0010_snooze_links;
 mod m0011_recurring_and_owners;
+mod m0012_approval;
 
 /// Applies lifecycle-svc's migrations in order. One file per migration; an applied migration
 /// is never edited — a change is a new file.
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0009_request_log::M0009RequestLog),
             Box::new(m0010_snooze_links::M0010SnoozeLinks),
             Box::new(m0011_recurring_and_owners::M0011RecurringAndOwners),
+            Box::new(m0012_approval::M0012Approval),
         ]
     }
 }

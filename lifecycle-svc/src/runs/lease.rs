@@ -26,10 +26,12 @@ pub async fn claim_run(
     let pick = match conn.get_database_backend() {
         DatabaseBackend::Postgres => {
             "SELECT id FROM runs WHERE organization_id = $5 AND status = 'queued' \
+             AND (approval IS NULL OR approval = 'approved') \
              ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED"
         }
         _ => {
             "SELECT id FROM runs WHERE organization_id = $5 AND status = 'queued' \
+             AND (approval IS NULL OR approval = 'approved') \
              ORDER BY created_at, id LIMIT 1"
         }
     };

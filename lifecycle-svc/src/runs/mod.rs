@@ -39,7 +39,8 @@ db_enum! {
 pub const RUN_COLUMNS: &str = "id, organization_id, workspace_id, is_destroy, auto_apply, \
     source, status, fire_due_at, attempt, runner_id, lease_token, lease_expires_at, \
     cancel_requested, exit_code, output_tail, message, working_directory, created_at, \
-    claimed_at, finished_at";
+    claimed_at, finished_at, approval, approval_deadline, approval_by, approval_reason, \
+    approval_at";
 
 /// A run.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -64,12 +65,23 @@ pub struct RunRow {
     pub created_at: EpochMs,
     pub claimed_at: Option<EpochMs>,
     pub finished_at: Option<EpochMs>,
+    /// `pending`, `approved`, `rejected` or `expired`; `None` when no approval is needed.
+    pub approval: Option<String>,
+    pub approval_deadline: Option<EpochMs>,
+    pub approval_by: Option<String>,
+    pub approval_reason: Option<String>,
+    pub approval_at: Option<EpochMs>,
 }
 
 impl RunRow {
     /// Queued or running.
     pub fn is_active(&self) -> bool {
         matches!(self.status, RunStatus::Queued | RunStatus::Running)
+    }
+
+    /// Queued, waiting for an approval no one gave yet.
+    pub fn awaits_approval(&self) -> bool {
+        self.status == RunStatus::Queued && self.approval.as_deref() == Some("pending")
     }
 }
 
@@ -135,6 +147,8 @@ pub struct AutoDestroyRun {
     pub workspace_id: String,
     pub due_at: EpochMs,
     pub working_directory: String,
+    /// Set when the organization requires approval: the run waits for it until then.
+    pub approval_deadline: Option<EpochMs>,
 }
 
 /// Inserts queued auto-destroy runs in chunks; the ids of the rows that went in. A fire key
@@ -153,7 +167,7 @@ pub async fn insert_auto_destroy_runs(
     for chunk in runs.chunks(1000) {
         let mut sql = String::from(
             "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, status, \
-             fire_due_at, message, working_directory, created_at) VALUES ",
+             fire_due_at, message, working_directory, created_at, approval, approval_deadline) VALUES ",
         );
         let mut values: Vec<Value> = vec![now.into()];
         for (i, run) in chunk.iter().enumerate() {
@@ -162,12 +176,15 @@ pub async fn insert_auto_destroy_runs(
                 sql.push(',');
             }
             sql.push_str(&format!(
-                "(${}, ${}, ${}, TRUE, TRUE, 'auto_destroy', 'queued', ${}, 'auto-destroy', ${}, $1)",
+                "(${}, ${}, ${}, TRUE, TRUE, 'auto_destroy', 'queued', ${}, 'auto-destroy', ${}, $1, \
+                 ${}, CAST(${} AS BIGINT))",
                 b + 1,
                 b + 2,
                 b + 3,
                 b + 4,
-                b + 5
+                b + 5,
+                b + 6,
+                b + 7
             ));
             values.extend([
                 run.run_id.clone().into(),
@@ -175,6 +192,8 @@ pub async fn insert_auto_destroy_runs(
                 run.workspace_id.clone().into(),
                 run.due_at.into(),
                 run.working_directory.clone().into(),
+                run.approval_deadline.map(|_| "pending".to_owned()).into(),
+                run.approval_deadline.into(),
             ]);
         }
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
@@ -190,6 +209,9 @@ pub struct RunFilter {
     pub organization_id: String,
     pub workspace_id: Option<String>,
     pub status: Option<RunStatus>,
+    /// With `status` queued: only runs awaiting approval (`true`) or only those that do not
+    /// (`false`), as the API tells them apart.
+    pub awaiting_approval: Option<bool>,
     pub source: Option<RunSource>,
 }
 
@@ -209,6 +231,19 @@ pub async fn list_runs(
     }
     if let Some(s) = filter.status {
         q.and_where(Expr::col("status").eq(s.as_str()));
+    }
+    match filter.awaiting_approval {
+        Some(true) => {
+            q.and_where(Expr::col("approval").eq("pending"));
+        }
+        Some(false) => {
+            q.and_where(
+                Expr::col("approval")
+                    .is_null()
+                    .or(Expr::col("approval").ne("pending")),
+            );
+        }
+        None => {}
     }
     if let Some(s) = filter.source {
         q.and_where(Expr::col("source").eq(s.as_str()));

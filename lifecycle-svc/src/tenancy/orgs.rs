@@ -17,7 +17,7 @@ use crate::store::{exec, keyset, query_one, select_all};
 /// Columns of [`OrgRow`], in order.
 pub const ORG_COLUMNS: &str = "id, name, reminder_lead_times_ms, destroy_retry_limit, \
     max_inactivity_ms, protected_labels, minimum_notice_ms, confirm_threshold, snooze_step_ms, \
-    version, created_at, updated_at";
+    require_approval, approval_window_ms, version, created_at, updated_at";
 
 /// An organization.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -31,6 +31,8 @@ pub struct OrgRow {
     pub minimum_notice_ms: Option<i64>,
     pub confirm_threshold: i32,
     pub snooze_step_ms: Option<i64>,
+    pub require_approval: bool,
+    pub approval_window_ms: i64,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -83,6 +85,8 @@ impl OrgRow {
             minimum_notice_ms: self.minimum_notice_ms,
             confirm_threshold: self.confirm_threshold,
             snooze_step_ms: self.snooze_step_ms,
+            require_approval: self.require_approval,
+            approval_window_ms: self.approval_window_ms,
         })
     }
 
@@ -112,6 +116,9 @@ pub struct OrgSettings {
     pub confirm_threshold: i32,
     /// `None`: one day.
     pub snooze_step_ms: Option<i64>,
+    /// Auto-destroy runs wait for approval, at most `approval_window_ms`.
+    pub require_approval: bool,
+    pub approval_window_ms: i64,
 }
 
 /// The snooze step of an organization that does not set one.
@@ -127,6 +134,8 @@ impl Default for OrgSettings {
             minimum_notice_ms: None,
             confirm_threshold: 25,
             snooze_step_ms: None,
+            require_approval: false,
+            approval_window_ms: 86_400_000,
         }
     }
 }
@@ -146,8 +155,8 @@ pub async fn create_org(
         conn,
         "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, \
          max_inactivity_ms, protected_labels, created_at, updated_at, minimum_notice_ms, \
-         confirm_threshold, snooze_step_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING",
+         confirm_threshold, snooze_step_ms, require_approval, approval_window_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12) ON CONFLICT (name) DO NOTHING",
         [
             id.clone().into(),
             name.into(),
@@ -159,6 +168,8 @@ pub async fn create_org(
             settings.minimum_notice_ms.into(),
             settings.confirm_threshold.into(),
             settings.snooze_step_ms.into(),
+            settings.require_approval.into(),
+            settings.approval_window_ms.into(),
         ],
     )
     .await?;
@@ -248,7 +259,8 @@ pub async fn update_org_settings(
         conn,
         "UPDATE organizations SET reminder_lead_times_ms = $1, destroy_retry_limit = $2, \
          max_inactivity_ms = $3, protected_labels = $4, updated_at = $5, minimum_notice_ms = $7, \
-         confirm_threshold = $8, snooze_step_ms = $9, version = version + 1 WHERE id = $6",
+         confirm_threshold = $8, snooze_step_ms = $9, require_approval = $10, \
+         approval_window_ms = $11, version = version + 1 WHERE id = $6",
         [
             json!(settings.reminder_lead_times_ms).to_string().into(),
             settings.destroy_retry_limit.into(),
@@ -259,6 +271,8 @@ pub async fn update_org_settings(
             settings.minimum_notice_ms.into(),
             settings.confirm_threshold.into(),
             settings.snooze_step_ms.into(),
+            settings.require_approval.into(),
+            settings.approval_window_ms.into(),
         ],
     )
     .await?;
@@ -311,6 +325,8 @@ mod tests {
             minimum_notice_ms: None,
             confirm_threshold: 25,
             snooze_step_ms: None,
+            require_approval: false,
+            approval_window_ms: 86_400_000,
             version: 0,
             created_at: 0,
             updated_at: 0,

@@ -6,6 +6,7 @@
 //! PostgreSQL with `EBB_TEST_DATABASE_URL` set; see the `ebb_tests` library. Tests that only
 //! mean something on PostgreSQL are `#[ignore]`d, and run with `-- --include-ignored`.
 
+mod approval;
 mod at_rest;
 mod audit;
 mod auth;

@@ -51,6 +51,8 @@ fn settings(
             "minimum_notice",
             "confirm_threshold",
             "snooze_step",
+            "require_approval",
+            "approval_window",
         ]
         .contains(&m.as_str())
         {
@@ -119,6 +121,25 @@ fn settings(
             v.add("settings.confirm_threshold", "must be between 0 and 100000");
         }
         out.confirm_threshold = threshold;
+    }
+    if wants("require_approval") && (!mask.is_empty() || s.require_approval) {
+        out.require_approval = s.require_approval;
+    }
+    if wants("approval_window") && (!mask.is_empty() || s.approval_window.is_some()) {
+        out.approval_window_ms = match &s.approval_window {
+            None => 86_400_000,
+            Some(d) => match from_duration(d) {
+                Ok(ms) if (1_000..=30 * 86_400_000).contains(&ms) => ms,
+                Ok(_) => {
+                    v.add("settings.approval_window", "must be between 1s and 30 days");
+                    out.approval_window_ms
+                }
+                Err(e) => {
+                    v.add("settings.approval_window", e);
+                    out.approval_window_ms
+                }
+            },
+        };
     }
     if wants("snooze_step") && (!mask.is_empty() || s.snooze_step.is_some()) {
         out.snooze_step_ms = match &s.snooze_step {
@@ -300,6 +321,20 @@ impl LifecycleService for LifecycleApi {
         request: Request<pb::CancelRunRequest>,
     ) -> Reply<pb::CancelRunResponse> {
         LifecycleApi::cancel_run(self, request).await
+    }
+
+    async fn approve_run(
+        &self,
+        request: Request<pb::ApproveRunRequest>,
+    ) -> Reply<pb::ApproveRunResponse> {
+        LifecycleApi::approve_run(self, request).await
+    }
+
+    async fn reject_run(
+        &self,
+        request: Request<pb::RejectRunRequest>,
+    ) -> Reply<pb::RejectRunResponse> {
+        LifecycleApi::reject_run(self, request).await
     }
 
     async fn set_auto_destroy(

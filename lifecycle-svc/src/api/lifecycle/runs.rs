@@ -11,7 +11,19 @@ use crate::api::{convert, validate as check};
 use crate::core::Call;
 use crate::events::outbox;
 use crate::workspaces::manual_runs;
-use crate::{finish, runs};
+use crate::{approval, finish, runs};
+
+/// The run id and reason of an approval decision; both are required.
+fn decision(run_id: &str, reason: &str) -> ebb_common::Result<(String, String)> {
+    let mut v = Violations::new();
+    let id = check::id(&mut v, "run_id", run_id);
+    let reason = check::text(&mut v, "reason", reason, 500);
+    if reason.trim().is_empty() {
+        v.add("reason", "is required: say why, for the audit trail");
+    }
+    v.finish()?;
+    Ok((id, reason))
+}
 
 impl LifecycleApi {
     pub(super) async fn create_run(
@@ -66,12 +78,14 @@ impl LifecycleApi {
     ) -> Reply<pb::ListRunsResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
+        let (status, awaiting_approval) = v
+            .check("status", convert::run_status_filter(req.status))
+            .unwrap_or_default();
         let filter = runs::RunFilter {
             organization_id: check::id(&mut v, "organization_id", &req.organization_id),
             workspace_id: check::optional_id(&mut v, "workspace_id", &req.workspace_id),
-            status: v
-                .check("status", convert::run_status_filter(req.status))
-                .flatten(),
+            status,
+            awaiting_approval,
             source: v
                 .check("source", convert::run_source_filter(req.source))
                 .flatten(),
@@ -84,6 +98,11 @@ impl LifecycleApi {
             &filter.organization_id,
             filter.workspace_id.as_deref().unwrap_or_default(),
             filter.status.map_or("", |s| s.as_str()),
+            match filter.awaiting_approval {
+                Some(true) => "awaiting_approval",
+                Some(false) => "not_awaiting_approval",
+                None => "",
+            },
             filter.source.map_or("", |s| s.as_str()),
         ]);
         let before = match page::decode(&req.page_token, &fh)? {
@@ -117,6 +136,52 @@ impl LifecycleApi {
                 Box::pin(async move {
                     let r = finish::cancel_run(txn, &id, API_ACTOR, now, &policy).await?;
                     Ok(pb::CancelRunResponse {
+                        run: Some(convert::run(&r)),
+                    })
+                })
+            })
+            .await)
+    }
+
+    pub(super) async fn approve_run(
+        &self,
+        request: Request<pb::ApproveRunRequest>,
+    ) -> Reply<pb::ApproveRunResponse> {
+        let call = Call::of(&request, "ApproveRun");
+        let req = request.into_inner();
+        let (id, reason) = decision(&req.run_id, &req.reason)?;
+        let now = self.core.now();
+        let response = self
+            .core
+            .mutate(call, &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let r = approval::approve(txn, &id, API_ACTOR, &reason, now).await?;
+                    Ok(pb::ApproveRunResponse {
+                        run: Some(convert::run(&r)),
+                    })
+                })
+            })
+            .await;
+        // Runners long-polling in this process see the approved run at once.
+        self.core.runs_queued.notify_waiters();
+        ok(response)
+    }
+
+    pub(super) async fn reject_run(
+        &self,
+        request: Request<pb::RejectRunRequest>,
+    ) -> Reply<pb::RejectRunResponse> {
+        let call = Call::of(&request, "RejectRun");
+        let req = request.into_inner();
+        let (id, reason) = decision(&req.run_id, &req.reason)?;
+        let now = self.core.now();
+        let policy = finish::Policy::of(&self.core);
+        ok(self
+            .core
+            .mutate(call, &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let r = approval::reject(txn, &id, API_ACTOR, &reason, now, &policy).await?;
+                    Ok(pb::RejectRunResponse {
                         run: Some(convert::run(&r)),
                     })
                 })
