@@ -280,7 +280,9 @@ fn deliveries_table(list: &[pb::Delivery]) -> String {
         "last answer",
         "last error",
         "next attempt",
-    ]);
+    ])
+    .wide_only(&["configuration", "next attempt"])
+    .summarise(&["last error"]);
     for d in list {
         t.add_row(vec![
             d.id.clone(),
@@ -311,7 +313,9 @@ fn attempts_table(list: &[pb::DeliveryAttempt]) -> String {
         "redelivery",
         "error",
         "body",
-    ]);
+    ])
+    .wide_only(&["redelivery"])
+    .summarise(&["error", "body"]);
     for a in list {
         let mut body: String = a.response_body.chars().take(60).collect();
         if a.response_body_truncated || a.response_body.chars().count() > 60 {

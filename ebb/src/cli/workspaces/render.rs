@@ -56,7 +56,8 @@ pub(super) fn workspace_table(list: &[pb::Workspace]) -> String {
         "status",
         "protected",
         "locked",
-    ]);
+    ])
+    .wide_only(&["auto-destroy at", "inactivity", "protected"]);
     for w in list {
         t.add_row(vec![
             w.id.clone(),
@@ -83,7 +84,8 @@ pub(super) fn upcoming_table(list: &[pb::Workspace], within: Duration) -> String
         "by",
         "status",
         "locked",
-    ]);
+    ])
+    .wide_only(&["project", "locked"]);
     for w in list {
         t.add_row(vec![
             time(w.next_auto_destroy_at.as_ref()),
