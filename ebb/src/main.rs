@@ -54,6 +54,11 @@ enum Command {
     Notifier(cli::notifier::NotifierArgs),
     /// Scheduler tasks: list, run now, pause, resume.
     Scheduler(cli::scheduler::SchedulerArgs),
+    /// API tokens: create (the secret is shown once), list, revoke.
+    Tokens(cli::tokens::TokensArgs),
+    /// One screen on the server: services' health, failing tasks, due destroys, overdue grace
+    /// periods, dead letters.
+    Status(cli::status::StatusArgs),
     /// Contexts of the config file (server, token, CA, default organization): set, use,
     /// list.
     Config(cli::config::ConfigArgs),
@@ -98,6 +103,8 @@ fn main() -> ExitCode {
         Command::Notifier(args) => cli::notifier::main(args),
         Command::Scheduler(args) => cli::scheduler::main(args),
         Command::Config(args) => cli::config::main(args),
+        Command::Tokens(args) => cli::tokens::main(args),
+        Command::Status(args) => cli::status::main(args),
         Command::Completion { shell } => {
             // Into a buffer first: `| head` closing the pipe is not a panic.
             let mut script = Vec::new();

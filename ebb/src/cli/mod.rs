@@ -16,6 +16,8 @@ pub mod notifier;
 pub mod orgs;
 pub mod runs;
 pub mod scheduler;
+pub mod status;
+pub mod tokens;
 pub mod workspaces;
 
 pub mod output;
@@ -143,7 +145,7 @@ impl Ctx {
 }
 
 /// The server the command talks to, to name it in errors of an unreachable server.
-static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+pub static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Records the server the command talks to.
 pub fn set_server(url: &str) {
@@ -181,6 +183,32 @@ where
             eprintln!("ebb {command}: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// Asks `question` on the terminal before a bulk change; `yes` (`--yes`) skips asking. Without
+/// a terminal to ask on, the change is refused unless `yes`.
+pub fn confirm(question: &str, yes: bool) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "{question} Confirm with --yes (standard input is not a terminal to ask on), or \
+             look first with --dry-run"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::Failed(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(CliError::Failed(
+            "not confirmed; nothing was changed".into(),
+        ))
     }
 }
 

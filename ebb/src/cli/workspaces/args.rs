@@ -63,6 +63,37 @@ pub(super) enum Command {
         #[arg(long)]
         protected: bool,
     },
+    /// Change a workspace's name, labels, protection or working directory.
+    Update {
+        /// Workspace id.
+        workspace: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the labels with these, KEY=VALUE; repeatable.
+        #[arg(long = "label", value_parser = parse_key_value, conflicts_with = "clear_labels")]
+        labels: Vec<(String, String)>,
+        /// Remove every label.
+        #[arg(long)]
+        clear_labels: bool,
+        /// Protect it from every auto-destroy (true) or not (false).
+        #[arg(long)]
+        protected: Option<bool>,
+        /// Working directory handed to runners.
+        #[arg(long)]
+        working_directory: Option<String>,
+    },
+    /// Archive a workspace: it leaves the listings of active workspaces and is never
+    /// auto-destroyed.
+    Archive {
+        /// Workspace id.
+        workspace: String,
+    },
+    /// Restore an archived workspace.
+    Restore {
+        /// Workspace id.
+        workspace: String,
+    },
     /// Set a destroy time (--at or --in) and/or an inactivity period.
     Schedule {
         /// Workspace id.
