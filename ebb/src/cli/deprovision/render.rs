@@ -97,7 +97,7 @@ pub(super) fn run_report(r: &pb::ActionRun) -> String {
         "order", "entity", "kind", "status", "trigger", "run", "attempt", "started", "finished",
         "error",
     ])
-    .wide_only(&["trigger", "attempt", "started"])
+    .wide_only(&["attempt", "started"])
     .summarise(&["error"]);
     for s in &steps {
         let p = plan.get(s.entity_id.as_str());
