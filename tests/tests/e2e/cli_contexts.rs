@@ -9,7 +9,41 @@ use std::time::{Duration, Instant};
 
 use crate::cli::{Ebb, Run, row, string};
 use crate::support::{ebb_serve, output};
-use ebb_tests::{Process, TestDatabases, bin_path};
+use ebb_tests::cluster::Cluster;
+use ebb_tests::{ADMIN_TOKEN, Process, TestDatabases, bin_path};
+
+/// Where the context test's commands go: `ebb serve`, or on PostgreSQL lifecycle-svc and a
+/// scheduler replica (`ebb serve` keeps its databases in SQLite files; the commands of that
+/// test use no other services).
+enum Site {
+    Serve(Process, TestDatabases),
+    Cluster(Box<Cluster>),
+}
+
+impl Site {
+    async fn start() -> (Self, Ebb) {
+        let mut dbs = TestDatabases::new();
+        if !dbs.is_postgres() {
+            let (server, data) = serve(&mut dbs, &[]).await;
+            let ebb = Ebb::new(&server, &data, &dbs);
+            return (Self::Serve(server, dbs), ebb);
+        }
+        let cluster = Cluster::start_on(dbs, 1, &[]).await;
+        // The CLI's fallback token file, as `ebb serve` keeps it.
+        let data = cluster.dbs.dir().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        std::fs::write(data.join("admin-token"), ADMIN_TOKEN).expect("admin-token");
+        let ebb = Ebb::new(&cluster.lifecycle, &data, &cluster.dbs);
+        (Self::Cluster(Box::new(cluster)), ebb)
+    }
+
+    fn dbs(&self) -> &TestDatabases {
+        match self {
+            Self::Serve(_, dbs) => dbs,
+            Self::Cluster(c) => &c.dbs,
+        }
+    }
+}
 
 /// `ebb serve` with its admin token in the data directory, on the test's databases, with
 /// `env` besides.
@@ -94,9 +128,9 @@ async fn completion_scripts_are_printed_and_bash_loads_its_own() {
 
 #[tokio::test]
 async fn contexts_give_the_server_token_and_organization_and_flags_override_them() {
-    let mut dbs = TestDatabases::new();
-    let (server, data) = serve(&mut dbs, &[]).await;
-    let ebb = Ebb::new(&server, &data, &dbs);
+    let (site, ebb) = Site::start().await;
+    let url = ebb.server.clone();
+    let data = ebb.data_dir.clone();
     let token = admin_token(&data);
     let org = string(&ebb.json(&["orgs", "create", "ctx-org"]).await, "id");
 
@@ -118,7 +152,7 @@ async fn contexts_give_the_server_token_and_organization_and_flags_override_them
             "set-context",
             "local",
             "--server",
-            &server.url(),
+            &url,
             "--token-file",
             token_file,
             "--org",
@@ -173,7 +207,7 @@ async fn contexts_give_the_server_token_and_organization_and_flags_override_them
             "set-context",
             "broken",
             "--server",
-            &server.url(),
+            &url,
             "--token",
             "not-the-token",
         ],
@@ -305,10 +339,7 @@ async fn contexts_give_the_server_token_and_organization_and_flags_override_them
         )
         .await;
     let said = runner.ok("runner");
-    assert!(
-        said.contains(&org) && said.contains(&server.url()),
-        "{said}"
-    );
+    assert!(said.contains(&org) && said.contains(&url), "{said}");
     let after = ebb
         .bare(&["runs", "show", &queued], &[])
         .await
@@ -333,13 +364,13 @@ async fn contexts_give_the_server_token_and_organization_and_flags_override_them
         .await;
     assert_code(&r, 1, "runner with a refused token");
     assert!(r.stderr.contains("refused the token"), "{}", r.stderr);
-    let elsewhere = dbs.dir().join("none.toml");
+    let elsewhere = site.dbs().dir().join("none.toml");
     let r = ebb
         .bare(
             &[
                 "runner",
                 "--server",
-                &server.url(),
+                &url,
                 "--org",
                 &org,
                 "--simulate",
@@ -352,7 +383,7 @@ async fn contexts_give_the_server_token_and_organization_and_flags_override_them
     assert!(r.stderr.contains("no token"), "{}", r.stderr);
 
     // Without EBB_CLI_CONFIG the file is under XDG_CONFIG_HOME.
-    let xdg = dbs.dir().join("xdg");
+    let xdg = site.dbs().dir().join("xdg");
     ebb.bare(
         &["config", "set-context", "x", "--server", "127.0.0.1:1"],
         &[
@@ -372,5 +403,5 @@ async fn contexts_give_the_server_token_and_organization_and_flags_override_them
         .await
         .ok("get-contexts");
     assert_eq!(left.trim(), "context/local");
-    server.kill().await;
+    drop(site);
 }
