@@ -16,7 +16,7 @@ use ebb_tests::{ADMIN_TOKEN, Process, TestDatabases, bin_path};
 /// scheduler replica (`ebb serve` keeps its databases in SQLite files; the commands of that
 /// test use no other services).
 enum Site {
-    Serve(Process, TestDatabases),
+    Serve(Box<(Process, TestDatabases)>),
     Cluster(Box<Cluster>),
 }
 
@@ -26,7 +26,7 @@ impl Site {
         if !dbs.is_postgres() {
             let (server, data) = serve(&mut dbs, &[]).await;
             let ebb = Ebb::new(&server, &data, &dbs);
-            return (Self::Serve(server, dbs), ebb);
+            return (Self::Serve(Box::new((server, dbs))), ebb);
         }
         let cluster = Cluster::start_on(dbs, 1, &[]).await;
         // The CLI's fallback token file, as `ebb serve` keeps it.
@@ -39,8 +39,18 @@ impl Site {
 
     fn dbs(&self) -> &TestDatabases {
         match self {
-            Self::Serve(_, dbs) => dbs,
+            Self::Serve(s) => &s.1,
             Self::Cluster(c) => &c.dbs,
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::Serve(s) => {
+                let (server, _dbs) = *s;
+                server.kill().await;
+            }
+            Self::Cluster(c) => drop(c),
         }
     }
 }
@@ -403,5 +413,5 @@ async fn contexts_give_the_server_token_and_organization_and_flags_override_them
         .await
         .ok("get-contexts");
     assert_eq!(left.trim(), "context/local");
-    drop(site);
+    site.stop().await;
 }
