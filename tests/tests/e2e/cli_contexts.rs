@@ -183,6 +183,9 @@ async fn contexts_give_the_server_token_and_organization_and_flags_override_them
     }
     let current = ebb.bare(&["config", "current-context"], &[]).await;
     assert_eq!(current.ok("current-context").trim(), "local");
+    // ebb health probes the context's server too.
+    let health = ebb.bare(&["health"], &[]).await.ok("health");
+    assert_eq!(health.trim(), "SERVING");
 
     // No --server, --token or --org: all from the context.
     let project = ebb
