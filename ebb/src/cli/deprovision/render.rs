@@ -219,3 +219,35 @@ pub(super) fn relationships_table(list: &[pb::Relationship], none: &str) -> Stri
     }
     or_none(t, list.len(), none)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(status: pb::ActionStepStatus) -> pb::ActionStep {
+        pb::ActionStep {
+            status: status as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_succeeded_or_kept_steps_count_as_done() {
+        use pb::ActionStepStatus as S;
+        let failed = [step(S::Failed)];
+        assert_eq!(
+            step_counts(&failed.iter().collect::<Vec<_>>()),
+            "0 of 1 step(s) done; 1 failed"
+        );
+        let mixed = [
+            step(S::Succeeded),
+            step(S::Kept),
+            step(S::Canceled),
+            step(S::Pending),
+        ];
+        assert_eq!(
+            step_counts(&mixed.iter().collect::<Vec<_>>()),
+            "2 of 4 step(s) done; 1 canceled; 1 pending"
+        );
+    }
+}
