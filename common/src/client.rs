@@ -1,5 +1,6 @@
 //! Clients of one Ebb service to another: lazily connected channels that carry trace context
-//! and the caller's bearer token ([`Bearer`]), over TLS for `https://` URLs.
+//! and the caller's bearer token ([`Bearer`]), over TLS for `https://` URLs. Every call gets a
+//! client span and is counted in the `grpc_client_*` series ([`crate::observe`]).
 //!
 //! A service installs its [`ClientSettings`] once at start ([`install`]); command-line tools
 //! that install none present `EBB_TOKEN` and trust the CA bundle of `EBB_TLS_CA_PATH`.
@@ -11,26 +12,29 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::ServerConfig;
+use crate::observe::{ClientCalls, ClientLayer};
 use crate::peers::Watched;
-use crate::telemetry::TraceContextInterceptor;
 
-/// Trace context and the bearer token on every call.
+/// The bearer token on every call.
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     bearer: Bearer,
 }
 
 impl tonic::service::Interceptor for Outgoing {
-    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let mut request = TraceContextInterceptor.call(request)?;
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         self.bearer.apply(request.metadata_mut());
         Ok(request)
     }
 }
 
-/// A channel with trace-context propagation and the bearer token on every call.
-/// Answers that refuse this process's token are watched ([`crate::peers`]).
-pub type TracedChannel = InterceptedService<Watched, Outgoing>;
+/// A channel with the bearer token, a client span whose trace context travels with the call,
+/// and the client metrics on every call. Answers that refuse this process's token are
+/// watched ([`crate::peers`]).
+pub type TracedChannel = InterceptedService<ClientCalls<Watched>, Outgoing>;
 
 /// What a process's clients present and trust.
 #[derive(Clone, Debug, Default)]
@@ -107,7 +111,7 @@ pub fn channel_with(
             .map_err(|e| format!("TLS for `{url}`: {e}"))?;
     }
     Ok(InterceptedService::new(
-        Watched::new(endpoint.connect_lazy(), url),
+        tower::Layer::layer(&ClientLayer, Watched::new(endpoint.connect_lazy(), url)),
         Outgoing {
             bearer: Bearer::new(&settings.token)?,
         },

@@ -198,12 +198,17 @@ impl Db {
     }
 
     async fn open_checked(url: &str, pool: &PoolOptions, lazy: bool) -> Result<Self, DbErr> {
-        if let Some(path) = sqlite_path(url)
-            && let Some(dir) = std::path::Path::new(&path).parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
+        if let Some(path) = sqlite_path(url) {
+            let path = std::path::Path::new(&path);
+            if let Some(dir) = path.parent()
+                && !dir.as_os_str().is_empty()
+            {
+                crate::private_files::private_dir(dir, false)
+                    .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
+            }
+            crate::private_files::private_sqlite_files(path).map_err(|e| {
+                DbErr::Custom(format!("cannot make {} private: {e}", path.display()))
+            })?;
         }
         let mut options = ConnectOptions::new(url.to_owned());
         options

@@ -1,19 +1,19 @@
 //! Prometheus metrics: one recorder per process (the `metrics` facade with the Prometheus text
-//! renderer), a `GET /metrics` endpoint on its own listener, gRPC call counts and latencies for
-//! every server, and gauges read from the database at scrape time by each service's
-//! [`MetricsSource`].
+//! renderer), a `GET /metrics` endpoint on its own listener, gRPC call counts and latencies by
+//! the grpc-ecosystem names ([`crate::observe`]), the process collector's `process_*` series
+//! and `ebb_build_info` ([`process`]), and gauges read from the database at scrape time by
+//! each service's [`MetricsSource`].
 //!
 //! Gauges that describe the whole deployment (due backlog, outbox backlog, chain heads) are read
 //! from the database when Prometheus scrapes, so every replica reports the same value; take
 //! `max` over replicas in dashboards. Counters (`*_total`) count what this process did; take
 //! `sum`.
 
-use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+pub mod process;
 
-use futures::future::BoxFuture;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,15 +53,8 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 }
 
 fn describe_common() {
-    metrics::describe_counter!(
-        "ebb_grpc_server_handled_total",
-        "gRPC calls answered, by method and status code."
-    );
-    metrics::describe_histogram!(
-        "ebb_grpc_server_handling_seconds",
-        metrics::Unit::Seconds,
-        "Time from a call's arrival to its response headers, by method."
-    );
+    crate::observe::describe();
+    process::describe();
     metrics::describe_counter!(
         "ebb_metrics_refresh_failures_total",
         "Scrapes in which a source could not read its gauges (they keep their last values)."
@@ -120,6 +113,7 @@ async fn scrape(
             .increment(1);
     });
     futures::future::join_all(refreshes).await;
+    process::collect();
     handle.run_upkeep();
     (
         [(
@@ -135,102 +129,9 @@ pub fn age_seconds(oldest: Option<i64>, now_ms: i64) -> f64 {
     oldest.map_or(0.0, |t| (now_ms.saturating_sub(t)).max(0) as f64 / 1000.0)
 }
 
-/// Counts and times every call by method and status code.
-#[derive(Clone, Debug, Default)]
-pub struct MetricsLayer;
-
-impl<S> tower::Layer<S> for MetricsLayer {
-    type Service = CallMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CallMetrics { inner }
-    }
-}
-
-/// The service of [`MetricsLayer`].
-#[derive(Clone, Debug)]
-pub struct CallMetrics<S> {
-    inner: S,
-}
-
-impl<S, B> tower::Service<http::Request<B>> for CallMetrics<S>
-where
-    S: tower::Service<
-            http::Request<B>,
-            Response = http::Response<tonic::body::Body>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: Send + 'static,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let method = method_label(request.uri().path());
-        let started = Instant::now();
-        Box::pin(async move {
-            let response = inner.call(request).await?;
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<i32>().ok())
-                .map_or("OK", |code| {
-                    crate::error::code_name(tonic::Code::from_i32(code))
-                });
-            metrics::counter!("ebb_grpc_server_handled_total", "method" => method.clone(), "code" => code)
-                .increment(1);
-            metrics::histogram!("ebb_grpc_server_handling_seconds", "method" => method)
-                .record(started.elapsed().as_secs_f64());
-            Ok(response)
-        })
-    }
-}
-
-/// The method path for known RPCs; anything else is one label, so that arbitrary paths cannot
-/// grow the number of series.
-fn method_label(path: &str) -> String {
-    if crate::methods::access_for(path).is_some() || crate::methods::is_public(path) {
-        path.to_owned()
-    } else {
-        "unknown".to_owned()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_paths_share_one_label() {
-        assert_eq!(
-            method_label("/grpc.health.v1.Health/Check"),
-            "/grpc.health.v1.Health/Check"
-        );
-        assert_eq!(method_label("/x.Y/Z"), "unknown");
-        assert_eq!(
-            method_label("/ebb.lifecycle.v1.LifecycleService/Nope"),
-            "unknown"
-        );
-    }
-
-    #[test]
-    fn codes_have_their_canonical_names() {
-        let name = |n| crate::error::code_name(tonic::Code::from_i32(n));
-        assert_eq!(name(5), "NOT_FOUND");
-        assert_eq!(name(16), "UNAUTHENTICATED");
-        assert_eq!(name(99), "UNKNOWN");
-    }
 
     #[test]
     fn ages_are_never_negative() {

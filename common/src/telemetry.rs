@@ -1,5 +1,13 @@
 //! Logs and traces: `tracing` with an env filter, pretty or JSON output, an optional OTLP
-//! exporter, and W3C trace context carried in gRPC metadata in both directions.
+//! exporter with a parent-based ratio sampler, and W3C trace context carried in gRPC metadata
+//! in both directions. Call spans are named `package.Service/Method` and carry the
+//! OpenTelemetry RPC attributes (`rpc.system`, `rpc.service`, `rpc.method`,
+//! `rpc.grpc.status_code`); loops that poll for work start deferred traces ([`deferred`]),
+//! exported only when they did some.
+
+mod deferred;
+
+pub use deferred::DEFERRED_ATTRIBUTE;
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TracerProvider as _;
@@ -70,18 +78,21 @@ pub fn init(
     } else {
         config.service_name.clone()
     };
-    let mut builder = SdkTracerProvider::builder().with_resource(
-        Resource::builder()
-            .with_service_name(service_name.clone())
-            .build(),
-    );
+    let mut builder = SdkTracerProvider::builder()
+        .with_sampler(deferred::DeferringSampler::new(config.sample_ratio))
+        .with_resource(
+            Resource::builder()
+                .with_service_name(service_name.clone())
+                .build(),
+        );
     if !config.otlp_endpoint.is_empty() {
         use opentelemetry_otlp::WithExportConfig;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(config.otlp_endpoint.clone())
             .build()?;
-        builder = builder.with_batch_exporter(exporter);
+        let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
+        builder = builder.with_span_processor(deferred::DeferringProcessor::new(batch));
     }
     // A provider exists even without an exporter so that spans carry real ids and trace
     // context is still forwarded from one service to the next.
@@ -94,6 +105,13 @@ pub fn init(
         .with(fmt)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
+    if let Some(file) = crate::time::test_clock::enabled() {
+        tracing::warn!(
+            file,
+            "the test clock is on: every decision reads the time moved by the offset in this \
+             file; never run like this in production"
+        );
+    }
     Ok(TelemetryGuard {
         provider: Some(provider),
     })
@@ -124,21 +142,87 @@ impl Injector for MetadataInjector<'_> {
     }
 }
 
-/// The span of one incoming gRPC request, child of the caller's `traceparent` if any.
-pub fn server_span<B>(request: &http::Request<B>) -> tracing::Span {
+/// The span of one incoming call of `rpc`, child of the caller's `traceparent` if any. A health
+/// check that starts a trace starts a deferred one: probes are exported only when they fail.
+pub fn server_span<B>(request: &http::Request<B>, rpc: &crate::observe::Rpc) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
     let parent: Context =
         global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let probe = rpc.service == "grpc.health.v1.Health" && !parent.span().span_context().is_valid();
     let span = tracing::info_span!(
-        "grpc.request",
+        "grpc.server",
+        otel.name = rpc.name,
         otel.kind = "server",
-        rpc.method = %request.uri().path(),
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = rpc.service,
+        rpc.method = rpc.method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        ebb.deferred = probe.then_some(true),
     );
     let _ = span.set_parent(parent);
     span
 }
 
-/// The W3C `traceparent` of the current span; empty outside any span.
+/// The span of one outgoing call of `rpc`, a child of the current span.
+pub fn client_span(rpc: &crate::observe::Rpc) -> tracing::Span {
+    tracing::info_span!(
+        "grpc.client",
+        otel.name = rpc.name,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = rpc.service,
+        rpc.method = rpc.method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    )
+}
+
+/// A root span for one round of a loop that polls for work: its trace is exported only if
+/// the round calls [`mark_work`] (or something in the trace fails or writes a domain event).
+/// `name` is the span's name; further fields can be recorded on the span later.
+#[macro_export]
+macro_rules! deferred_root_span {
+    ($name:expr, $($fields:tt)*) => {
+        ::tracing::info_span!(parent: None, $name, ebb.deferred = true, $($fields)*)
+    };
+}
+
+/// Records that the current trace did work: a deferred trace it belongs to is exported.
+pub fn mark_work() {
+    mark_work_in(&tracing::Span::current());
+}
+
+/// Records that the trace of `span` did work (see [`mark_work`]).
+pub fn mark_work_in(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt;
+    let context = span.context();
+    deferred::mark_work(context.span().span_context());
+}
+
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(key, value);
+        }
+    }
+}
+
+/// Writes the trace context of `span` into outgoing request headers.
+pub fn inject_into_headers(span: &tracing::Span, headers: &mut http::HeaderMap) {
+    let context = span.context();
+    global::get_text_map_propagator(|p| p.inject_context(&context, &mut HeaderInjector(headers)));
+}
+
+/// The W3C `traceparent` of the current span, to be stored with a domain event that others
+/// will follow; empty outside any span. Handing the trace on counts as work ([`mark_work`]).
 pub fn current_traceparent() -> String {
+    mark_work();
     let context = tracing::Span::current().context();
     let mut carrier = std::collections::HashMap::new();
     global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));

@@ -9,9 +9,51 @@ pub type EpochMs = i64;
 /// The latest instant protobuf timestamps may carry (9999-12-31T23:59:59Z).
 pub const MAX_EPOCH_MS: EpochMs = 253_402_300_799_000;
 
-/// Current time in epoch milliseconds.
+/// Current time in epoch milliseconds (moved by the test clock when one is enabled).
 pub fn now_ms() -> EpochMs {
-    Utc::now().timestamp_millis()
+    Utc::now().timestamp_millis() + test_clock::offset_ms()
+}
+
+/// A clock that tests can move, so that time-zone transitions and other dates far from today
+/// can be crossed through the real binaries. Off unless [`test_clock::VARIABLE`] names a file;
+/// then every reading of [`now_ms`] adds the offset in milliseconds that the file holds (one
+/// integer, rewritten by the test whenever it moves the clock). Never set it in production:
+/// the process logs a warning at start when it is on.
+pub mod test_clock {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    /// The variable naming the offset file.
+    pub const VARIABLE: &str = "EBB_TEST_CLOCK_FILE";
+
+    fn file() -> Option<&'static str> {
+        static FILE: OnceLock<Option<String>> = OnceLock::new();
+        FILE.get_or_init(|| std::env::var(VARIABLE).ok().filter(|f| !f.is_empty()))
+            .as_deref()
+    }
+
+    /// Whether the test clock is on (for the warning at start).
+    pub fn enabled() -> Option<&'static str> {
+        file()
+    }
+
+    /// The offset in force: the file's, or the last one read while the test rewrites it.
+    pub fn offset_ms() -> i64 {
+        static LAST: AtomicI64 = AtomicI64::new(0);
+        let Some(path) = file() else {
+            return 0;
+        };
+        match std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse::<i64>().ok())
+        {
+            Some(offset) => {
+                LAST.store(offset, Ordering::Relaxed);
+                offset
+            }
+            None => LAST.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// A protobuf timestamp from epoch milliseconds.

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use ebb_common::app::ServiceConfig;
 use ebb_common::config::{
-    self, ConfigError, LimitsConfig, MetricsConfig, ServerConfig, TelemetryConfig, TlsConfig,
-    Validate,
+    self, ConfigError, GrpcWebConfig, LimitsConfig, MetricsConfig, ServerConfig, TelemetryConfig,
+    TlsConfig, Validate,
 };
+use ebb_common::sealing::EncryptionConfig;
 use ebb_common::serving::{self, Component};
 use serde::{Deserialize, Serialize};
 
@@ -65,8 +66,14 @@ pub struct ServeConfig {
     pub tls: TlsConfig,
     /// Limits every call is held to.
     pub limits: LimitsConfig,
+    /// gRPC-Web callers in browsers: which other origins may call (none by default).
+    pub grpc_web: GrpcWebConfig,
     /// The one Prometheus endpoint of the process, with every service's metrics.
     pub metrics: MetricsConfig,
+    /// The key that seals secrets in the databases (`EBB_ENCRYPTION__KEY`). Empty: the one kept
+    /// in the data directory's `encryption-key` file, created on first start; a deployment keeps
+    /// its key apart from the data instead.
+    pub encryption: EncryptionConfig,
     /// lifecycle-svc settings (its address and database are set by `ebb serve`).
     pub lifecycle: lifecycle_svc::Config,
     /// scheduler-svc settings.
@@ -87,9 +94,11 @@ impl Default for ServeConfig {
             admin_token: String::new(),
             tls: TlsConfig::default(),
             limits: LimitsConfig::default(),
+            grpc_web: GrpcWebConfig::default(),
             metrics: MetricsConfig {
                 listen: "127.0.0.1:9460".into(),
             },
+            encryption: EncryptionConfig::default(),
             lifecycle: lifecycle_svc::Config::default(),
             scheduler: scheduler_svc::Config::default(),
             notifier: notifier_svc::Config::default(),
@@ -109,6 +118,7 @@ impl Validate for ServeConfig {
         shared.admin_token = self.admin_token.clone();
         shared.tls = self.tls.clone();
         shared.limits = self.limits.clone();
+        shared.grpc_web = self.grpc_web.clone();
         shared.validate()?;
         if self.tls.enabled() && self.tls.ca_path.is_empty() {
             return Err(ConfigError::field(
@@ -119,6 +129,9 @@ impl Validate for ServeConfig {
         // The tokens and peer addresses are wired in at start (`wire`): check each service's
         // settings as they will be run.
         let mut wired = self.clone();
+        if wired.encryption.key.is_empty() {
+            wired.encryption.key = ebb_common::sealing::generate_key("wired-in-at-start");
+        }
         let placeholder = "token-wired-in-at-start";
         wired.wire(self.listen, placeholder, placeholder);
         wired.lifecycle.validate()?;
@@ -166,6 +179,8 @@ impl ServeConfig {
             server.auth.service_token = service_token.to_owned();
             server.tls = self.tls.clone();
             server.limits = self.limits.clone();
+            server.encryption = self.encryption.clone();
+            server.grpc_web = self.grpc_web.clone();
             // The process serves one metrics endpoint, not one per service.
             server.metrics.listen = String::new();
         }
@@ -226,7 +241,9 @@ async fn run(mut config: ServeConfig) -> anyhow::Result<()> {
     let shutdown = serving::shutdown_on_signals();
     let listener = serving::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+    // The directory holds the databases, the admin token and the encryption key: its owner's
+    // only, also when an earlier version created it readable by others.
+    ebb_common::private_files::private_dir(&config.data_dir, true).map_err(|e| {
         anyhow::anyhow!(
             "cannot create data directory {}: {e}",
             config.data_dir.display()
@@ -234,6 +251,9 @@ async fn run(mut config: ServeConfig) -> anyhow::Result<()> {
     })?;
     let metrics = ebb_common::app::bind_metrics(&config.metrics.listen).await?;
     let admin_token = admin_token(&config)?;
+    if config.encryption.key.is_empty() {
+        config.encryption.key = encryption_key(&config)?;
+    }
     // The services of one process call each other with a token that lives as long as it.
     let service_token = ebb_common::auth::new_secret();
     config.wire(addr, &admin_token, &service_token);
@@ -301,6 +321,42 @@ fn admin_token(config: &ServeConfig) -> anyhow::Result<String> {
         path.display()
     );
     Ok(token)
+}
+
+/// The encryption key's file in the data directory.
+const ENCRYPTION_KEY_FILE: &str = "encryption-key";
+
+/// The encryption key when none is configured: the data directory's file, else a new one
+/// written there (readable by its owner only). Kept beside the data, it protects copies of the
+/// database files, not the directory; a deployment configures `encryption.key` from a secret.
+fn encryption_key(config: &ServeConfig) -> anyhow::Result<String> {
+    let path = config.data_dir.join(ENCRYPTION_KEY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let key = text.trim().to_owned();
+            ebb_common::sealing::EncryptionConfig {
+                key: key.clone(),
+                retired_keys: String::new(),
+            }
+            .validate()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            println!("encryption key: in {}", path.display());
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = ebb_common::sealing::generate_key(&format!(
+                "serve-{}",
+                chrono::Utc::now().format("%Y%m%d")
+            ));
+            write_private(&path, &key)?;
+            println!(
+                "encryption key: new, in {} (set EBB_ENCRYPTION__KEY to keep it elsewhere)",
+                path.display()
+            );
+            Ok(key)
+        }
+        Err(e) => anyhow::bail!("cannot read {}: {e}", path.display()),
+    }
 }
 
 /// Writes `text` to a new file only its owner can read.

@@ -4,7 +4,7 @@
 //! scheduler's task, replica and shard, the runner and its run, or the callback of a webhook
 //! step. Every event the change writes — in the outbox, hence in the audit chain and in
 //! notifications — names that actor by its id (`token:<id>`, `scheduler:<task>`,
-//! `runner:<id>`, `callback:<step id>`) and carries its details under the event data's
+//! `runner:<id>`, `callback:<step id>`, `reminder:<link id>`) and carries its details under the event data's
 //! `actor` key; action runs record it too. Writes outside any scope (lifecycle's own
 //! background work) keep the name their code gives.
 
@@ -40,6 +40,14 @@ pub enum Actor {
     },
     /// The callback of a webhook step, authorized by its callback token.
     Callback { step_id: String },
+    /// The snooze link of a reminder, opened in a browser (`via` `link`) or pressed as a Slack
+    /// button (`via` `slack`, with the Slack user who pressed it).
+    Reminder {
+        link_id: String,
+        workspace_id: String,
+        via: String,
+        slack_user: String,
+    },
 }
 
 /// Metadata the scheduler sends with each call: the task, its shard and the replica.
@@ -114,6 +122,7 @@ impl Actor {
             Actor::Scheduler { task, .. } => format!("scheduler:{task}"),
             Actor::Runner { runner_id, .. } => format!("runner:{runner_id}"),
             Actor::Callback { step_id } => format!("callback:{step_id}"),
+            Actor::Reminder { link_id, .. } => format!("reminder:{link_id}"),
         }
     }
 
@@ -147,6 +156,15 @@ impl Actor {
             }),
             Actor::Callback { step_id } => json!({
                 "kind": "callback", "id": self.id(), "step_id": step_id,
+            }),
+            Actor::Reminder {
+                link_id,
+                workspace_id,
+                via,
+                slack_user,
+            } => json!({
+                "kind": "reminder", "id": self.id(), "link_id": link_id,
+                "workspace_id": workspace_id, "via": via, "slack_user": slack_user,
             }),
         }
     }

@@ -63,6 +63,34 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub outbox_retention: Duration,
+    /// The snooze links of reminders and Slack's interactivity requests, on an HTTP port.
+    pub snooze: SnoozeConfig,
+}
+
+/// Where the snooze links of reminders are served (`EBB_SNOOZE__*`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnoozeConfig {
+    /// Address of the HTTP server of snooze links (`GET`/`POST /v1/snooze/<token>`) and Slack
+    /// interactivity (`POST /v1/slack/interactions`); empty turns it off, and reminders carry
+    /// no link.
+    pub listen: String,
+    /// The address people open, as reminders link it (e.g. `https://ebb.example.com`, behind a
+    /// proxy that forwards to `listen`). Empty: `http://` and the address `listen` bound.
+    pub public_url: String,
+    /// The signing secret of the Slack app whose buttons snooze (Slack's "Signing Secret"):
+    /// interactivity requests are verified with it (`v0` signatures). Empty refuses them.
+    pub slack_signing_secret: String,
+}
+
+impl Default for SnoozeConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50071".into(),
+            public_url: String::new(),
+            slack_signing_secret: String::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -87,6 +115,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             step_signing_secret: String::new(),
             outbox_retention: Duration::from_secs(7 * 86_400),
+            snooze: SnoozeConfig::default(),
         }
     }
 }
@@ -107,6 +136,26 @@ impl Validate for Config {
                 "admin_token",
                 "is required: it is the only token that can create organizations and their \
                  first tokens (EBB_ADMIN_TOKEN)",
+            ));
+        }
+        self.server
+            .encryption
+            .require_key("lifecycle-svc", "the key of step callback tokens")?;
+        if !self.snooze.listen.is_empty() && self.snooze.listen.parse::<SocketAddr>().is_err() {
+            return Err(ConfigError::field(
+                "snooze.listen",
+                "must be an address such as 0.0.0.0:50071, or empty to turn it off",
+            ));
+        }
+        let public = &self.snooze.public_url;
+        if !public.is_empty()
+            && (!(public.starts_with("http://") || public.starts_with("https://"))
+                || public.ends_with('/')
+                || public.contains(['?', '#']))
+        {
+            return Err(ConfigError::field(
+                "snooze.public_url",
+                "must be an http:// or https:// address without a trailing slash, query or fragment",
             ));
         }
         if self.min_inactivity < Duration::from_secs(1) {

@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::Config;
 use crate::actor::{self, Actor};
 use crate::tenancy::tokens;
+use crate::timing::snooze_links::Links;
 use ebb_common::idempotency::{self, RequestKey};
 use sea_orm::ConnectionTrait;
 
@@ -27,6 +28,8 @@ pub struct Lifecycle {
     pub runs_queued: Arc<Notify>,
     /// Keys the callback tokens of webhook steps; shared by replicas through the database.
     pub callback_secret: Arc<Vec<u8>>,
+    /// Makes the snooze links of reminders; `None` when the snooze server is off.
+    pub snooze_links: Option<Arc<Links>>,
 }
 
 impl Lifecycle {
@@ -37,12 +40,19 @@ impl Lifecycle {
             config: Arc::new(config),
             runs_queued: Arc::new(Notify::new()),
             callback_secret: Arc::new(Vec::new()),
+            snooze_links: None,
         }
     }
 
     /// The same state with the secret that keys callback tokens.
     pub fn with_callback_secret(mut self, secret: Vec<u8>) -> Self {
         self.callback_secret = Arc::new(secret);
+        self
+    }
+
+    /// The same state with reminders carrying snooze links made by `links`.
+    pub fn with_snooze_links(mut self, links: Links) -> Self {
+        self.snooze_links = Some(Arc::new(links));
         self
     }
 

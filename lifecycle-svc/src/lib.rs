@@ -15,6 +15,8 @@ mod migrations;
 mod runs;
 #[cfg(test)]
 mod safety_model;
+mod secrets;
+mod snooze;
 mod store;
 mod tenancy;
 mod timing;
@@ -45,6 +47,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let relay = events::relay::run(&config, db.clone(), shutdown.clone());
+    let mut component = Component::new();
     let configured = ebb_common::auth::StaticTokens::new(
         &config.server.admin_token,
         &config.server.auth.service_token,
@@ -52,10 +55,33 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     if !config.catalog_file.is_empty() {
         load_catalog_file(&db, &config.catalog_file).await?;
     }
-    let secret = deprovision::webhooks::callback_secret(&db.conn).await?;
+    let keys = ebb_common::sealing::Keyring::from_config(&config.server.encryption)?
+        .ok_or_else(|| anyhow::anyhow!("encryption.key is required"))?;
+    let secret = deprovision::webhooks::callback_secret(&db.conn, &keys).await?;
+    let snooze_server = if config.snooze.listen.is_empty() {
+        None
+    } else {
+        let listener = snooze::http::bind(&config.snooze.listen).await?;
+        let base = if config.snooze.public_url.is_empty() {
+            format!("http://{}", listener.local_addr()?)
+        } else {
+            config.snooze.public_url.clone()
+        };
+        let key = secrets::shared_key(&db.conn, &keys, "snooze_links").await?;
+        Some((listener, timing::snooze_links::Links::new(key, &base), base))
+    };
     let gauges = Arc::new(gauges::LifecycleMetrics::new(db.clone(), &config));
-    let core = core::Lifecycle::new(db.clone(), config).with_callback_secret(secret);
-    let mut component = Component::new();
+    let mut core = core::Lifecycle::new(db.clone(), config).with_callback_secret(secret);
+    if let Some((listener, links, base)) = snooze_server {
+        core = core.with_snooze_links(links.clone());
+        tracing::info!(url = %base, "snooze links on {base}/v1/snooze/");
+        component.spawn(snooze::http::serve(
+            listener,
+            core.clone(),
+            links,
+            shutdown.clone(),
+        ));
+    }
     component.spawn(relay);
     component.spawn(ebb_common::idempotency::sweep_periodically(
         db.clone(),

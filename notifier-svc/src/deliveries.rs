@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use ebb_common::db::Db;
+use ebb_common::sealing::Keyring;
 use ebb_common::sql::{for_update, now_ms_sql, placeholders};
 use ebb_common::time::{EpochMs, to_timestamp, to_timestamp_opt};
 use ebb_common::{Error, Result};
@@ -48,7 +49,13 @@ pub struct Job {
 
 /// Leases up to `limit` due deliveries of enabled configurations to `owner` for `ttl_ms`.
 /// On PostgreSQL rows locked by another replica's claim are skipped, not waited for.
-pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<Job>> {
+pub async fn claim(
+    db: &Db,
+    keys: &Keyring,
+    owner: &str,
+    limit: u32,
+    ttl_ms: i64,
+) -> Result<Vec<Job>> {
     let now = now_ms_sql(db.backend());
     let token = uuid::Uuid::new_v4().simple().to_string();
     let pick = format!(
@@ -129,7 +136,7 @@ pub async fn claim(db: &Db, owner: &str, limit: u32, ttl_ms: i64) -> Result<Vec<
         ids.dedup();
         ids
     };
-    let secrets = configurations::signing_secrets_of(db, &config_ids).await?;
+    let secrets = configurations::signing_secrets_of(db, keys, &config_ids).await?;
     rows.iter()
         .map(|r| {
             let destination: String = rows::get(r, "c_destination")?;

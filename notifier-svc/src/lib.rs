@@ -66,6 +66,9 @@ impl Validate for Config {
     fn validate(&self) -> Result<(), ConfigError> {
         self.server.validate()?;
         self.server.require_service_token("notifier-svc")?;
+        self.server
+            .encryption
+            .require_key("notifier-svc", "the signing secrets of configurations")?;
         self.delivery.validate()?;
         self.egress.validate()?;
         self.smtp.validate()?;
@@ -302,6 +305,19 @@ impl Validate for SmtpConfig {
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
     let db = serving::connect_database(&config.server, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
+    let keys = Arc::new(
+        ebb_common::sealing::Keyring::from_config(&config.server.encryption)?
+            .ok_or_else(|| anyhow::anyhow!("encryption.key is required"))?,
+    );
+    let resealed = configurations::reseal_secrets(&db, &keys).await?
+        + ebb_common::idempotency::reseal_responses(&db.conn, &keys).await?;
+    if resealed > 0 {
+        tracing::info!(
+            resealed,
+            key = keys.active_id(),
+            "sealed stored secrets under the current encryption key"
+        );
+    }
     let sender = Arc::new(transport::Sender::new(&config)?);
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut component = Component::new();
@@ -337,6 +353,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     component.add_service(
         NotifierServiceServer::new(api::NotifierApi::new(
             db.clone(),
+            keys.clone(),
             sender.clone(),
             wake.clone(),
         )),
@@ -347,7 +364,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         config.idempotency.clone(),
         shutdown.clone(),
     ));
-    let worker = worker::Worker::new(db.clone(), sender, config.delivery.clone(), wake);
+    let worker = worker::Worker::new(db.clone(), keys, sender, config.delivery.clone(), wake);
     component.spawn(worker.run(shutdown));
     Ok(component)
 }
@@ -356,10 +373,11 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
 mod tests {
     use super::*;
 
-    /// The defaults with the service token every deployment gives.
+    /// The defaults with the service token and encryption key every deployment gives.
     fn configured() -> Config {
         let mut c = Config::default();
         c.server.auth.service_token = "a-service-token-of-the-deployment".into();
+        c.server.encryption.key = ebb_common::sealing::generate_key("k1");
         c
     }
 
@@ -371,6 +389,10 @@ mod tests {
         unconfigured.server.auth.service_token.clear();
         let err = unconfigured.validate().expect_err("no token").to_string();
         assert!(err.contains("`auth.service_token`"), "{err}");
+        let mut keyless = c.clone();
+        keyless.server.encryption.key.clear();
+        let err = keyless.validate().expect_err("no key").to_string();
+        assert!(err.contains("`encryption.key`"), "{err}");
         let secs: Vec<u64> = c.delivery.schedule().iter().map(|d| d.as_secs()).collect();
         assert_eq!(secs, [0, 5, 300, 1800, 7200, 18_000, 36_000, 36_000]);
         assert!(!c.egress.allow_loopback);

@@ -39,7 +39,7 @@ pub fn render(destination: Destination, event: &EventRecord, to: &Recipient) -> 
     let summary = Summary::of(event, to);
     match destination {
         Destination::Webhook => Rendered::Json(to_bytes(&envelope(event, to))),
-        Destination::Slack => Rendered::Json(to_bytes(&slack(&summary))),
+        Destination::Slack => Rendered::Json(to_bytes(&slack(&summary, &Owner::of(event)))),
         Destination::Teams => Rendered::Json(to_bytes(&teams(&summary))),
         Destination::Email => {
             let (text, html) = email(&summary);
@@ -96,11 +96,92 @@ pub fn envelope(event: &EventRecord, to: &Recipient) -> Value {
     })
 }
 
+/// The owner an event names (`data.owner`: the workspace's or entity's owner), told about
+/// reminders and results: Slack messages mention the owner, email goes to the owner too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Owner {
+    /// An email address.
+    pub email: Option<String>,
+    /// A Slack member id.
+    pub slack_user_id: Option<String>,
+}
+
+impl Owner {
+    /// The owner of `event`; parts that do not look like an address or a member id (the
+    /// publisher's input) are left out rather than sent on.
+    pub fn of(event: &EventRecord) -> Self {
+        let part = |name: &str| {
+            event
+                .data
+                .get("owner")
+                .and_then(|o| o.get(name))
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        Self {
+            email: part("email").filter(|e| {
+                e.len() <= 254
+                    && e.contains('@')
+                    && !e
+                        .chars()
+                        .any(|c| c.is_whitespace() || c.is_control() || c == ',')
+            }),
+            slack_user_id: part("slack_user_id").filter(|id| {
+                id.len() <= 21
+                    && id
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+            }),
+        }
+    }
+}
+
+/// The addresses an email goes to: the configuration's, and the event's owner if not among
+/// them.
+pub fn email_recipients(configured: &[String], event: &EventRecord) -> Vec<String> {
+    let mut to = configured.to_vec();
+    if let Some(owner) = Owner::of(event).email
+        && !to.iter().any(|a| a.eq_ignore_ascii_case(&owner))
+    {
+        to.push(owner);
+    }
+    to
+}
+
 /// The human view of an event shared by Slack, Teams and email.
 struct Summary {
     headline: String,
     facts: Vec<(String, String)>,
     footer: String,
+    snooze: Option<Snooze>,
+}
+
+/// The snooze link of a reminder (lifecycle-svc adds `snooze_url` and `snooze_by`).
+struct Snooze {
+    url: String,
+    /// The link's token: the last segment of its address, which the Slack button carries.
+    token: String,
+    /// How much later it pushes the destroy, e.g. "1d".
+    by: String,
+}
+
+impl Snooze {
+    fn of(data: &Value) -> Option<Self> {
+        let url = data.get("snooze_url").and_then(scalar)?;
+        let token = url.rsplit_once("/v1/snooze/")?.1.to_owned();
+        let by = data.get("snooze_by").and_then(scalar).unwrap_or_default();
+        Some(Self { url, token, by })
+    }
+
+    fn label(&self) -> String {
+        if self.by.is_empty() {
+            "Snooze".into()
+        } else {
+            format!("Snooze {}", self.by)
+        }
+    }
 }
 
 impl Summary {
@@ -164,10 +245,17 @@ impl Summary {
             };
             facts.push((capitalize(&event.subject_type), who));
         }
+        let owner = Owner::of(event);
+        if let Some(owner) = owner.email.or(owner.slack_user_id) {
+            facts.push(("Owner".to_owned(), owner));
+        }
         if let Value::Object(m) = &event.data {
             for (k, v) in m.iter() {
                 if facts.len() >= 10 {
                     break;
+                }
+                if k.starts_with("snooze_") {
+                    continue;
                 }
                 if let Some(text) = scalar(v) {
                     facts.push((k.replace('_', " "), truncate(&text, 200)));
@@ -184,6 +272,7 @@ impl Summary {
             headline,
             facts,
             footer,
+            snooze: Snooze::of(&event.data),
         }
     }
 }
@@ -215,21 +304,36 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-/// Slack Block Kit: header, fields, context; `text` is the notification fallback.
-fn slack(s: &Summary) -> Value {
+/// Slack Block Kit: header, fields, context; `text` is the notification fallback. An owner
+/// with a Slack member id is mentioned (`<@U…>`), so Slack notifies that user: incoming
+/// webhooks post to their channel and cannot message a user directly.
+fn slack(s: &Summary, owner: &Owner) -> Value {
     let fields: Vec<Value> = s
         .facts
         .iter()
         .map(|(k, v)| json!({"type": "mrkdwn", "text": format!("*{}*\n{}", slack_escape(k), slack_escape(v))}))
         .collect();
-    json!({
-        "text": s.headline,
-        "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": truncate(&s.headline, 150), "emoji": false}},
-            {"type": "section", "fields": fields},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&s.footer)}]},
-        ],
-    })
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&s.headline, 150), "emoji": false}}),
+        json!({"type": "section", "fields": fields}),
+    ];
+    let mut text = s.headline.clone();
+    if let Some(id) = &owner.slack_user_id {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("Owner: <@{id}>")}}));
+        text = format!("<@{id}> {text}");
+    }
+    if let Some(snooze) = &s.snooze {
+        // Pressed in Slack, it reaches lifecycle's /v1/slack/interactions (the Slack app's
+        // interactivity request URL), which verifies Slack's signature and snoozes once.
+        blocks.push(json!({"type": "actions", "elements": [{
+            "type": "button",
+            "action_id": "ebb_snooze",
+            "text": {"type": "plain_text", "text": snooze.label(), "emoji": false},
+            "value": snooze.token,
+        }]}));
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": slack_escape(&s.footer)}]}));
+    json!({"text": text, "blocks": blocks})
 }
 
 fn slack_escape(s: &str) -> String {
@@ -259,6 +363,9 @@ fn teams(s: &Summary) -> Value {
                     {"type": "FactSet", "facts": facts},
                     {"type": "TextBlock", "text": s.footer, "isSubtle": true, "size": "Small", "wrap": true},
                 ],
+                "actions": s.snooze.iter().map(|z| json!({
+                    "type": "Action.OpenUrl", "title": z.label(), "url": z.url,
+                })).collect::<Vec<_>>(),
             },
         }],
     })
@@ -269,6 +376,9 @@ fn email(s: &Summary) -> (String, String) {
     let mut text = format!("{}\n\n", s.headline);
     for (k, v) in &s.facts {
         text.push_str(&format!("{k}: {v}\n"));
+    }
+    if let Some(z) = &s.snooze {
+        text.push_str(&format!("\n{}: {}\n", z.label(), z.url));
     }
     text.push_str(&format!("\n-- \n{}\n", s.footer));
     let rows: String = s
@@ -282,8 +392,19 @@ fn email(s: &Summary) -> (String, String) {
             )
         })
         .collect();
+    let snooze = s
+        .snooze
+        .as_ref()
+        .map(|z| {
+            format!(
+                "<p><a href=\"{}\">{}</a></p>",
+                html_escape(&z.url),
+                html_escape(&z.label())
+            )
+        })
+        .unwrap_or_default();
     let html = format!(
-        "<!DOCTYPE html><html><body><h2>{}</h2><table>{rows}</table><p style=\"color:#666\">{}</p></body></html>",
+        "<!DOCTYPE html><html><body><h2>{}</h2><table>{rows}</table>{snooze}<p style=\"color:#666\">{}</p></body></html>",
         html_escape(&s.headline),
         html_escape(&s.footer)
     );
@@ -322,6 +443,75 @@ mod tests {
         Recipient {
             id: "nc_1".into(),
             name: "ops".into(),
+        }
+    }
+
+    #[test]
+    fn the_owner_is_mentioned_on_slack_and_mailed() {
+        let mut owned = event();
+        owned.data["owner"] = json!({"email": "ana@example.com", "slack_user_id": "U024BE7LH"});
+        let Rendered::Json(slack) = render(Destination::Slack, &owned, &to()) else {
+            panic!("json")
+        };
+        let slack: Value = serde_json::from_slice(&slack).expect("json");
+        assert!(
+            slack["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("<@U024BE7LH> "))
+        );
+        assert_eq!(slack["blocks"][2]["text"]["text"], "Owner: <@U024BE7LH>");
+        let configured = vec!["ops@example.com".to_owned()];
+        assert_eq!(
+            email_recipients(&configured, &owned),
+            vec!["ops@example.com".to_owned(), "ana@example.com".to_owned()]
+        );
+        // Without an owner, or with one that does not look like an address, nothing is added.
+        assert_eq!(email_recipients(&configured, &event()), configured);
+        owned.data["owner"] =
+            json!({"email": "a@b.c, evil@example.com", "slack_user_id": "<!channel>"});
+        assert_eq!(email_recipients(&configured, &owned), configured);
+        assert_eq!(Owner::of(&owned), Owner::default());
+    }
+
+    #[test]
+    fn a_reminder_s_snooze_link_is_a_slack_button_a_teams_action_and_an_email_link() {
+        let mut e = event();
+        e.data = json!({
+            "due_at": "2030-01-01T00:00:00Z",
+            "snooze_url": "https://ebb.example.com/v1/snooze/abc.def",
+            "snooze_by": "1d",
+        });
+        let json_of = |d| match render(d, &e, &to()) {
+            Rendered::Json(b) => serde_json::from_slice::<Value>(&b).expect("json"),
+            _ => panic!("json"),
+        };
+        let slack = json_of(Destination::Slack);
+        let actions = &slack["blocks"][2];
+        assert_eq!(actions["type"], "actions");
+        assert_eq!(actions["elements"][0]["action_id"], "ebb_snooze");
+        assert_eq!(actions["elements"][0]["value"], "abc.def");
+        assert_eq!(actions["elements"][0]["text"]["text"], "Snooze 1d");
+        let teams = json_of(Destination::Teams);
+        let action = &teams["attachments"][0]["content"]["actions"][0];
+        assert_eq!(action["type"], "Action.OpenUrl");
+        assert_eq!(action["url"], "https://ebb.example.com/v1/snooze/abc.def");
+        let Rendered::Email { text, html, .. } = render(Destination::Email, &e, &to()) else {
+            panic!("email")
+        };
+        assert!(text.contains("Snooze 1d: https://ebb.example.com/v1/snooze/abc.def"));
+        assert!(
+            html.contains("<a href=\"https://ebb.example.com/v1/snooze/abc.def\">Snooze 1d</a>")
+        );
+        // The link is an action, not a fact; a reminder without one has no action.
+        assert!(!text.contains("snooze url"));
+        let plain = json_of_plain(&event());
+        assert_eq!(plain["blocks"].as_array().map(Vec::len), Some(3));
+    }
+
+    fn json_of_plain(e: &EventRecord) -> Value {
+        match render(Destination::Slack, e, &to()) {
+            Rendered::Json(b) => serde_json::from_slice(&b).expect("json"),
+            _ => panic!("json"),
         }
     }
 

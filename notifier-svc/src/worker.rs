@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebb_common::db::Db;
+use ebb_common::sealing::Keyring;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,7 @@ use crate::transport::{Sender, Target};
 /// One replica's worker.
 pub struct Worker {
     db: Db,
+    keys: Arc<Keyring>,
     sender: Arc<Sender>,
     config: DeliveryConfig,
     policy: Arc<Policy>,
@@ -29,8 +31,15 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker over `db`; `wake` is notified when new deliveries are due now.
-    pub fn new(db: Db, sender: Arc<Sender>, config: DeliveryConfig, wake: Arc<Notify>) -> Self {
+    /// A worker over `db`, opening signing secrets with `keys`; `wake` is notified when new
+    /// deliveries are due now.
+    pub fn new(
+        db: Db,
+        keys: Arc<Keyring>,
+        sender: Arc<Sender>,
+        config: DeliveryConfig,
+        wake: Arc<Notify>,
+    ) -> Self {
         let policy = Arc::new(Policy {
             schedule: config.schedule(),
             jitter: config.jitter,
@@ -38,6 +47,7 @@ impl Worker {
         });
         Self {
             db,
+            keys,
             sender,
             config,
             policy,
@@ -67,22 +77,25 @@ impl Worker {
             };
             let free = (permits.available_permits() + 1).min(self.config.batch_size as usize);
             let claim_started = std::time::Instant::now();
-            let jobs = match deliveries::claim(&self.db, &self.replica, free as u32, ttl_ms).await {
-                Ok(jobs) => {
-                    backoff = self.config.poll_interval;
-                    jobs
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot claim deliveries");
-                    drop(first);
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+            let jobs =
+                match deliveries::claim(&self.db, &self.keys, &self.replica, free as u32, ttl_ms)
+                    .await
+                {
+                    Ok(jobs) => {
+                        backoff = self.config.poll_interval;
+                        jobs
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue;
-                }
-            };
+                    Err(e) => {
+                        tracing::warn!(error = %e, retry_in = ?backoff, "cannot claim deliveries");
+                        drop(first);
+                        tokio::select! {
+                            () = shutdown.cancelled() => break,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
             let claimed = jobs.len();
             tracing::debug!(claimed, free, took = ?claim_started.elapsed(), "deliveries claimed");
             let mut first = Some(first);
@@ -140,8 +153,10 @@ impl AttemptCtx {
             name: job.configuration_name.clone(),
         };
         let message = payload::render(job.destination, &job.event, &recipient);
+        // Email goes to the event's owner too (reminders and results name one).
+        let mail_to = payload::email_recipients(&job.email_addresses, &job.event);
         let target = match job.destination {
-            Destination::Email => Target::Mail(&job.email_addresses),
+            Destination::Email => Target::Mail(&mail_to),
             _ => Target::Url(&job.url),
         };
         let started_ms = ebb_common::time::now_ms();

@@ -9,6 +9,9 @@ use ebb_proto::lifecycle::v1::scheduling_service_client::SchedulingServiceClient
 
 use crate::config::Config;
 
+// A run that found something to do has its trace exported (runs start deferred traces).
+use ebb_common::telemetry::mark_work;
+
 /// Finds due workspaces and queues their destroy runs.
 pub const AUTO_DESTROY_CHECK: &str = "auto_destroy_check";
 /// Sends reminders before scheduled destroys.
@@ -133,6 +136,7 @@ pub async fn run(
                 }
             }
             if finalized > 0 {
+                mark_work();
                 tracing::info!(finalized, "grace periods finalized");
             }
             Ok(format!("finalized {finalized}"))
@@ -143,6 +147,9 @@ pub async fn run(
                 .await
                 .map_err(|s| format!("time out action steps: {}", s.message()))?
                 .into_inner();
+            if r.timed_out > 0 {
+                mark_work();
+            }
             Ok(format!("timed out {}", r.timed_out))
         }
         AUTO_DESTROY_REMINDERS => {
@@ -161,6 +168,9 @@ pub async fn run(
                 if r.sent < batch {
                     break;
                 }
+            }
+            if sent > 0 {
+                mark_work();
             }
             Ok(format!("sent {sent} reminders"))
         }
@@ -182,6 +192,7 @@ pub async fn run(
                 }
             }
             if requeued + errored > 0 {
+                mark_work();
                 tracing::info!(requeued, errored, "runs with expired leases rescued");
             }
             Ok(format!("requeued {requeued}, errored {errored}"))
@@ -240,6 +251,7 @@ async fn fire_due(
         if keys.is_empty() {
             break;
         }
+        mark_work();
         let page_len = keys.len();
         after = keys.last().cloned();
         let results = match kind {
@@ -268,7 +280,9 @@ async fn fire_due(
             match pb::QueueDecision::try_from(r.decision) {
                 Ok(pb::QueueDecision::Queued) => queued += 1,
                 Ok(pb::QueueDecision::Deferred) => deferred += 1,
-                Ok(pb::QueueDecision::SkippedProtected) => skipped += 1,
+                Ok(pb::QueueDecision::SkippedProtected | pb::QueueDecision::Skipped) => {
+                    skipped += 1
+                }
                 _ => stale += 1,
             }
         }

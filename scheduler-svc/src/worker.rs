@@ -48,7 +48,8 @@ pub async fn run(
                 break;
             };
             let (leases, lifecycle, config) = (leases.clone(), lifecycle.clone(), config.clone());
-            let span = tracing::info_span!("task", task = %lease.task, shard = lease.shard, epoch = lease.epoch);
+            // Most runs find nothing to do: their trace is exported only if this one does.
+            let span = ebb_common::deferred_root_span!("task", task = %lease.task, shard = lease.shard, epoch = lease.epoch);
             tokio::spawn(
                 async move {
                     run_one(&leases, lifecycle, &config, lease, ttl_ms).await;
@@ -91,6 +92,7 @@ async fn run_one(
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!("lease lost to another replica; abandoning the run");
+                    ebb_common::telemetry::mark_work();
                     metrics::counter!("ebb_scheduler_task_runs_total", "task" => lease.task.clone(), "outcome" => "lease_lost").increment(1);
                     break None;
                 }
@@ -102,6 +104,7 @@ async fn run_one(
     let (text, label) = match &outcome {
         Ok(summary) => (format!("ok: {summary}"), "ok"),
         Err(e) => {
+            ebb_common::telemetry::mark_work();
             tracing::warn!(error = %e, "task run failed");
             (format!("error: {e}"), "error")
         }

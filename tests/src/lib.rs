@@ -12,7 +12,7 @@
 //! * `TEST_LOG=1` shows the services' logs; otherwise they go to files named on failure.
 //! * Every process is given [`ADMIN_TOKEN`] as its bootstrap admin token, [`SERVICE_TOKEN`]
 //!   as its service token and `EBB_TOKEN` for tools; [`Process::channel`] presents the admin
-//!   token, [`Process::channel_as`] another one.
+//!   token, [`Process::channel_as`] another one; [`ENCRYPTION_KEY`] seals their stored secrets.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,6 +35,9 @@ pub mod cluster;
 pub const ADMIN_TOKEN: &str = "ebb-test-admin-token-5f1c2a9e";
 /// The service token of every process the harness starts.
 pub const SERVICE_TOKEN: &str = "ebb-test-service-token-8d03b7c4";
+
+/// The key that seals secrets in the databases of every process the harness starts.
+pub const ENCRYPTION_KEY: &str = "ebb-test:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// A channel presenting a bearer token on every call.
 pub type Channel = InterceptedService<tonic::transport::Channel, Bearer>;
@@ -69,6 +72,10 @@ fn credentials(envs: &[(&str, String)]) -> Vec<(&'static str, String)> {
         ("EBB_ADMIN_TOKEN", ADMIN_TOKEN),
         ("EBB_AUTH__SERVICE_TOKEN", SERVICE_TOKEN),
         ("EBB_TOKEN", ADMIN_TOKEN),
+        ("EBB_ENCRYPTION__KEY", ENCRYPTION_KEY),
+        // lifecycle's snooze-link server on a port of its own, as every other listener.
+        ("EBB_SNOOZE__LISTEN", "127.0.0.1:0"),
+        ("EBB_LIFECYCLE__SNOOZE__LISTEN", "127.0.0.1:0"),
     ]
     .into_iter()
     .filter(|(k, _)| !envs.iter().any(|(e, _)| e == k))

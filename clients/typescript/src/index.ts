@@ -2,7 +2,8 @@
 //
 // The messages and service descriptors are generated from proto/ by `npm run generate`
 // (buf + protoc-gen-es) into src/gen; this module re-exports them and adds `connect`, which
-// builds one gRPC transport (HTTP/2, @connectrpc/connect-node) and a client per service,
+// builds one transport (gRPC over HTTP/2, or gRPC-Web over HTTP/1.1 with `protocol:
+// "grpc-web"`; @connectrpc/connect-node) and a client per service,
 // sending `authorization: Bearer <token>` on every call when a token is given.
 //
 //   import { connect, lifecycle } from "@ebb/client";
@@ -10,7 +11,7 @@
 //   const { organization } = await ebb.lifecycle.createOrganization({ name: "acme" });
 
 import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 
 import { AuditService } from "./gen/ebb/audit/v1/audit_service_pb.js";
 import { LifecycleService } from "./gen/ebb/lifecycle/v1/lifecycle_service_pb.js";
@@ -43,6 +44,11 @@ export interface ConnectOptions {
   scheme?: "http" | "https";
   /** More interceptors, run after the token's. */
   interceptors?: Interceptor[];
+  /**
+   * `grpc` (default: gRPC over HTTP/2) or `grpc-web` (gRPC-Web over HTTP/1.1, as browsers and
+   * proxies without HTTP/2 trailers speak it; every Ebb server answers both).
+   */
+  protocol?: "grpc" | "grpc-web";
 }
 
 /** An interceptor that adds `authorization: Bearer <token>` to every request. */
@@ -61,7 +67,10 @@ export function connect(target: string, options: ConnectOptions = {}): Ebb {
     interceptors.push(bearerToken(options.token));
   }
   interceptors.push(...(options.interceptors ?? []));
-  const transport = createGrpcTransport({ baseUrl, interceptors });
+  const transport =
+    options.protocol === "grpc-web"
+      ? createGrpcWebTransport({ baseUrl, httpVersion: "1.1", interceptors })
+      : createGrpcTransport({ baseUrl, interceptors });
   return {
     transport,
     lifecycle: createClient(LifecycleService, transport),

@@ -1,6 +1,7 @@
 // The auto-destroy flow from TypeScript, against a running Ebb server.
 //
 //   npm run build && node dist/tests/auto_destroy.js ADDR [TOKEN]
+//   EBB_PROTOCOL=grpc-web node dist/tests/auto_destroy.js ADDR [TOKEN]   # over gRPC-Web
 //
 // Creates an organization, a project and a workspace, schedules its destroy a few seconds
 // ahead, waits for the scheduler to queue the AUTO_DESTROY run, starts
@@ -58,7 +59,9 @@ async function main(): Promise<void> {
   const token = tokenArg ?? process.env.EBB_TOKEN ?? "";
   const ebbBin = process.env.EBB_BIN ?? "ebb";
   const suffix = randomUUID().slice(0, 8);
-  const ebb = connect(addr, { token });
+  // EBB_PROTOCOL=grpc-web runs the same flow over gRPC-Web (HTTP/1.1).
+  const protocol = process.env.EBB_PROTOCOL === "grpc-web" ? "grpc-web" : "grpc";
+  const ebb = connect(addr, { token, protocol });
   const opts = { timeoutMs: 10_000 };
 
   const { organization: org } = await ebb.lifecycle.createOrganization(
@@ -152,7 +155,9 @@ async function main(): Promise<void> {
       runner.kill("SIGKILL");
     }
   }
-  console.log("PASS typescript auto-destroy");
+  console.log(
+    protocol === "grpc" ? "PASS typescript auto-destroy" : `PASS typescript auto-destroy over ${protocol}`,
+  );
 }
 
 main().catch((e: unknown) => {

@@ -268,6 +268,16 @@ mod tests {
         std::fs::write(&path, "database_url = \"mysql://x\"\n").expect("write");
         let err = load(&Sample::default(), Some(&path), &NoOverrides {}).expect_err("url");
         assert!(err.to_string().contains("`database_url`"), "{err}");
+
+        std::fs::write(&path, "[telemetry]\nsample_ratio = 1.5\n").expect("write");
+        let err = load(&Sample::default(), Some(&path), &NoOverrides {}).expect_err("ratio");
+        assert!(
+            err.to_string().contains("`telemetry.sample_ratio`"),
+            "{err}"
+        );
+        std::fs::write(&path, "[telemetry]\nsample_ratio = 0.25\n").expect("write");
+        let c = load(&Sample::default(), Some(&path), &NoOverrides {}).expect("a share");
+        assert_eq!(c.server.telemetry.sample_ratio, 0.25);
     }
 
     proptest::proptest! {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{ConfigError, Validate};
+use crate::sealing::EncryptionConfig;
 /// Settings every service shares.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ServerConfig {
@@ -40,6 +41,21 @@ pub struct ServerConfig {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The keys that seal secrets kept in the database (lifecycle-svc and notifier-svc).
+    #[serde(default)]
+    pub encryption: EncryptionConfig,
+    /// gRPC-Web callers (browsers): which other origins may call.
+    #[serde(default)]
+    pub grpc_web: GrpcWebConfig,
+}
+
+/// gRPC-Web is always served; cross-origin calls only from these origins (`EBB_GRPC_WEB__*`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcWebConfig {
+    /// Origins (`https://console.example.com`) whose pages may call this server from a browser
+    /// (CORS). Empty: none, only same-origin and non-browser callers.
+    pub allowed_origins: Vec<String>,
 }
 
 /// The connection pool (`EBB_DATABASE__ACQUIRE_TIMEOUT=2s`).
@@ -242,6 +258,8 @@ impl ServerConfig {
             metrics: MetricsConfig {
                 listen: metrics_listen.to_owned(),
             },
+            encryption: Default::default(),
+            grpc_web: GrpcWebConfig::default(),
         }
     }
 
@@ -310,6 +328,8 @@ impl Validate for ServerConfig {
         }
         check_token("admin_token", &self.admin_token)?;
         check_token("auth.service_token", &self.auth.service_token)?;
+        self.encryption.validate()?;
+        crate::serving::web::validate(&self.grpc_web)?;
         let url = &self.auth.lifecycle_url;
         if !url.is_empty() && !url.starts_with("http://") && !url.starts_with("https://") {
             return Err(ConfigError::field(
@@ -461,6 +481,9 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: String,
     /// The `service.name` resource attribute; defaults to the binary's name.
     pub service_name: String,
+    /// Share of traces started here that are exported, from 0 to 1 (parent-based: a call that
+    /// arrives with a sampled `traceparent` follows its caller's decision).
+    pub sample_ratio: f64,
 }
 
 impl Default for TelemetryConfig {
@@ -470,6 +493,7 @@ impl Default for TelemetryConfig {
             log_format: LogFormat::Pretty,
             otlp_endpoint: String::new(),
             service_name: String::new(),
+            sample_ratio: 1.0,
         }
     }
 }
@@ -478,6 +502,12 @@ impl Validate for TelemetryConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         tracing_subscriber::EnvFilter::try_new(&self.log_filter)
             .map_err(|e| ConfigError::field("telemetry.log_filter", e))?;
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(ConfigError::field(
+                "telemetry.sample_ratio",
+                format!("is {}: expected a share from 0 to 1", self.sample_ratio),
+            ));
+        }
         if !self.otlp_endpoint.is_empty() {
             let uri: http::Uri = self
                 .otlp_endpoint

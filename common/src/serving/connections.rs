@@ -55,9 +55,10 @@ pub fn incoming(
             let tls = tls.clone();
             tokio::spawn(async move {
                 let started = tokio::time::Instant::now();
-                // In plaintext the whole HTTP/2 preface must arrive in time (half a preface is
-                // the cheapest way to hold a socket); with TLS, the ClientHello must start.
-                let expected: &[u8] = if tls.is_some() { b"" } else { PREFACE };
+                // In plaintext the whole HTTP/2 preface, or an HTTP/1.1 gRPC-Web request line,
+                // must start in time (half a preface is the cheapest way to hold a socket);
+                // with TLS, the ClientHello must start.
+                let expected: &[&[u8]] = if tls.is_some() { &[b""] } else { STARTS };
                 if !starts_within(&socket, expected, handshake).await {
                     metrics::counter!("ebb_connections_timed_out_total").increment(1);
                     return;
@@ -99,20 +100,34 @@ pub fn incoming(
 /// What every HTTP/2 connection starts with.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether the peer sends at least one byte, and `expected` if not empty, within `limit`
-/// (peeked, not consumed).
-async fn starts_within(socket: &TcpStream, expected: &[u8], limit: Duration) -> bool {
-    let wanted = expected.len().max(1);
+/// How a plaintext connection may start: the HTTP/2 preface, or an HTTP/1.1 gRPC-Web call or
+/// its CORS preflight.
+const STARTS: &[&[u8]] = &[PREFACE, b"POST /", b"OPTIONS /"];
+
+/// Whether the peer sends at least one byte, and one of `expected` whole if they are not
+/// empty, within `limit` (peeked, not consumed).
+async fn starts_within(socket: &TcpStream, expected: &[&[u8]], limit: Duration) -> bool {
+    let wanted = expected.iter().map(|e| e.len()).max().unwrap_or(0).max(1);
     let check = async {
         let mut buf = [0u8; 24];
         loop {
-            match socket.peek(&mut buf[..wanted]).await {
+            let n = match socket.peek(&mut buf[..wanted]).await {
                 Ok(0) | Err(_) => return false,
-                Ok(n) if n >= wanted => return expected.is_empty() || &buf[..n] == expected,
-                Ok(n) if !expected.is_empty() && buf[..n] != expected[..n] => return false,
-                // Part of it: peek returns at once while those bytes wait, so poll gently.
-                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(n) => n,
+            };
+            let seen = &buf[..n];
+            let mut still_possible = false;
+            for start in expected {
+                if start.is_empty() || (seen.len() >= start.len() && seen.starts_with(start)) {
+                    return true;
+                }
+                still_possible |= seen.len() < start.len() && start.starts_with(seen);
             }
+            if !still_possible {
+                return false;
+            }
+            // Part of it: peek returns at once while those bytes wait, so poll gently.
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
     tokio::time::timeout(limit, check).await.unwrap_or(false)

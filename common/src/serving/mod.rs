@@ -4,13 +4,16 @@
 mod component;
 mod connections;
 mod limits;
+mod observe;
 mod readiness;
 mod server;
 mod shutdown;
 mod startup;
+pub mod web;
 
 pub use component::{Authority, Component};
 pub use limits::{Limits, LimitsLayer};
+pub use observe::ObserveLayer;
 pub use readiness::READINESS_PING_TIMEOUT;
 pub use server::{REFLECTED_DESCRIPTOR_SETS, serve};
 pub use shutdown::shutdown_on_signals;

@@ -9,10 +9,10 @@ use tonic_health::ServingStatus;
 
 use super::component::Component;
 use super::limits::LimitsLayer;
+use super::observe::ObserveLayer;
 use super::readiness::watch_readiness;
 use crate::auth::{AuthLayer, Guard, StaticTokens};
 use crate::config::ServerConfig;
-use crate::metrics::MetricsLayer;
 
 /// What reflection serves: Ebb's services and messages, health and reflection themselves, and
 /// the `google.rpc` error details (`BadRequest`, `ErrorInfo`, …) that statuses carry, so that
@@ -114,8 +114,11 @@ pub async fn serve(
         .load_shed(true)
         .max_concurrent_streams(streams)
         .http2_max_header_list_size(64 * 1024)
-        .trace_fn(crate::telemetry::server_span)
-        .layer(MetricsLayer)
+        // gRPC-Web (HTTP/1.1 too) for browsers, translated to gRPC before anything else looks.
+        .accept_http1(true)
+        .layer(super::web::cors(&server.grpc_web))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(ObserveLayer)
         .layer(LimitsLayer::new(limits))
         .layer(AuthLayer::new(guard))
         .add_routes(routes.routes())

@@ -25,6 +25,7 @@ pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
             protected_labels: o.protected_labels()?.into_iter().collect(),
             minimum_notice: o.minimum_notice_ms.map(to_duration),
             confirm_threshold: Some(o.confirm_threshold),
+            snooze_step: Some(to_duration(o.snooze_step_ms())),
         }),
         etag: o.etag(),
         create_time: Some(to_timestamp(o.created_at)),
@@ -40,6 +41,7 @@ pub fn scheduled(s: &policy::Scheduled, now: EpochMs) -> pb::AutoDestroyPreviewI
         destroy_time: Some(to_timestamp(s.destroy_at)),
         reason: s.reason.to_owned(),
         time_left: Some(to_duration((s.destroy_at - now).max(0))),
+        next_occurrences: Vec::new(),
     }
 }
 
@@ -96,6 +98,36 @@ pub fn workspace(w: &WorkspaceRow) -> Result<pb::Workspace> {
         },
         create_time: Some(to_timestamp(w.created_at)),
         update_time: Some(to_timestamp(w.updated_at)),
+        recurring_auto_destroy: recurring_schedule(w),
+        owner: owner(&w.owner_email, &w.owner_slack_user_id),
+    })
+}
+
+/// A workspace's recurring schedule with its next occurrences: the current one (as extended)
+/// and those the cron gives after it.
+fn recurring_schedule(w: &WorkspaceRow) -> Option<pb::RecurringSchedule> {
+    let recurrence = w.recurrence()?;
+    let timing = w.timing();
+    let current = timing.recurring_due();
+    let mut next: Vec<EpochMs> = current.into_iter().collect();
+    if let Some(first) = current {
+        next.extend(recurrence.upcoming(first, UPCOMING - 1));
+    }
+    Some(pb::RecurringSchedule {
+        cron: recurrence.cron().to_owned(),
+        time_zone: recurrence.time_zone().to_owned(),
+        next_occurrences: next.into_iter().map(to_timestamp).collect(),
+    })
+}
+
+/// How many occurrences a recurring schedule shows.
+const UPCOMING: usize = 5;
+
+/// An owner, or none.
+pub fn owner(email: &str, slack_user_id: &str) -> Option<pb::Owner> {
+    (!email.is_empty() || !slack_user_id.is_empty()).then(|| pb::Owner {
+        email: email.to_owned(),
+        slack_user_id: slack_user_id.to_owned(),
     })
 }
 

@@ -174,6 +174,9 @@ impl SchedulingApi {
                         String::new(),
                         "protected".into(),
                     ),
+                    Decision::Skipped { reason } => {
+                        (pb::QueueDecision::Skipped, String::new(), reason)
+                    }
                 };
                 pb::QueueItemResult {
                     fire_key: Some(to_pb(&k)),
@@ -196,9 +199,15 @@ impl SchedulingApi {
         let limit = limit(&mut v, req.limit);
         v.finish()?;
         let txn = self.core.begin().await?;
-        let sent =
-            reminders::send_due_reminders(&txn, req.shard, req.shard_count, limit, self.core.now())
-                .await?;
+        let sent = reminders::send_due_reminders(
+            &txn,
+            req.shard,
+            req.shard_count,
+            limit,
+            self.core.snooze_links.as_deref(),
+            self.core.now(),
+        )
+        .await?;
         let sent = sent
             + scheduled::send_scheduled_reminders(
                 &txn,

@@ -139,3 +139,66 @@ pub fn timestamp(
         }
     }
 }
+
+/// An owner: an email address (one `@` with text on both sides, no spaces, at most 254 bytes)
+/// and/or a Slack member id (`U` or `W` and 2 to 20 upper-case letters or digits); an empty
+/// part names none. The fields are `{prefix}.email` and `{prefix}.slack_user_id`.
+pub fn owner(
+    v: &mut Violations,
+    prefix: &str,
+    owner: Option<&ebb_proto::lifecycle::v1::Owner>,
+) -> (String, String) {
+    let Some(owner) = owner else {
+        return (String::new(), String::new());
+    };
+    let email = owner.email.trim();
+    if !email.is_empty() {
+        let valid = email.len() <= 254
+            && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+            && email.split_once('@').is_some_and(|(local, domain)| {
+                !local.is_empty() && !domain.is_empty() && !domain.contains('@')
+            });
+        if !valid {
+            v.add(
+                format!("{prefix}.email"),
+                format!("{email:?} is not an email address"),
+            );
+        }
+    }
+    let slack = owner.slack_user_id.trim();
+    if !slack.is_empty() {
+        let valid = (3..=21).contains(&slack.len())
+            && (slack.starts_with('U') || slack.starts_with('W'))
+            && slack
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit());
+        if !valid {
+            v.add(
+                format!("{prefix}.slack_user_id"),
+                format!("{slack:?} is not a Slack member id (such as U024BE7LH)"),
+            );
+        }
+    }
+    (email.to_owned(), slack.to_owned())
+}
+
+/// A recurring schedule: a five-field cron expression and an IANA time zone, refused naming
+/// `{prefix}.cron` or `{prefix}.time_zone`.
+pub fn recurring(
+    v: &mut Violations,
+    prefix: &str,
+    schedule: &ebb_proto::lifecycle::v1::RecurringSchedule,
+) -> Option<crate::timing::recurrence::Recurrence> {
+    match crate::timing::recurrence::Recurrence::parse(
+        &schedule.cron,
+        &schedule.time_zone,
+        &format!("{prefix}.cron"),
+        &format!("{prefix}.time_zone"),
+    ) {
+        Ok(r) => Some(r),
+        Err(refusal) => {
+            v.add(refusal.field, refusal.reason);
+            None
+        }
+    }
+}

@@ -32,8 +32,13 @@ pub async fn destroy_run_finished(
     match (succeeded, auto) {
         (Some(true), true) => {
             // AD-7: archive (never delete), clear the one-shot, keep the inactivity setting
-            // (it schedules again only after a new applied state version).
-            ws.state = WorkspaceState::Archived;
+            // (it schedules again only after a new applied state version). A workspace with a
+            // recurring schedule stays active: it is destroyed again by the next occurrence
+            // after the next applied state version.
+            let recurring = ws.recurring_cron.is_some();
+            if !recurring {
+                ws.state = WorkspaceState::Archived;
+            }
             ws.auto_destroy_at = None;
             ws.applied_since_destroy = false;
             ws.auto_destroy_status = AutoDestroyStatus::Succeeded;
@@ -41,15 +46,18 @@ pub async fn destroy_run_finished(
             ws.auto_destroy_retry_at = None;
             events.push(NewEvent::new(&ws.organization_id, "workspace.auto_destroy.succeeded", "workspace", &ws.id, actor, json!({
                 "run_id": run.id, "workspace_name": ws.name, "due_at": run.fire_due_at.map(rfc3339),
+                "archived": !recurring, "owner": ws.owner(),
             })));
-            events.push(NewEvent::new(
-                &ws.organization_id,
-                "workspace.archived",
-                "workspace",
-                &ws.id,
-                actor,
-                json!({"run_id": run.id}),
-            ));
+            if !recurring {
+                events.push(NewEvent::new(
+                    &ws.organization_id,
+                    "workspace.archived",
+                    "workspace",
+                    &ws.id,
+                    actor,
+                    json!({"run_id": run.id}),
+                ));
+            }
         }
         (Some(true), false) => {
             // AD-9: a manual destroy before the scheduled time cancels the one-shot; and
@@ -95,6 +103,7 @@ pub async fn destroy_run_finished(
                     "will_retry": will_retry,
                     "retry_at": ws.auto_destroy_retry_at.map(rfc3339),
                     "is_latest_run": is_latest,
+                    "owner": ws.owner(),
                 }),
             ));
         }

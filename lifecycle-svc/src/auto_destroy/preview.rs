@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use crate::auto_destroy::policy;
 use crate::store::query_all;
 use crate::tenancy::orgs;
+use crate::timing::math::{Branch, Timing};
+use crate::timing::recurrence::Recurrence;
 use crate::workspaces::WORKSPACE_COLUMNS;
 use crate::workspaces::WORKSPACE_FROM;
 use crate::workspaces::WorkspaceRow;
@@ -24,6 +26,8 @@ pub struct Proposal {
     pub inactivity_ms: Option<i64>,
     pub auto_destroy_at: Option<EpochMs>,
     pub label_selector: BTreeMap<String, String>,
+    /// A proposed recurring schedule.
+    pub recurring: Option<Recurrence>,
 }
 
 /// What a proposal would do.
@@ -79,6 +83,11 @@ pub async fn preview(
         if let Some(at) = proposal.auto_destroy_at {
             timing.auto_destroy_at = Some(at);
         }
+        if let Some(recurrence) = &proposal.recurring {
+            // As setting it would: the first occurrence at or after the minimum notice.
+            timing.recurring_due_at = recurrence.next_at_or_after(now.saturating_add(notice_ms));
+            timing.recurrence = Some(recurrence.clone());
+        }
         timing.failed = false;
         let before = ws.next_auto_destroy_at;
         if timing
@@ -87,7 +96,8 @@ pub async fn preview(
         {
             timing.give_notice(now, notice_ms);
         }
-        let after = timing.next_auto_destroy_at();
+        // A recurring occurrence with nothing to destroy destroys nothing.
+        let after = timing.reminded_due();
         if policy::newly_within_window(before, after, now) {
             confirm_count += 1;
         }
@@ -98,6 +108,7 @@ pub async fn preview(
                 destroy_time: Some(to_timestamp(at)),
                 reason: timing.reason().to_owned(),
                 time_left: Some(to_duration((at - now).max(0))),
+                next_occurrences: occurrences(&timing, at),
             }),
             None => skipped += 1,
         }
@@ -108,4 +119,18 @@ pub async fn preview(
         skipped,
         confirm_count,
     })
+}
+
+/// With a recurring schedule that decides `at`: `at` and the next occurrences after it.
+fn occurrences(timing: &Timing, at: EpochMs) -> Vec<prost_types::Timestamp> {
+    let Some(recurrence) = &timing.recurrence else {
+        return Vec::new();
+    };
+    if timing.branch_of(at) != Branch::Recurring {
+        return Vec::new();
+    }
+    std::iter::once(at)
+        .chain(recurrence.upcoming(at, 4))
+        .map(to_timestamp)
+        .collect()
 }

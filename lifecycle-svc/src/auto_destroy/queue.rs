@@ -22,10 +22,20 @@ use crate::{runs, workspaces};
 /// What became of a fire key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Queued { run_id: String },
-    Deferred { reason: String },
-    Stale { reason: String },
+    Queued {
+        run_id: String,
+    },
+    Deferred {
+        reason: String,
+    },
+    Stale {
+        reason: String,
+    },
     SkippedProtected,
+    /// Consumed without a run, for `reason` (`nothing_to_destroy`).
+    Skipped {
+        reason: String,
+    },
 }
 
 /// The actor of the scheduler's decisions.
@@ -41,6 +51,9 @@ pub enum Verdict {
     Consume,
     /// The workspace is protected and the key is not its held schedule: nothing to do.
     Protected,
+    /// A recurring occurrence with nothing to destroy: record it as skipped for the reason
+    /// and move on to the next occurrence.
+    Skip(&'static str),
     /// The key no longer matches the workspace's schedule.
     Stale(&'static str),
     /// Locked or busy: try again on a later round.
@@ -59,6 +72,9 @@ pub fn decide(ws: &WorkspaceRow, due_at: EpochMs, has_active_run: bool) -> Verdi
     }
     if ws.next_auto_destroy_at != Some(due_at) {
         return Verdict::Stale("the schedule changed or this due time already fired");
+    }
+    if ws.timing().nothing_to_destroy(due_at) {
+        return Verdict::Skip("nothing_to_destroy");
     }
     if ws.locked {
         Verdict::Defer(format!("workspace is locked: {}", ws.lock_reason))
@@ -123,6 +139,26 @@ pub async fn queue_auto_destroy_runs(
                 workspaces::save(conn, ws, org, ACTOR, now).await?;
                 events.push(event);
                 results.push((key.clone(), Decision::SkippedProtected));
+                continue;
+            }
+            Verdict::Skip(reason) => {
+                let event = ws.consume_held(key.due_at, reason, ACTOR);
+                // Occurrences that passed meanwhile (the scheduler was stopped) have nothing
+                // to destroy either: the schedule moves on to the first one still ahead
+                // rather than skipping them one round at a time.
+                if let (Some(recurrence), Some(next)) = (ws.recurrence(), ws.recurring_due_at)
+                    && next <= now
+                {
+                    ws.recurring_due_at = recurrence.next_after(now);
+                }
+                workspaces::save(conn, ws, org, ACTOR, now).await?;
+                events.push(event);
+                results.push((
+                    key.clone(),
+                    Decision::Skipped {
+                        reason: reason.into(),
+                    },
+                ));
                 continue;
             }
             Verdict::Protected => {
@@ -193,11 +229,12 @@ pub async fn queue_auto_destroy_runs(
             continue;
         };
         let org = &orgs[&ws.organization_id];
+        let schedule = ws.timing().branch_of(key.due_at).name();
         ws.last_fired_due_at = Some(key.due_at);
         ws.auto_destroy_status = AutoDestroyStatus::Queued;
         ws.next_auto_destroy_at = ws.timing().next_auto_destroy_at();
         ws.next_reminder_at =
-            math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times()?, now);
+            math::next_reminder_at(ws.timing().reminded_due(), &org.lead_times()?, now);
         fired.push(ws.clone());
         events.push(NewEvent::new(
             &ws.organization_id,
@@ -207,6 +244,7 @@ pub async fn queue_auto_destroy_runs(
             ACTOR,
             json!({
                 "due_at": rfc3339(key.due_at), "workspace_name": ws.name, "run_id": run_id,
+                "schedule": schedule, "owner": ws.owner(),
             }),
         ));
         events.push(NewEvent::new(&ws.organization_id, "run.queued", "run", &run_id, ACTOR, json!({
@@ -294,6 +332,11 @@ mod tests {
             inactivity_extension_ms: 0,
             held_due_at: None,
             inactivity_not_before: None,
+            recurring_cron: None,
+            recurring_time_zone: None,
+            recurring_due_at: None,
+            owner_email: String::new(),
+            owner_slack_user_id: String::new(),
             created_at: 0,
             updated_at: 0,
             project_default_inactivity_ms: None,

@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
 use crate::tenancy::orgs::{check_inactivity_max, get_org};
+use crate::timing::recurrence::Recurrence;
 use crate::workspaces::AutoDestroyStatus;
 use crate::workspaces::WorkspaceState;
 use crate::workspaces::{WorkspaceRow, get_workspace, lock_workspace_row, save};
@@ -36,15 +37,30 @@ fn refuse_if_protected(ws: &WorkspaceRow) -> Result<()> {
     Ok(())
 }
 
-/// Sets the one-shot time and/or the inactivity period.
+/// What [`set_auto_destroy`] sets; unset parts are unchanged.
+#[derive(Debug, Clone, Default)]
+pub struct Schedule {
+    /// The one-shot time.
+    pub at: Option<EpochMs>,
+    /// The inactivity period.
+    pub inactivity_ms: Option<i64>,
+    /// A recurring schedule.
+    pub recurring: Option<Recurrence>,
+}
+
+/// Sets the one-shot time, the inactivity period and/or the recurring schedule.
 pub async fn set_auto_destroy(
     conn: &impl ConnectionTrait,
     id: &str,
-    at: Option<EpochMs>,
-    inactivity_ms: Option<i64>,
+    schedule: Schedule,
     actor: &str,
     now: EpochMs,
 ) -> Result<WorkspaceRow> {
+    let Schedule {
+        at,
+        inactivity_ms,
+        recurring,
+    } = schedule;
     let mut ws = lock_workspace_row(conn, id).await?;
     refuse_if_protected(&ws)?;
     if ws.state == WorkspaceState::Archived {
@@ -71,7 +87,22 @@ pub async fn set_auto_destroy(
     ws.auto_destroy_status = AutoDestroyStatus::Idle;
     ws.auto_destroy_failures = 0;
     ws.auto_destroy_retry_at = None;
-    if inactivity_ms.is_some() {
+    if let Some(recurrence) = &recurring {
+        // AD-12: the first occurrence is the first at or after the minimum notice; sooner
+        // ones are skipped (never pulled off the times the cron names).
+        let first = recurrence
+            .next_at_or_after(now.saturating_add(org.minimum_notice_ms()?))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "recurring.cron",
+                    format!("{:?} never occurs", recurrence.cron()),
+                )
+            })?;
+        ws.recurring_cron = Some(recurrence.cron().to_owned());
+        ws.recurring_time_zone = Some(recurrence.time_zone().to_owned());
+        ws.recurring_due_at = Some(first);
+    }
+    if inactivity_ms.is_some() || recurring.is_some() {
         // AD-12: a new inactivity period never makes the destroy due without notice; the
         // explicit one-shot is honoured as given.
         ws.give_notice(&org, before, now)?;
@@ -88,7 +119,12 @@ pub async fn set_auto_destroy(
             json!({
                 "auto_destroy_at": ws.auto_destroy_at.map(rfc3339),
                 "auto_destroy_inactivity_ms": ws.effective_inactivity_ms(),
+                "recurring": ws.recurring_cron.as_ref().map(|cron| json!({
+                    "cron": cron, "time_zone": ws.recurring_time_zone,
+                    "next_occurrence": ws.recurring_due_at.map(rfc3339),
+                })),
                 "next_auto_destroy_at": ws.next_auto_destroy_at.map(rfc3339),
+                "owner": ws.owner(),
             }),
         )],
         now,
@@ -97,16 +133,33 @@ pub async fn set_auto_destroy(
     get_workspace(conn, id).await
 }
 
-/// Clears the one-shot time and/or the inactivity period.
+/// What [`clear_auto_destroy`] clears.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Clear {
+    /// The one-shot time.
+    pub at: bool,
+    /// The inactivity period.
+    pub inactivity: bool,
+    /// With `inactivity`: go back to the project's default.
+    pub inherit: bool,
+    /// The recurring schedule.
+    pub recurring: bool,
+}
+
+/// Clears the one-shot time, the inactivity period and/or the recurring schedule.
 pub async fn clear_auto_destroy(
     conn: &impl ConnectionTrait,
     id: &str,
-    clear_at: bool,
-    clear_inactivity: bool,
-    inherit: bool,
+    clear: Clear,
     actor: &str,
     now: EpochMs,
 ) -> Result<WorkspaceRow> {
+    let Clear {
+        at: clear_at,
+        inactivity: clear_inactivity,
+        inherit,
+        recurring: clear_recurring,
+    } = clear;
     let mut ws = lock_workspace_row(conn, id).await?;
     let org = get_org(conn, &ws.organization_id).await?;
     let before = ws.next_auto_destroy_at;
@@ -116,6 +169,11 @@ pub async fn clear_auto_destroy(
     if clear_inactivity {
         ws.auto_destroy_inactivity_ms = None;
         ws.inherits_project_auto_destroy = inherit;
+    }
+    if clear_recurring {
+        ws.recurring_cron = None;
+        ws.recurring_time_zone = None;
+        ws.recurring_due_at = None;
     }
     ws.auto_destroy_retry_at = None;
     ws.auto_destroy_failures = 0;
@@ -137,6 +195,7 @@ pub async fn clear_auto_destroy(
             json!({
                 "clear_auto_destroy_at": clear_at,
                 "clear_auto_destroy_inactivity": clear_inactivity,
+                "clear_recurring": clear_recurring,
                 "next_auto_destroy_at": ws.next_auto_destroy_at.map(rfc3339),
             }),
         )],
@@ -186,6 +245,11 @@ pub async fn extend_auto_destroy(
     }
     if ws.auto_destroy_retry_at == Some(current) {
         ws.auto_destroy_retry_at = Some(target);
+    }
+    // A recurring schedule: the current occurrence moves; the next ones follow the cron from
+    // there.
+    if timing.recurring_due() == Some(current) {
+        ws.recurring_due_at = Some(target);
     }
     save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(

@@ -290,7 +290,7 @@ pub async fn send_scheduled_reminders(
     );
     let due: Vec<ScheduledRow> =
         query_all(conn, &sql, [now.into(), shard_count.into(), shard.into()]).await?;
-    reminders::send(conn, &timing::SCHEDULED_ACTIONS, &due, now).await
+    reminders::send(conn, &timing::SCHEDULED_ACTIONS, &due, None, now).await
 }
 
 /// One page of an organization's scheduled actions (of one entity, if given), soonest first,

@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ebb_common::egress::{self, EgressGuard};
+use ebb_common::sealing::Keyring;
 use ebb_common::signing;
 
 use ebb_common::Result;
 use ebb_common::time::rfc3339;
-use sea_orm::{ConnectionTrait, FromQueryResult};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -21,33 +22,14 @@ use ebb_common::sql;
 use crate::deprovision::action_runs::STEP_COLUMNS;
 use crate::deprovision::action_runs::StepRow;
 use crate::deprovision::{action_runs, callbacks, catalog, entities, steps};
-use crate::store::{exec, query_all, query_one};
+use crate::store::{exec, query_all};
 
 const POLL: Duration = Duration::from_millis(500);
 const BATCH: u64 = 20;
 
 /// Loads the callback-token key, creating it on first start; replicas share it.
-pub async fn callback_secret(conn: &impl ConnectionTrait) -> Result<Vec<u8>> {
-    let fresh: [u8; 32] = rand::random();
-    exec(
-        conn,
-        "INSERT INTO lifecycle_secrets (name, value) VALUES ('callback_tokens', $1) ON CONFLICT (name) DO NOTHING",
-        [hex::encode(fresh).into()],
-    )
-    .await?;
-    #[derive(FromQueryResult)]
-    struct Secret {
-        value: String,
-    }
-    let row: Option<Secret> = query_one(
-        conn,
-        "SELECT value FROM lifecycle_secrets WHERE name = 'callback_tokens'",
-        [],
-    )
-    .await?;
-    let value = row.map(|r| r.value).unwrap_or_default();
-    hex::decode(value)
-        .map_err(|e| ebb_common::Error::Internal(format!("stored callback secret is not hex: {e}")))
+pub async fn callback_secret(conn: &impl ConnectionTrait, keys: &Keyring) -> Result<Vec<u8>> {
+    crate::secrets::shared_key(conn, keys, "callback_tokens").await
 }
 
 /// Dispatches pending webhook requests until shutdown.

@@ -17,6 +17,8 @@ mod m0006_outbox_trace_context;
 mod m0007_shared_upstreams;
 mod m0008_destruction_safety;
 mod m0009_request_log;
+mod m0010_snooze_links;
+mod m0011_recurring_and_owners;
 
 /// Applies lifecycle-svc's migrations in order. One file per migration; an applied migration
 /// is never edited — a change is a new file.
@@ -39,6 +41,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_shared_upstreams::M0007SharedUpstreams),
             Box::new(m0008_destruction_safety::M0008DestructionSafety),
             Box::new(m0009_request_log::M0009RequestLog),
+            Box::new(m0010_snooze_links::M0010SnoozeLinks),
+            Box::new(m0011_recurring_and_owners::M0011RecurringAndOwners),
         ]
     }
 }

@@ -16,6 +16,12 @@ pub(super) const SHARDS: i32 = 2;
 pub(super) const RUN_LEASE_MS: i64 = MINUTE;
 pub(super) const MAX_RUN_ATTEMPTS: i32 = 3;
 pub(super) const API: &str = "api";
+/// The recurring schedules cases set: (cron, IANA time zone).
+pub(super) const RECURRING: [(&str, &str); 3] = [
+    ("0 * * * *", "UTC"),
+    ("30 2 * * *", "Europe/Berlin"),
+    ("0 19 * * FRI", "America/New_York"),
+];
 
 /// The workspaces of every case, by index: (project, labelled `env=prod`). 0–2 stand alone,
 /// 3–5 materialize the tenants, 6–7 the accounts the tenants run on.
@@ -68,6 +74,14 @@ pub(super) enum Op {
     Extend {
         ws: usize,
         hours: i64,
+    },
+    /// Sets the recurring schedule [`RECURRING`]`[pattern]`.
+    ScheduleRecurring {
+        ws: usize,
+        pattern: usize,
+    },
+    ClearRecurring {
+        ws: usize,
     },
     Clear {
         ws: usize,
@@ -182,6 +196,9 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
             .prop_map(|(ws, in_minutes)| Op::ScheduleAt { ws, in_minutes }),
         3 => (ws(), hours()).prop_map(|(ws, hours)| Op::ScheduleInactivity { ws, hours }),
         1 => (ws(), 1..=48i64).prop_map(|(ws, hours)| Op::Extend { ws, hours }),
+        3 => (ws(), 0..RECURRING.len())
+            .prop_map(|(ws, pattern)| Op::ScheduleRecurring { ws, pattern }),
+        1 => ws().prop_map(|ws| Op::ClearRecurring { ws }),
         2 => (ws(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
             |(ws, at, inactivity, inherit)| Op::Clear {
                 ws,

@@ -12,7 +12,7 @@ use crate::workspaces::{AutoDestroyStatus, WorkspaceRow, WorkspaceState};
 use super::case::{FIRST_ACCOUNT_WORKSPACE, Op, WORKSPACES};
 use super::model::inactivity_due;
 use super::running::count;
-use super::world::{RunView, World, unexpected};
+use super::world::{Applied, RunView, World, unexpected};
 
 #[derive(Debug, FromQueryResult)]
 struct Count {
@@ -36,6 +36,7 @@ impl World {
     /// one-shot, inactivity and retry branches, past the start of the protection and not fired.
     fn record_came_due(&mut self, rows: &[WorkspaceRow]) {
         let now = self.model.now;
+        let mut came = Vec::new();
         for (i, ws) in rows.iter().enumerate() {
             let Some(since) = self.model.protected_since[i] else {
                 continue;
@@ -49,16 +50,18 @@ impl World {
                 ws.auto_destroy_at,
                 inactivity_due(ws),
                 ws.auto_destroy_retry_at,
+                self.model.recurring_due(i, ws),
             ]
             .into_iter()
             .flatten()
             {
                 let unfired = ws.last_fired_due_at.is_none_or(|f| due > f);
                 if due > since && due <= now && unfired {
-                    self.model.came_due_protected.insert((i, due));
+                    came.push((i, due));
                 }
             }
         }
+        self.model.came_due_protected.extend(came);
     }
 
     /// One step: apply `op`, then check every invariant against the database.
@@ -121,6 +124,12 @@ impl World {
             if let Some(at) = after[i].auto_destroy_at {
                 self.model.explicit_at[i].insert(at);
             }
+            // An extension of the current recurring occurrence.
+            if let (Op::Extend { .. }, Some(at)) = (op, after[i].recurring_due_at)
+                && before[i].recurring_due_at != Some(at)
+            {
+                self.model.recurring_extended[i].insert(at);
+            }
         }
         for i in 0..WORKSPACES {
             // A failed auto-destroy that schedules its retry (AD-8) changes the schedule last,
@@ -151,18 +160,111 @@ impl World {
         if matches!(op, Op::Advance { .. }) {
             self.record_came_due(&after);
         }
+        self.check_recurring(&before, &after, &applied, &protected_before)
+            .await?;
         self.check_runs(&after).await
     }
 
     async fn skipped(&self, ws: usize, due: EpochMs) -> Result<bool, String> {
+        Ok(self.skip_reason(ws, due).await?.is_some())
+    }
+
+    /// The reason of the `workspace.auto_destroy.skipped` event recorded for `due`, if any.
+    async fn skip_reason(&self, ws: usize, due: EpochMs) -> Result<Option<String>, String> {
         let due = rfc3339(due);
         Ok(self
             .events("workspace.auto_destroy.skipped", &self.ws[ws])
             .await?
             .iter()
-            .any(|e| {
-                serde_json::from_str::<Json>(&e.data).is_ok_and(|d| d["due_at"] == due.as_str())
-            }))
+            .filter_map(|e| serde_json::from_str::<Json>(&e.data).ok())
+            .find(|d| d["due_at"] == due.as_str())
+            .map(|d| d["reason"].as_str().unwrap_or_default().to_owned()))
+    }
+
+    /// Whether `due` on the workspace as it was (`ws`) is its recurring occurrence and no
+    /// other schedule's due time.
+    fn recurring_only(&self, i: usize, ws: &WorkspaceRow, due: EpochMs) -> bool {
+        self.model.recurring_due(i, ws) == Some(due)
+            && ws.auto_destroy_at != Some(due)
+            && ws.auto_destroy_retry_at != Some(due)
+            && inactivity_due(ws) != Some(due)
+    }
+
+    /// Recurring schedules: the stored schedule is the one last set, its occurrence a time
+    /// the cron names (or an extension of one); an occurrence fires only when the workspace
+    /// has had an applied state version since its last destroy, and one that comes with
+    /// nothing to destroy is recorded as skipped (`nothing_to_destroy`) by the tick that
+    /// finds it.
+    async fn check_recurring(
+        &self,
+        before: &[WorkspaceRow],
+        after: &[WorkspaceRow],
+        applied: &Applied,
+        protected_before: &[bool; WORKSPACES],
+    ) -> Result<(), String> {
+        let now = self.model.now;
+        for (i, ws) in after.iter().enumerate() {
+            let stored = ws
+                .recurring_cron
+                .as_deref()
+                .zip(ws.recurring_time_zone.as_deref());
+            let set = self.model.recurring[i]
+                .as_ref()
+                .map(|r| (r.cron(), r.time_zone()));
+            if stored != set {
+                return Err(format!(
+                    "w{i}: the recurring schedule stored is {stored:?}, the one last set {set:?}"
+                ));
+            }
+            if let Some(due) = ws.recurring_due_at
+                && !self.model.is_occurrence(i, due)
+            {
+                return Err(format!(
+                    "w{i}: the recurring occurrence stored, {}, is no time its cron names",
+                    rfc3339(due)
+                ));
+            }
+        }
+        for r in self.runs().await? {
+            let (Some(due), true) = (r.fire_due_at, r.source == "auto_destroy") else {
+                continue;
+            };
+            let i = self.index[&r.workspace_id];
+            if self.model.runs.contains(&r.id) || !self.recurring_only(i, &before[i], due) {
+                continue;
+            }
+            if !before[i].applied_since_destroy {
+                return Err(format!(
+                    "w{i}: the recurring occurrence due at {} fired with nothing to destroy",
+                    rfc3339(due)
+                ));
+            }
+        }
+        if !applied.tick {
+            return Ok(());
+        }
+        for (i, ws) in before.iter().enumerate() {
+            let Some(due) = ws.next_auto_destroy_at.filter(|d| *d <= now) else {
+                continue;
+            };
+            if protected_before[i]
+                || ws.applied_since_destroy
+                || ws.state != WorkspaceState::Active
+                || ws.auto_destroy_status == AutoDestroyStatus::Failed
+                || !self.recurring_only(i, ws, due)
+            {
+                continue;
+            }
+            let reason = self.skip_reason(i, due).await?;
+            if reason.as_deref() != Some("nothing_to_destroy") {
+                return Err(format!(
+                    "w{i}: the recurring occurrence due at {} came with nothing to destroy; \
+                     skipped event: {reason:?}",
+                    rfc3339(due)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The invariants on runs: for every new run, and over all runs.
@@ -284,6 +386,8 @@ impl World {
             "retry"
         } else if ws.auto_destroy_at == Some(due) || self.model.explicit_at[i].contains(&due) {
             "one-shot"
+        } else if self.model.is_occurrence(i, due) {
+            "recurring"
         } else {
             "inactivity"
         };

@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, VecDeque};
 
 use ebb_common::time::EpochMs;
 
+use crate::timing::recurrence::Recurrence;
 use crate::workspaces::WorkspaceRow;
 
 use super::case::{DAY, WORKSPACES};
@@ -27,6 +28,10 @@ pub(super) struct Model {
     pub(super) explicit_at: Vec<BTreeSet<EpochMs>>,
     /// Due times that came while their workspace was protected: never to fire (AD-12).
     pub(super) came_due_protected: BTreeSet<(usize, EpochMs)>,
+    /// The recurring schedule each workspace was last given, as the model parsed it.
+    pub(super) recurring: Vec<Option<Recurrence>>,
+    /// Occurrences the operator extended to, per workspace.
+    pub(super) recurring_extended: Vec<BTreeSet<EpochMs>>,
     /// Runs already checked.
     pub(super) runs: BTreeSet<String>,
     /// Runs whose runner vanished after claiming them, with their lease tokens.
@@ -40,6 +45,28 @@ impl Model {
 
     pub(super) fn protection(&self) -> [bool; WORKSPACES] {
         std::array::from_fn(|i| self.protected(i))
+    }
+}
+
+impl Model {
+    /// Whether `due` is a time the workspace's recurring schedule names: an occurrence of the
+    /// cron as the model reads it, or one the operator extended to.
+    pub(super) fn is_occurrence(&self, ws: usize, due: EpochMs) -> bool {
+        self.recurring[ws]
+            .as_ref()
+            .is_some_and(|r| r.next_at_or_after(due) == Some(due))
+            || self.recurring_extended[ws].contains(&due)
+    }
+
+    /// The current occurrence of a workspace's recurring schedule, computed by the model: the
+    /// stored one until it has fired, then the cron's next.
+    pub(super) fn recurring_due(&self, i: usize, ws: &WorkspaceRow) -> Option<EpochMs> {
+        let r = self.recurring[i].as_ref()?;
+        let stored = ws.recurring_due_at?;
+        match ws.last_fired_due_at {
+            Some(fired) if stored <= fired => r.next_after(fired),
+            _ => Some(stored),
+        }
     }
 }
 

@@ -14,11 +14,12 @@ use crate::deprovision::{relationships, steps, trigger};
 use crate::finish::{self, Completion};
 use crate::runs::lease;
 use crate::tenancy::orgs::{self, OrgSettings};
+use crate::timing::recurrence::Recurrence;
 use crate::timing::{self, due};
 use crate::workspaces::{self, WorkspaceChanges, WorkspaceRow, lock, manual_runs, state_versions};
 
 use super::case::{
-    API, HOUR, LAYOUT, MAX_RUN_ATTEMPTS, MINUTE, Op, RUN_LEASE_MS, SHARDS, WORKSPACES,
+    API, HOUR, LAYOUT, MAX_RUN_ATTEMPTS, MINUTE, Op, RECURRING, RUN_LEASE_MS, SHARDS, WORKSPACES,
 };
 use super::model::newly_within_week;
 use super::running::count;
@@ -44,7 +45,11 @@ impl World {
                 let done = self
                     .txn(admin(), move |t| {
                         Box::pin(async move {
-                            settings::set_auto_destroy(t, &id, Some(at), None, API, now).await
+                            let schedule = settings::Schedule {
+                                at: Some(at),
+                                ..settings::Schedule::default()
+                            };
+                            settings::set_auto_destroy(t, &id, schedule, API, now).await
                         })
                     })
                     .await?;
@@ -57,8 +62,11 @@ impl World {
                 let done = self
                     .txn(admin(), move |t| {
                         Box::pin(async move {
-                            settings::set_auto_destroy(t, &id, None, Some(hours * HOUR), API, now)
-                                .await
+                            let schedule = settings::Schedule {
+                                inactivity_ms: Some(hours * HOUR),
+                                ..settings::Schedule::default()
+                            };
+                            settings::set_auto_destroy(t, &id, schedule, API, now).await
                         })
                     })
                     .await?;
@@ -89,12 +97,61 @@ impl World {
                 let done = self
                     .txn(admin(), move |t| {
                         Box::pin(async move {
-                            settings::clear_auto_destroy(t, &id, at, inactivity, inherit, API, now)
-                                .await
+                            let clear = settings::Clear {
+                                at,
+                                inactivity,
+                                inherit,
+                                recurring: false,
+                            };
+                            settings::clear_auto_destroy(t, &id, clear, API, now).await
                         })
                     })
                     .await?;
                 applied = outcome(done);
+                applied.implicit.push(i);
+                applied.resettled.push(i);
+            }
+            Op::ScheduleRecurring { ws: i, pattern } => {
+                let (id, (cron, zone)) = (ws(i), RECURRING[pattern]);
+                let recurrence =
+                    Recurrence::parse(cron, zone, "cron", "time_zone").map_err(|e| e.reason)?;
+                let set = recurrence.clone();
+                let done = self
+                    .txn(admin(), move |t| {
+                        Box::pin(async move {
+                            let schedule = settings::Schedule {
+                                recurring: Some(set),
+                                ..settings::Schedule::default()
+                            };
+                            settings::set_auto_destroy(t, &id, schedule, API, now).await
+                        })
+                    })
+                    .await?;
+                applied = self.scheduled(i, done, "a recurring schedule")?;
+                if applied.refused.is_none() {
+                    self.model.recurring[i] = Some(recurrence);
+                    self.model.recurring_extended[i].clear();
+                }
+                applied.implicit.push(i);
+                applied.resettled.push(i);
+            }
+            Op::ClearRecurring { ws: i } => {
+                let id = ws(i);
+                let done = self
+                    .txn(admin(), move |t| {
+                        Box::pin(async move {
+                            let clear = settings::Clear {
+                                recurring: true,
+                                ..settings::Clear::default()
+                            };
+                            settings::clear_auto_destroy(t, &id, clear, API, now).await
+                        })
+                    })
+                    .await?;
+                applied = outcome(done);
+                if applied.refused.is_none() {
+                    self.model.recurring[i] = None;
+                }
                 applied.implicit.push(i);
                 applied.resettled.push(i);
             }
@@ -321,7 +378,7 @@ impl World {
             let done = self
                 .txn(scheduler("auto_destroy_reminders", shard), move |t| {
                     Box::pin(async move {
-                        reminders::send_due_reminders(t, shard, SHARDS, 100, now).await
+                        reminders::send_due_reminders(t, shard, SHARDS, 100, None, now).await
                     })
                 })
                 .await?;

@@ -16,8 +16,8 @@ use crate::store::{exec, keyset, query_one, select_all};
 
 /// Columns of [`OrgRow`], in order.
 pub const ORG_COLUMNS: &str = "id, name, reminder_lead_times_ms, destroy_retry_limit, \
-    max_inactivity_ms, protected_labels, minimum_notice_ms, confirm_threshold, version, \
-    created_at, updated_at";
+    max_inactivity_ms, protected_labels, minimum_notice_ms, confirm_threshold, snooze_step_ms, \
+    version, created_at, updated_at";
 
 /// An organization.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -30,6 +30,7 @@ pub struct OrgRow {
     pub protected_labels: String,
     pub minimum_notice_ms: Option<i64>,
     pub confirm_threshold: i32,
+    pub snooze_step_ms: Option<i64>,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -66,6 +67,12 @@ impl OrgRow {
         }
     }
 
+    /// How much later a snooze link in a reminder pushes the destroy: the configured step, or
+    /// one day; zero means reminders carry no snooze link.
+    pub fn snooze_step_ms(&self) -> i64 {
+        self.snooze_step_ms.unwrap_or(DEFAULT_SNOOZE_STEP_MS)
+    }
+
     /// Its settings as validated values.
     pub fn settings(&self) -> Result<OrgSettings> {
         Ok(OrgSettings {
@@ -75,6 +82,7 @@ impl OrgRow {
             protected_labels: self.protected_labels()?,
             minimum_notice_ms: self.minimum_notice_ms,
             confirm_threshold: self.confirm_threshold,
+            snooze_step_ms: self.snooze_step_ms,
         })
     }
 
@@ -102,7 +110,12 @@ pub struct OrgSettings {
     /// `None`: the longest reminder lead time.
     pub minimum_notice_ms: Option<i64>,
     pub confirm_threshold: i32,
+    /// `None`: one day.
+    pub snooze_step_ms: Option<i64>,
 }
+
+/// The snooze step of an organization that does not set one.
+pub const DEFAULT_SNOOZE_STEP_MS: i64 = 86_400_000;
 
 impl Default for OrgSettings {
     fn default() -> Self {
@@ -113,6 +126,7 @@ impl Default for OrgSettings {
             protected_labels: BTreeMap::new(),
             minimum_notice_ms: None,
             confirm_threshold: 25,
+            snooze_step_ms: None,
         }
     }
 }
@@ -132,8 +146,8 @@ pub async fn create_org(
         conn,
         "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, \
          max_inactivity_ms, protected_labels, created_at, updated_at, minimum_notice_ms, \
-         confirm_threshold) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) ON CONFLICT (name) DO NOTHING",
+         confirm_threshold, snooze_step_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10) ON CONFLICT (name) DO NOTHING",
         [
             id.clone().into(),
             name.into(),
@@ -144,6 +158,7 @@ pub async fn create_org(
             now.into(),
             settings.minimum_notice_ms.into(),
             settings.confirm_threshold.into(),
+            settings.snooze_step_ms.into(),
         ],
     )
     .await?;
@@ -233,7 +248,7 @@ pub async fn update_org_settings(
         conn,
         "UPDATE organizations SET reminder_lead_times_ms = $1, destroy_retry_limit = $2, \
          max_inactivity_ms = $3, protected_labels = $4, updated_at = $5, minimum_notice_ms = $7, \
-         confirm_threshold = $8, version = version + 1 WHERE id = $6",
+         confirm_threshold = $8, snooze_step_ms = $9, version = version + 1 WHERE id = $6",
         [
             json!(settings.reminder_lead_times_ms).to_string().into(),
             settings.destroy_retry_limit.into(),
@@ -243,6 +258,7 @@ pub async fn update_org_settings(
             id.into(),
             settings.minimum_notice_ms.into(),
             settings.confirm_threshold.into(),
+            settings.snooze_step_ms.into(),
         ],
     )
     .await?;
@@ -294,6 +310,7 @@ mod tests {
             protected_labels: protected_labels.into(),
             minimum_notice_ms: None,
             confirm_threshold: 25,
+            snooze_step_ms: None,
             version: 0,
             created_at: 0,
             updated_at: 0,

@@ -3,6 +3,8 @@
 
 use ebb_common::time::EpochMs;
 
+use super::recurrence::Recurrence;
+
 /// The inputs of the auto-destroy timing of one workspace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Timing {
@@ -29,6 +31,10 @@ pub struct Timing {
     /// The inactivity branch is never due before this: the floor a policy change set so that
     /// the organization's minimum notice holds (AD-12). Cleared by an applied state version.
     pub inactivity_not_before: Option<EpochMs>,
+    /// A recurring schedule (cron in a time zone).
+    pub recurrence: Option<Recurrence>,
+    /// The due time of its current occurrence as stored (later than the cron's when extended).
+    pub recurring_due_at: Option<EpochMs>,
 }
 
 /// Which schedule a due time belongs to.
@@ -40,6 +46,20 @@ pub enum Branch {
     Inactivity,
     /// A scheduled retry of a failed auto-destroy.
     Retry,
+    /// An occurrence of the recurring schedule.
+    Recurring,
+}
+
+impl Branch {
+    /// The schedule's name in events.
+    pub fn name(self) -> &'static str {
+        match self {
+            Branch::OneShot => "auto_destroy_at",
+            Branch::Inactivity => "inactivity",
+            Branch::Retry => "retry",
+            Branch::Recurring => "recurring",
+        }
+    }
 }
 
 impl Timing {
@@ -57,6 +77,32 @@ impl Timing {
             self.inactivity_not_before
                 .map_or(due, |floor| due.max(floor)),
         )
+    }
+
+    /// The due time of the recurring schedule's current occurrence: the stored one until it
+    /// has fired, then the first occurrence after the one that fired. Each occurrence is a
+    /// fire key of its own.
+    pub fn recurring_due(&self) -> Option<EpochMs> {
+        let recurrence = self.recurrence.as_ref()?;
+        let stored = self.recurring_due_at?;
+        match self.last_fired_due_at {
+            Some(fired) if stored <= fired => recurrence.next_after(fired),
+            _ => Some(stored),
+        }
+    }
+
+    /// Whether the schedule due at `due` is a recurring occurrence with nothing to destroy:
+    /// no applied state version since the last destroy. Such an occurrence is recorded as
+    /// skipped, never fired, and gets no reminders.
+    pub fn nothing_to_destroy(&self, due: EpochMs) -> bool {
+        !self.applied_since_destroy && self.branch_of(due) == Branch::Recurring
+    }
+
+    /// The due time reminders are sent for: the next auto-destroy, unless it is an occurrence
+    /// with nothing to destroy (an applied state version brings its reminders back).
+    pub fn reminded_due(&self) -> Option<EpochMs> {
+        self.next_auto_destroy_at()
+            .filter(|due| !self.nothing_to_destroy(*due))
     }
 
     /// Whether the inactivity branch's due time was pushed by the minimum notice.
@@ -100,11 +146,15 @@ impl Timing {
         if let Some(retry) = self.retry_at.and_then(unfired) {
             return Some(retry);
         }
-        [self.auto_destroy_at, self.inactivity_due()]
-            .into_iter()
-            .flatten()
-            .filter_map(unfired)
-            .min()
+        [
+            self.auto_destroy_at,
+            self.inactivity_due(),
+            self.recurring_due(),
+        ]
+        .into_iter()
+        .flatten()
+        .filter_map(unfired)
+        .min()
     }
 
     /// Which schedule the due time `due` belongs to.
@@ -113,6 +163,8 @@ impl Timing {
             Branch::Retry
         } else if self.auto_destroy_at == Some(due) {
             Branch::OneShot
+        } else if self.recurring_due() == Some(due) {
+            Branch::Recurring
         } else {
             Branch::Inactivity
         }
@@ -122,6 +174,12 @@ impl Timing {
     /// was protected): the one-shot is cleared and the inactivity clock restarts from `due`,
     /// so nothing that passed while protected can fire later (AD-12).
     pub fn consume(&mut self, due: EpochMs) {
+        // A recurring schedule moves on to its first occurrence after `due`.
+        if let (Some(recurrence), Some(at)) = (&self.recurrence, self.recurring_due())
+            && at <= due
+        {
+            self.recurring_due_at = recurrence.next_after(due);
+        }
         if self.auto_destroy_at.is_some_and(|at| at <= due) {
             self.auto_destroy_at = None;
         }
@@ -152,6 +210,15 @@ impl Timing {
             self.inactivity_not_before = Some(earliest);
             pushed = true;
         }
+        // A recurring occurrence sooner than the notice is skipped: the schedule's first
+        // occurrence at or after the notice is the one that fires (never a time the cron
+        // does not name).
+        if let (Some(recurrence), Some(at)) = (&self.recurrence, self.recurring_due())
+            && at < earliest
+        {
+            self.recurring_due_at = recurrence.next_at_or_after(earliest);
+            pushed = true;
+        }
         // A pending retry is implicit too: it waits for the notice as well.
         if self.retry_at.is_some_and(|at| at < earliest) {
             self.retry_at = Some(earliest);
@@ -171,6 +238,8 @@ impl Timing {
             "retry"
         } else if next.is_some() && next == self.auto_destroy_at {
             "auto_destroy_at"
+        } else if next.is_some() && next == self.recurring_due() {
+            "recurring"
         } else {
             "inactivity"
         }
@@ -403,6 +472,76 @@ mod tests {
         };
         assert!(!off.give_notice(30 * H, 0));
         assert_eq!(off.next_auto_destroy_at(), Some(24 * H));
+    }
+
+    fn hourly() -> Option<Recurrence> {
+        Some(Recurrence::parse("0 * * * *", "UTC", "cron", "time_zone").expect("valid"))
+    }
+
+    #[test]
+    fn each_recurring_occurrence_fires_once_and_the_next_follows() {
+        let mut t = Timing {
+            recurrence: hourly(),
+            recurring_due_at: Some(10 * H),
+            applied_since_destroy: true,
+            ..Timing::default()
+        };
+        assert_eq!(t.next_auto_destroy_at(), Some(10 * H));
+        assert_eq!(t.branch_of(10 * H), Branch::Recurring);
+        assert_eq!(t.reason(), "recurring");
+        // Fired: the next occurrence is its own fire key.
+        t.last_fired_due_at = Some(10 * H);
+        assert_eq!(t.next_auto_destroy_at(), Some(11 * H));
+        assert_eq!(t.recurring_due(), Some(11 * H));
+    }
+
+    #[test]
+    fn an_occurrence_with_nothing_to_destroy_is_skipped_without_reminders() {
+        let mut t = Timing {
+            recurrence: hourly(),
+            recurring_due_at: Some(10 * H),
+            ..Timing::default()
+        };
+        assert!(t.nothing_to_destroy(10 * H));
+        assert_eq!(t.reminded_due(), None, "no reminder for nothing to destroy");
+        t.consume(10 * H);
+        assert_eq!(t.recurring_due_at, Some(11 * H), "the next occurrence");
+        t.applied_since_destroy = true;
+        assert!(!t.nothing_to_destroy(11 * H));
+        assert_eq!(t.reminded_due(), Some(11 * H));
+    }
+
+    #[test]
+    fn the_minimum_notice_skips_recurring_occurrences_to_the_first_after_it() {
+        let mut t = Timing {
+            recurrence: hourly(),
+            recurring_due_at: Some(10 * H),
+            applied_since_destroy: true,
+            ..Timing::default()
+        };
+        // At 9:30 with a 2 h notice: 10:00 and 11:00 are skipped, 12:00 (>= 11:30) fires.
+        assert!(t.give_notice(9 * H + H / 2, 2 * H));
+        assert_eq!(t.next_auto_destroy_at(), Some(12 * H));
+        assert_eq!(
+            t.reason(),
+            "recurring",
+            "still an occurrence the cron names"
+        );
+    }
+
+    #[test]
+    fn protection_consumes_recurring_occurrences_one_by_one() {
+        let mut t = Timing {
+            protected: true,
+            recurrence: hourly(),
+            recurring_due_at: Some(10 * H),
+            applied_since_destroy: true,
+            ..Timing::default()
+        };
+        assert_eq!(t.next_auto_destroy_at(), None);
+        assert_eq!(t.held_due_at(), Some(10 * H));
+        t.consume(10 * H);
+        assert_eq!(t.held_due_at(), Some(11 * H));
     }
 
     #[test]

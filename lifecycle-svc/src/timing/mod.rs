@@ -4,7 +4,9 @@
 
 pub(crate) mod due;
 pub(crate) mod math;
+pub(crate) mod recurrence;
 pub(crate) mod reminders;
+pub(crate) mod snooze_links;
 
 use ebb_common::time::EpochMs;
 use sea_orm::Value;

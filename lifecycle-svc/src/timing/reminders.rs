@@ -8,6 +8,7 @@ use ebb_common::Result;
 use ebb_common::time::EpochMs;
 use sea_orm::ConnectionTrait;
 
+use super::snooze_links::Links;
 use super::{Timeline, math};
 use crate::events::{NewEvent, outbox};
 use crate::store::{exec, skip_locked};
@@ -46,10 +47,12 @@ pub fn due_statement(
 
 /// Sends what is due for `subjects`, records each in the ledger and moves each subject's
 /// `next_reminder_at`; the number of reminders sent.
+/// With `links`, a reminder of a workspace carries a snooze link.
 pub async fn send<R: Reminded>(
     conn: &impl ConnectionTrait,
     timeline: &Timeline,
     subjects: &[R],
+    links: Option<&Links>,
     now: EpochMs,
 ) -> Result<u32> {
     let mut orgs: BTreeMap<String, OrgRow> = BTreeMap::new();
@@ -70,7 +73,11 @@ pub async fn send<R: Reminded>(
                     let (sql, values) = (timeline.ledger)(subject.id(), due_at, l, now);
                     let inserted = exec(conn, sql, values).await?;
                     if first && inserted == 1 {
-                        events.push(subject.reminder(due_at, lead));
+                        let mut event = subject.reminder(due_at, lead);
+                        if let Some(links) = links {
+                            links.decorate(&mut event, due_at, orgs[org_id].snooze_step_ms());
+                        }
+                        events.push(event);
                     }
                     first = false;
                 }

@@ -19,7 +19,7 @@ use crate::tenancy::orgs::{OrgRow, get_org};
 use crate::tenancy::projects::get_project;
 use crate::timing::math;
 use crate::timing::math::Timing;
-use crate::workspaces::math::Branch;
+use crate::timing::recurrence::Recurrence;
 
 db_enum! {
     /// Whether a workspace is in use or archived (never deleted).
@@ -48,7 +48,8 @@ pub const WORKSPACE_COLUMNS: &str = "w.id, w.organization_id, w.project_id, w.na
     w.auto_destroy_status, w.last_state_change_at, w.latest_serial, w.applied_since_destroy, \
     w.last_fired_due_at, w.auto_destroy_failures, w.auto_destroy_retry_at, \
     w.next_auto_destroy_at, w.next_reminder_at, w.inactivity_extension_ms, w.held_due_at, \
-    w.inactivity_not_before, w.created_at, w.updated_at, \
+    w.inactivity_not_before, w.recurring_cron, w.recurring_time_zone, w.recurring_due_at, \
+    w.owner_email, w.owner_slack_user_id, w.created_at, w.updated_at, \
     p.default_inactivity_ms AS project_default_inactivity_ms";
 
 /// `FROM` clause joining a workspace to its project.
@@ -83,6 +84,11 @@ pub struct WorkspaceRow {
     pub inactivity_extension_ms: i64,
     pub held_due_at: Option<i64>,
     pub inactivity_not_before: Option<i64>,
+    pub recurring_cron: Option<String>,
+    pub recurring_time_zone: Option<String>,
+    pub recurring_due_at: Option<i64>,
+    pub owner_email: String,
+    pub owner_slack_user_id: String,
     pub created_at: i64,
     pub updated_at: i64,
     pub project_default_inactivity_ms: Option<i64>,
@@ -122,7 +128,23 @@ impl WorkspaceRow {
             retry_at: self.auto_destroy_retry_at,
             inactivity_extension_ms: self.inactivity_extension_ms,
             inactivity_not_before: self.inactivity_not_before,
+            recurrence: self.recurrence(),
+            recurring_due_at: self.recurring_due_at,
         }
+    }
+
+    /// Its recurring schedule, if it has one that parses (a damaged one never fires).
+    pub fn recurrence(&self) -> Option<Recurrence> {
+        Recurrence::stored(
+            self.recurring_cron.as_deref(),
+            self.recurring_time_zone.as_deref(),
+        )
+    }
+
+    /// Its owner as event payloads carry it (reminders and results go to the owner too), or
+    /// null when it names none.
+    pub fn owner(&self) -> serde_json::Value {
+        owner_json(&self.owner_email, &self.owner_slack_user_id)
     }
 
     /// Takes over what a pure timing decision changed.
@@ -131,6 +153,7 @@ impl WorkspaceRow {
         self.auto_destroy_retry_at = timing.retry_at;
         self.inactivity_extension_ms = timing.inactivity_extension_ms;
         self.inactivity_not_before = timing.inactivity_not_before;
+        self.recurring_due_at = timing.recurring_due_at;
     }
 
     /// Gives the organization's minimum notice after a change that may have brought the
@@ -189,14 +212,19 @@ impl WorkspaceRow {
                 "due_at": rfc3339(due),
                 "workspace_name": self.name,
                 "reason": reason,
-                "schedule": match branch {
-                    Branch::OneShot => "auto_destroy_at",
-                    Branch::Inactivity => "inactivity",
-                    Branch::Retry => "retry",
-                },
+                "schedule": branch.name(),
+                "owner": self.owner(),
             }),
         )
     }
+}
+
+/// An owner as event payloads carry it, or null for none.
+pub fn owner_json(email: &str, slack_user_id: &str) -> serde_json::Value {
+    if email.is_empty() && slack_user_id.is_empty() {
+        return serde_json::Value::Null;
+    }
+    json!({"email": email, "slack_user_id": slack_user_id})
 }
 
 // --- workspaces ----------------------------------------------------------------------------
@@ -209,6 +237,8 @@ pub struct NewWorkspace {
     pub labels: BTreeMap<String, String>,
     pub protected: bool,
     pub working_directory: String,
+    pub owner_email: String,
+    pub owner_slack_user_id: String,
 }
 
 /// Creates a workspace; it inherits its project's default inactivity.
@@ -233,8 +263,9 @@ pub async fn create_workspace(
         "INSERT INTO workspaces (id, organization_id, project_id, name, labels, state, protected, \
          protected_by_policy, locked, lock_reason, working_directory, \
          inherits_project_auto_destroy, auto_destroy_status, applied_since_destroy, shard_key, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, FALSE, '', $8, \
-         TRUE, 'idle', FALSE, $9, $10, $10) ON CONFLICT (project_id, name) DO NOTHING",
+         created_at, updated_at, owner_email, owner_slack_user_id) VALUES ($1, $2, $3, $4, $5, \
+         'active', $6, $7, FALSE, '', $8, TRUE, 'idle', FALSE, $9, $10, $10, $11, $12) \
+         ON CONFLICT (project_id, name) DO NOTHING",
         [
             id.clone().into(),
             org.id.clone().into(),
@@ -246,6 +277,8 @@ pub async fn create_workspace(
             new.working_directory.clone().into(),
             shard_key.into(),
             now.into(),
+            new.owner_email.clone().into(),
+            new.owner_slack_user_id.clone().into(),
         ],
     )
     .await?;
@@ -307,6 +340,8 @@ pub struct WorkspaceFilter {
     pub auto_destroy_status: Option<AutoDestroyStatus>,
     pub next_before: Option<EpochMs>,
     pub scheduled_only: bool,
+    /// Only workspaces whose owner has this email address or Slack user id.
+    pub owner: Option<String>,
 }
 
 /// One page of workspaces ordered by creation, after `after` (created_at, id).
@@ -335,6 +370,13 @@ pub async fn list_workspaces(
     }
     if filter.scheduled_only {
         q.and_where(Expr::col(("w", "next_auto_destroy_at")).is_not_null());
+    }
+    if let Some(owner) = &filter.owner {
+        q.and_where(
+            Expr::col(("w", "owner_email"))
+                .eq(owner.as_str())
+                .or(Expr::col(("w", "owner_slack_user_id")).eq(owner.as_str())),
+        );
     }
     if let Some(position) = after {
         q.cond_where(keyset(
@@ -372,9 +414,16 @@ pub async fn save(
         }
     }
     let timing = ws.timing();
+    // The recurring occurrence that fired is replaced by the next one; a schedule with no
+    // occurrence left is dropped whole.
+    ws.recurring_due_at = timing.recurring_due();
+    if ws.recurring_due_at.is_none() {
+        ws.recurring_cron = None;
+        ws.recurring_time_zone = None;
+    }
     ws.next_auto_destroy_at = timing.next_auto_destroy_at();
     ws.held_due_at = timing.held_due_at();
-    ws.next_reminder_at = math::next_reminder_at(ws.next_auto_destroy_at, &org.lead_times()?, now);
+    ws.next_reminder_at = math::next_reminder_at(timing.reminded_due(), &org.lead_times()?, now);
     if ws.next_auto_destroy_at.is_none()
         && matches!(
             ws.auto_destroy_status,
@@ -393,7 +442,9 @@ pub async fn save(
          last_state_change_at = $13, latest_serial = $14, applied_since_destroy = $15, \
          last_fired_due_at = $16, auto_destroy_failures = $17, auto_destroy_retry_at = $18, \
          next_auto_destroy_at = $19, next_reminder_at = $20, updated_at = $21, \
-         inactivity_extension_ms = $23, held_due_at = $24, inactivity_not_before = $25 \
+         inactivity_extension_ms = $23, held_due_at = $24, inactivity_not_before = $25, \
+         recurring_cron = $26, recurring_time_zone = $27, recurring_due_at = $28, \
+         owner_email = $29, owner_slack_user_id = $30 \
          WHERE id = $22",
         [
             ws.name.clone().into(),
@@ -421,6 +472,11 @@ pub async fn save(
             ws.inactivity_extension_ms.into(),
             ws.held_due_at.into(),
             ws.inactivity_not_before.into(),
+            ws.recurring_cron.clone().into(),
+            ws.recurring_time_zone.clone().into(),
+            ws.recurring_due_at.into(),
+            ws.owner_email.clone().into(),
+            ws.owner_slack_user_id.clone().into(),
         ],
     )
     .await?;
@@ -434,6 +490,8 @@ pub struct WorkspaceChanges {
     pub labels: Option<BTreeMap<String, String>>,
     pub protected: Option<bool>,
     pub working_directory: Option<String>,
+    pub owner_email: Option<String>,
+    pub owner_slack_user_id: Option<String>,
 }
 
 /// Applies `changes`; protection takes the schedule off (it never fires on a protected
@@ -473,6 +531,12 @@ pub async fn update_workspace(
     if let Some(w) = changes.working_directory {
         ws.working_directory = w;
     }
+    if let Some(email) = changes.owner_email {
+        ws.owner_email = email;
+    }
+    if let Some(slack) = changes.owner_slack_user_id {
+        ws.owner_slack_user_id = slack;
+    }
     save(conn, &mut ws, &org, actor, now).await?;
     outbox::write(
         conn,
@@ -483,7 +547,7 @@ pub async fn update_workspace(
             id,
             actor,
             json!({
-                "name": ws.name, "protected": ws.is_protected(),
+                "name": ws.name, "protected": ws.is_protected(), "owner": ws.owner(),
             }),
         )],
         now,

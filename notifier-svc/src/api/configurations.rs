@@ -94,7 +94,9 @@ impl NotifierApi {
             }
         }
         let txn = self.db.conn.begin().await?;
-        configurations::insert(&txn, &id, &org, &spec, input.enabled, &secret, now_ms()).await?;
+        let now = now_ms();
+        configurations::insert(&txn, &id, &org, &spec, input.enabled, now).await?;
+        configurations::insert_secret(&txn, &self.keys, &id, &secret, now).await?;
         let configuration = configurations::get(&txn, &id).await?.to_proto();
         let response = pb::CreateNotificationConfigurationResponse {
             configuration: Some(configuration),
@@ -244,7 +246,8 @@ impl NotifierApi {
             spec.url != current.spec.url || spec.email_addresses != current.spec.email_addresses;
         let verify = enabled && (!current.enabled || destination_changed);
         if verify {
-            let secrets = configurations::signing_secrets(&self.db, &current.id).await?;
+            let secrets =
+                configurations::signing_secrets(&self.db, &self.keys, &current.id).await?;
             let answer = self
                 .verify_destination(&current.id, &current.organization_id, &spec, &secrets)
                 .await;
@@ -306,7 +309,7 @@ impl NotifierApi {
         required(&mut v, "id", &req.id);
         v.finish()?;
         let current = configurations::get(&self.db.conn, &req.id).await?;
-        let secrets = configurations::signing_secrets(&self.db, &current.id).await?;
+        let secrets = configurations::signing_secrets(&self.db, &self.keys, &current.id).await?;
         let answer = self
             .verify_destination(
                 &current.id,
@@ -365,7 +368,8 @@ impl NotifierApi {
         let now = now_ms();
         configurations::expire_secrets(&txn, &req.configuration_id, now + overlap_ms).await?;
         let secret = signing::generate_secret();
-        configurations::insert_secret(&txn, &req.configuration_id, &secret, now).await?;
+        configurations::insert_secret(&txn, &self.keys, &req.configuration_id, &secret, now)
+            .await?;
         let configuration = configurations::get(&txn, &req.configuration_id)
             .await?
             .to_proto();

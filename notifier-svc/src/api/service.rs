@@ -6,6 +6,7 @@ use ebb_common::Result;
 use ebb_common::db::Db;
 use ebb_common::error::Violations;
 use ebb_common::idempotency::{self, RequestKey};
+use ebb_common::sealing::Keyring;
 use ebb_common::time::now_ms;
 use prost::Message;
 use sea_orm::DatabaseTransaction;
@@ -17,6 +18,8 @@ use crate::transport::Sender;
 /// NotifierService over the notifier database.
 pub struct NotifierApi {
     pub(super) db: Db,
+    /// Seals signing secrets and the stored answers that carry them.
+    pub(super) keys: Arc<Keyring>,
     pub(super) sender: Arc<Sender>,
     pub(super) wake: Arc<Notify>,
 }
@@ -34,9 +37,15 @@ pub(super) fn required(v: &mut Violations, field: &str, value: &str) {
 }
 
 impl NotifierApi {
-    /// Serves `db`, sending through `sender` and waking the local worker through `wake`.
-    pub fn new(db: Db, sender: Arc<Sender>, wake: Arc<Notify>) -> Self {
-        Self { db, sender, wake }
+    /// Serves `db`, sealing secrets with `keys`, sending through `sender` and waking the local
+    /// worker through `wake`.
+    pub fn new(db: Db, keys: Arc<Keyring>, sender: Arc<Sender>, wake: Arc<Notify>) -> Self {
+        Self {
+            db,
+            keys,
+            sender,
+            wake,
+        }
     }
 
     /// The stored answer of an earlier call with `key`. Checked before anything else, and
@@ -46,7 +55,7 @@ impl NotifierApi {
         &self,
         key: &Option<RequestKey>,
     ) -> Result<Option<R>> {
-        idempotency::replay(&self.db.conn, key.as_ref()).await
+        idempotency::replay_sealed(&self.db.conn, key.as_ref(), &self.keys).await
     }
 
     /// Commits `txn` with `response` remembered under `key`. A concurrent call with the same
@@ -57,7 +66,7 @@ impl NotifierApi {
         key: &Option<RequestKey>,
         response: R,
     ) -> Result<R> {
-        idempotency::remember(&txn, key.as_ref(), &response, now_ms()).await?;
+        idempotency::remember_sealed(&txn, key.as_ref(), &response, now_ms(), &self.keys).await?;
         txn.commit().await?;
         Ok(response)
     }

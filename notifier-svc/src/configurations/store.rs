@@ -6,7 +6,7 @@ use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::model::{Configuration, Destination, Scope, Spec};
-use super::secrets::{insert_secret, secrets_of};
+use super::secrets::secrets_of;
 use crate::rows;
 
 const COLUMNS: &str = "id, organization_id, name, scope_type, scope_id, destination_type, url, \
@@ -46,14 +46,13 @@ fn json_list(items: &[String]) -> String {
     serde_json::to_string(items).unwrap_or_else(|_| "[]".into())
 }
 
-/// Inserts a configuration with its first secret.
+/// Inserts a configuration; its first secret follows with [`super::insert_secret`].
 pub async fn insert<C: ConnectionTrait>(
     conn: &C,
     id: &str,
     org: &str,
     spec: &Spec,
     enabled: bool,
-    secret: &str,
     now: EpochMs,
 ) -> Result<()> {
     let (scope_type, scope_id) = spec.scope.columns();
@@ -80,7 +79,7 @@ pub async fn insert<C: ConnectionTrait>(
         ],
     ))
     .await?;
-    insert_secret(conn, id, secret, now).await
+    Ok(())
 }
 
 /// The configuration `id` with its secrets' metadata.

@@ -256,9 +256,12 @@ async fn tokens_workspace_changes_status_and_a_confirmed_bulk_redelivery() {
             "team=data",
             "--protected",
             "true",
+            "--owner-email",
+            "dev@example.com",
         ])
         .await;
     assert_eq!(updated["name"], "pr-2-renamed");
+    assert_eq!(updated["owner"]["email"], "dev@example.com", "{updated:#}");
     assert_eq!(updated["labels"], serde_json::json!({"team": "data"}));
     assert_eq!(updated["protected"], true);
     let r = ebb.run(&["workspaces", "update", &ids[1]]).await;

@@ -97,17 +97,96 @@ async fn typescript_client_runs_the_auto_destroy_flow() {
 
     let dbs = TestDatabases::on(None);
     let (server, token) = serve(&dbs).await;
-    let out = output(
-        TEST,
-        Command::new("node")
-            .arg(ts.join("dist/tests/auto_destroy.js"))
-            .arg(server.addr.to_string())
-            .arg(&token)
-            .env("EBB_BIN", bin_path("ebb"))
-            .current_dir(&ts),
-        Duration::from_secs(180),
+    // The same flow over gRPC (HTTP/2) and over gRPC-Web (HTTP/1.1), as browsers speak it.
+    for (protocol, test) in [
+        ("grpc", TEST.to_owned()),
+        ("grpc-web", format!("{TEST} over grpc-web")),
+    ] {
+        let out = output(
+            &test,
+            Command::new("node")
+                .arg(ts.join("dist/tests/auto_destroy.js"))
+                .arg(server.addr.to_string())
+                .arg(&token)
+                .env("EBB_BIN", bin_path("ebb"))
+                .env("EBB_PROTOCOL", protocol)
+                .current_dir(&ts),
+            Duration::from_secs(180),
+        )
+        .await;
+        assert_passed(&test, &out, &server);
+    }
+    server.kill().await;
+}
+
+#[tokio::test]
+async fn browsers_of_configured_origins_only_may_call_over_grpc_web() {
+    let dbs = TestDatabases::on(None);
+    let allowed = "https://console.example.com";
+    let (server, _) = ebb_serve(
+        &dbs,
+        &[("EBB_GRPC_WEB__ALLOWED_ORIGINS", format!("[\"{allowed}\"]"))],
     )
     .await;
-    assert_passed(TEST, &out, &server);
+    let url = format!(
+        "http://{}/ebb.lifecycle.v1.LifecycleService/ListOrganizations",
+        server.addr
+    );
+    let http = reqwest::Client::builder()
+        .http1_only()
+        .build()
+        .expect("client");
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,x-grpc-web",
+            )
+            .send()
+    };
+    let ok = preflight(allowed).await.expect("preflight");
+    assert_eq!(
+        ok.headers()
+            .get("access-control-allow-origin")
+            .map(|v| v.to_str().expect("ascii")),
+        Some(allowed)
+    );
+    let other = preflight("https://evil.example.com")
+        .await
+        .expect("preflight");
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // A gRPC-Web call over HTTP/1.1: an empty ListOrganizations request (a zero-length
+    // message frame) answers in the body's trailer frame, with the admin token.
+    let call = http
+        .post(&url)
+        .header("origin", allowed)
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header(
+            "authorization",
+            format!("Bearer {}", ebb_tests::ADMIN_TOKEN),
+        )
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .expect("gRPC-Web call");
+    assert_eq!(call.status(), 200);
+    assert_eq!(
+        call.headers()["access-control-allow-origin"]
+            .to_str()
+            .expect("ascii"),
+        allowed
+    );
+    let exposed = call.headers()["access-control-expose-headers"]
+        .to_str()
+        .expect("ascii")
+        .to_owned();
+    assert!(exposed.contains("grpc-status"), "{exposed}");
+    let body = call.bytes().await.expect("body");
+    let trailers = String::from_utf8_lossy(&body);
+    assert!(trailers.contains("grpc-status:0"), "{trailers}");
     server.kill().await;
 }

@@ -310,10 +310,23 @@ async fn drive(launches: Vec<Launch>, site: &Site, admin_token: &str) {
         // the test harness would otherwise pick for a command line without --listen is the
         // one of the config file.
         let mut env = env;
+        // Only what the deployment gives: the harness's own credentials must not fill a gap.
+        for var in [
+            "EBB_ADMIN_TOKEN",
+            "EBB_AUTH__SERVICE_TOKEN",
+            "EBB_ENCRYPTION__KEY",
+        ] {
+            if !launch.env.contains_key(var) {
+                env.push((var, String::new()));
+            }
+        }
         env.push((
             "EBB_LISTEN",
             format!("127.0.0.1:{}", site.ports[launch.service]),
         ));
+        if launch.service == "lifecycle" {
+            env.push(("EBB_SNOOZE__LISTEN", "127.0.0.1:0".into()));
+        }
         if launch.service == "scheduler" {
             env.extend(
                 ebb_tests::cluster::fast_scheduler_env("unused")
@@ -427,6 +440,10 @@ fn compose_env() -> BTreeMap<&'static str, String> {
     BTreeMap::from([
         ("EBB_ADMIN_TOKEN", "a".repeat(64)),
         ("EBB_SERVICE_TOKEN", "b".repeat(64)),
+        (
+            "EBB_ENCRYPTION_KEY",
+            ebb_common::sealing::generate_key("k1"),
+        ),
     ])
 }
 

@@ -163,8 +163,11 @@ async fn sigterm_drains_an_in_flight_call_and_exits_zero() {
 async fn a_service_without_the_token_it_needs_refuses_to_start_naming_the_field() {
     let none = || ("EBB_AUTH__SERVICE_TOKEN", String::new());
     let no_admin = || ("EBB_ADMIN_TOKEN", String::new());
+    let no_key = || ("EBB_ENCRYPTION__KEY", String::new());
     type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Case; 6] = [
+        ("lifecycle-svc", vec![no_key()], "encryption.key"),
+        ("notifier-svc", vec![no_key()], "encryption.key"),
         ("lifecycle-svc", vec![no_admin()], "admin_token"),
         (
             "scheduler-svc",

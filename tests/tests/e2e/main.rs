@@ -6,6 +6,7 @@
 //! PostgreSQL with `EBB_TEST_DATABASE_URL` set; see the `ebb_tests` library. Tests that only
 //! mean something on PostgreSQL are `#[ignore]`d, and run with `-- --include-ignored`.
 
+mod at_rest;
 mod audit;
 mod auth;
 mod auto_destroy;
@@ -13,6 +14,7 @@ mod cli;
 mod cli_contexts;
 mod cli_output;
 mod clients;
+mod dashboard;
 mod deployments;
 mod deprovision;
 mod foundation;
@@ -23,8 +25,10 @@ mod outage;
 mod runbook;
 mod safety;
 mod scheduler_replicas;
+mod schedules;
 mod security;
 mod shared_upstreams;
+mod snooze;
 mod support;
 mod tools;
 mod tracing;

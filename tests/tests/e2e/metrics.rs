@@ -13,6 +13,14 @@ use ebb_tests::proto::scheduler::v1::scheduler_service_client::SchedulerServiceC
 use ebb_tests::{Process, Scrape, TestDatabases, start_service};
 use sea_orm::{ConnectionTrait, Database, FromQueryResult};
 
+/// Whether `name` is a series Ebb serves (and documents): its own, the gRPC call series and
+/// the process collector's.
+fn ours(name: &str) -> bool {
+    ["ebb_", "grpc_", "process_"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
 /// The metric names of docs/metrics.md, by the service that serves them.
 fn documented() -> BTreeMap<String, Vec<String>> {
     let text = std::fs::read_to_string(repo_file("docs/metrics.md")).expect("read docs/metrics.md");
@@ -20,7 +28,7 @@ fn documented() -> BTreeMap<String, Vec<String>> {
     for line in text.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         // | `name` | type | service | meaning |
-        if cells.len() >= 5 && cells[1].starts_with("`ebb_") {
+        if cells.len() >= 5 && ours(cells[1].trim_start_matches('`')) {
             let name = cells[1].trim_matches('`').to_owned();
             for service in cells[3].split(',') {
                 by_service
@@ -59,7 +67,8 @@ async fn every_service_serves_the_metrics_the_documentation_lists() {
     )
     .await;
     // Gauges exist from the first scrape (the chain head once an organization has events);
-    // gRPC counters once a call was answered (the health checks above).
+    // gRPC server counters once a call was answered (the health checks above), client
+    // counters once a call was made (the scheduler's, lifecycle's relay to audit).
     let mut api =
         ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient::new(
             lifecycle.channel().await,
@@ -79,6 +88,30 @@ async fn every_service_serves_the_metrics_the_documentation_lists() {
         },
     )
     .await;
+    // The calls above, by the grpc-ecosystem labels, on the server and on the client side.
+    let created = [
+        ("grpc_service", "ebb.lifecycle.v1.LifecycleService"),
+        ("grpc_method", "CreateOrganization"),
+        ("grpc_type", "unary"),
+        ("grpc_code", "OK"),
+    ];
+    let lifecycle_scrape = scrape(&lifecycle).await;
+    assert_eq!(
+        lifecycle_scrape.value("grpc_server_handled_total", &created),
+        Some(1.0)
+    );
+    let appended = [
+        ("grpc_service", "ebb.audit.v1.AuditService"),
+        ("grpc_method", "AppendEvents"),
+        ("grpc_code", "OK"),
+    ];
+    assert!(lifecycle_scrape.value("grpc_client_handled_total", &appended) >= Some(1.0));
+    assert!(
+        scrape(&audit)
+            .await
+            .value("grpc_server_handled_total", &appended)
+            >= Some(1.0)
+    );
     for (service, process) in [
         ("lifecycle", &lifecycle),
         ("scheduler", &scheduler),
@@ -92,7 +125,6 @@ async fn every_service_serves_the_metrics_the_documentation_lists() {
                 || scrape.has(&format!("{name}_count"));
             assert!(found, "{service} does not serve {name}");
         }
-        let ours = |n: &str| n.starts_with("ebb_");
         for (name, _, _) in scrape.series.iter().filter(|(n, _, _)| ours(n)) {
             let base = name
                 .trim_end_matches("_bucket")

@@ -31,7 +31,7 @@ const K256: [u32; 64] = [
     0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
 ];
 
-fn sha256(data: &[u8]) -> Vec<u8> {
+pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
     let mut h: [u32; 8] = [
         0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
         0x5be0cd19,
@@ -231,7 +231,7 @@ fn sha512(data: &[u8]) -> Vec<u8> {
     h.iter().flat_map(|x| x.to_be_bytes()).collect()
 }
 
-fn hmac(hash: fn(&[u8]) -> Vec<u8>, block: usize, key: &[u8], msg: &[u8]) -> Vec<u8> {
+pub(crate) fn hmac(hash: fn(&[u8]) -> Vec<u8>, block: usize, key: &[u8], msg: &[u8]) -> Vec<u8> {
     let mut k = if key.len() > block {
         hash(key)
     } else {
@@ -283,13 +283,17 @@ fn b64_decode(text: &str) -> Vec<u8> {
     out
 }
 
-fn hex(data: &[u8]) -> String {
+pub(crate) fn hex(data: &[u8]) -> String {
     data.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Standard Webhooks verification: one `v1,` entry of `webhook-signature` must be the HMAC-SHA256
 /// of `{id}.{timestamp}.{body}` under the secret's key, and the timestamp must be recent.
-fn standard_webhooks_valid(secret: &str, headers: &HashMap<String, String>, body: &[u8]) -> bool {
+pub(crate) fn standard_webhooks_valid(
+    secret: &str,
+    headers: &HashMap<String, String>,
+    body: &[u8],
+) -> bool {
     let (Some(id), Some(ts), Some(sigs)) = (
         headers.get("webhook-id"),
         headers.get("webhook-timestamp"),
@@ -364,10 +368,10 @@ enum Reply {
 }
 
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: Vec<u8>,
     at: Instant,
 }
 
@@ -385,13 +389,13 @@ struct ReceiverState {
 
 /// A real HTTP/1.1 server on 127.0.0.1:0 that answers from a script (200 when it is empty).
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     state: Arc<Mutex<ReceiverState>>,
 }
 
 impl Receiver {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(ReceiverState::default()));
@@ -407,7 +411,7 @@ impl Receiver {
         Self { addr, state }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
@@ -424,7 +428,7 @@ impl Receiver {
             .collect()
     }
 
-    async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
+    pub(crate) async fn wait_for(&self, path: &str, n: usize, within: Duration) -> Vec<Received> {
         let deadline = Instant::now() + within;
         loop {
             let got = self.requests(path);
@@ -476,7 +480,7 @@ async fn serve_connection(
 // Starting notifier-svc.
 
 /// notifier-svc configuration for tests: short retries, loopback allowed.
-fn config_toml(schedule: &[&str], extra: &str) -> String {
+pub(crate) fn config_toml(schedule: &[&str], extra: &str) -> String {
     let schedule: Vec<String> = schedule.iter().map(|s| format!("\"{s}\"")).collect();
     format!(
         "[delivery]\nretry_schedule = [{}]\njitter = 0.0\nmin_throttle_wait = \"1s\"\n\
@@ -486,7 +490,19 @@ fn config_toml(schedule: &[&str], extra: &str) -> String {
     )
 }
 
-async fn start_notifier(dbs: &TestDatabases, url: &str, toml: &str) -> Process {
+pub(crate) async fn start_notifier(dbs: &TestDatabases, url: &str, toml: &str) -> Process {
+    start_notifier_with(dbs, url, toml, &[])
+        .await
+        .expect("start notifier-svc")
+}
+
+/// notifier-svc on `url` with the configuration `toml` and the variables `env`, once it serves.
+pub(crate) async fn start_notifier_with(
+    dbs: &TestDatabases,
+    url: &str,
+    toml: &str,
+    env: &[(&str, String)],
+) -> anyhow::Result<Process> {
     let path = dbs
         .dir()
         .join(format!("notifier-{}.toml", uuid::Uuid::new_v4().simple()));
@@ -499,22 +515,19 @@ async fn start_notifier(dbs: &TestDatabases, url: &str, toml: &str) -> Process {
             "--database-url",
             url,
         ],
-        &[],
+        env,
         dbs.dir(),
     )
-    .await
-    .expect("start notifier-svc");
-    p.wait_serving("ebb.notifier.v1.NotifierService")
-        .await
-        .expect("serving");
-    p
+    .await?;
+    p.wait_serving("ebb.notifier.v1.NotifierService").await?;
+    Ok(p)
 }
 
-async fn client(p: &Process) -> NotifierServiceClient<Channel> {
+pub(crate) async fn client(p: &Process) -> NotifierServiceClient<Channel> {
     NotifierServiceClient::new(p.channel().await)
 }
 
-fn webhook(org: &str, url: String, events: &[&str]) -> pb::NotificationConfiguration {
+pub(crate) fn webhook(org: &str, url: String, events: &[&str]) -> pb::NotificationConfiguration {
     pb::NotificationConfiguration {
         organization_id: org.into(),
         name: "ops hook".into(),
@@ -527,7 +540,7 @@ fn webhook(org: &str, url: String, events: &[&str]) -> pb::NotificationConfigura
     }
 }
 
-async fn create(
+pub(crate) async fn create(
     c: &mut NotifierServiceClient<Channel>,
     config: pb::NotificationConfiguration,
 ) -> (pb::NotificationConfiguration, String) {
@@ -542,7 +555,7 @@ async fn create(
     (r.configuration.expect("configuration"), r.signing_secret)
 }
 
-fn event(id: &str, org: &str, kind: &str, workspace: &str) -> pb::Event {
+pub(crate) fn event(id: &str, org: &str, kind: &str, workspace: &str) -> pb::Event {
     let data = prost_types::Struct {
         fields: [
             ("workspace_id", workspace),
@@ -575,7 +588,7 @@ fn event(id: &str, org: &str, kind: &str, workspace: &str) -> pb::Event {
     }
 }
 
-async fn publish(c: &mut NotifierServiceClient<Channel>, e: pb::Event) -> i32 {
+pub(crate) async fn publish(c: &mut NotifierServiceClient<Channel>, e: pb::Event) -> i32 {
     c.publish_event(pb::PublishEventRequest { event: Some(e) })
         .await
         .expect("publish")
@@ -600,7 +613,7 @@ async fn deliveries(
     .deliveries
 }
 
-async fn wait_delivery(
+pub(crate) async fn wait_delivery(
     c: &mut NotifierServiceClient<Channel>,
     org: &str,
     configuration_id: &str,

@@ -3,10 +3,11 @@
 //! auto-destroy chain up, by their parent ids, from audit-svc's record of the event through
 //! lifecycle-svc's handling of the scheduler's call to scheduler-svc's task run.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::ebb_serve;
 use ebb_tests::cluster::{eventually, fast_lifecycle_env, fast_scheduler_env, fixture, from_now};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
@@ -63,6 +64,8 @@ impl TraceService for Collector {
                         .iter()
                         .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
                             Value::StringValue(s) => Some((kv.key.clone(), s.clone())),
+                            Value::IntValue(i) => Some((kv.key.clone(), i.to_string())),
+                            Value::BoolValue(b) => Some((kv.key.clone(), b.to_string())),
                             _ => None,
                         })
                         .collect();
@@ -132,6 +135,11 @@ impl Collector {
             return Some(chain);
         }
         None
+    }
+
+    /// Spans received so far.
+    fn received(&self) -> Vec<Span> {
+        self.spans.lock().expect("lock").clone()
     }
 
     fn summary(&self) -> String {
@@ -216,16 +224,208 @@ async fn one_trace_spans_scheduler_lifecycle_and_audit() {
         Some(&f.org.id),
         "the record span names its organization"
     );
+    // lifecycle's server span and the scheduler's client span of the same call are named and
+    // attributed by the OpenTelemetry RPC conventions.
     let served = chain
         .iter()
-        .find(|s| s.service == "lifecycle-svc" && s.name == "grpc.request")
+        .find(|s| s.service == "lifecycle-svc" && s.attributes.contains_key("rpc.system"))
         .expect("lifecycle's server span");
-    assert!(
-        served
-            .attributes
-            .get("rpc.method")
-            .is_some_and(|m| m.starts_with("/ebb.lifecycle.v1.SchedulingService/")),
+    let method = served
+        .attributes
+        .get("rpc.method")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        served.name,
+        format!("ebb.lifecycle.v1.SchedulingService/{method}"),
         "lifecycle served the scheduler's call: {:?}",
         served.attributes
     );
+    assert_eq!(
+        served.attributes.get("rpc.system").map(String::as_str),
+        Some("grpc")
+    );
+    assert_eq!(
+        served.attributes.get("rpc.service").map(String::as_str),
+        Some("ebb.lifecycle.v1.SchedulingService")
+    );
+    assert_eq!(
+        served
+            .attributes
+            .get("rpc.grpc.status_code")
+            .map(String::as_str),
+        Some("0")
+    );
+    let sent = chain
+        .iter()
+        .find(|s| s.service == "scheduler-svc" && s.name == served.name)
+        .expect("the scheduler's client span of the same call");
+    assert_eq!(
+        sent.span_id, served.parent_span_id,
+        "the call's server span is its child"
+    );
+    assert_eq!(root.name, "task");
+}
+
+/// Root spans among `spans`, counted by service and name.
+fn roots(spans: &[Span]) -> BTreeMap<(String, String), usize> {
+    let mut counts = BTreeMap::new();
+    for s in spans.iter().filter(|s| s.parent_span_id.is_empty()) {
+        *counts
+            .entry((s.service.clone(), s.name.clone()))
+            .or_default() += 1;
+    }
+    counts
+}
+
+/// `ebb serve` exporting to `collector` with `env`, once serving.
+async fn traced_serve(
+    collector: &Collector,
+    dbs: &TestDatabases,
+    env: &[(&'static str, String)],
+) -> Process {
+    let otlp = collector.start().await;
+    let mut env = env.to_vec();
+    env.push(("EBB_TELEMETRY__OTLP_ENDPOINT", otlp));
+    env.push(("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()));
+    ebb_serve(dbs, &env).await.0
+}
+
+#[tokio::test]
+async fn an_idle_server_exports_no_root_spans() {
+    let collector = Collector::default();
+    let dbs = TestDatabases::new();
+    let server = traced_serve(&collector, &dbs, &[]).await;
+    // Settle: what the start exported is not idle work.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = collector.received().len();
+    let window = Duration::from_secs(10);
+    tokio::time::sleep(window).await;
+    let idle = collector.received().split_off(before);
+    let roots = roots(&idle);
+    let total: usize = roots.values().sum();
+    eprintln!(
+        "idle `ebb serve` for {window:?}: {} spans, {total} root spans ({:.1}/s): {roots:?}",
+        idle.len(),
+        total as f64 / window.as_secs_f64()
+    );
+    assert_eq!(total, 0, "an idle server exports no root spans: {roots:?}");
+    assert!(
+        idle.is_empty(),
+        "nor any other span: {}",
+        collector.summary()
+    );
+
+    // A call is a root span named and attributed by the RPC conventions, with its status.
+    let mut api = LifecycleServiceClient::new(server.channel().await);
+    let f = fixture(&mut api, None, "named").await;
+    let refused = api
+        .get_workspace(pb::GetWorkspaceRequest {
+            workspace_id: "not-a-uuid".into(),
+        })
+        .await
+        .expect_err("a malformed id is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let span_of = |method: &'static str| {
+        let collector = collector.clone();
+        move || {
+            let name = format!("ebb.lifecycle.v1.LifecycleService/{method}");
+            let found = collector
+                .received()
+                .into_iter()
+                .find(|s| s.name == name && s.parent_span_id.is_empty());
+            std::future::ready(found)
+        }
+    };
+    let created = eventually(
+        Duration::from_secs(10),
+        "the CreateOrganization span",
+        span_of("CreateOrganization"),
+    )
+    .await;
+    let attribute = |s: &Span, key: &str| s.attributes.get(key).cloned().unwrap_or_default();
+    assert_eq!(created.service, "ebb");
+    assert_eq!(attribute(&created, "rpc.system"), "grpc");
+    assert_eq!(
+        attribute(&created, "rpc.service"),
+        "ebb.lifecycle.v1.LifecycleService"
+    );
+    assert_eq!(attribute(&created, "rpc.method"), "CreateOrganization");
+    assert_eq!(attribute(&created, "rpc.grpc.status_code"), "0");
+    let failed = eventually(
+        Duration::from_secs(10),
+        "the GetWorkspace span",
+        span_of("GetWorkspace"),
+    )
+    .await;
+    assert_eq!(attribute(&failed, "rpc.grpc.status_code"), "3");
+
+    // Work done by a loop is exported: the auto-destroy the scheduler queues is a trace whose
+    // root is the scheduler's task run, down to audit's record of the queued run.
+    api.set_auto_destroy(pb::SetAutoDestroyRequest {
+        workspace_id: f.workspace.id.clone(),
+        auto_destroy_at: Some(from_now(Duration::from_millis(500))),
+        ..Default::default()
+    })
+    .await
+    .expect("set");
+    let chain = eventually(Duration::from_secs(30), "a whole trace", || async {
+        collector.chain("run.queued")
+    })
+    .await;
+    let root = chain.last().expect("root");
+    assert_eq!(root.name, "task", "{chain:?}");
+    assert_eq!(attribute(root, "task"), "auto_destroy_check");
+}
+
+#[tokio::test]
+async fn the_sample_ratio_applies_to_new_traces_and_callers_decide_for_theirs() {
+    let collector = Collector::default();
+    let dbs = TestDatabases::new();
+    let server = traced_serve(
+        &collector,
+        &dbs,
+        &[("EBB_TELEMETRY__SAMPLE_RATIO", "0".to_owned())],
+    )
+    .await;
+    let mut api = LifecycleServiceClient::new(server.channel().await);
+    fixture(&mut api, None, "unsampled").await;
+
+    // A caller that sampled its trace gets the server's spans in it despite the ratio.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = tonic::Request::new(pb::ListOrganizationsRequest::default());
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .expect("value"),
+    );
+    api.list_organizations(request).await.expect("list");
+    let listed = eventually(Duration::from_secs(10), "the caller's trace", || async {
+        collector
+            .received()
+            .into_iter()
+            .find(|s| hex(&s.trace_id) == trace_id)
+    })
+    .await;
+    assert_eq!(
+        listed.name,
+        "ebb.lifecycle.v1.LifecycleService/ListOrganizations"
+    );
+    assert_eq!(hex(&listed.parent_span_id), "00f067aa0ba902b7");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let others: Vec<Span> = collector
+        .received()
+        .into_iter()
+        .filter(|s| hex(&s.trace_id) != trace_id)
+        .collect();
+    assert!(
+        others.is_empty(),
+        "with sample_ratio 0 the server starts no exported trace: {}",
+        collector.summary()
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

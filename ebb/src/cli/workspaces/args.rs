@@ -37,6 +37,9 @@ pub(super) enum Command {
         /// Only workspaces with a pending destroy.
         #[arg(long)]
         scheduled: bool,
+        /// Only workspaces whose owner has this email address or Slack user id.
+        #[arg(long)]
+        owner: Option<String>,
         /// At most this many workspaces.
         #[arg(long, default_value_t = 500)]
         limit: usize,
@@ -62,8 +65,11 @@ pub(super) enum Command {
         /// Protect it from every auto-destroy.
         #[arg(long)]
         protected: bool,
+        #[command(flatten)]
+        owner: OwnerArgs,
     },
-    /// Change a workspace's name, labels, protection or working directory.
+    /// Change what is given of a workspace: its name, labels, protection, working
+    /// directory or owner (who is told about its reminders and results).
     Update {
         /// Workspace id.
         workspace: String,
@@ -82,6 +88,8 @@ pub(super) enum Command {
         /// Working directory handed to runners.
         #[arg(long)]
         working_directory: Option<String>,
+        #[command(flatten)]
+        owner: OwnerArgs,
     },
     /// Archive a workspace: it leaves the listings of active workspaces and is never
     /// auto-destroyed.
@@ -94,7 +102,9 @@ pub(super) enum Command {
         /// Workspace id.
         workspace: String,
     },
-    /// Set a destroy time (--at or --in) and/or an inactivity period.
+    /// Set a destroy time (--at or --in), an inactivity period and/or a recurring destroy
+    /// (--recurring with --time-zone).
+    #[command(visible_alias = "set")]
     Schedule {
         /// Workspace id.
         workspace: String,
@@ -107,12 +117,16 @@ pub(super) enum Command {
         /// Destroy after this long without an applied state change (1h to 9999d, e.g. 14d).
         #[arg(long, value_parser = duration_text)]
         inactivity: Option<String>,
+        #[command(flatten)]
+        recurring: RecurringArgs,
     },
-    /// Clear the destroy time and the workspace's own inactivity period.
+    /// Clear the destroy time, the workspace's own inactivity period and its recurring
+    /// destroy.
     Clear {
         /// Workspace id.
         workspace: String,
-        /// Clear only the destroy time (`at`) or only the inactivity period (`inactivity`).
+        /// Clear only the destroy time (`at`), the inactivity period (`inactivity`) or the
+        /// recurring destroy (`recurring`).
         #[arg(long, value_enum)]
         only: Option<Part>,
         /// Return to the project's default inactivity instead of none.
@@ -162,6 +176,8 @@ pub(super) enum Command {
         /// Proposed inactivity period.
         #[arg(long, value_parser = duration_text)]
         inactivity: Option<String>,
+        #[command(flatten)]
+        recurring: RecurringArgs,
     },
     /// Lock a workspace: its destroy is deferred until it is unlocked.
     Lock {
@@ -199,4 +215,54 @@ pub(super) enum Part {
     At,
     /// The workspace's own inactivity period.
     Inactivity,
+    /// The recurring destroy.
+    Recurring,
+}
+
+/// A recurring destroy: a cron expression in a time zone.
+#[derive(Debug, clap::Args)]
+pub(super) struct RecurringArgs {
+    /// Destroy at every occurrence of this cron expression (minute hour day-of-month month
+    /// day-of-week), e.g. "0 19 * * FRI"; only when there was an applied state since the last
+    /// destroy.
+    #[arg(long, value_name = "CRON", requires = "time_zone")]
+    pub(super) recurring: Option<String>,
+    /// The IANA time zone the cron expression is read in, e.g. Europe/Berlin or UTC.
+    #[arg(long, value_name = "ZONE", requires = "recurring")]
+    pub(super) time_zone: Option<String>,
+}
+
+impl RecurringArgs {
+    /// The schedule, when given.
+    pub(super) fn schedule(self) -> Option<pb::RecurringSchedule> {
+        Some(pb::RecurringSchedule {
+            cron: self.recurring?,
+            time_zone: self.time_zone.unwrap_or_default(),
+            next_occurrences: Vec::new(),
+        })
+    }
+}
+
+/// An owner: an email address and/or a Slack member id.
+#[derive(Debug, clap::Args)]
+pub(super) struct OwnerArgs {
+    /// The owner's email address.
+    #[arg(long)]
+    pub(super) owner_email: Option<String>,
+    /// The owner's Slack member id, e.g. U024BE7LH.
+    #[arg(long)]
+    pub(super) owner_slack: Option<String>,
+}
+
+impl OwnerArgs {
+    /// The owner, when either part is given.
+    pub(super) fn owner(self) -> Option<pb::Owner> {
+        if self.owner_email.is_none() && self.owner_slack.is_none() {
+            return None;
+        }
+        Some(pb::Owner {
+            email: self.owner_email.unwrap_or_default(),
+            slack_user_id: self.owner_slack.unwrap_or_default(),
+        })
+    }
 }

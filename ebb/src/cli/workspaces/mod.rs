@@ -42,6 +42,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             state,
             status,
             scheduled,
+            owner,
             limit,
         } => {
             let request = pb::ListWorkspacesRequest {
@@ -50,6 +51,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 state: state.map_or(0, |s| s as i32),
                 auto_destroy_status: status.map_or(0, |s| s as i32),
                 scheduled_only: scheduled,
+                owner: owner.unwrap_or_default(),
                 ..Default::default()
             };
             let answer = list_all(&mut api, request, limit, &organization).await?;
@@ -67,6 +69,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             labels,
             working_directory,
             protected,
+            owner,
         } => {
             let ws = api
                 .create_workspace(pb::CreateWorkspaceRequest {
@@ -76,6 +79,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                     labels: labels.into_iter().collect(),
                     protected,
                     working_directory: working_directory.unwrap_or_default(),
+                    owner: owner.owner(),
                 })
                 .await
                 .map_err(|s| {
@@ -91,11 +95,14 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             at,
             in_,
             inactivity,
+            recurring,
         } => {
             let at = destroy_time(at, in_)?;
-            if at.is_none() && inactivity.is_none() {
+            let recurring = recurring.schedule();
+            if at.is_none() && inactivity.is_none() && recurring.is_none() {
                 return Err(CliError::Usage(
-                    "give --at, --in or --inactivity (or several)".into(),
+                    "give --at, --in, --inactivity or --recurring with --time-zone (or several)"
+                        .into(),
                 ));
             }
             let ws = api
@@ -104,6 +111,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                     workspace_id: workspace.clone(),
                     auto_destroy_at: at.map(timestamp),
                     auto_destroy_inactivity: inactivity.unwrap_or_default(),
+                    recurring,
                 })
                 .await
                 .map_err(|s| CliError::status(format!("schedule workspace {workspace}"), s))?
@@ -121,9 +129,10 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 .clear_auto_destroy(pb::ClearAutoDestroyRequest {
                     request_id: request_id(),
                     workspace_id: workspace.clone(),
-                    clear_auto_destroy_at: only != Some(Part::Inactivity),
-                    clear_auto_destroy_inactivity: only != Some(Part::At),
+                    clear_auto_destroy_at: only.is_none_or(|p| p == Part::At),
+                    clear_auto_destroy_inactivity: only.is_none_or(|p| p == Part::Inactivity),
                     inherit_project_default,
+                    clear_recurring: only.is_none_or(|p| p == Part::Recurring),
                 })
                 .await
                 .map_err(|s| {
@@ -181,11 +190,15 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             at,
             in_,
             inactivity,
+            recurring,
         } => {
             let at = destroy_time(at, in_)?;
-            if at.is_none() && inactivity.is_none() {
+            let recurring = recurring.schedule();
+            if at.is_none() && inactivity.is_none() && recurring.is_none() {
                 return Err(CliError::Usage(
-                    "give the proposed setting: --at, --in or --inactivity".into(),
+                    "give the proposed setting: --at, --in, --inactivity or --recurring with \
+                     --time-zone"
+                        .into(),
                 ));
             }
             let answer = api
@@ -195,6 +208,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                     auto_destroy_inactivity: inactivity.unwrap_or_default(),
                     auto_destroy_at: at.map(timestamp),
                     label_selector: labels.into_iter().collect(),
+                    recurring,
                     page_size: 1000,
                     ..Default::default()
                 })
@@ -216,6 +230,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             clear_labels,
             protected,
             working_directory,
+            owner,
         } => {
             let mut paths = Vec::new();
             let mut change = pb::Workspace {
@@ -238,10 +253,14 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 change.working_directory = d;
                 paths.push("working_directory");
             }
+            if let Some(o) = owner.owner() {
+                change.owner = Some(o);
+                paths.push("owner");
+            }
             if paths.is_empty() {
                 return Err(CliError::Usage(
-                    "give what to change: --name, --label, --clear-labels, --protected or \
-                     --working-directory"
+                    "give what to change: --name, --label, --clear-labels, --protected, \
+                     --working-directory, --owner-email or --owner-slack (empty to remove)"
                         .into(),
                 ));
             }

@@ -25,6 +25,7 @@ pub(super) fn decided_by(w: &pb::Workspace) -> &'static str {
     match (&w.next_auto_destroy_at, &w.auto_destroy_at) {
         (None, _) => "-",
         (Some(next), Some(at)) if next == at => "time",
+        (Some(_), _) if w.next_auto_destroy_reason == "recurring" => "recurring",
         (Some(_), _) => "inactivity",
     }
 }
@@ -131,12 +132,44 @@ pub fn workspace_fields(w: &pb::Workspace) -> String {
         ("locked", locked),
         ("auto-destroy at", when(w.auto_destroy_at.as_ref())),
         ("inactivity", inactivity(w)),
+        ("recurring", recurring(w)),
+        ("next occurrences", occurrences(w)),
+        ("owner", owner(w)),
         ("last state change", when(w.last_state_change_at.as_ref())),
         ("next destroy", when(w.next_auto_destroy_at.as_ref())),
         ("decided by", decided_by(w).to_owned()),
         ("auto-destroy status", status(w)),
         ("updated", when(w.update_time.as_ref())),
     ])
+}
+
+fn recurring(w: &pb::Workspace) -> String {
+    match &w.recurring_auto_destroy {
+        Some(r) => format!("{} ({})", r.cron, r.time_zone),
+        None => "-".to_owned(),
+    }
+}
+
+fn occurrences(w: &pb::Workspace) -> String {
+    let Some(r) = &w.recurring_auto_destroy else {
+        return "-".to_owned();
+    };
+    r.next_occurrences
+        .iter()
+        .map(|t| time(Some(t)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn owner(w: &pb::Workspace) -> String {
+    match &w.owner {
+        Some(o) => [o.email.as_str(), o.slack_user_id.as_str()]
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => "-".to_owned(),
+    }
 }
 
 pub(super) fn preview_table(r: &pb::PreviewAutoDestroyResponse) -> String {

@@ -35,19 +35,30 @@ impl LifecycleApi {
                 self.min_inactivity_ms(),
             )
         };
-        if req.auto_destroy_at.is_none() && req.auto_destroy_inactivity.is_empty() {
+        let recurring = req
+            .recurring
+            .as_ref()
+            .and_then(|r| check::recurring(&mut v, "recurring", r));
+        if req.auto_destroy_at.is_none()
+            && req.auto_destroy_inactivity.is_empty()
+            && req.recurring.is_none()
+        {
             v.add(
                 "auto_destroy_at",
-                "set auto_destroy_at, auto_destroy_inactivity or both",
+                "set auto_destroy_at, auto_destroy_inactivity, recurring or several",
             );
         }
         v.finish()?;
+        let schedule = settings::Schedule {
+            at,
+            inactivity_ms: inactivity,
+            recurring,
+        };
         ok(self
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = settings::set_auto_destroy(txn, &id, at, inactivity, API_ACTOR, now)
-                        .await?;
+                    let w = settings::set_auto_destroy(txn, &id, schedule, API_ACTOR, now).await?;
                     Ok(pb::SetAutoDestroyResponse {
                         workspace: Some(convert::workspace(&w)?),
                     })
@@ -64,10 +75,12 @@ impl LifecycleApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
-        if !req.clear_auto_destroy_at && !req.clear_auto_destroy_inactivity {
+        if !req.clear_auto_destroy_at && !req.clear_auto_destroy_inactivity && !req.clear_recurring
+        {
             v.add(
                 "clear_auto_destroy_at",
-                "set clear_auto_destroy_at, clear_auto_destroy_inactivity or both",
+                "set clear_auto_destroy_at, clear_auto_destroy_inactivity, clear_recurring or \
+                 several",
             );
         }
         if req.inherit_project_default && !req.clear_auto_destroy_inactivity {
@@ -78,17 +91,17 @@ impl LifecycleApi {
         }
         v.finish()?;
         let now = self.core.now();
-        let (a, i, inherit) = (
-            req.clear_auto_destroy_at,
-            req.clear_auto_destroy_inactivity,
-            req.inherit_project_default,
-        );
+        let clear = settings::Clear {
+            at: req.clear_auto_destroy_at,
+            inactivity: req.clear_auto_destroy_inactivity,
+            inherit: req.inherit_project_default,
+            recurring: req.clear_recurring,
+        };
         ok(self
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let w = settings::clear_auto_destroy(txn, &id, a, i, inherit, API_ACTOR, now)
-                        .await?;
+                    let w = settings::clear_auto_destroy(txn, &id, clear, API_ACTOR, now).await?;
                     Ok(pb::ClearAutoDestroyResponse {
                         workspace: Some(convert::workspace(&w)?),
                     })
@@ -146,6 +159,10 @@ impl LifecycleApi {
             v.add("auto_destroy_at", "must be in the future");
         }
         let selector = check::labels(&mut v, "label_selector", &req.label_selector);
+        let recurring = req
+            .recurring
+            .as_ref()
+            .and_then(|r| check::recurring(&mut v, "recurring", r));
         let size = v.check("page_size", page::page_size(req.page_size));
         v.finish()?;
         let proposal = preview::Proposal {
@@ -154,6 +171,7 @@ impl LifecycleApi {
             inactivity_ms: inactivity,
             auto_destroy_at: at,
             label_selector: selector,
+            recurring,
         };
         let outcome = preview::preview(&self.core.db.conn, &proposal, now).await?;
         let (items, skipped) = (outcome.items, outcome.skipped);

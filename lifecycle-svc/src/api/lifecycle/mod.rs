@@ -50,6 +50,7 @@ fn settings(
             "protected_labels",
             "minimum_notice",
             "confirm_threshold",
+            "snooze_step",
         ]
         .contains(&m.as_str())
         {
@@ -118,6 +119,22 @@ fn settings(
             v.add("settings.confirm_threshold", "must be between 0 and 100000");
         }
         out.confirm_threshold = threshold;
+    }
+    if wants("snooze_step") && (!mask.is_empty() || s.snooze_step.is_some()) {
+        out.snooze_step_ms = match &s.snooze_step {
+            None => None,
+            Some(d) => match from_duration(d) {
+                Ok(ms) if (0..=90 * 86_400_000).contains(&ms) => Some(ms),
+                Ok(_) => {
+                    v.add("settings.snooze_step", "must be between 0 and 90 days");
+                    None
+                }
+                Err(e) => {
+                    v.add("settings.snooze_step", e);
+                    None
+                }
+            },
+        };
     }
     out
 }

@@ -20,6 +20,7 @@ impl LifecycleApi {
         let call = Call::of(&request, "CreateWorkspace");
         let req = request.into_inner();
         let mut v = Violations::new();
+        let (owner_email, owner_slack_user_id) = check::owner(&mut v, "owner", req.owner.as_ref());
         let new = workspaces::NewWorkspace {
             project_id: check::id(&mut v, "project_id", &req.project_id),
             name: check::name(&mut v, "name", &req.name),
@@ -31,6 +32,8 @@ impl LifecycleApi {
                 &req.working_directory,
                 1024,
             ),
+            owner_email,
+            owner_slack_user_id,
         };
         v.finish()?;
         let now = self.core.now();
@@ -85,6 +88,7 @@ impl LifecycleApi {
                 &req.next_auto_destroy_before,
             ),
             scheduled_only: req.scheduled_only,
+            owner: (!req.owner.is_empty()).then(|| check::text(&mut v, "owner", &req.owner, 254)),
         };
         let size = v.check("page_size", page::page_size(req.page_size));
         v.finish()?;
@@ -97,6 +101,7 @@ impl LifecycleApi {
             filter.auto_destroy_status.map_or("", |s| s.as_str()),
             &format!("{:?}", filter.next_before),
             &filter.scheduled_only.to_string(),
+            filter.owner.as_deref().unwrap_or_default(),
         ]);
         let after = match page::decode(&req.page_token, &fh)? {
             Some(pos) => Some(after_position(&pos)?),
@@ -132,7 +137,7 @@ impl LifecycleApi {
         if paths.is_empty() {
             v.add(
                 "update_mask",
-                "name at least one path: name, labels, protected, working_directory",
+                "name at least one path: name, labels, protected, working_directory, owner",
             );
         }
         let mut changes = WorkspaceChanges::default();
@@ -150,6 +155,11 @@ impl LifecycleApi {
                         &w.working_directory,
                         1024,
                     ))
+                }
+                "owner" => {
+                    let (email, slack) = check::owner(&mut v, "workspace.owner", w.owner.as_ref());
+                    changes.owner_email = Some(email);
+                    changes.owner_slack_user_id = Some(slack);
                 }
                 other => v.add(
                     "update_mask",
