@@ -8,8 +8,37 @@ use std::time::Duration;
 
 use audit_svc::chain::{GENESIS_HASH, Record, Verifier, parse_hash};
 use clap::{Args, Subcommand};
+use ebb_common::client::channel_with;
 use ebb_proto::audit::v1::ExportEventsRequest;
 use ebb_proto::audit::v1::audit_service_client::AuditServiceClient;
+
+use crate::cli::CliError;
+
+/// `ebb audit export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The server (audit-svc's or `ebb serve`'s address), token and CA, as every command
+    /// takes them.
+    #[command(flatten)]
+    target: crate::cli::Target,
+    /// The organization whose chain is exported.
+    #[arg(
+        long,
+        visible_alias = "org",
+        alias = "organization-id",
+        env = "EBB_ORGANIZATION_ID"
+    )]
+    organization: String,
+    /// First sequence number.
+    #[arg(long, default_value_t = 1)]
+    from_sequence: i64,
+    /// Last sequence number (0: the head).
+    #[arg(long, default_value_t = 0)]
+    to_sequence: i64,
+    /// File to write (standard output when absent).
+    #[arg(long, short = 'f')]
+    file: Option<PathBuf>,
+}
 
 /// `ebb audit`.
 #[derive(Debug, Args)]
@@ -26,24 +55,8 @@ enum AuditCommand {
         /// The export file.
         file: PathBuf,
     },
-    /// Export an organization's chain from audit-svc as JSON lines.
-    Export {
-        /// audit-svc address.
-        #[arg(long, default_value = "http://127.0.0.1:50064", env = "EBB_AUDIT_URL")]
-        server: String,
-        /// The organization whose chain is exported.
-        #[arg(long)]
-        organization_id: String,
-        /// First sequence number.
-        #[arg(long, default_value_t = 1)]
-        from_sequence: i64,
-        /// Last sequence number (0: the head).
-        #[arg(long, default_value_t = 0)]
-        to_sequence: i64,
-        /// Output file (standard output when absent).
-        #[arg(long, short = 'o')]
-        output: Option<PathBuf>,
-    },
+    /// Export an organization's chain as JSON lines (to standard output, or --file).
+    Export(ExportArgs),
     /// Verify an organization's chain on the server (in chunks, with a progress bar);
     /// exits 1 naming the first bad sequence number.
     VerifyChain(crate::cli::audit::VerifyChainArgs),
@@ -58,39 +71,11 @@ pub fn main(args: AuditArgs) -> ExitCode {
         AuditCommand::Verify { file } => verify(&file),
         AuditCommand::VerifyChain(args) => crate::cli::audit::verify_chain(args),
         AuditCommand::Events(args) => crate::cli::audit::events(args),
-        AuditCommand::Export {
-            server,
-            organization_id,
-            from_sequence,
-            to_sequence,
-            output,
-        } => {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("ebb audit export: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let request = ExportEventsRequest {
-                organization_id,
-                from_sequence,
-                to_sequence,
-            };
-            match runtime.block_on(export(&server, request, output)) {
-                Ok(n) => {
-                    eprintln!("exported {n} events");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("ebb audit export: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        AuditCommand::Export(args) => crate::cli::run("audit export", async move {
+            let n = export(args).await?;
+            eprintln!("exported {n} events");
+            Ok(())
+        }),
     }
 }
 
@@ -162,33 +147,45 @@ fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-async fn export(
-    server: &str,
-    request: ExportEventsRequest,
-    output: Option<PathBuf>,
-) -> anyhow::Result<u64> {
-    let channel = ebb_common::client::channel(server, Duration::from_secs(3600))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+async fn export(args: ExportArgs) -> Result<u64, CliError> {
+    let target = args.target.resolve()?;
+    crate::cli::set_server(&target.server);
+    // A long export streams for as long as it takes.
+    let channel = channel_with(&target.server, Duration::from_secs(3600), &target.settings)
+        .map_err(|e| CliError::Usage(format!("--server: {e}")))?;
     let mut client = AuditServiceClient::new(channel);
-    let mut stream = client.export_events(request).await?.into_inner();
-    let mut out: Box<dyn Write> = match output {
+    let org = args.organization.clone();
+    let failed = |s| CliError::status(format!("export the audit chain of organization {org}"), s);
+    let mut stream = client
+        .export_events(ExportEventsRequest {
+            organization_id: args.organization.clone(),
+            from_sequence: args.from_sequence,
+            to_sequence: args.to_sequence,
+        })
+        .await
+        .map_err(failed)?
+        .into_inner();
+    let mut out: Box<dyn Write> = match &args.file {
         Some(path) => Box::new(
-            std::fs::File::create(&path)
-                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", path.display()))?,
+            std::fs::File::create(path)
+                .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", path.display())))?,
         ),
         None => Box::new(std::io::stdout().lock()),
     };
+    let written = |e: std::io::Error| CliError::Failed(format!("cannot write the export: {e}"));
     let mut out = BufWriter::new(&mut out);
     let mut n = 0;
-    while let Some(chunk) = stream.message().await? {
+    while let Some(chunk) = stream.message().await.map_err(failed)? {
         for event in &chunk.events {
-            let record = audit_svc::data::record_from_proto(event)
-                .map_err(|e| anyhow::anyhow!("event {}: {e}", event.sequence))?;
-            serde_json::to_writer(&mut out, &record)?;
-            out.write_all(b"\n")?;
+            let record = audit_svc::data::record_from_proto(event).map_err(|e| {
+                CliError::Failed(format!("event {} cannot be exported: {e}", event.sequence))
+            })?;
+            serde_json::to_writer(&mut out, &record)
+                .map_err(|e| written(std::io::Error::other(e)))?;
+            out.write_all(b"\n").map_err(written)?;
             n += 1;
         }
     }
-    out.flush()?;
+    out.flush().map_err(written)?;
     Ok(n)
 }

@@ -15,13 +15,14 @@ use tonic_health::pb::health_client::HealthClient;
 #[derive(Debug, clap::Args)]
 pub struct HealthArgs {
     /// Address of the server: `http://HOST:PORT`, `https://HOST:PORT`, or HOST:PORT.
-    #[arg(long, env = "EBB_SERVER", default_value = "http://127.0.0.1:50051")]
-    server: String,
+    /// Default: the current context's, else http://127.0.0.1:50051.
+    #[arg(long, env = "EBB_SERVER")]
+    server: Option<String>,
     /// The service to ask about (such as `ebb.lifecycle.v1.LifecycleService`); empty asks
     /// about the whole server, which is SERVING only when all of it is.
     #[arg(long, default_value = "")]
     service: String,
-    /// PEM CA bundle to trust for an `https://` server.
+    /// PEM CA bundle to trust for an `https://` server. Default: the current context's.
     #[arg(long, env = "EBB_TLS_CA_PATH")]
     ca: Option<PathBuf>,
     /// How long to wait for the answer, connecting included.
@@ -31,8 +32,28 @@ pub struct HealthArgs {
 
 /// Asks once and maps the answer to the exit code.
 pub fn main(args: HealthArgs) -> ExitCode {
-    let server = crate::cli::server_url(&args.server);
-    let ca_path = match args.ca.as_deref().map(|p| p.to_str()) {
+    // The context gives the server and CA a flag or the environment leaves out; no token is
+    // needed.
+    let context = match crate::cli::connection::active_context(None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ebb health: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = args
+        .server
+        .clone()
+        .or_else(|| context.as_ref().and_then(|(_, _, c)| c.server.clone()))
+        .unwrap_or_else(|| crate::cli::connection::DEFAULT_SERVER.to_owned());
+    let server = crate::cli::server_url(&server);
+    let ca = args.ca.clone().or_else(|| {
+        context.as_ref().and_then(|(file, _, c)| {
+            c.ca.as_ref()
+                .map(|p| crate::cli::contexts::resolve_path(file, p))
+        })
+    });
+    let ca_path = match ca.as_deref().map(|p| p.to_str()) {
         Some(Some(p)) => p.to_owned(),
         Some(None) => {
             eprintln!("ebb health: --ca: the path is not UTF-8");

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::process::Stdio;
 use std::time::Duration;
 
-use ebb_common::client::{TracedChannel, channel};
+use ebb_common::client::{TracedChannel, channel_with};
 use ebb_common::time::to_duration;
 use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
@@ -19,16 +19,21 @@ const TAIL_BYTES: usize = 16 * 1024;
 /// Flags of `ebb runner`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunnerArgs {
-    /// lifecycle-svc address (or `ebb serve`'s).
+    /// The server (lifecycle-svc's or `ebb serve`'s address), token and CA, as every command
+    /// takes them, with the context's as defaults.
+    #[command(flatten)]
+    pub target: crate::cli::Target,
+    /// The address flag of earlier versions; --server wins over it.
+    #[arg(long, hide = true, env = "EBB_LIFECYCLE_URL")]
+    pub lifecycle_url: Option<String>,
+    /// Organization whose runs to take.
     #[arg(
         long,
-        env = "EBB_LIFECYCLE_URL",
-        default_value = "http://127.0.0.1:50051"
+        visible_alias = "org",
+        alias = "organization-id",
+        env = "EBB_ORGANIZATION_ID"
     )]
-    pub lifecycle_url: String,
-    /// Organization whose runs to take.
-    #[arg(long, env = "EBB_ORGANIZATION_ID")]
-    pub organization_id: String,
+    pub organization: String,
     /// Name of this runner in runs and events.
     #[arg(long, env = "EBB_RUNNER_ID", default_value = "ebb-runner")]
     pub runner_id: String,
@@ -86,10 +91,21 @@ pub fn main(args: RunnerArgs) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    if uuid::Uuid::parse_str(&args.organization_id).is_err() {
-        eprintln!("ebb runner: --organization-id must be an organization's id (a UUID)");
+    if uuid::Uuid::parse_str(&args.organization).is_err() {
+        eprintln!("ebb runner: --organization must be an organization's id (a UUID)");
         return std::process::ExitCode::from(2);
     }
+    let mut target = args.target.clone();
+    if target.server.is_none() {
+        target.server = args.lifecycle_url.clone();
+    }
+    let resolved = match target.resolve() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ebb runner: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     for (flag, template) in [
         ("--destroy-command", &args.destroy_command),
         ("--apply-command", &args.apply_command),
@@ -112,7 +128,7 @@ pub fn main(args: RunnerArgs) -> std::process::ExitCode {
     runtime.block_on(async move {
         let config = ebb_common::config::TelemetryConfig::default();
         let _telemetry = ebb_common::telemetry::init(&config, "ebb-runner");
-        match run(args, simulation).await {
+        match run(args, resolved, simulation).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("ebb runner: {e:#}");
@@ -122,24 +138,30 @@ pub fn main(args: RunnerArgs) -> std::process::ExitCode {
     })
 }
 
-async fn run(args: RunnerArgs, simulation: Option<Simulation>) -> anyhow::Result<()> {
+async fn run(
+    args: RunnerArgs,
+    target: crate::cli::connection::Resolved,
+    simulation: Option<Simulation>,
+) -> anyhow::Result<()> {
     let shutdown = ebb_common::serving::shutdown_on_signals();
-    let channel = channel(
-        &args.lifecycle_url,
+    let server = target.server.clone();
+    let channel = channel_with(
+        &server,
         args.claim_wait + Duration::from_secs(30),
+        &target.settings,
     )
-    .map_err(|e| anyhow::anyhow!("--lifecycle-url: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
     let mut client = RunnerServiceClient::new(channel);
     let mut done = 0u64;
     println!(
-        "ebb runner {} taking runs of organization {}",
-        args.runner_id, args.organization_id
+        "ebb runner {} taking runs of organization {} from {server}",
+        args.runner_id, args.organization
     );
     while !shutdown.is_cancelled() && (args.max_runs == 0 || done < args.max_runs) {
         let claim = tokio::select! {
             () = shutdown.cancelled() => break,
             r = client.claim_run(pb::ClaimRunRequest {
-                organization_id: args.organization_id.clone(),
+                organization_id: args.organization.clone(),
                 runner_id: args.runner_id.clone(),
                 wait: Some(to_duration(args.claim_wait.as_millis() as i64)),
             }) => r,
@@ -147,13 +169,26 @@ async fn run(args: RunnerArgs, simulation: Option<Simulation>) -> anyhow::Result
         let claim = match claim {
             Ok(c) => c.into_inner(),
             Err(status)
+                if status.code() == tonic::Code::Unauthenticated
+                    || status.code() == tonic::Code::PermissionDenied =>
+            {
+                anyhow::bail!(
+                    "the server at {server} refused the token: {} (give another with --token, \
+                     EBB_TOKEN, --token-file or a context)",
+                    crate::cli::describe_status(&status)
+                );
+            }
+            Err(status)
                 if status.code() == tonic::Code::InvalidArgument
                     || status.code() == tonic::Code::NotFound =>
             {
-                anyhow::bail!("claiming runs was refused: {}", status.message());
+                anyhow::bail!(
+                    "claiming runs was refused: {}",
+                    crate::cli::describe_status(&status)
+                );
             }
             Err(status) => {
-                tracing::warn!(error = %status.message(), "claiming a run failed; retrying");
+                tracing::warn!(server = %server, error = %status.message(), "claiming a run failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }

@@ -93,7 +93,8 @@ pub fn events(args: EventsArgs) -> std::process::ExitCode {
 
 /// Audit events as a table; `who` reads the structured actor each event carries.
 pub fn events_table(events: &[pb::AuditEvent]) -> String {
-    let mut t = table(&["seq", "occurred (UTC)", "action", "subject", "who", "data"]);
+    let mut t = table(&["seq", "occurred (UTC)", "action", "subject", "who", "data"])
+        .summarise(&["who", "data"]);
     for e in events {
         let input = e.event.clone().unwrap_or_default();
         let mut data = input.data.clone().unwrap_or_default();

@@ -7,54 +7,30 @@
 //! errors exit 2.
 
 pub mod audit;
+pub mod config;
+pub mod connection;
+pub mod contexts;
 pub mod deprovision;
+pub mod grid;
 pub mod notifier;
 pub mod orgs;
 pub mod runs;
 pub mod scheduler;
+pub mod status;
+pub mod tokens;
 pub mod workspaces;
 
 pub mod output;
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use ebb_common::client::{ClientSettings, TracedChannel, channel_with};
+use ebb_common::client::TracedChannel;
 use tonic_types::StatusExt;
 
+pub use connection::{Connection, Target, connect, server_url};
 pub use output::{Output, Render};
-
-/// Where the server is, how to authenticate and how to print answers: the options every
-/// operator command takes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct Connection {
-    /// Address of the server (all services on one address, as `ebb serve`); `http://` or
-    /// `https://`, or HOST:PORT for plain HTTP/2.
-    #[arg(
-        long,
-        global = true,
-        env = "EBB_SERVER",
-        default_value = "http://127.0.0.1:50051"
-    )]
-    pub server: String,
-    /// Bearer token; without it, the `admin-token` file of --data-dir is used.
-    #[arg(long, global = true, env = "EBB_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Data directory of `ebb serve`, whose `admin-token` file is the fallback token.
-    #[arg(long, global = true, env = "EBB_DATA_DIR", default_value = "ebb-data")]
-    pub data_dir: PathBuf,
-    /// PEM CA bundle to trust for an `https://` server.
-    #[arg(long, global = true, env = "EBB_TLS_CA_PATH")]
-    pub ca: Option<PathBuf>,
-    /// How answers are printed: tables for people, or the proto answer as JSON.
-    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    /// Deadline of each call.
-    #[arg(long, global = true, default_value = "30s", value_parser = parse_duration)]
-    pub timeout: Duration,
-}
 
 /// Why a command failed; decides the exit code.
 #[derive(Debug)]
@@ -93,7 +69,11 @@ impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Status { context, status } => {
-                write!(f, "{context}: {}", describe_status(status))
+                write!(f, "{context}: {}", describe_status(status))?;
+                match SERVER.get() {
+                    Some(server) if unreachable(status) => write!(f, " (server {server})"),
+                    _ => Ok(()),
+                }
             }
             Self::Usage(m) | Self::Failed(m) => f.write_str(m),
         }
@@ -164,61 +144,20 @@ impl Ctx {
     }
 }
 
-/// The token the commands present: `--token`/`EBB_TOKEN`, else `<data-dir>/admin-token`.
-fn resolve_token(conn: &Connection) -> Result<String, CliError> {
-    if let Some(token) = conn
-        .token
-        .as_deref()
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-    {
-        return Ok(token.to_owned());
-    }
-    let file = conn.data_dir.join("admin-token");
-    match std::fs::read_to_string(&file) {
-        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_owned()),
-        Ok(_) => Err(CliError::Usage(format!(
-            "{} is empty: give a token with --token or EBB_TOKEN",
-            file.display()
-        ))),
-        Err(e) => Err(CliError::Usage(format!(
-            "no token: give one with --token or EBB_TOKEN, or point --data-dir at the data \
-             directory of `ebb serve` ({} cannot be read: {e})",
-            file.display()
-        ))),
-    }
+/// The server the command talks to, to name it in errors of an unreachable server.
+pub static SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Records the server the command talks to.
+pub fn set_server(url: &str) {
+    let _ = SERVER.set(url.to_owned());
 }
 
-/// Opens a lazily connected channel to `--server` presenting the resolved token.
-pub fn connect(conn: &Connection) -> Result<Ctx, CliError> {
-    let token = resolve_token(conn)?;
-    let server = server_url(&conn.server);
-    let ca_path = match conn.ca.as_ref().filter(|p| !p.as_os_str().is_empty()) {
-        Some(path) => path
-            .to_str()
-            .ok_or_else(|| CliError::Usage("--ca: the path is not UTF-8".into()))?
-            .to_owned(),
-        None => String::new(),
-    };
-    let settings = ClientSettings {
-        token,
-        ca_path,
-        identity: None,
-    };
-    let channel = channel_with(&server, conn.timeout, &settings)
-        .map_err(|e| CliError::Usage(format!("--server: {e}")))?;
-    Ok(Ctx {
-        channel,
-        output: conn.output,
-    })
-}
-
-/// A `--server` value as a URL: `http://` is assumed for a bare HOST:PORT.
-pub fn server_url(server: &str) -> String {
-    if server.contains("://") {
-        server.to_owned()
-    } else {
-        format!("http://{server}")
+/// Whether a status says the server could not be reached (rather than that it answered).
+pub fn unreachable(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => true,
+        tonic::Code::Unknown => status.message().contains("transport error"),
+        _ => false,
     }
 }
 
@@ -244,6 +183,32 @@ where
             eprintln!("ebb {command}: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// Asks `question` on the terminal before a bulk change; `yes` (`--yes`) skips asking. Without
+/// a terminal to ask on, the change is refused unless `yes`.
+pub fn confirm(question: &str, yes: bool) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "{question} Confirm with --yes (standard input is not a terminal to ask on), or \
+             look first with --dry-run"
+        )));
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| CliError::Failed(format!("cannot read the answer: {e}")))?;
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(CliError::Failed(
+            "not confirmed; nothing was changed".into(),
+        ))
     }
 }
 

@@ -67,6 +67,12 @@ enum Command {
         /// Which statuses to redeliver; repeatable. Default: failed.
         #[arg(long = "status", value_parser = enum_parser("DELIVERY_STATUS_", pb::DeliveryStatus::from_str_name))]
         statuses: Vec<pb::DeliveryStatus>,
+        /// List the deliveries that would be sent again; send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask for confirmation (needed when standard input is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
     /// List an organization's notification configurations.
     Configs {
@@ -177,9 +183,45 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             until,
             configuration,
             statuses,
+            dry_run,
+            yes,
         } => {
             let start = ago(since, "--since")?;
             let end = ago(until.unwrap_or_default(), "--until")?;
+            let statuses = statuses_or_failed(statuses);
+            // The same window as a listing: what a dry run shows and the prompt counts.
+            let window = in_window(
+                &mut api,
+                pb::ListDeliveriesRequest {
+                    organization_id: organization.clone(),
+                    configuration_id: configuration.clone().unwrap_or_default(),
+                    statuses: statuses.clone(),
+                    create_time_after: Some(start),
+                    create_time_before: Some(end),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            let n = window.deliveries.len();
+            if dry_run {
+                return ctx.print(&window, "ebb.notifier.v1.ListDeliveriesResponse", &|r| {
+                    format!(
+                        "{}\n{n} deliveries would be sent again; nothing was sent (dry run)",
+                        deliveries_table(&r.deliveries)
+                    )
+                });
+            }
+            // Nothing to send needs no confirmation.
+            if n > 0 {
+                super::confirm(
+                    &format!(
+                        "send {n} deliveries of organization {organization} again (created {} to {})?",
+                        time(Some(&start)),
+                        time(Some(&end))
+                    ),
+                    yes,
+                )?;
+            }
             let answer = api
                 .redeliver_deliveries(pb::RedeliverDeliveriesRequest {
                     request_id: request_id(),
@@ -187,7 +229,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                     start_time: Some(start),
                     end_time: Some(end),
                     configuration_id: configuration.unwrap_or_default(),
-                    statuses: statuses_or_failed(statuses),
+                    statuses,
                 })
                 .await
                 .map_err(|s| {
@@ -261,6 +303,31 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     }
 }
 
+/// Most deliveries a window lists before redelivering.
+const MAX_WINDOW: usize = 10_000;
+
+/// Every page of a listing (at most [`MAX_WINDOW`] deliveries).
+async fn in_window(
+    api: &mut Notifier,
+    mut request: pb::ListDeliveriesRequest,
+) -> Result<pb::ListDeliveriesResponse, CliError> {
+    let org = request.organization_id.clone();
+    request.page_size = 1000;
+    let mut all = pb::ListDeliveriesResponse::default();
+    loop {
+        let page = api
+            .list_deliveries(request.clone())
+            .await
+            .map_err(|s| CliError::status(format!("deliveries of organization {org}"), s))?
+            .into_inner();
+        all.deliveries.extend(page.deliveries);
+        if page.next_page_token.is_empty() || all.deliveries.len() >= MAX_WINDOW {
+            return Ok(all);
+        }
+        request.page_token = page.next_page_token;
+    }
+}
+
 fn delivery_status(d: &pb::Delivery) -> String {
     label(
         d.status,
@@ -280,7 +347,9 @@ fn deliveries_table(list: &[pb::Delivery]) -> String {
         "last answer",
         "last error",
         "next attempt",
-    ]);
+    ])
+    .wide_only(&["configuration", "next attempt"])
+    .summarise(&["last error"]);
     for d in list {
         t.add_row(vec![
             d.id.clone(),
@@ -311,7 +380,9 @@ fn attempts_table(list: &[pb::DeliveryAttempt]) -> String {
         "redelivery",
         "error",
         "body",
-    ]);
+    ])
+    .wide_only(&["redelivery"])
+    .summarise(&["error", "body"]);
     for a in list {
         let mut body: String = a.response_body.chars().take(60).collect();
         if a.response_body_truncated || a.response_body.chars().count() > 60 {

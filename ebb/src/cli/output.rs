@@ -1,22 +1,52 @@
-//! Printing answers: tables (comfy-table) with times in UTC RFC 3339 and relative to now,
-//! or the proto answer as JSON (proto3 JSON mapping, defaults included) for scripts.
+//! Printing answers: tables (see [`super::grid`]) with times in UTC RFC 3339 and relative to
+//! now, or the proto answer as JSON or YAML (the proto3 JSON mapping, defaults included) for
+//! scripts, or `kind/id` lines (`-o name`) to feed other commands.
 
 use std::io::Write;
+use std::sync::OnceLock;
 
 use chrono::{DateTime, Utc};
-use comfy_table::{ContentArrangement, Table, presets};
-use prost_reflect::{DynamicMessage, SerializeOptions};
+use prost_reflect::{DynamicMessage, ReflectMessage, SerializeOptions, Value};
 
 use super::CliError;
+pub use super::grid::{Grid, table};
 
 /// How answers are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Output {
-    /// Human-readable tables.
+    /// Tables that fit the terminal: the main columns, long text shortened.
+    #[default]
     Table,
+    /// Tables with every column and nothing shortened, lines not broken.
+    Wide,
     /// The proto answer as JSON (the proto3 JSON mapping, as grpcurl prints it, with
     /// default values included).
     Json,
+    /// The same answer as YAML.
+    Yaml,
+    /// One `kind/id` line per object in the answer.
+    Name,
+}
+
+/// How this invocation prints.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mode {
+    /// The format.
+    pub output: Output,
+    /// Tables without their header row.
+    pub no_headers: bool,
+}
+
+static MODE: OnceLock<Mode> = OnceLock::new();
+
+/// Sets how this invocation prints (once, from its flags).
+pub fn set_mode(output: Output, no_headers: bool) {
+    let _ = MODE.set(Mode { output, no_headers });
+}
+
+/// How this invocation prints.
+pub fn mode() -> Mode {
+    MODE.get().copied().unwrap_or_default()
 }
 
 /// Renders an answer for people.
@@ -30,10 +60,45 @@ pub fn print<M: prost::Message>(
     render: Render<'_, M>,
 ) -> Result<(), CliError> {
     let text = match output {
-        Output::Table => render(message),
+        Output::Table | Output::Wide => render(message),
         Output::Json => to_json(message, full_name)?,
+        Output::Yaml => to_yaml(&json_value(message, full_name)?)?,
+        Output::Name => {
+            let dynamic = dynamic(message, full_name)?;
+            let names = names(&dynamic);
+            if names.is_empty() && !lists_something(&dynamic) {
+                return Err(CliError::Usage(format!(
+                    "-o name: the answer ({}) names no object",
+                    dynamic.descriptor().name()
+                )));
+            }
+            names.join("\n")
+        }
     };
-    emit(&text);
+    if !text.is_empty() {
+        emit(&text);
+    }
+    Ok(())
+}
+
+/// Prints an answer that is not a proto message (the config file's contexts): `value` for
+/// JSON and YAML, `names` for `-o name`, `render` for tables.
+pub fn print_value(
+    output: Output,
+    value: &serde_json::Value,
+    names: &[String],
+    render: &dyn Fn() -> String,
+) -> Result<(), CliError> {
+    let text = match output {
+        Output::Table | Output::Wide => render(),
+        Output::Json => serde_json::to_string_pretty(value)
+            .map_err(|e| CliError::Failed(format!("JSON output: {e}")))?,
+        Output::Yaml => to_yaml(value)?,
+        Output::Name => names.join("\n"),
+    };
+    if !text.is_empty() {
+        emit(&text);
+    }
     Ok(())
 }
 
@@ -47,14 +112,18 @@ pub fn emit(text: &str) {
     let _ = out.flush();
 }
 
-/// `message` (of proto type `full_name`) in the proto3 JSON mapping, pretty-printed, with
-/// fields at their default values included so scripts always find them.
-pub fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<String, CliError> {
+fn dynamic<M: prost::Message>(message: &M, full_name: &str) -> Result<DynamicMessage, CliError> {
     let descriptor = ebb_common::methods::DESCRIPTORS
         .get_message_by_name(full_name)
         .ok_or_else(|| CliError::Failed(format!("unknown message type {full_name}")))?;
-    let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
-        .map_err(|e| CliError::Failed(format!("cannot re-read the answer: {e}")))?;
+    DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+        .map_err(|e| CliError::Failed(format!("cannot re-read the answer: {e}")))
+}
+
+/// `message` (of proto type `full_name`) in the proto3 JSON mapping, pretty-printed, with
+/// fields at their default values included so scripts always find them.
+pub fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<String, CliError> {
+    let dynamic = dynamic(message, full_name)?;
     let mut out = Vec::new();
     let mut serializer =
         serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::new());
@@ -67,20 +136,76 @@ pub fn to_json<M: prost::Message>(message: &M, full_name: &str) -> Result<String
     String::from_utf8(out).map_err(|e| CliError::Failed(format!("JSON output: {e}")))
 }
 
-/// A table with the given header, in the style of every `ebb` table.
-pub fn table(header: &[&str]) -> Table {
-    let mut t = Table::new();
-    t.load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled)
-        .set_header(header.iter().copied());
-    t
+fn json_value<M: prost::Message>(
+    message: &M,
+    full_name: &str,
+) -> Result<serde_json::Value, CliError> {
+    serde_json::from_str(&to_json(message, full_name)?)
+        .map_err(|e| CliError::Failed(format!("JSON output: {e}")))
+}
+
+fn to_yaml(value: &serde_json::Value) -> Result<String, CliError> {
+    serde_norway::to_string(value)
+        .map_err(|e| CliError::Failed(format!("cannot print the answer as YAML: {e}")))
+}
+
+/// `kind/id` of `message` when it has an `id` (a task: its `name`), else of every object in
+/// its message fields (the items of a list answer, the run of a trigger answer).
+fn names(message: &DynamicMessage) -> Vec<String> {
+    if let Some(name) = own_name(message) {
+        return vec![name];
+    }
+    let mut out = Vec::new();
+    for (field, value) in message.fields() {
+        if field.name().ends_with("page_token") {
+            continue;
+        }
+        match value {
+            Value::Message(m) => out.extend(own_name(m)),
+            Value::List(items) => out.extend(items.iter().filter_map(|v| match v {
+                Value::Message(m) => own_name(m),
+                _ => None,
+            })),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether the answer has a list field (an empty list prints no names, and that is fine).
+fn lists_something(message: &DynamicMessage) -> bool {
+    message.descriptor().fields().any(|f| f.is_list())
+}
+
+fn own_name(message: &DynamicMessage) -> Option<String> {
+    let descriptor = message.descriptor();
+    let key = if descriptor.get_field_by_name("id").is_some() {
+        "id"
+    } else if descriptor.name() == "Task" {
+        "name"
+    } else {
+        return None;
+    };
+    let id = message.get_field_by_name(key)?;
+    let id = id.as_str()?.to_owned();
+    (!id.is_empty()).then(|| format!("{}/{id}", kebab(descriptor.name())))
+}
+
+/// `ActionRun` as `action-run`.
+fn kebab(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('-');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
 }
 
 /// A two-column table of one object's fields.
 pub fn fields(rows: Vec<(&str, String)>) -> String {
-    let mut t = Table::new();
-    t.load_preset(presets::UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Disabled);
+    let mut t = super::grid::new_table(mode().output == Output::Wide);
     for (k, v) in rows {
         t.add_row(vec![k.to_owned(), v]);
     }
@@ -88,7 +213,7 @@ pub fn fields(rows: Vec<(&str, String)>) -> String {
 }
 
 /// A table, or a line saying there is nothing, for an empty list.
-pub fn or_none(t: Table, rows: usize, none: &str) -> String {
+pub fn or_none(t: Grid, rows: usize, none: &str) -> String {
     if rows == 0 {
         none.to_owned()
     } else {
@@ -285,6 +410,20 @@ mod tests {
         let earlier = now - chrono::Duration::seconds(180);
         assert_eq!(relative_to(earlier, now), "3m ago");
         assert_eq!(relative_to(now, now), "now");
+    }
+
+    #[test]
+    fn names_are_kind_and_id() {
+        let list = ebb_proto::lifecycle::v1::ListWorkspacesResponse {
+            workspaces: vec![ebb_proto::lifecycle::v1::Workspace {
+                id: "w1".into(),
+                ..Default::default()
+            }],
+            next_page_token: "next".into(),
+        };
+        let d = dynamic(&list, "ebb.lifecycle.v1.ListWorkspacesResponse").expect("dynamic");
+        assert_eq!(names(&d), vec!["workspace/w1"]);
+        assert_eq!(kebab("ActionRun"), "action-run");
     }
 
     #[test]

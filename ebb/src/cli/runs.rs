@@ -114,6 +114,19 @@ fn source(r: &pb::Run) -> String {
     label(r.source, "RUN_SOURCE_", pb::RunSource::as_str_name)
 }
 
+/// The exit code a runner reported, once the run has finished with one: a queued or running
+/// run has none yet, and a canceled run may never have had one.
+fn exit_code(r: &pb::Run) -> String {
+    let reported = [pb::RunStatus::Succeeded, pb::RunStatus::Failed]
+        .iter()
+        .any(|s| *s as i32 == r.status);
+    if reported && r.finish_time.is_some() {
+        r.exit_code.to_string()
+    } else {
+        "-".to_owned()
+    }
+}
+
 fn runs_table(runs: &[pb::Run]) -> String {
     let mut t = table(&[
         "run",
@@ -125,7 +138,8 @@ fn runs_table(runs: &[pb::Run]) -> String {
         "runner",
         "created (UTC)",
         "finished (UTC)",
-    ]);
+    ])
+    .wide_only(&["attempt", "runner", "finished (UTC)"]);
     for r in runs {
         t.add_row(vec![
             r.id.clone(),
@@ -154,7 +168,7 @@ fn run_fields(r: &pb::Run) -> String {
         ("attempt", r.attempt.to_string()),
         ("runner", text(&r.runner_id)),
         ("lease until", when(r.lease_expire_time.as_ref())),
-        ("exit code", r.exit_code.to_string()),
+        ("exit code", exit_code(r)),
         ("message", text(&r.message)),
         ("created", when(r.create_time.as_ref())),
         ("claimed", when(r.claim_time.as_ref())),

@@ -110,7 +110,9 @@ fn tasks_table(tasks: &[pb::Task]) -> String {
         "last outcome",
         "took",
         "takeovers",
-    ]);
+    ])
+    .wide_only(&["every", "lease until", "took", "takeovers"])
+    .summarise(&["last outcome"]);
     let mut rows = 0;
     for task in tasks {
         let shards: Vec<Option<&pb::TaskShard>> = if task.shards.is_empty() {

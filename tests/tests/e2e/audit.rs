@@ -341,7 +341,7 @@ async fn export(p: &Process, org: &str, path: &std::path::Path) {
         &p.url(),
         "--organization-id",
         org,
-        "-o",
+        "--file",
         path.to_str().expect("path"),
     ])
     .await;

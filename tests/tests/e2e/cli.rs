@@ -3,7 +3,7 @@
 //! for scripts, a deprovisioning followed with `--wait` while a real runner takes the destroy
 //! runs, and errors that name what was wrong with the right exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::support::{ebb_serve, output, repo_file};
@@ -12,20 +12,22 @@ use ebb_tests::proto::lifecycle::v1::deprovision_service_client::DeprovisionServ
 use ebb_tests::{Process, TestDatabases, bin_path};
 
 /// Runs the `ebb` binary against one server.
-struct Ebb {
-    server: String,
-    data_dir: PathBuf,
+pub struct Ebb {
+    pub server: String,
+    pub data_dir: PathBuf,
+    /// The CLI's config file (contexts), empty unless a test writes contexts to it.
+    pub config: PathBuf,
 }
 
 /// What one invocation did.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Run {
-    fn ok(self, what: &str) -> String {
+    pub fn ok(self, what: &str) -> String {
         assert_eq!(
             self.code,
             Some(0),
@@ -36,7 +38,7 @@ impl Run {
         self.stdout
     }
 
-    fn json(self, what: &str) -> serde_json::Value {
+    pub fn json(self, what: &str) -> serde_json::Value {
         let out = self.ok(what);
         serde_json::from_str(&out)
             .unwrap_or_else(|e| panic!("`ebb {what}` printed no JSON ({e}):\n{out}"))
@@ -44,20 +46,55 @@ impl Run {
 }
 
 impl Ebb {
+    /// The CLI for `server`, whose data directory is `data`; its config file is in `dbs`.
+    pub fn new(server: &Process, data: &Path, dbs: &TestDatabases) -> Self {
+        Self {
+            server: server.url(),
+            data_dir: data.to_path_buf(),
+            config: dbs.dir().join("cli").join("config.toml"),
+        }
+    }
+
     /// `ebb ARGS --server URL --data-dir DIR`, with no connection settings from the
     /// environment, so the token comes from the data directory's `admin-token` file.
-    async fn run(&self, args: &[&str]) -> Run {
+    pub async fn run(&self, args: &[&str]) -> Run {
+        self.run_env(args, &[]).await
+    }
+
+    /// `ebb ARGS --server URL --data-dir DIR` with `env` besides.
+    pub async fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let mut all = args.to_vec();
+        let data_dir = self.data_dir.to_str().expect("utf-8 path");
+        all.extend(["--server", &self.server, "--data-dir", data_dir]);
+        self.bare(&all, env).await
+    }
+
+    /// `ebb ARGS` with `env` and no other connection settings than the config file's, run
+    /// where no `ebb-data` directory is.
+    pub async fn bare(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = tokio::process::Command::new(bin_path("ebb"));
+        let dir = self.config.parent().expect("config dir");
+        std::fs::create_dir_all(dir).expect("config dir");
         cmd.args(args)
-            .arg("--server")
-            .arg(&self.server)
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .env_remove("EBB_TOKEN")
-            .env_remove("EBB_SERVER")
-            .env_remove("EBB_DATA_DIR")
-            .env_remove("EBB_ORGANIZATION_ID")
-            .env_remove("EBB_TLS_CA_PATH");
+            .current_dir(dir)
+            .env("EBB_CLI_CONFIG", &self.config);
+        for name in [
+            "EBB_TOKEN",
+            "EBB_TOKEN_FILE",
+            "EBB_SERVER",
+            "EBB_CONTEXT",
+            "EBB_DATA_DIR",
+            "EBB_ORGANIZATION_ID",
+            "EBB_TLS_CA_PATH",
+            "EBB_LIFECYCLE_URL",
+            "COLUMNS",
+            "NO_COLOR",
+        ] {
+            cmd.env_remove(name);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         let what = format!("`ebb {}`", args.join(" "));
         let out = output(&what, &mut cmd, Duration::from_secs(120)).await;
         Run {
@@ -67,18 +104,18 @@ impl Ebb {
         }
     }
 
-    async fn ok(&self, args: &[&str]) -> String {
+    pub async fn ok(&self, args: &[&str]) -> String {
         self.run(args).await.ok(&args.join(" "))
     }
 
-    async fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub async fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut all = args.to_vec();
         all.extend(["--output", "json"]);
         self.run(&all).await.json(&args.join(" "))
     }
 }
 
-fn string(v: &serde_json::Value, path: &str) -> String {
+pub fn string(v: &serde_json::Value, path: &str) -> String {
     let mut cur = v;
     for part in path.split('.') {
         cur = match part.parse::<usize>() {
@@ -98,14 +135,14 @@ fn rfc3339(text: &str) -> chrono::DateTime<chrono::Utc> {
 }
 
 /// The table row (line) that mentions `needle`.
-fn row<'a>(table: &'a str, needle: &str) -> &'a str {
+pub fn row<'a>(table: &'a str, needle: &str) -> &'a str {
     table
         .lines()
         .find(|l| l.contains(needle))
         .unwrap_or_else(|| panic!("no row mentions {needle} in\n{table}"))
 }
 
-async fn start_server(dbs: &TestDatabases) -> (Process, PathBuf) {
+pub async fn start_server(dbs: &TestDatabases) -> (Process, PathBuf) {
     // No configured admin token: `ebb serve` makes one in the data directory, where the CLI
     // finds it.
     ebb_serve(dbs, &[("EBB_ADMIN_TOKEN", String::new())]).await
@@ -115,10 +152,7 @@ async fn start_server(dbs: &TestDatabases) -> (Process, PathBuf) {
 async fn schedules_upcoming_destroys_and_errors_from_the_command_line() {
     let dbs = TestDatabases::on(None);
     let (server, data) = start_server(&dbs).await;
-    let ebb = Ebb {
-        server: server.url(),
-        data_dir: data.clone(),
-    };
+    let ebb = Ebb::new(&server, &data, &dbs);
 
     // Organization, project and workspace, created with the CLI; ids read from its JSON.
     let org = ebb.json(&["orgs", "create", "acme"]).await;
@@ -286,12 +320,9 @@ async fn schedules_upcoming_destroys_and_errors_from_the_command_line() {
     assert!(r.stderr.contains("unauthenticated"), "{}", r.stderr);
 
     // No token at all: a usage error naming the ways to give one.
-    let r = Ebb {
-        server: server.url(),
-        data_dir: dbs.dir().join("elsewhere"),
-    }
-    .run(&["workspaces", "show", &ws])
-    .await;
+    let r = Ebb::new(&server, &dbs.dir().join("elsewhere"), &dbs)
+        .run(&["workspaces", "show", &ws])
+        .await;
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     assert!(r.stderr.contains("--token"), "{}", r.stderr);
 
@@ -335,10 +366,7 @@ async fn a_deprovisioning_is_planned_triggered_and_followed_to_its_end() {
         .expect("admin-token")
         .trim()
         .to_owned();
-    let ebb = Ebb {
-        server: server.url(),
-        data_dir: data.clone(),
-    };
+    let ebb = Ebb::new(&server, &data, &dbs);
     let catalog = repo_file(CATALOG);
     let kinds = ebb
         .ok(&[
@@ -450,9 +478,9 @@ async fn a_deprovisioning_is_planned_triggered_and_followed_to_its_end() {
         "ebb",
         &[
             "runner",
-            "--lifecycle-url",
+            "--server",
             &server.url(),
-            "--organization-id",
+            "--org",
             &org,
             "--simulate",
             "succeed",

@@ -12,6 +12,8 @@ mod audit;
 mod auth;
 mod auto_destroy;
 mod cli;
+mod cli_contexts;
+mod cli_output;
 mod clients;
 mod dashboard;
 mod deployments;

@@ -96,7 +96,9 @@ pub(super) fn run_report(r: &pb::ActionRun) -> String {
     let mut t = table(&[
         "order", "entity", "kind", "status", "trigger", "run", "attempt", "started", "finished",
         "error",
-    ]);
+    ])
+    .wide_only(&["attempt", "started"])
+    .summarise(&["error"]);
     for s in &steps {
         let p = plan.get(s.entity_id.as_str());
         t.add_row(vec![
@@ -116,13 +118,39 @@ pub(super) fn run_report(r: &pb::ActionRun) -> String {
             text(&s.error),
         ]);
     }
-    let done = steps.iter().filter(|s| is_done(s.status)).count();
     format!(
-        "{summary}\n{}\n{}{done} of {} step(s) done",
+        "{summary}\n{}\n{}{}",
         or_none(t, steps.len(), "no steps"),
         shared_lines(&r.plan, &r.kept),
-        steps.len()
+        step_counts(&steps)
     )
+}
+
+/// `3 of 4 step(s) done; 1 failed`: only steps that succeeded (or were kept) are done.
+fn step_counts(steps: &[&pb::ActionStep]) -> String {
+    use pb::ActionStepStatus as S;
+    let count = |which: &[S]| {
+        steps
+            .iter()
+            .filter(|s| which.iter().any(|w| *w as i32 == s.status))
+            .count()
+    };
+    let mut line = format!(
+        "{} of {} step(s) done",
+        count(&[S::Succeeded, S::Kept]),
+        steps.len()
+    );
+    for (n, what) in [
+        (count(&[S::Failed]), "failed"),
+        (count(&[S::Canceled]), "canceled"),
+        (count(&[S::Running]), "running"),
+        (count(&[S::Pending]), "pending"),
+    ] {
+        if n > 0 {
+            line.push_str(&format!("; {n} {what}"));
+        }
+    }
+    line
 }
 
 pub(super) fn runs_table(runs: &[pb::ActionRun]) -> String {
@@ -190,4 +218,36 @@ pub(super) fn relationships_table(list: &[pb::Relationship], none: &str) -> Stri
         ]);
     }
     or_none(t, list.len(), none)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(status: pb::ActionStepStatus) -> pb::ActionStep {
+        pb::ActionStep {
+            status: status as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_succeeded_or_kept_steps_count_as_done() {
+        use pb::ActionStepStatus as S;
+        let failed = [step(S::Failed)];
+        assert_eq!(
+            step_counts(&failed.iter().collect::<Vec<_>>()),
+            "0 of 1 step(s) done; 1 failed"
+        );
+        let mixed = [
+            step(S::Succeeded),
+            step(S::Kept),
+            step(S::Canceled),
+            step(S::Pending),
+        ];
+        assert_eq!(
+            step_counts(&mixed.iter().collect::<Vec<_>>()),
+            "2 of 4 step(s) done; 1 canceled; 1 pending"
+        );
+    }
 }

@@ -68,12 +68,39 @@ pub(super) enum Command {
         #[command(flatten)]
         owner: OwnerArgs,
     },
-    /// Change a workspace's owner (who is told about its reminders and results).
+    /// Change what is given of a workspace: its name, labels, protection, working
+    /// directory or owner (who is told about its reminders and results).
     Update {
         /// Workspace id.
         workspace: String,
+        /// New name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Replace the labels with these, KEY=VALUE; repeatable.
+        #[arg(long = "label", value_parser = parse_key_value, conflicts_with = "clear_labels")]
+        labels: Vec<(String, String)>,
+        /// Remove every label.
+        #[arg(long)]
+        clear_labels: bool,
+        /// Protect it from every auto-destroy (true) or not (false).
+        #[arg(long)]
+        protected: Option<bool>,
+        /// Working directory handed to runners.
+        #[arg(long)]
+        working_directory: Option<String>,
         #[command(flatten)]
         owner: OwnerArgs,
+    },
+    /// Archive a workspace: it leaves the listings of active workspaces and is never
+    /// auto-destroyed.
+    Archive {
+        /// Workspace id.
+        workspace: String,
+    },
+    /// Restore an archived workspace.
+    Restore {
+        /// Workspace id.
+        workspace: String,
     },
     /// Set a destroy time (--at or --in), an inactivity period and/or a recurring destroy
     /// (--recurring with --time-zone).

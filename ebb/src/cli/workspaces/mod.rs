@@ -90,31 +90,6 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 .unwrap_or_default();
             ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
-        Command::Update { workspace, owner } => {
-            let Some(owner) = owner.owner() else {
-                return Err(CliError::Usage(
-                    "give --owner-email and/or --owner-slack (empty to remove)".into(),
-                ));
-            };
-            let ws = api
-                .update_workspace(pb::UpdateWorkspaceRequest {
-                    request_id: request_id(),
-                    workspace: Some(pb::Workspace {
-                        id: workspace.clone(),
-                        owner: Some(owner),
-                        ..Default::default()
-                    }),
-                    update_mask: Some(prost_types::FieldMask {
-                        paths: vec!["owner".into()],
-                    }),
-                })
-                .await
-                .map_err(|s| CliError::status(format!("update workspace {workspace}"), s))?
-                .into_inner()
-                .workspace
-                .unwrap_or_default();
-            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
-        }
         Command::Schedule {
             workspace,
             at,
@@ -247,6 +222,88 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 "ebb.lifecycle.v1.PreviewAutoDestroyResponse",
                 &|r| preview_table(r),
             )
+        }
+        Command::Update {
+            workspace,
+            name,
+            labels,
+            clear_labels,
+            protected,
+            working_directory,
+            owner,
+        } => {
+            let mut paths = Vec::new();
+            let mut change = pb::Workspace {
+                id: workspace.clone(),
+                ..Default::default()
+            };
+            if let Some(name) = name {
+                change.name = name;
+                paths.push("name");
+            }
+            if clear_labels || !labels.is_empty() {
+                change.labels = labels.into_iter().collect();
+                paths.push("labels");
+            }
+            if let Some(p) = protected {
+                change.protected = p;
+                paths.push("protected");
+            }
+            if let Some(d) = working_directory {
+                change.working_directory = d;
+                paths.push("working_directory");
+            }
+            if let Some(o) = owner.owner() {
+                change.owner = Some(o);
+                paths.push("owner");
+            }
+            if paths.is_empty() {
+                return Err(CliError::Usage(
+                    "give what to change: --name, --label, --clear-labels, --protected, \
+                     --working-directory, --owner-email or --owner-slack (empty to remove)"
+                        .into(),
+                ));
+            }
+            let ws = api
+                .update_workspace(pb::UpdateWorkspaceRequest {
+                    request_id: request_id(),
+                    workspace: Some(change),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: paths.into_iter().map(str::to_owned).collect(),
+                    }),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("update workspace {workspace}"), s))?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::Archive { workspace } => {
+            let ws = api
+                .archive_workspace(pb::ArchiveWorkspaceRequest {
+                    request_id: request_id(),
+                    workspace_id: workspace.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("archive workspace {workspace}"), s))?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
+        }
+        Command::Restore { workspace } => {
+            let ws = api
+                .restore_workspace(pb::RestoreWorkspaceRequest {
+                    request_id: request_id(),
+                    workspace_id: workspace.clone(),
+                })
+                .await
+                .map_err(|s| CliError::status(format!("restore workspace {workspace}"), s))?
+                .into_inner()
+                .workspace
+                .unwrap_or_default();
+            ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
         Command::Lock { workspace, reason } => {
             let ws = api

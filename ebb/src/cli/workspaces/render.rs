@@ -57,7 +57,8 @@ pub(super) fn workspace_table(list: &[pb::Workspace]) -> String {
         "status",
         "protected",
         "locked",
-    ]);
+    ])
+    .wide_only(&["auto-destroy at", "inactivity", "protected"]);
     for w in list {
         t.add_row(vec![
             w.id.clone(),
@@ -84,7 +85,8 @@ pub(super) fn upcoming_table(list: &[pb::Workspace], within: Duration) -> String
         "by",
         "status",
         "locked",
-    ]);
+    ])
+    .wide_only(&["project", "locked"]);
     for w in list {
         t.add_row(vec![
             time(w.next_auto_destroy_at.as_ref()),
