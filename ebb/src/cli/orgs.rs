@@ -169,6 +169,15 @@ fn print_org(ctx: &Ctx, org: &pb::Organization) -> Result<(), CliError> {
             ("destroy retries", s.destroy_retry_limit.to_string()),
             ("max inactivity", span(s.max_inactivity.as_ref())),
             ("protected labels", text(&protected.join(", "))),
+            ("snooze step", span(s.snooze_step.as_ref())),
+            (
+                "approval",
+                if s.require_approval {
+                    format!("required, within {}", span(s.approval_window.as_ref()))
+                } else {
+                    "not required".to_owned()
+                },
+            ),
             ("created", when(o.create_time.as_ref())),
         ])
     })

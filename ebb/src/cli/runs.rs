@@ -1,4 +1,5 @@
-//! `ebb runs`: list, show and cancel runs (the destroy runs auto-destroy queues among them).
+//! `ebb runs`: list, show and cancel runs (the destroy runs auto-destroy queues among them),
+//! and approve or reject the destroy runs of organizations that require approval.
 
 use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
@@ -25,7 +26,8 @@ enum Command {
         /// Only runs of this workspace.
         #[arg(long)]
         workspace: Option<String>,
-        /// Only this status: queued, running, succeeded, failed, errored, canceled.
+        /// Only this status: queued, awaiting-approval, running, succeeded, failed, errored,
+        /// canceled.
         #[arg(long, value_parser = enum_parser("RUN_STATUS_", pb::RunStatus::from_str_name))]
         status: Option<pb::RunStatus>,
         /// Only this source: manual, auto-destroy, deprovision.
@@ -44,6 +46,22 @@ enum Command {
     Cancel {
         /// Run id.
         run: String,
+    },
+    /// Approve a destroy run that awaits approval: runners may take it now.
+    Approve {
+        /// Run id.
+        run: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Reject a destroy run that awaits approval: it is canceled, the workspace stays.
+    Reject {
+        /// Run id.
+        run: String,
+        /// Why, for the audit trail.
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -96,6 +114,28 @@ pub fn main(args: RunsArgs) -> std::process::ExitCode {
                 })
                 .await
                 .map_err(|s| CliError::status(format!("cancel run {run}"), s))?
+                .into_inner()
+                .run
+            }
+            Command::Approve { run, reason } => {
+                api.approve_run(pb::ApproveRunRequest {
+                    request_id: request_id(),
+                    run_id: run.clone(),
+                    reason,
+                })
+                .await
+                .map_err(|s| CliError::status(format!("approve run {run}"), s))?
+                .into_inner()
+                .run
+            }
+            Command::Reject { run, reason } => {
+                api.reject_run(pb::RejectRunRequest {
+                    request_id: request_id(),
+                    run_id: run.clone(),
+                    reason,
+                })
+                .await
+                .map_err(|s| CliError::status(format!("reject run {run}"), s))?
                 .into_inner()
                 .run
             }
@@ -173,6 +213,27 @@ fn run_fields(r: &pb::Run) -> String {
         ("created", when(r.create_time.as_ref())),
         ("claimed", when(r.claim_time.as_ref())),
         ("finished", when(r.finish_time.as_ref())),
+        ("approval", approval(r)),
         ("output tail", text(r.output_tail.trim_end())),
     ])
+}
+
+/// The approval of a destroy run: its state, deadline or who decided and why.
+fn approval(r: &pb::Run) -> String {
+    let Some(a) = &r.approval else {
+        return "-".to_owned();
+    };
+    if a.state == "PENDING" {
+        format!("PENDING until {}", when(a.deadline.as_ref()))
+    } else if a.decided_by.is_empty() {
+        format!("{} {}", a.state, when(a.decide_time.as_ref()))
+    } else {
+        format!(
+            "{} by {} {}: {}",
+            a.state,
+            a.decided_by,
+            when(a.decide_time.as_ref()),
+            a.reason
+        )
+    }
 }

@@ -194,14 +194,39 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
     let rejected_ws =
         ebb_tests::cluster::create_workspace(&mut api, &f.project.id, "rejected").await;
     let run = destroy_run(&mut api, &org, &rejected_ws.id).await;
-    let rejected = as_operator
-        .reject_run(pb::RejectRunRequest {
+    // Through the CLI, as an operator would.
+    let out = tokio::process::Command::new(ebb_tests::bin_path("ebb"))
+        .args([
+            "runs",
+            "reject",
+            &run.id,
+            "--reason",
+            "still in use by the demo",
+            "--server",
+            &cluster.lifecycle.addr.to_string(),
+            "-o",
+            "json",
+        ])
+        .env("EBB_TOKEN", &operator)
+        .env_remove("EBB_CONFIG")
+        .output()
+        .await
+        .expect("ebb runs reject");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rejected: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(rejected["status"], "RUN_STATUS_CANCELED");
+    assert_eq!(rejected["approval"]["state"], "REJECTED");
+    assert_eq!(rejected["approval"]["reason"], "still in use by the demo");
+    let rejected = api
+        .get_run(pb::GetRunRequest {
             run_id: run.id.clone(),
-            reason: "still in use by the demo".into(),
-            ..Default::default()
         })
         .await
-        .expect("reject")
+        .expect("get run")
         .into_inner()
         .run
         .expect("run");
