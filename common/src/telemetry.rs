@@ -144,7 +144,7 @@ impl Injector for MetadataInjector<'_> {
 
 /// The span of one incoming call of `rpc`, child of the caller's `traceparent` if any. A health
 /// check that starts a trace starts a deferred one: probes are exported only when they fail.
-pub fn server_span<B>(request: &http::Request<B>, rpc: &crate::observe::Rpc) -> tracing::Span {
+pub fn server_span<B>(request: &http::Request<B>, rpc: &crate::rpcs::Rpc) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt;
     let parent: Context =
         global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
@@ -165,7 +165,7 @@ pub fn server_span<B>(request: &http::Request<B>, rpc: &crate::observe::Rpc) -> 
 }
 
 /// The span of one outgoing call of `rpc`, a child of the current span.
-pub fn client_span(rpc: &crate::observe::Rpc) -> tracing::Span {
+pub fn client_span(rpc: &crate::rpcs::Rpc) -> tracing::Span {
     tracing::info_span!(
         "grpc.client",
         otel.name = rpc.name,

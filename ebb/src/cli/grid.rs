@@ -10,7 +10,7 @@ use std::io::IsTerminal;
 
 use comfy_table::{ContentArrangement, Table, presets};
 
-use super::output::{self, Output};
+use super::mode::{self, Output};
 
 /// Characters a summarised column keeps before `…`.
 const SUMMARY_CHARS: usize = 40;
@@ -65,7 +65,7 @@ impl Grid {
 
 impl fmt::Display for Grid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mode = output::mode();
+        let mode = mode::mode();
         let wide = mode.output == Output::Wide;
         let keep: Vec<usize> = (0..self.header.len())
             .filter(|&i| wide || !self.wide_only[i])

@@ -12,6 +12,7 @@ pub mod connection;
 pub mod contexts;
 pub mod deprovision;
 pub mod grid;
+pub mod mode;
 pub mod notifier;
 pub mod orgs;
 pub mod runs;
