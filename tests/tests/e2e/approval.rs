@@ -51,6 +51,18 @@ async fn destroy_run(
     .await
 }
 
+async fn get_run(
+    api: &mut pb::lifecycle_service_client::LifecycleServiceClient<ebb_tests::Channel>,
+    id: &str,
+) -> pb::Run {
+    api.get_run(pb::GetRunRequest { run_id: id.into() })
+        .await
+        .expect("get run")
+        .into_inner()
+        .run
+        .expect("run")
+}
+
 async fn claim(
     runner: &mut RunnerServiceClient<ebb_tests::Channel>,
     org: &str,
@@ -221,15 +233,7 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
     assert_eq!(rejected["status"], "RUN_STATUS_CANCELED");
     assert_eq!(rejected["approval"]["state"], "REJECTED");
     assert_eq!(rejected["approval"]["reason"], "still in use by the demo");
-    let rejected = api
-        .get_run(pb::GetRunRequest {
-            run_id: run.id.clone(),
-        })
-        .await
-        .expect("get run")
-        .into_inner()
-        .run
-        .expect("run");
+    let rejected = get_run(&mut api, &run.id).await;
     assert_eq!(rejected.status, pb::RunStatus::Canceled as i32);
     assert_eq!(rejected.approval.expect("approval").state, "REJECTED");
     let ws = api
@@ -258,15 +262,7 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
     let run = destroy_run(&mut api, &org, &expired_ws.id).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     cluster.scheduler_rounds(REMINDERS, 1).await;
-    let expired = api
-        .get_run(pb::GetRunRequest {
-            run_id: run.id.clone(),
-        })
-        .await
-        .expect("get run")
-        .into_inner()
-        .run
-        .expect("run");
+    let expired = get_run(&mut api, &run.id).await;
     assert_eq!(expired.status, pb::RunStatus::Canceled as i32);
     assert_eq!(expired.approval.expect("approval").state, "EXPIRED");
     let late = as_operator

@@ -65,7 +65,7 @@ async fn apply_state(api: &mut LifecycleServiceClient<Channel>, id: &str, serial
     .expect("record state version");
 }
 
-fn data_str<'a>(event: &'a pb::OutboxEvent, path: &[&str]) -> Option<&'a str> {
+pub(crate) fn data_str<'a>(event: &'a pb::OutboxEvent, path: &[&str]) -> Option<&'a str> {
     let mut value = event.data.as_ref()?.fields.get(path[0])?;
     for key in &path[1..] {
         match &value.kind {

@@ -13,18 +13,9 @@ use ebb_tests::proto::lifecycle::v1 as pb;
 const REMINDERS: &str = "auto_destroy_reminders";
 const SLACK_SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
+/// A string in an event's data, at `path`.
 fn data_str(event: &pb::OutboxEvent, path: &[&str]) -> Option<String> {
-    let mut value = event.data.as_ref()?.fields.get(path[0])?;
-    for key in &path[1..] {
-        match &value.kind {
-            Some(prost_types::value::Kind::StructValue(s)) => value = s.fields.get(*key)?,
-            _ => return None,
-        }
-    }
-    match &value.kind {
-        Some(prost_types::value::Kind::StringValue(s)) => Some(s.clone()),
-        _ => None,
-    }
+    crate::safety::data_str(event, path).map(str::to_owned)
 }
 
 async fn next_destroy(
