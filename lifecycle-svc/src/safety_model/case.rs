@@ -53,7 +53,12 @@ pub(super) struct Setup {
     pub(super) project_default_hours: [Option<i64>; 2],
     /// Per tenant, one bit per account it `runs_on` (never zero).
     pub(super) runs_on: [u8; TENANTS],
+    /// Whether auto-destroy runs wait for approval (within [`APPROVAL_WINDOW_HOURS`]).
+    pub(super) require_approval: bool,
 }
+
+/// How long an auto-destroy run waits for approval before it is canceled.
+pub(super) const APPROVAL_WINDOW_HOURS: i64 = 6;
 
 /// One step. Indices pick a workspace, project or tenant of [`LAYOUT`]; durations are in the
 /// unit their name says.
@@ -136,6 +141,11 @@ pub(super) enum Op {
         wrong_confirm: bool,
     },
     FinalizeGrace,
+    /// An admin approves or rejects one of the runs awaiting approval.
+    Decide {
+        pick: usize,
+        approve: bool,
+    },
 }
 
 pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
@@ -146,6 +156,7 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
         any::<bool>(),
         [hours_or_none(), hours_or_none()],
         [1..=3u8, 1..=3u8, 1..=3u8],
+        prop_oneof![2 => Just(false), 1 => Just(true)],
     )
         .prop_map(
             |(
@@ -155,6 +166,7 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
                 protect_prod,
                 project_default_hours,
                 runs_on,
+                require_approval,
             )| Setup {
                 minimum_notice_hours,
                 confirm_threshold,
@@ -162,6 +174,7 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
                 protect_prod,
                 project_default_hours,
                 runs_on,
+                require_approval,
             },
         )
 }
@@ -230,5 +243,7 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
             Op::Deprovision { tenant, grace_hours, wrong_confirm }
         }),
         1 => Just(Op::FinalizeGrace),
+        2 => (0..4usize, prop_oneof![3 => Just(true), 1 => Just(false)])
+            .prop_map(|(pick, approve)| Op::Decide { pick, approve }),
     ]
 }

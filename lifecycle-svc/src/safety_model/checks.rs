@@ -273,6 +273,18 @@ impl World {
         let mut active_destroys: BTreeMap<&str, usize> = BTreeMap::new();
         let mut fire_keys: BTreeSet<(&str, i64)> = BTreeSet::new();
         for r in &runs {
+            // Approval: a run that needs it is never taken by a runner before an approval;
+            // rejected or expired, it ends canceled (never run, never approved by itself).
+            match (r.approval.as_deref(), r.status.as_str()) {
+                (None | Some("approved"), _) | (Some("pending"), "queued" | "canceled") => {}
+                (Some("rejected" | "expired"), "canceled") => {}
+                (Some(approval), status) => {
+                    return Err(format!(
+                        "w{}: run {} is {status} with its approval {approval}",
+                        self.index[&r.workspace_id], r.id
+                    ));
+                }
+            }
             if r.is_destroy && matches!(r.status.as_str(), "queued" | "running") {
                 let n = active_destroys.entry(&r.workspace_id).or_default();
                 *n += 1;

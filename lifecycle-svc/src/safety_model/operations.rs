@@ -9,6 +9,7 @@ use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::actor::{self, Actor};
+use crate::approval;
 use crate::auto_destroy::{policy, queue, reminders, settings};
 use crate::deprovision::{relationships, steps, trigger};
 use crate::finish::{self, Completion};
@@ -328,6 +329,32 @@ impl World {
                 grace_hours,
                 wrong_confirm,
             } => applied = self.deprovision(tenant, grace_hours, wrong_confirm).await?,
+            Op::Decide { pick, approve } => {
+                let pending: Vec<String> = self
+                    .runs()
+                    .await?
+                    .into_iter()
+                    .filter(|r| r.status == "queued" && r.approval.as_deref() == Some("pending"))
+                    .map(|r| r.id)
+                    .collect();
+                if !pending.is_empty() {
+                    let id = pending[pick % pending.len()].clone();
+                    let policy = self.policy.clone();
+                    let done = self
+                        .txn(admin(), move |t| {
+                            Box::pin(async move {
+                                if approve {
+                                    approval::approve(t, &id, API, "model approves", now).await
+                                } else {
+                                    approval::reject(t, &id, API, "model rejects", now, &policy)
+                                        .await
+                                }
+                            })
+                        })
+                        .await?;
+                    applied = outcome(done);
+                }
+            }
             Op::FinalizeGrace => {
                 let done = self
                     .txn(scheduler("finalize_grace_periods", 0), move |t| {
@@ -383,6 +410,15 @@ impl World {
                 })
                 .await?;
             refusal_is_failure("send_due_reminders", done)?;
+            let policy = self.policy.clone();
+            let done = self
+                .txn(scheduler("auto_destroy_reminders", shard), move |t| {
+                    Box::pin(
+                        async move { approval::expire_due(t, shard, SHARDS, now, &policy).await },
+                    )
+                })
+                .await?;
+            refusal_is_failure("expire approvals", done)?;
         }
         let engine = self.policy.engine.clone();
         let done = self

@@ -13,6 +13,7 @@ fn defaults() -> Setup {
         protect_prod: false,
         project_default_hours: [None, None],
         runs_on: [1, 1, 1],
+        require_approval: false,
     }
 }
 
@@ -196,6 +197,46 @@ fn a_retry_waits_the_minimum_notice_after_relabelling() {
             Op::Relabel { ws: 1, prod: false },
             Op::Advance { minutes: 1 },
             Op::Tick,
+        ],
+    );
+}
+
+/// Approval before destroy: a run awaiting approval is not taken by the runner; approved, it
+/// is; another left past its approval window is canceled by the next round, never approved, and
+/// a rejected one is canceled too. The checks hold after every step.
+#[test]
+fn unapproved_destroys_never_run_and_approval_never_comes_by_itself() {
+    let due_now = |ws| Op::ScheduleAt { ws, in_minutes: 1 };
+    replay(
+        Setup {
+            require_approval: true,
+            ..defaults()
+        },
+        &[
+            due_now(0),
+            due_now(1),
+            due_now(2),
+            Op::Advance { minutes: 1 },
+            Op::Tick,
+            Op::RunnerSucceeds,
+            Op::Decide {
+                pick: 0,
+                approve: true,
+            },
+            Op::RunnerSucceeds,
+            Op::Decide {
+                pick: 0,
+                approve: false,
+            },
+            Op::Advance {
+                minutes: super::case::APPROVAL_WINDOW_HOURS * 60 + 1,
+            },
+            Op::Tick,
+            Op::RunnerSucceeds,
+            Op::Decide {
+                pick: 0,
+                approve: true,
+            },
         ],
     );
 }

@@ -48,6 +48,8 @@ async fn tally(world: &World) -> Result<(), String> {
          'workspace.auto_destroy.succeeded', 'action_run.succeeded', 'action_run.failed', \
          'deprovision.scheduled', 'deprovision.finalized', 'deprovision.upstream_kept', \
          'run.canceled', 'run.errored') GROUP BY type",
+        "SELECT 'runs approval ' || approval || ' ' || status AS what, COUNT(*) AS n FROM runs \
+         WHERE approval IS NOT NULL GROUP BY approval, status",
         "SELECT 'runs deprovision on an account ' || r.status AS what, COUNT(*) AS n \
          FROM runs r JOIN entities a ON a.workspace_id = r.workspace_id AND a.kind = 'account' \
          WHERE r.source = 'deprovision' GROUP BY r.status",

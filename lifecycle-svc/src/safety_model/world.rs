@@ -20,8 +20,8 @@ use crate::workspaces::{
 };
 
 use super::case::{
-    ACCOUNTS, API, DAY, FIRST_ACCOUNT_WORKSPACE, FIRST_TENANT_WORKSPACE, HOUR, LAYOUT, LEAD_TIMES,
-    MINUTE, START, Setup, WORKSPACES,
+    ACCOUNTS, API, APPROVAL_WINDOW_HOURS, DAY, FIRST_ACCOUNT_WORKSPACE, FIRST_TENANT_WORKSPACE,
+    HOUR, LAYOUT, LEAD_TIMES, MINUTE, START, Setup, WORKSPACES,
 };
 use super::model::Model;
 
@@ -66,6 +66,7 @@ pub(super) struct RunView {
     pub(super) is_destroy: bool,
     pub(super) fire_due_at: Option<i64>,
     pub(super) created_at: i64,
+    pub(super) approval: Option<String>,
 }
 
 /// An outbox event as the checks read it.
@@ -154,6 +155,8 @@ impl World {
                     },
                     minimum_notice_ms: setup.minimum_notice_hours.map(|h| h * HOUR),
                     confirm_threshold: setup.confirm_threshold,
+                    require_approval: setup.require_approval,
+                    approval_window_ms: APPROVAL_WINDOW_HOURS * HOUR,
                     ..OrgSettings::default()
                 };
                 let org = orgs::create_org(t, "model", &settings, API, now).await?;
@@ -342,8 +345,8 @@ impl World {
     pub(super) async fn runs(&self) -> Result<Vec<RunView>, String> {
         query_all(
             &self.core.db.conn,
-            "SELECT id, workspace_id, source, status, is_destroy, fire_due_at, created_at \
-             FROM runs WHERE organization_id = $1 ORDER BY created_at, id",
+            "SELECT id, workspace_id, source, status, is_destroy, fire_due_at, created_at, \
+             approval FROM runs WHERE organization_id = $1 ORDER BY created_at, id",
             [self.org.clone().into()],
         )
         .await
