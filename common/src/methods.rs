@@ -102,6 +102,7 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
     // lifecycle: projects and workspaces
     ("/ebb.lifecycle.v1.LifecycleService/CreateProject", CHANGE),
     ("/ebb.lifecycle.v1.LifecycleService/GetProject", READ),
+    ("/ebb.lifecycle.v1.LifecycleService/ListProjects", READ),
     ("/ebb.lifecycle.v1.LifecycleService/UpdateProject", CHANGE),
     ("/ebb.lifecycle.v1.LifecycleService/CreateWorkspace", CHANGE),
     ("/ebb.lifecycle.v1.LifecycleService/GetWorkspace", READ),

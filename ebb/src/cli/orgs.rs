@@ -47,6 +47,15 @@ pub struct ProjectsArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum ProjectsCommand {
+    /// List an organization's projects, oldest first.
+    List {
+        /// Organization whose projects are listed.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+        /// Only the project with exactly this name.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
     /// Create a project in an organization.
     Create {
         /// Organization the project belongs to.
@@ -183,12 +192,53 @@ fn print_org(ctx: &Ctx, org: &pb::Organization) -> Result<(), CliError> {
     })
 }
 
+async fn list_projects(
+    ctx: &Ctx,
+    api: &mut Lifecycle,
+    organization: &str,
+    name: &str,
+) -> Result<(), CliError> {
+    let mut all = pb::ListProjectsResponse::default();
+    loop {
+        let page = api
+            .list_projects(pb::ListProjectsRequest {
+                organization_id: organization.to_owned(),
+                name: name.to_owned(),
+                page_size: 1000,
+                page_token: all.next_page_token.clone(),
+            })
+            .await
+            .map_err(|s| CliError::status(format!("projects of organization {organization}"), s))?
+            .into_inner();
+        all.projects.extend(page.projects);
+        all.next_page_token = page.next_page_token;
+        if all.next_page_token.is_empty() {
+            break;
+        }
+    }
+    ctx.print(&all, "ebb.lifecycle.v1.ListProjectsResponse", &|r| {
+        let mut t = super::output::table(&["id", "name", "default inactivity", "created"]);
+        for p in &r.projects {
+            t.add_row(vec![
+                p.id.clone(),
+                p.name.clone(),
+                span(p.default_auto_destroy_inactivity.as_ref()),
+                when(p.create_time.as_ref()),
+            ]);
+        }
+        t.to_string()
+    })
+}
+
 /// Runs `ebb projects`.
 pub fn projects(args: ProjectsArgs) -> std::process::ExitCode {
     super::run("projects", async move {
         let ctx = super::connect(&args.conn)?;
         let mut api = Lifecycle::new(ctx.channel.clone());
         let project = match args.command {
+            ProjectsCommand::List { organization, name } => {
+                return list_projects(&ctx, &mut api, &organization, &name).await;
+            }
             ProjectsCommand::Create {
                 organization,
                 name,

@@ -6,8 +6,9 @@ use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
-use crate::store::{exec, query_one};
+use crate::store::{exec, keyset, query_one, select_all};
 use crate::tenancy::orgs::{check_inactivity_max, get_org};
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 
 /// Columns of [`ProjectRow`], in order.
 pub const PROJECT_COLUMNS: &str =
@@ -79,6 +80,30 @@ pub async fn get_project(conn: &impl ConnectionTrait, id: &str) -> Result<Projec
     )
     .await?
     .ok_or_else(|| Error::not_found("project", id))
+}
+
+/// One page of an organization's projects, oldest first (optionally only the one named
+/// `name`), after the keyset position `after` (created_at, id).
+pub async fn list_projects(
+    conn: &impl ConnectionTrait,
+    organization_id: &str,
+    name: Option<&str>,
+    after: Option<(i64, String)>,
+    limit: u64,
+) -> Result<Vec<ProjectRow>> {
+    let mut q = Query::select();
+    q.expr(Expr::cust(format!("{PROJECT_COLUMNS} FROM projects")))
+        .and_where(Expr::col("organization_id").eq(organization_id));
+    if let Some(name) = name {
+        q.and_where(Expr::col("name").eq(name));
+    }
+    if let Some(position) = after {
+        q.cond_where(keyset("created_at", "id", position, Order::Asc));
+    }
+    q.order_by("created_at", Order::Asc)
+        .order_by("id", Order::Asc)
+        .limit(limit);
+    select_all(conn, &q).await
 }
 
 /// Renames a project and/or changes its default inactivity; see `auto_destroy::policy` for

@@ -166,6 +166,47 @@ async fn schedules_upcoming_destroys_and_errors_from_the_command_line() {
         .json(&["projects", "create", "--org", &org, "previews"])
         .await;
     let project = string(&project, "id");
+    // Projects are listed per organization, by name too; another organization sees none.
+    ebb.json(&["projects", "create", "--org", &org, "staging"])
+        .await;
+    let listed = ebb.ok(&["projects", "list", "--org", &org]).await;
+    assert!(
+        listed.contains("previews") && listed.contains("staging"),
+        "{listed}"
+    );
+    let named = ebb
+        .json(&["projects", "list", "--org", &org, "--name", "previews"])
+        .await;
+    assert_eq!(named["projects"].as_array().map(Vec::len), Some(1));
+    assert_eq!(named["projects"][0]["id"], serde_json::json!(project));
+    let other = ebb.json(&["orgs", "create", "umbrella"]).await;
+    let other = string(&other, "id");
+    let none = ebb.json(&["projects", "list", "--org", &other]).await;
+    assert!(
+        none["projects"].as_array().is_none_or(Vec::is_empty),
+        "{none}"
+    );
+    let outsider = ebb
+        .json(&[
+            "tokens",
+            "create",
+            "--org",
+            &other,
+            "--role",
+            "reader",
+            "--description",
+            "reader of another organization",
+        ])
+        .await;
+    let secret = string(&outsider, "secret");
+    let refused = ebb
+        .run_env(
+            &["projects", "list", "--org", &org],
+            &[("EBB_TOKEN", secret.as_str())],
+        )
+        .await;
+    assert_ne!(refused.code, Some(0), "{}", refused.stdout);
+    assert!(!refused.stdout.contains("previews"), "{}", refused.stdout);
     let ws = ebb
         .json(&[
             "workspaces",

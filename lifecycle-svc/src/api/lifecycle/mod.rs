@@ -221,6 +221,13 @@ impl LifecycleService for LifecycleApi {
         LifecycleApi::get_project(self, request).await
     }
 
+    async fn list_projects(
+        &self,
+        request: Request<pb::ListProjectsRequest>,
+    ) -> Reply<pb::ListProjectsResponse> {
+        LifecycleApi::list_projects(self, request).await
+    }
+
     async fn update_project(
         &self,
         request: Request<pb::UpdateProjectRequest>,

@@ -194,6 +194,38 @@ impl LifecycleApi {
         }))
     }
 
+    pub(super) async fn list_projects(
+        &self,
+        request: Request<pb::ListProjectsRequest>,
+    ) -> Reply<pb::ListProjectsResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let org = check::id(&mut v, "organization_id", &req.organization_id);
+        let name = (!req.name.is_empty()).then(|| check::name(&mut v, "name", &req.name));
+        let page = Page::read(
+            &mut v,
+            req.page_size,
+            &req.page_token,
+            &["projects", &org, name.as_deref().unwrap_or_default()],
+        );
+        v.finish()?;
+        let rows = projects::list_projects(
+            &self.core.db.conn,
+            &org,
+            name.as_deref(),
+            page.after_key_id()?,
+            page.limit(),
+        )
+        .await?;
+        let (rows, next_page_token) = page.finish(rows, |last| {
+            vec![last.created_at.to_string(), last.id.clone()]
+        });
+        ok(Ok(pb::ListProjectsResponse {
+            projects: rows.iter().map(convert::project).collect(),
+            next_page_token,
+        }))
+    }
+
     pub(super) async fn update_project(
         &self,
         request: Request<pb::UpdateProjectRequest>,
