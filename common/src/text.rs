@@ -1,4 +1,4 @@
-//! Which characters a name or label may hold.
+//! Which characters a name or label may hold, and text made safe for HTML.
 
 /// Whether `c` may not appear in a name, a label or any other short text that people read in
 /// lists and logs: control characters, and the invisible characters that reorder or hide what
@@ -19,6 +19,23 @@ pub fn is_hidden_or_control(c: char) -> bool {
 /// Whether `text` holds a character [`is_hidden_or_control`] refuses.
 pub fn has_hidden_or_control(text: &str) -> bool {
     text.chars().any(is_hidden_or_control)
+}
+
+/// `text` with the characters HTML gives meaning to (`& < > " '`) escaped, for element
+/// content and quoted attribute values.
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -310,7 +310,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
             .ok_or_else(|| anyhow::anyhow!("encryption.key is required"))?,
     );
     let resealed = configurations::reseal_secrets(&db, &keys).await?
-        + ebb_common::idempotency::reseal_responses(&db.conn, &keys).await?;
+        + ebb_common::idempotency::sealed::reseal_responses(&db.conn, &keys).await?;
     if resealed > 0 {
         tracing::info!(
             resealed,

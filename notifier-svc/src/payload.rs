@@ -1,6 +1,7 @@
 //! What a delivery sends: the signed JSON envelope, a Slack Block Kit message, a Teams
 //! Adaptive Card, or an email with text and HTML parts.
 
+use ebb_common::text::html_escape;
 use serde_json::{Map, Value, json};
 
 use crate::configurations::Destination;
@@ -409,13 +410,6 @@ fn email(s: &Summary) -> (String, String) {
         html_escape(&s.footer)
     );
     (text, html)
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

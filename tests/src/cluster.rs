@@ -259,6 +259,18 @@ pub async fn fixture(
     }
 }
 
+/// The workspace `id` as GetWorkspace answers it.
+pub async fn workspace(api: &mut LifecycleServiceClient<Channel>, id: &str) -> pb::Workspace {
+    api.get_workspace(pb::GetWorkspaceRequest {
+        workspace_id: id.into(),
+    })
+    .await
+    .expect("get workspace")
+    .into_inner()
+    .workspace
+    .expect("workspace")
+}
+
 /// Creates a workspace in `project_id`.
 pub async fn create_workspace(
     api: &mut LifecycleServiceClient<Channel>,

@@ -19,7 +19,9 @@ ALTER TABLE organizations ADD COLUMN approval_window_ms BIGINT NOT NULL DEFAULT 
 -- NULL: no approval needed.
 ALTER TABLE runs ADD COLUMN approval TEXT
     CHECK (approval IN ('pending', 'approved', 'rejected', 'expired'));
-ALTER TABLE runs ADD COLUMN approval_deadline BIGINT;
+-- A run awaiting approval always has a deadline: it is canceled then, never left waiting.
+ALTER TABLE runs ADD COLUMN approval_deadline BIGINT
+    CHECK (approval IS NULL OR approval_deadline IS NOT NULL);
 ALTER TABLE runs ADD COLUMN approval_by TEXT;
 ALTER TABLE runs ADD COLUMN approval_reason TEXT;
 ALTER TABLE runs ADD COLUMN approval_at BIGINT;

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ebb_common::Error;
+use ebb_common::text::html_escape;
 use ebb_common::time::{EpochMs, rfc3339};
 use sea_orm::FromQueryResult;
 use tokio_util::sync::CancellationToken;
@@ -56,21 +57,6 @@ pub async fn serve(
     }
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// A page: nothing from elsewhere, never framed, never cached, and the token in its address is
 /// never sent on as a referrer.
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -81,7 +67,7 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response {
          max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}\
          button{{font-size:1rem;padding:.5rem 1rem}}</style></head>\
          <body><h1>{title}</h1>{body}</body></html>",
-        title = escape(title)
+        title = html_escape(title)
     );
     let mut response = (status, html).into_response();
     let headers = response.headers_mut();
@@ -150,7 +136,7 @@ fn not_done_page(not_done: NotDone) -> Response {
             page(
                 status,
                 "Not snoozed",
-                &format!("<p>{}</p><p>Nothing was changed.</p>", escape(&what)),
+                &format!("<p>{}</p><p>Nothing was changed.</p>", html_escape(&what)),
             )
         }
     }
@@ -185,9 +171,9 @@ async fn show(State(app): State<AppState>, Path(token): Path<String>) -> Respons
                 "<p>Workspace <strong>{name}</strong> is to be destroyed at \
                  <time>{due}</time>.</p><p>Snoozing pushes that {step} later, once.</p>\
                  <form method=\"post\"><button type=\"submit\">Snooze by {step}</button></form>",
-                name = escape(&name),
+                name = html_escape(&name),
                 due = rfc3339(claims.due_at),
-                step = escape(&ebb_common::time::human(step)),
+                step = html_escape(&ebb_common::time::human(step)),
             ),
         ),
         Err(not_done) => not_done_page(not_done),
@@ -241,7 +227,7 @@ async fn use_link(State(app): State<AppState>, Path(token): Path<String>) -> Res
             "Snoozed",
             &format!(
                 "<p>{}</p>",
-                escape(&snoozed_text(
+                html_escape(&snoozed_text(
                     &done.workspace_name,
                     done.previous,
                     done.next

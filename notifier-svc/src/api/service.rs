@@ -55,7 +55,7 @@ impl NotifierApi {
         &self,
         key: &Option<RequestKey>,
     ) -> Result<Option<R>> {
-        idempotency::replay_sealed(&self.db.conn, key.as_ref(), &self.keys).await
+        idempotency::sealed::replay(&self.db.conn, key.as_ref(), &self.keys).await
     }
 
     /// Commits `txn` with `response` remembered under `key`. A concurrent call with the same
@@ -66,7 +66,7 @@ impl NotifierApi {
         key: &Option<RequestKey>,
         response: R,
     ) -> Result<R> {
-        idempotency::remember_sealed(&txn, key.as_ref(), &response, now_ms(), &self.keys).await?;
+        idempotency::sealed::remember(&txn, key.as_ref(), &response, now_ms(), &self.keys).await?;
         txn.commit().await?;
         Ok(response)
     }

@@ -134,6 +134,13 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
         refused.to_string().contains("awaiting approval"),
         "{refused}"
     );
+    // Nor may a run wait for approval without a deadline.
+    sql.execute_unprepared(&format!(
+        "UPDATE runs SET approval_deadline = NULL WHERE id = '{}'",
+        run.id
+    ))
+    .await
+    .expect_err("the database refuses an approval without a deadline");
 
     // A runner may not approve; a reason is required.
     let denied = as_runner
@@ -236,15 +243,7 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
     let rejected = get_run(&mut api, &run.id).await;
     assert_eq!(rejected.status, pb::RunStatus::Canceled as i32);
     assert_eq!(rejected.approval.expect("approval").state, "REJECTED");
-    let ws = api
-        .get_workspace(pb::GetWorkspaceRequest {
-            workspace_id: rejected_ws.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .workspace
-        .expect("workspace");
+    let ws = ebb_tests::cluster::workspace(&mut api, &rejected_ws.id).await;
     assert_eq!(ws.state, pb::WorkspaceState::Active as i32);
     let skipped = events(&mut api, &org, "workspace.auto_destroy.skipped").await;
     let by_rejection = skipped

@@ -6,6 +6,7 @@ use std::time::Duration;
 use ebb_tests::Process;
 use ebb_tests::cluster::{
     Cluster, create_workspace, events, eventually, fixture, from_now, runs, secs, sleep_until,
+    workspace,
 };
 use ebb_tests::proto::lifecycle::v1 as pb;
 use sea_orm::ConnectionTrait;
@@ -17,22 +18,6 @@ const WAIT: Duration = Duration::from_secs(20);
 const CHECK: &str = "auto_destroy_check";
 /// The scheduler task that sends reminders.
 const REMINDERS: &str = "auto_destroy_reminders";
-
-async fn workspace(
-    api: &mut ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient<
-        ebb_tests::Channel,
-    >,
-    id: &str,
-) -> pb::Workspace {
-    api.get_workspace(pb::GetWorkspaceRequest {
-        workspace_id: id.into(),
-    })
-    .await
-    .expect("get workspace")
-    .into_inner()
-    .workspace
-    .expect("workspace")
-}
 
 async fn start_runner(cluster: &Cluster, org: &str, rule: &str, max_runs: u32) -> Process {
     Process::spawn_worker(

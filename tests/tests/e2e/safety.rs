@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ebb_tests::Channel;
 use ebb_tests::cluster::{
-    Cluster, create_workspace, events, eventually, fixture, from_now, runs, secs,
+    Cluster, create_workspace, events, eventually, fixture, from_now, runs, secs, workspace,
 };
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
@@ -28,17 +28,6 @@ fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
 fn seconds_until(t: &prost_types::Timestamp) -> f64 {
     let now = chrono::Utc::now();
     (t.seconds as f64 + f64::from(t.nanos) / 1e9) - now.timestamp_millis() as f64 / 1000.0
-}
-
-async fn workspace(api: &mut LifecycleServiceClient<Channel>, id: &str) -> pb::Workspace {
-    api.get_workspace(pb::GetWorkspaceRequest {
-        workspace_id: id.into(),
-    })
-    .await
-    .expect("get workspace")
-    .into_inner()
-    .workspace
-    .expect("workspace")
 }
 
 async fn set_protected(api: &mut LifecycleServiceClient<Channel>, id: &str, protected: bool) {

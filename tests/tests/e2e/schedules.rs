@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ebb_tests::Channel;
 use ebb_tests::TestDatabases;
-use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, runs, secs};
+use ebb_tests::cluster::{
+    Cluster, create_workspace, events, eventually, fixture, runs, secs, workspace,
+};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 use tonic::Code;
@@ -50,17 +52,6 @@ impl Clock {
         let offset = ms(at) - chrono::Utc::now().timestamp_millis();
         std::fs::write(&self.0, offset.to_string()).expect("write the clock offset");
     }
-}
-
-async fn workspace(api: &mut LifecycleServiceClient<Channel>, id: &str) -> pb::Workspace {
-    api.get_workspace(pb::GetWorkspaceRequest {
-        workspace_id: id.into(),
-    })
-    .await
-    .expect("get workspace")
-    .into_inner()
-    .workspace
-    .expect("workspace")
 }
 
 async fn apply(api: &mut LifecycleServiceClient<Channel>, ws: &str, serial: i64) {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::notifier::{hex, hmac, sha256};
-use ebb_tests::cluster::{Cluster, events, fixture, from_now, secs};
+use ebb_tests::cluster::{Cluster, events, fixture, from_now, secs, workspace};
 use ebb_tests::proto::lifecycle::v1 as pb;
 
 const REMINDERS: &str = "auto_destroy_reminders";
@@ -22,16 +22,10 @@ async fn next_destroy(
     api: &mut pb::lifecycle_service_client::LifecycleServiceClient<ebb_tests::Channel>,
     id: &str,
 ) -> i64 {
-    api.get_workspace(pb::GetWorkspaceRequest {
-        workspace_id: id.into(),
-    })
-    .await
-    .expect("get")
-    .into_inner()
-    .workspace
-    .expect("workspace")
-    .next_auto_destroy_at
-    .map_or(0, |t| t.seconds)
+    workspace(api, id)
+        .await
+        .next_auto_destroy_at
+        .map_or(0, |t| t.seconds)
 }
 
 /// Schedules a destroy of `id` in 30 minutes, runs the reminder task, and returns the snooze

@@ -59,6 +59,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, is_unique_violation};
 use crate::sealing::{self, Keyring};
+
+pub mod sealed;
 use crate::sql::stmt;
 use crate::time::EpochMs;
 use crate::{Error, Result};
@@ -293,16 +295,7 @@ pub async fn replay<R: Message + Default>(
     replay_with(conn, key, None).await
 }
 
-/// [`replay`] of a response stored by [`remember_sealed`]: for calls whose answers hold secrets.
-pub async fn replay_sealed<R: Message + Default>(
-    conn: &impl ConnectionTrait,
-    key: Option<&RequestKey>,
-    keys: &Keyring,
-) -> Result<Option<R>> {
-    replay_with(conn, key, Some(keys)).await
-}
-
-async fn replay_with<R: Message + Default>(
+pub(super) async fn replay_with<R: Message + Default>(
     conn: &impl ConnectionTrait,
     key: Option<&RequestKey>,
     keys: Option<&Keyring>,
@@ -352,27 +345,15 @@ pub async fn remember(
     remember_with(conn, key, response, now, None).await
 }
 
-/// [`remember`], with the response sealed under `keys` (see [`crate::sealing`]): for calls whose
-/// answers hold secrets, which must not be kept in clear for the retention.
-pub async fn remember_sealed(
-    conn: &impl ConnectionTrait,
-    key: Option<&RequestKey>,
-    response: &impl Message,
-    now: EpochMs,
-    keys: &Keyring,
-) -> Result<()> {
-    remember_with(conn, key, response, now, Some(keys)).await
-}
-
 /// What a stored response is sealed for: its key, so it opens only as the answer to it.
-fn response_purpose(key: &RequestKey) -> String {
+pub(super) fn response_purpose(key: &RequestKey) -> String {
     format!(
         "request_log/{}/{}/{}",
         key.organization_id, key.method, key.request_id
     )
 }
 
-async fn remember_with(
+pub(super) async fn remember_with(
     conn: &impl ConnectionTrait,
     key: Option<&RequestKey>,
     response: &impl Message,
@@ -411,56 +392,6 @@ async fn remember_with(
         )),
         Err(e) => Err(e.into()),
     }
-}
-
-/// Seals every stored response under the active key of `keys`: those in clear (stored before
-/// the service sealed them) and those under a retired key. Run at start by services whose
-/// responses hold secrets; concurrent replicas only replace the value they read. How many.
-pub async fn reseal_responses(conn: &impl ConnectionTrait, keys: &Keyring) -> Result<u64> {
-    let backend = conn.get_database_backend();
-    let rows = conn
-        .query_all_raw(stmt(
-            backend,
-            "SELECT organization_id, method, request_id, request_hash, response FROM request_log",
-            [],
-        ))
-        .await?;
-    let mut resealed = 0;
-    for row in rows {
-        let key = RequestKey {
-            organization_id: row.try_get("", "organization_id")?,
-            method: row.try_get("", "method")?,
-            request_id: row.try_get("", "request_id")?,
-            request_hash: row.try_get("", "request_hash")?,
-        };
-        let stored: Vec<u8> = row.try_get("", "response")?;
-        let new = if stored.starts_with(sealing::PREFIX.as_bytes()) {
-            let text = String::from_utf8(stored.clone())
-                .map_err(|_| Error::Internal("a sealed stored response is not text".into()))?;
-            match keys.reseal(&response_purpose(&key), &text)? {
-                Some(new) => new.into_bytes(),
-                None => continue,
-            }
-        } else {
-            keys.seal(&response_purpose(&key), &stored).into_bytes()
-        };
-        resealed += conn
-            .execute_raw(stmt(
-                backend,
-                "UPDATE request_log SET response = $1 \
-                 WHERE organization_id = $2 AND method = $3 AND request_id = $4 AND response = $5",
-                [
-                    Value::from(new),
-                    key.organization_id.into(),
-                    key.method.into(),
-                    key.request_id.into(),
-                    Value::from(stored),
-                ],
-            ))
-            .await?
-            .rows_affected();
-    }
-    Ok(resealed)
 }
 
 /// Most entries one delete removes, so that a first sweep of a large table does not hold one
