@@ -279,7 +279,9 @@ async fn fire_due(
         for r in &results {
             match pb::QueueDecision::try_from(r.decision) {
                 Ok(pb::QueueDecision::Queued) => queued += 1,
-                Ok(pb::QueueDecision::Deferred) => deferred += 1,
+                Ok(pb::QueueDecision::Deferred | pb::QueueDecision::WaitingForWindow) => {
+                    deferred += 1
+                }
                 Ok(pb::QueueDecision::SkippedProtected | pb::QueueDecision::Skipped) => {
                     skipped += 1
                 }

@@ -10,6 +10,7 @@ use crate::runs::{RunRow, RunSource, RunStatus};
 use crate::store::decode_json;
 use crate::tenancy::orgs::OrgRow;
 use crate::tenancy::projects::ProjectRow;
+use crate::timing::windows::WindowsSpec;
 use crate::workspaces::state_versions::StateVersionRow;
 use crate::workspaces::{AutoDestroyStatus, WorkspaceRow, WorkspaceState};
 use ebb_common::time::EpochMs;
@@ -28,6 +29,7 @@ pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
             snooze_step: Some(to_duration(o.snooze_step_ms())),
             require_approval: o.require_approval,
             approval_window: Some(to_duration(o.approval_window_ms)),
+            destroy_windows: destroy_windows(o.destroy_windows.as_deref()),
         }),
         etag: o.etag(),
         create_time: Some(to_timestamp(o.created_at)),
@@ -44,11 +46,31 @@ pub fn scheduled(s: &policy::Scheduled, now: EpochMs) -> pb::AutoDestroyPreviewI
         reason: s.reason.to_owned(),
         time_left: Some(to_duration((s.destroy_at - now).max(0))),
         next_occurrences: Vec::new(),
+        waiting_for_window: s.scheduled_at.is_some(),
+        scheduled_time: s.scheduled_at.map(to_timestamp),
     }
+}
+
+/// Destroy windows as the API shows them.
+pub fn destroy_windows(json: Option<&str>) -> Option<pb::DestroyWindows> {
+    let spec: WindowsSpec = serde_json::from_str(json?).ok()?;
+    Some(pb::DestroyWindows {
+        time_zone: spec.time_zone,
+        windows: spec
+            .windows
+            .into_iter()
+            .map(|w| pb::DestroyWindow {
+                days: w.days,
+                start: w.start,
+                end: w.end,
+            })
+            .collect(),
+    })
 }
 
 pub fn project(p: &ProjectRow) -> pb::Project {
     pb::Project {
+        destroy_windows: destroy_windows(p.destroy_windows.as_deref()),
         id: p.id.clone(),
         organization_id: p.organization_id.clone(),
         name: p.name.clone(),
@@ -90,7 +112,11 @@ pub fn workspace(w: &WorkspaceRow) -> Result<pb::Workspace> {
         auto_destroy_inactivity: w.auto_destroy_inactivity_ms.map(to_duration),
         inherits_project_auto_destroy: w.inherits_project_auto_destroy,
         effective_auto_destroy_inactivity: w.effective_inactivity_ms().map(to_duration),
-        auto_destroy_status: auto_destroy_status(w.auto_destroy_status) as i32,
+        auto_destroy_status: if w.waiting_for_window() {
+            pb::AutoDestroyStatus::WaitingForWindow
+        } else {
+            auto_destroy_status(w.auto_destroy_status)
+        } as i32,
         last_state_change_at: to_timestamp_opt(w.last_state_change_at),
         next_auto_destroy_at: to_timestamp_opt(w.next_auto_destroy_at),
         next_auto_destroy_reason: if w.next_auto_destroy_at.is_some() {
@@ -102,6 +128,7 @@ pub fn workspace(w: &WorkspaceRow) -> Result<pb::Workspace> {
         update_time: Some(to_timestamp(w.updated_at)),
         recurring_auto_destroy: recurring_schedule(w),
         owner: owner(&w.owner_email, &w.owner_slack_user_id),
+        window_held_due_time: to_timestamp_opt(w.window_held_due_at),
     })
 }
 
@@ -253,17 +280,19 @@ pub fn workspace_state_filter(v: i32) -> Result<Option<WorkspaceState>> {
     }
 }
 
-/// The auto-destroy status a list filter names.
-pub fn auto_destroy_status_filter(v: i32) -> Result<Option<AutoDestroyStatus>> {
+/// The auto-destroy status a list filter names, and whether it means workspaces a destroy
+/// window holds back (or, for IDLE, DEFERRED and RETRYING, the others).
+pub fn auto_destroy_status_filter(v: i32) -> Result<(Option<AutoDestroyStatus>, Option<bool>)> {
     use pb::AutoDestroyStatus as S;
     Ok(match S::try_from(v) {
-        Ok(S::Unspecified) => None,
-        Ok(S::Idle) => Some(AutoDestroyStatus::Idle),
-        Ok(S::Deferred) => Some(AutoDestroyStatus::Deferred),
-        Ok(S::Queued) => Some(AutoDestroyStatus::Queued),
-        Ok(S::Retrying) => Some(AutoDestroyStatus::Retrying),
-        Ok(S::Succeeded) => Some(AutoDestroyStatus::Succeeded),
-        Ok(S::Failed) => Some(AutoDestroyStatus::Failed),
+        Ok(S::Unspecified) => (None, None),
+        Ok(S::WaitingForWindow) => (None, Some(true)),
+        Ok(S::Idle) => (Some(AutoDestroyStatus::Idle), Some(false)),
+        Ok(S::Deferred) => (Some(AutoDestroyStatus::Deferred), Some(false)),
+        Ok(S::Queued) => (Some(AutoDestroyStatus::Queued), None),
+        Ok(S::Retrying) => (Some(AutoDestroyStatus::Retrying), Some(false)),
+        Ok(S::Succeeded) => (Some(AutoDestroyStatus::Succeeded), None),
+        Ok(S::Failed) => (Some(AutoDestroyStatus::Failed), None),
         Err(_) => {
             return Err(Error::invalid(
                 "auto_destroy_status",

@@ -177,6 +177,17 @@ impl SchedulingApi {
                     Decision::Skipped { reason } => {
                         (pb::QueueDecision::Skipped, String::new(), reason)
                     }
+                    Decision::WaitingForWindow { opens_at } => (
+                        pb::QueueDecision::WaitingForWindow,
+                        String::new(),
+                        match opens_at {
+                            Some(at) => format!(
+                                "outside every destroy window; waits for the opening at {}",
+                                ebb_common::time::rfc3339(at)
+                            ),
+                            None => "outside every destroy window; none will open".into(),
+                        },
+                    ),
                 };
                 pb::QueueItemResult {
                     fire_key: Some(to_pb(&k)),
@@ -338,6 +349,19 @@ impl SchedulingApi {
                 }
                 scheduled::FireDecision::Stale(r) => (pb::QueueDecision::Stale, String::new(), r),
                 scheduled::FireDecision::Failed(r) => (pb::QueueDecision::Stale, String::new(), r),
+                scheduled::FireDecision::WaitingForWindow { opens_at } => (
+                    pb::QueueDecision::WaitingForWindow,
+                    String::new(),
+                    opens_at.map_or(
+                        "outside every destroy window; none will open".into(),
+                        |at| {
+                            format!(
+                                "outside every destroy window; fires at the opening at {}",
+                                ebb_common::time::rfc3339(at)
+                            )
+                        },
+                    ),
+                ),
             };
             results.push(pb::QueueItemResult {
                 fire_key: Some(pb::FireKey {

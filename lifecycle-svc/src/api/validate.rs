@@ -202,3 +202,33 @@ pub fn recurring(
         }
     }
 }
+
+/// Destroy windows: `None` when unset or listing no window (any time, or the organization's
+/// for a project), refused naming `{field}.time_zone`, `{field}.windows[i].days` and so on.
+pub fn destroy_windows(
+    v: &mut Violations,
+    field: &str,
+    given: Option<&ebb_proto::lifecycle::v1::DestroyWindows>,
+) -> Option<crate::timing::windows::DestroyWindows> {
+    use crate::timing::windows::{DestroyWindows, WindowSpec, WindowsSpec};
+    let given = given.filter(|w| !w.windows.is_empty() || !w.time_zone.is_empty())?;
+    let spec = WindowsSpec {
+        time_zone: given.time_zone.clone(),
+        windows: given
+            .windows
+            .iter()
+            .map(|w| WindowSpec {
+                days: w.days.clone(),
+                start: w.start.clone(),
+                end: w.end.clone(),
+            })
+            .collect(),
+    };
+    match DestroyWindows::parse(&spec, field) {
+        Ok(w) => Some(w),
+        Err(refusal) => {
+            v.add(refusal.field, refusal.reason);
+            None
+        }
+    }
+}

@@ -11,6 +11,7 @@ use sea_orm::ConnectionTrait;
 use crate::store::{for_update, query_all};
 use crate::tenancy::orgs::{self, OrgRow, OrgSettings};
 use crate::tenancy::projects::{self, ProjectRow};
+use crate::timing::windows::DestroyWindows;
 use crate::workspaces::{self, WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
 
 /// How far ahead the blast-radius guard looks.
@@ -24,6 +25,8 @@ pub struct Scheduled {
     pub destroy_at: EpochMs,
     /// `auto_destroy_at`, `inactivity`, `retry` or `minimum_notice`.
     pub reason: &'static str,
+    /// The scheduled time, when a destroy window moved the destroy to `destroy_at`.
+    pub scheduled_at: Option<EpochMs>,
 }
 
 /// Whether a workspace's schedule moved into the window: due within it now, and not due that
@@ -81,6 +84,7 @@ async fn reschedule(
                 workspace_name: ws.name.clone(),
                 destroy_at: at,
                 reason: ws.timing().reason(),
+                scheduled_at: ws.window_held_due_at,
             });
         }
     }
@@ -140,21 +144,36 @@ pub async fn update_project(
     id: &str,
     name: Option<&str>,
     default_inactivity_ms: Option<Option<i64>>,
+    destroy_windows: Option<Option<&DestroyWindows>>,
     confirm_count: i32,
     actor: &str,
     now: EpochMs,
 ) -> Result<(ProjectRow, Vec<Scheduled>)> {
-    let project =
-        projects::update_project(conn, id, name, default_inactivity_ms, actor, now).await?;
-    if default_inactivity_ms.is_none() {
+    let project = projects::update_project(
+        conn,
+        id,
+        name,
+        default_inactivity_ms,
+        destroy_windows,
+        actor,
+        now,
+    )
+    .await?;
+    if default_inactivity_ms.is_none() && destroy_windows.is_none() {
         return Ok((project, Vec::new()));
     }
     let org = orgs::get_org(conn, &project.organization_id).await?;
+    // New windows move every workspace of the project; a new default only those inheriting it.
+    let only_inheriting = if destroy_windows.is_some() {
+        ""
+    } else {
+        " AND w.inherits_project_auto_destroy = TRUE"
+    };
     let inheriting: Vec<WorkspaceRow> = query_all(
         conn,
         &format!(
             "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} \
-             WHERE w.project_id = $1 AND w.inherits_project_auto_destroy = TRUE{}",
+             WHERE w.project_id = $1{only_inheriting}{}",
             for_update(conn, "w")
         ),
         [id.into()],

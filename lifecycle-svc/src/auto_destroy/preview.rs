@@ -109,6 +109,8 @@ pub async fn preview(
                 reason: timing.reason().to_owned(),
                 time_left: Some(to_duration((at - now).max(0))),
                 next_occurrences: occurrences(&timing, at),
+                waiting_for_window: timing.waiting_for_window(),
+                scheduled_time: timing.held_by_window().map(to_timestamp),
             }),
             None => skipped += 1,
         }

@@ -36,6 +36,10 @@ pub enum Decision {
     Skipped {
         reason: String,
     },
+    /// Reached outside every destroy window: moved to the next opening.
+    WaitingForWindow {
+        opens_at: Option<EpochMs>,
+    },
 }
 
 /// The actor of the scheduler's decisions.
@@ -58,11 +62,14 @@ pub enum Verdict {
     Stale(&'static str),
     /// Locked or busy: try again on a later round.
     Defer(String),
+    /// Reached outside every destroy window (late, or held by a lock or a run until the
+    /// window closed): wait for the next opening, `None` when none will come.
+    WaitForWindow(Option<EpochMs>),
 }
 
-/// Decides one fire key. Protection wins over everything: a protected workspace is never
-/// queued, whatever its schedule says.
-pub fn decide(ws: &WorkspaceRow, due_at: EpochMs, has_active_run: bool) -> Verdict {
+/// Decides one fire key at `now`. Protection wins over everything: a protected workspace is
+/// never queued, whatever its schedule says; nor is any workspace outside its destroy windows.
+pub fn decide(ws: &WorkspaceRow, due_at: EpochMs, has_active_run: bool, now: EpochMs) -> Verdict {
     if ws.is_protected() {
         return if ws.held_due_at == Some(due_at) {
             Verdict::Consume
@@ -73,8 +80,12 @@ pub fn decide(ws: &WorkspaceRow, due_at: EpochMs, has_active_run: bool) -> Verdi
     if ws.next_auto_destroy_at != Some(due_at) {
         return Verdict::Stale("the schedule changed or this due time already fired");
     }
-    if ws.timing().nothing_to_destroy(due_at) {
+    let timing = ws.timing();
+    if timing.nothing_to_destroy(due_at) {
         return Verdict::Skip("nothing_to_destroy");
+    }
+    if !timing.windows.contains(now) {
+        return Verdict::WaitForWindow(timing.windows.open_at_or_after(now));
     }
     if ws.locked {
         Verdict::Defer(format!("workspace is locked: {}", ws.lock_reason))
@@ -131,7 +142,7 @@ pub async fn queue_auto_destroy_runs(
             orgs.insert(org.id.clone(), org);
         }
         let org = &orgs[&ws.organization_id];
-        match decide(ws, key.due_at, active.contains(&ws.id)) {
+        match decide(ws, key.due_at, active.contains(&ws.id), now) {
             Verdict::Queue => {}
             Verdict::Consume => {
                 // AD-12: what came due while protected is consumed, never kept loaded.
@@ -163,6 +174,27 @@ pub async fn queue_auto_destroy_runs(
             }
             Verdict::Protected => {
                 results.push((key.clone(), Decision::SkippedProtected));
+                continue;
+            }
+            Verdict::WaitForWindow(opens_at) => {
+                // A fire key of its own at the opening; the reminders follow the new time.
+                ws.window_not_before = opens_at;
+                if ws.auto_destroy_status == AutoDestroyStatus::Deferred {
+                    ws.auto_destroy_status = AutoDestroyStatus::Idle;
+                }
+                workspaces::save(conn, ws, org, ACTOR, now).await?;
+                events.push(NewEvent::new(
+                    &ws.organization_id,
+                    "workspace.auto_destroy.waiting_for_window",
+                    "workspace",
+                    &ws.id,
+                    ACTOR,
+                    json!({
+                        "due_at": rfc3339(key.due_at), "workspace_name": ws.name,
+                        "opens_at": opens_at.map(rfc3339), "owner": ws.owner(),
+                    }),
+                ));
+                results.push((key.clone(), Decision::WaitingForWindow { opens_at }));
                 continue;
             }
             Verdict::Stale(reason) => {
@@ -237,6 +269,7 @@ pub async fn queue_auto_destroy_runs(
         ws.last_fired_due_at = Some(key.due_at);
         ws.auto_destroy_status = AutoDestroyStatus::Queued;
         ws.next_auto_destroy_at = ws.timing().next_auto_destroy_at();
+        ws.window_held_due_at = ws.timing().held_by_window();
         ws.next_reminder_at =
             math::next_reminder_at(ws.timing().reminded_due(), &org.lead_times()?, now);
         fired.push(ws.clone());
@@ -279,26 +312,30 @@ async fn mark_fired(
         for ws in chunk {
             let b = values.len();
             rows.push(format!(
-                "(${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                "(${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
+                 CAST(${} AS BIGINT))",
                 b + 1,
                 b + 2,
                 b + 3,
-                b + 4
+                b + 4,
+                b + 5
             ));
             values.extend([
                 ws.id.clone().into(),
                 ws.last_fired_due_at.into(),
                 ws.next_auto_destroy_at.into(),
                 ws.next_reminder_at.into(),
+                ws.window_held_due_at.into(),
             ]);
         }
         // One join against the list (UPDATE … FROM, on SQLite and PostgreSQL alike): each
         // row finds its values by the primary key, whatever the batch's size.
         let sql = format!(
-            "WITH v (id, fired, next_at, reminder_at) AS (VALUES {}) \
+            "WITH v (id, fired, next_at, reminder_at, window_held) AS (VALUES {}) \
              UPDATE workspaces SET auto_destroy_status = 'queued', updated_at = $1, \
              last_fired_due_at = v.fired, next_auto_destroy_at = v.next_at, \
-             next_reminder_at = v.reminder_at \
+             next_reminder_at = v.reminder_at, window_held_due_at = v.window_held, \
+             window_not_before = NULL \
              FROM v WHERE v.id = workspaces.id",
             rows.join(", ")
         );
@@ -350,22 +387,31 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             project_default_inactivity_ms: None,
+            window_not_before: None,
+            window_held_due_at: None,
+            destroy_windows: None,
         }
     }
 
     #[test]
     fn a_due_key_queues_unless_locked_busy_or_stale() {
         let ws = workspace();
-        assert_eq!(decide(&ws, 10 * H, false), Verdict::Queue);
-        assert!(matches!(decide(&ws, 10 * H, true), Verdict::Defer(_)));
-        assert!(matches!(decide(&ws, 9 * H, false), Verdict::Stale(_)));
+        assert_eq!(decide(&ws, 10 * H, false, 10 * H), Verdict::Queue);
+        assert!(matches!(
+            decide(&ws, 10 * H, true, 10 * H),
+            Verdict::Defer(_)
+        ));
+        assert!(matches!(
+            decide(&ws, 9 * H, false, 10 * H),
+            Verdict::Stale(_)
+        ));
         let locked = WorkspaceRow {
             locked: true,
             lock_reason: "release freeze".into(),
             ..workspace()
         };
         assert_eq!(
-            decide(&locked, 10 * H, false),
+            decide(&locked, 10 * H, false, 10 * H),
             Verdict::Defer("workspace is locked: release freeze".into())
         );
     }
@@ -378,13 +424,16 @@ mod tests {
             held_due_at: Some(10 * H),
             ..workspace()
         };
-        assert_eq!(decide(&held, 10 * H, false), Verdict::Consume);
-        assert_eq!(decide(&held, 11 * H, false), Verdict::Protected);
+        assert_eq!(decide(&held, 10 * H, false, 10 * H), Verdict::Consume);
+        assert_eq!(decide(&held, 11 * H, false, 10 * H), Verdict::Protected);
         // Even a row that somehow still carries a pending time is never queued.
         let inconsistent = WorkspaceRow {
             protected: true,
             ..workspace()
         };
-        assert_eq!(decide(&inconsistent, 10 * H, false), Verdict::Protected);
+        assert_eq!(
+            decide(&inconsistent, 10 * H, false, 10 * H),
+            Verdict::Protected
+        );
     }
 }

@@ -32,7 +32,7 @@ db_enum! {
 
 /// Columns of [`ScheduledRow`].
 pub const SCHEDULED_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, scheduled_at, status, action_run_id, error, \
-    created_at";
+    created_at, fire_at";
 
 /// A scheduled action.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -47,6 +47,16 @@ pub struct ScheduledRow {
     pub action_run_id: Option<String>,
     pub error: String,
     pub created_at: i64,
+    /// When it fires: `scheduled_at`, or the next opening of the organization's destroy
+    /// windows after it.
+    pub fire_at: Option<i64>,
+}
+
+impl ScheduledRow {
+    /// When it fires.
+    pub fn fires_at(&self) -> EpochMs {
+        self.fire_at.unwrap_or(self.scheduled_at)
+    }
 }
 
 /// A scheduled action by id.
@@ -77,12 +87,19 @@ pub async fn schedule_action(
     let (_, def) = load_action(conn, &entity, action).await?;
     let parameters = check_parameters(&def, parameters)?;
     let org = orgs::get_org(conn, &entity.organization_id).await?;
+    let fire_at = org.windows().open_at_or_after(at).ok_or_else(|| {
+        Error::precondition(format!(
+            "organization {}'s destroy windows never open; fix its destroy_windows setting",
+            org.id
+        ))
+    })?;
     let id = uuid::Uuid::now_v7().to_string();
     let shard_key = (uuid::Uuid::new_v4().as_u128() % (1 << 30)) as i32;
     exec(
         conn,
         "INSERT INTO scheduled_actions (id, organization_id, entity_id, action, parameters, scheduled_at, status, \
-         next_reminder_at, shard_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9)",
+         next_reminder_at, shard_key, created_at, fire_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10)",
         [
             id.clone().into(),
             entity.organization_id.clone().into(),
@@ -90,9 +107,10 @@ pub async fn schedule_action(
             action.into(),
             Json::Object(parameters.clone()).to_string().into(),
             at.into(),
-            math::next_reminder_at(Some(at), &org.lead_times()?, now).into(),
+            math::next_reminder_at(Some(fire_at), &org.lead_times()?, now).into(),
             shard_key.into(),
             now.into(),
+            fire_at.into(),
         ],
     )
     .await?;
@@ -100,6 +118,7 @@ pub async fn schedule_action(
         conn,
         vec![NewEvent::new(&entity.organization_id, "scheduled_action.created", "scheduled_action", &id, actor, json!({
             "action": action, "entity_id": entity_id, "scheduled_at": rfc3339(at), "parameters": parameters,
+            "fire_at": rfc3339(fire_at),
         }))],
         now,
     )
@@ -145,9 +164,15 @@ pub async fn cancel_scheduled(
 
 /// What became of a scheduled action's fire key.
 pub enum FireDecision {
-    Fired { action_run_id: String },
+    Fired {
+        action_run_id: String,
+    },
     Stale(String),
     Failed(String),
+    /// Reached outside every destroy window: it fires at the next opening instead.
+    WaitingForWindow {
+        opens_at: Option<EpochMs>,
+    },
 }
 
 /// Fires one scheduled action through the same trigger as an operator's, once: the action
@@ -172,11 +197,38 @@ pub async fn fire_scheduled(
             false,
         ));
     };
-    if row.status != ScheduledStatus::Pending || row.scheduled_at != due {
+    if row.status != ScheduledStatus::Pending || row.fires_at() != due {
         return Ok((
             FireDecision::Stale(format!("the scheduled action is {}", row.status)),
             false,
         ));
+    }
+    let org = orgs::get_org(conn, &row.organization_id).await?;
+    let windows = org.windows();
+    if !windows.contains(now) {
+        // Late (the scheduler was stopped) past the window's close: the next opening is a
+        // fire key of its own, with its reminders.
+        let opens_at = windows.open_at_or_after(now);
+        if let Some(at) = opens_at {
+            move_fire_at(conn, &row, at, &org.lead_times()?, now).await?;
+        }
+        outbox::write(
+            conn,
+            vec![NewEvent::new(
+                &row.organization_id,
+                "scheduled_action.waiting_for_window",
+                "scheduled_action",
+                id,
+                "scheduler",
+                json!({
+                    "action": row.action, "entity_id": row.entity_id,
+                    "scheduled_at": rfc3339(row.scheduled_at), "opens_at": opens_at.map(rfc3339),
+                }),
+            )],
+            now,
+        )
+        .await?;
+        return Ok((FireDecision::WaitingForWindow { opens_at }, false));
     }
     let parameters: Map<String, Json> =
         decode_json("scheduled_actions", "parameters", &row.id, &row.parameters)?;
@@ -249,7 +301,7 @@ impl Reminded for ScheduledRow {
     }
 
     fn due_at(&self) -> Option<EpochMs> {
-        (self.status == ScheduledStatus::Pending).then_some(self.scheduled_at)
+        (self.status == ScheduledStatus::Pending).then_some(self.fires_at())
     }
 
     fn reminder(&self, due_at: EpochMs, lead_ms: i64) -> NewEvent {
@@ -265,6 +317,61 @@ impl Reminded for ScheduledRow {
             }),
         )
     }
+}
+
+/// Moves a pending scheduled action's firing to `at` (never before its scheduled time: the
+/// database refuses it), with its next reminder for the new time.
+async fn move_fire_at(
+    conn: &impl ConnectionTrait,
+    row: &ScheduledRow,
+    at: EpochMs,
+    lead_times: &[i64],
+    now: EpochMs,
+) -> Result<()> {
+    exec(
+        conn,
+        "UPDATE scheduled_actions SET fire_at = $1, next_reminder_at = $2 \
+         WHERE id = $3 AND status = 'pending'",
+        [
+            at.into(),
+            math::next_reminder_at(Some(at), lead_times, now).into(),
+            row.id.clone().into(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// After the organization's destroy windows changed: each pending scheduled action fires at
+/// its scheduled time, or the first opening of the new windows after it.
+pub async fn follow_windows(
+    conn: &impl ConnectionTrait,
+    org: &orgs::OrgRow,
+    now: EpochMs,
+) -> Result<u32> {
+    let lock = sql::for_update().sql(conn.get_database_backend());
+    let pending: Vec<ScheduledRow> = query_all(
+        conn,
+        &format!(
+            "SELECT {SCHEDULED_COLUMNS} FROM scheduled_actions \
+             WHERE organization_id = $1 AND status = 'pending' ORDER BY id{lock}"
+        ),
+        [org.id.clone().into()],
+    )
+    .await?;
+    let (windows, leads) = (org.windows(), org.lead_times()?);
+    let mut moved = 0;
+    for row in pending {
+        // A setting that never opens leaves the time as it was: it fires only inside it.
+        let Some(at) = windows.open_at_or_after(row.scheduled_at) else {
+            continue;
+        };
+        if at != row.fires_at() {
+            move_fire_at(conn, &row, at, &leads, now).await?;
+            moved += 1;
+        }
+    }
+    Ok(moved)
 }
 
 /// Sends the due reminders of scheduled actions in one shard, each lead time once.

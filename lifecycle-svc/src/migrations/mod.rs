@@ -20,6 +20,7 @@ mod m0009_request_log;
 mod m0010_snooze_links;
 mod m0011_recurring_and_owners;
 mod m0012_approval;
+mod m0013_destroy_windows;
 
 /// Applies lifecycle-svc's migrations in order. One file per migration; an applied migration
 /// is never edited — a change is a new file.
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0010_snooze_links::M0010SnoozeLinks),
             Box::new(m0011_recurring_and_owners::M0011RecurringAndOwners),
             Box::new(m0012_approval::M0012Approval),
+            Box::new(m0013_destroy_windows::M0013DestroyWindows),
         ]
     }
 }

@@ -23,6 +23,12 @@ pub(super) const RECURRING: [(&str, &str); 3] = [
     ("0 19 * * FRI", "America/New_York"),
 ];
 
+/// The destroy windows cases set: (days, start, end, IANA time zone).
+pub(super) const WINDOWS: [(&str, &str, &str, &str); 2] = [
+    ("mon-fri", "09:00", "17:00", "Europe/Berlin"),
+    ("sat,sun", "20:00", "24:00", "America/New_York"),
+];
+
 /// The workspaces of every case, by index: (project, labelled `env=prod`). 0–2 stand alone,
 /// 3–5 materialize the tenants, 6–7 the accounts the tenants run on.
 pub(super) const LAYOUT: [(usize, bool); 8] = [
@@ -55,6 +61,8 @@ pub(super) struct Setup {
     pub(super) runs_on: [u8; TENANTS],
     /// Whether auto-destroy runs wait for approval (within [`APPROVAL_WINDOW_HOURS`]).
     pub(super) require_approval: bool,
+    /// The organization's destroy windows, [`WINDOWS`]`[i]`; `None`: any time.
+    pub(super) windows: Option<usize>,
 }
 
 /// How long an auto-destroy run waits for approval before it is canceled.
@@ -146,6 +154,11 @@ pub(super) enum Op {
         pick: usize,
         approve: bool,
     },
+    /// The organization's destroy windows become [`WINDOWS`]`[pattern]`, or any time.
+    Windows {
+        pattern: Option<usize>,
+        wrong_confirm: bool,
+    },
 }
 
 pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
@@ -157,6 +170,7 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
         [hours_or_none(), hours_or_none()],
         [1..=3u8, 1..=3u8, 1..=3u8],
         prop_oneof![2 => Just(false), 1 => Just(true)],
+        windows(),
     )
         .prop_map(
             |(
@@ -167,6 +181,7 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
                 project_default_hours,
                 runs_on,
                 require_approval,
+                windows,
             )| Setup {
                 minimum_notice_hours,
                 confirm_threshold,
@@ -175,8 +190,13 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
                 project_default_hours,
                 runs_on,
                 require_approval,
+                windows,
             },
         )
+}
+
+fn windows() -> impl Strategy<Value = Option<usize>> {
+    prop_oneof![2 => Just(None), 1 => (0..WINDOWS.len()).prop_map(Some)]
 }
 
 /// Inactivity periods from the shortest allowed (1 h) to days.
@@ -245,5 +265,7 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
         1 => Just(Op::FinalizeGrace),
         2 => (0..4usize, prop_oneof![3 => Just(true), 1 => Just(false)])
             .prop_map(|(pick, approve)| Op::Decide { pick, approve }),
+        1 => (windows(), wrong())
+            .prop_map(|(pattern, wrong_confirm)| Op::Windows { pattern, wrong_confirm }),
     ]
 }

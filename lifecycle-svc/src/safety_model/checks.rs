@@ -410,6 +410,15 @@ impl World {
                 rfc3339(due)
             ));
         }
+        // Destroy windows: an automated destroy starts only inside one.
+        if !self.model.in_window(r.created_at) {
+            return Err(format!(
+                "w{i}: auto-destroy run ({branch} due {}) queued at {}, outside every destroy \
+                 window",
+                rfc3339(due),
+                rfc3339(r.created_at)
+            ));
+        }
         // AD-12: what came due while protected is consumed, never fired.
         if self.model.came_due_protected.contains(&(i, due)) {
             return Err(format!(

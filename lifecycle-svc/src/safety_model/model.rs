@@ -8,7 +8,10 @@ use ebb_common::time::EpochMs;
 use crate::timing::recurrence::Recurrence;
 use crate::workspaces::WorkspaceRow;
 
-use super::case::{DAY, WORKSPACES};
+use chrono::{Datelike, TimeZone, Timelike, Utc};
+use chrono_tz::Tz;
+
+use super::case::{DAY, WINDOWS, WORKSPACES};
 
 /// What the model knows independently of the database.
 pub(super) struct Model {
@@ -32,6 +35,8 @@ pub(super) struct Model {
     pub(super) recurring: Vec<Option<Recurrence>>,
     /// Occurrences the operator extended to, per workspace.
     pub(super) recurring_extended: Vec<BTreeSet<EpochMs>>,
+    /// The organization's destroy windows, [`WINDOWS`]`[i]`, as last set.
+    pub(super) windows: Option<usize>,
     /// Runs already checked.
     pub(super) runs: BTreeSet<String>,
     /// Runs whose runner vanished after claiming them, with their lease tokens.
@@ -49,6 +54,27 @@ impl Model {
 }
 
 impl Model {
+    /// Whether a destroy may start at `t` under the windows last set, read off the local
+    /// wall clock here rather than by the code under test.
+    pub(super) fn in_window(&self, t: EpochMs) -> bool {
+        let Some((days, start, end, zone)) = self.windows.map(|i| WINDOWS[i]) else {
+            return true;
+        };
+        let zone: Tz = zone.parse().expect("a zone of the cases");
+        let Some(local) = Utc.timestamp_millis_opt(t).single() else {
+            return false;
+        };
+        let local = local.with_timezone(&zone);
+        let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+            [local.weekday().num_days_from_monday() as usize];
+        let open_day = match days {
+            "mon-fri" => !matches!(day, "sat" | "sun"),
+            other => other.split(',').any(|d| d == day),
+        };
+        let hhmm = format!("{:02}:{:02}", local.hour(), local.minute());
+        open_day && start <= hhmm.as_str() && hhmm.as_str() < end
+    }
+
     /// Whether `due` is a time the workspace's recurring schedule names: an occurrence of the
     /// cron as the model reads it, or one the operator extended to.
     pub(super) fn is_occurrence(&self, ws: usize, due: EpochMs) -> bool {

@@ -24,7 +24,7 @@ use super::case::{
 };
 use super::model::newly_within_week;
 use super::running::count;
-use super::world::{Applied, Done, World, admin, runner_token, scheduler, unexpected};
+use super::world::{Applied, Done, World, admin, runner_token, scheduler, unexpected, windows};
 
 impl World {
     pub(super) async fn apply(
@@ -204,6 +204,18 @@ impl World {
                     .await?;
                 if applied.refused.is_none() {
                     self.model.policy_prod = protect_prod;
+                }
+                applied.implicit = (0..WORKSPACES).collect();
+            }
+            Op::Windows {
+                pattern,
+                wrong_confirm,
+            } => {
+                applied = self
+                    .policy_change(before, wrong_confirm, PolicyChange::Windows(pattern))
+                    .await?;
+                if applied.refused.is_none() {
+                    self.model.windows = pattern;
                 }
                 applied.implicit = (0..WORKSPACES).collect();
             }
@@ -628,6 +640,8 @@ impl World {
 enum PolicyChange {
     /// The label policy protects `env=prod` (or nothing).
     Labels(bool),
+    /// The organization's destroy windows.
+    Windows(Option<usize>),
     /// A project's default inactivity.
     ProjectDefault(usize, Option<i64>),
 }
@@ -658,12 +672,25 @@ impl PolicyChange {
                 };
                 policy::update_org_settings(conn, org, &change, API, now).await?;
             }
+            PolicyChange::Windows(pattern) => {
+                let merge = move |mut s: OrgSettings| {
+                    s.destroy_windows = pattern.map(windows);
+                    s
+                };
+                let change = policy::SettingsChange {
+                    merge: &merge,
+                    etag: "",
+                    confirm_count,
+                };
+                policy::update_org_settings(conn, org, &change, API, now).await?;
+            }
             PolicyChange::ProjectDefault(project, inactivity) => {
                 policy::update_project(
                     conn,
                     &projects[project],
                     None,
                     Some(inactivity),
+                    None,
                     confirm_count,
                     API,
                     now,

@@ -14,6 +14,7 @@ fn defaults() -> Setup {
         project_default_hours: [None, None],
         runs_on: [1, 1, 1],
         require_approval: false,
+        windows: None,
     }
 }
 

@@ -15,13 +15,14 @@ use crate::finish;
 use crate::store::query_all;
 use crate::tenancy::orgs::{self, OrgSettings};
 use crate::tenancy::projects;
+use crate::timing::windows::{DestroyWindows, WindowSpec, WindowsSpec};
 use crate::workspaces::{
     self, NewWorkspace, WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow, state_versions,
 };
 
 use super::case::{
     ACCOUNTS, API, APPROVAL_WINDOW_HOURS, DAY, FIRST_ACCOUNT_WORKSPACE, FIRST_TENANT_WORKSPACE,
-    HOUR, LAYOUT, LEAD_TIMES, MINUTE, START, Setup, WORKSPACES,
+    HOUR, LAYOUT, LEAD_TIMES, MINUTE, START, Setup, WINDOWS, WORKSPACES,
 };
 use super::model::Model;
 
@@ -157,6 +158,7 @@ impl World {
                     confirm_threshold: setup.confirm_threshold,
                     require_approval: setup.require_approval,
                     approval_window_ms: APPROVAL_WINDOW_HOURS * HOUR,
+                    destroy_windows: setup.windows.map(windows),
                     ..OrgSettings::default()
                 };
                 let org = orgs::create_org(t, "model", &settings, API, now).await?;
@@ -167,6 +169,7 @@ impl World {
                         &org.id,
                         &format!("p{i}"),
                         hours.map(|h| h * HOUR),
+                        None,
                         API,
                         now,
                     )
@@ -271,6 +274,7 @@ impl World {
             explicit_at: vec![BTreeSet::new(); WORKSPACES],
             recurring: vec![None; WORKSPACES],
             recurring_extended: vec![BTreeSet::new(); WORKSPACES],
+            windows: setup.windows,
             came_due_protected: BTreeSet::new(),
             runs: BTreeSet::new(),
             abandoned: VecDeque::new(),
@@ -366,4 +370,21 @@ impl World {
         .await
         .map_err(|e| unexpected("reading the outbox", e))
     }
+}
+
+/// The destroy windows [`WINDOWS`]`[i]` as the API takes them.
+pub(super) fn windows(i: usize) -> DestroyWindows {
+    let (days, start, end, zone) = WINDOWS[i];
+    DestroyWindows::parse(
+        &WindowsSpec {
+            time_zone: zone.into(),
+            windows: vec![WindowSpec {
+                days: days.into(),
+                start: start.into(),
+                end: end.into(),
+            }],
+        },
+        "destroy_windows",
+    )
+    .expect("the windows of the cases are valid")
 }

@@ -13,11 +13,12 @@ use crate::events::{NewEvent, outbox};
 use crate::store::decode_json;
 use crate::store::for_update;
 use crate::store::{exec, keyset, query_one, select_all};
+use crate::timing::windows::{DestroyWindows, InForce};
 
 /// Columns of [`OrgRow`], in order.
 pub const ORG_COLUMNS: &str = "id, name, reminder_lead_times_ms, destroy_retry_limit, \
     max_inactivity_ms, protected_labels, minimum_notice_ms, confirm_threshold, snooze_step_ms, \
-    require_approval, approval_window_ms, version, created_at, updated_at";
+    require_approval, approval_window_ms, destroy_windows, version, created_at, updated_at";
 
 /// An organization.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -33,6 +34,7 @@ pub struct OrgRow {
     pub snooze_step_ms: Option<i64>,
     pub require_approval: bool,
     pub approval_window_ms: i64,
+    pub destroy_windows: Option<String>,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -75,6 +77,12 @@ impl OrgRow {
         self.snooze_step_ms.unwrap_or(DEFAULT_SNOOZE_STEP_MS)
     }
 
+    /// Its destroy windows: any time when unset; none at all when the stored setting no
+    /// longer parses (fails closed).
+    pub fn windows(&self) -> InForce {
+        InForce::stored(self.destroy_windows.as_deref())
+    }
+
     /// Its settings as validated values.
     pub fn settings(&self) -> Result<OrgSettings> {
         Ok(OrgSettings {
@@ -87,6 +95,16 @@ impl OrgRow {
             snooze_step_ms: self.snooze_step_ms,
             require_approval: self.require_approval,
             approval_window_ms: self.approval_window_ms,
+            destroy_windows: match DestroyWindows::stored(self.destroy_windows.as_deref()) {
+                None => None,
+                Some(Ok(w)) => Some(w),
+                Some(Err(refusal)) => {
+                    return Err(Error::Internal(format!(
+                        "organization {}: {}: {}",
+                        self.id, refusal.field, refusal.reason
+                    )));
+                }
+            },
         })
     }
 
@@ -119,6 +137,8 @@ pub struct OrgSettings {
     /// Auto-destroy runs wait for approval, at most `approval_window_ms`.
     pub require_approval: bool,
     pub approval_window_ms: i64,
+    /// Automated destroys start only inside these; `None`: any time.
+    pub destroy_windows: Option<DestroyWindows>,
 }
 
 /// The snooze step of an organization that does not set one.
@@ -136,6 +156,7 @@ impl Default for OrgSettings {
             snooze_step_ms: None,
             require_approval: false,
             approval_window_ms: 86_400_000,
+            destroy_windows: None,
         }
     }
 }
@@ -155,8 +176,10 @@ pub async fn create_org(
         conn,
         "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, \
          max_inactivity_ms, protected_labels, created_at, updated_at, minimum_notice_ms, \
-         confirm_threshold, snooze_step_ms, require_approval, approval_window_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12) ON CONFLICT (name) DO NOTHING",
+         confirm_threshold, snooze_step_ms, require_approval, approval_window_ms, \
+         destroy_windows) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (name) DO NOTHING",
         [
             id.clone().into(),
             name.into(),
@@ -170,6 +193,11 @@ pub async fn create_org(
             settings.snooze_step_ms.into(),
             settings.require_approval.into(),
             settings.approval_window_ms.into(),
+            settings
+                .destroy_windows
+                .as_ref()
+                .map(DestroyWindows::to_json)
+                .into(),
         ],
     )
     .await?;
@@ -260,7 +288,7 @@ pub async fn update_org_settings(
         "UPDATE organizations SET reminder_lead_times_ms = $1, destroy_retry_limit = $2, \
          max_inactivity_ms = $3, protected_labels = $4, updated_at = $5, minimum_notice_ms = $7, \
          confirm_threshold = $8, snooze_step_ms = $9, require_approval = $10, \
-         approval_window_ms = $11, version = version + 1 WHERE id = $6",
+         approval_window_ms = $11, destroy_windows = $12, version = version + 1 WHERE id = $6",
         [
             json!(settings.reminder_lead_times_ms).to_string().into(),
             settings.destroy_retry_limit.into(),
@@ -273,6 +301,11 @@ pub async fn update_org_settings(
             settings.snooze_step_ms.into(),
             settings.require_approval.into(),
             settings.approval_window_ms.into(),
+            settings
+                .destroy_windows
+                .as_ref()
+                .map(DestroyWindows::to_json)
+                .into(),
         ],
     )
     .await?;
@@ -327,6 +360,7 @@ mod tests {
             snooze_step_ms: None,
             require_approval: false,
             approval_window_ms: 86_400_000,
+            destroy_windows: None,
             version: 0,
             created_at: 0,
             updated_at: 0,

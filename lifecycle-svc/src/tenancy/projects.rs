@@ -8,11 +8,12 @@ use serde_json::json;
 use crate::events::{NewEvent, outbox};
 use crate::store::{exec, keyset, query_one, select_all};
 use crate::tenancy::orgs::{check_inactivity_max, get_org};
+use crate::timing::windows::DestroyWindows;
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
 
 /// Columns of [`ProjectRow`], in order.
 pub const PROJECT_COLUMNS: &str =
-    "id, organization_id, name, default_inactivity_ms, created_at, updated_at";
+    "id, organization_id, name, default_inactivity_ms, destroy_windows, created_at, updated_at";
 
 /// A project.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -21,6 +22,9 @@ pub struct ProjectRow {
     pub organization_id: String,
     pub name: String,
     pub default_inactivity_ms: Option<i64>,
+    /// Its own destroy windows (JSON), replacing the organization's; `None`: the
+    /// organization's.
+    pub destroy_windows: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -33,6 +37,7 @@ pub async fn create_project(
     org_id: &str,
     name: &str,
     default_inactivity_ms: Option<i64>,
+    destroy_windows: Option<&DestroyWindows>,
     actor: &str,
     now: EpochMs,
 ) -> Result<ProjectRow> {
@@ -46,8 +51,16 @@ pub async fn create_project(
     let n = exec(
         conn,
         "INSERT INTO projects (id, organization_id, name, default_inactivity_ms, created_at, \
-         updated_at) VALUES ($1, $2, $3, $4, $5, $5) ON CONFLICT (organization_id, name) DO NOTHING",
-        [id.clone().into(), org_id.into(), name.into(), default_inactivity_ms.into(), now.into()],
+         updated_at, destroy_windows) VALUES ($1, $2, $3, $4, $5, $5, $6) \
+         ON CONFLICT (organization_id, name) DO NOTHING",
+        [
+            id.clone().into(),
+            org_id.into(),
+            name.into(),
+            default_inactivity_ms.into(),
+            now.into(),
+            destroy_windows.map(DestroyWindows::to_json).into(),
+        ],
     )
     .await?;
     if n == 0 {
@@ -113,6 +126,7 @@ pub async fn update_project(
     id: &str,
     name: Option<&str>,
     default_inactivity_ms: Option<Option<i64>>,
+    destroy_windows: Option<Option<&DestroyWindows>>,
     actor: &str,
     now: EpochMs,
 ) -> Result<ProjectRow> {
@@ -125,15 +139,20 @@ pub async fn update_project(
         check_inactivity_max("default_auto_destroy_inactivity", d, &org)?;
         project.default_inactivity_ms = d;
     }
+    if let Some(w) = destroy_windows {
+        project.destroy_windows = w.map(DestroyWindows::to_json);
+    }
     let renamed = conn
         .execute_raw(ebb_common::db::stmt(
             conn.get_database_backend(),
-            "UPDATE projects SET name = $1, default_inactivity_ms = $2, updated_at = $3 WHERE id = $4",
+            "UPDATE projects SET name = $1, default_inactivity_ms = $2, updated_at = $3, \
+             destroy_windows = $5 WHERE id = $4",
             [
                 project.name.clone().into(),
                 project.default_inactivity_ms.into(),
                 now.into(),
                 id.into(),
+                project.destroy_windows.clone().into(),
             ],
         ))
         .await;
@@ -159,6 +178,7 @@ pub async fn update_project(
             json!({
                 "name": project.name,
                 "default_inactivity_ms": project.default_inactivity_ms,
+                "destroy_windows": destroy_windows.map(|w| w.map(|w| w.spec().clone())),
             }),
         )],
         now,

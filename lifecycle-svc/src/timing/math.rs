@@ -4,6 +4,7 @@
 use ebb_common::time::EpochMs;
 
 use super::recurrence::Recurrence;
+use super::windows::InForce;
 
 /// The inputs of the auto-destroy timing of one workspace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -35,6 +36,12 @@ pub struct Timing {
     pub recurrence: Option<Recurrence>,
     /// The due time of its current occurrence as stored (later than the cron's when extended).
     pub recurring_due_at: Option<EpochMs>,
+    /// The destroy windows in force (the project's, else the organization's): a destroy that
+    /// comes due outside every window waits for the next opening.
+    pub windows: InForce,
+    /// Not before this: the opening a due time that the scheduler reached outside every
+    /// window (late, or held back by a lock) waits for. Ignored once a later time fired.
+    pub window_not_before: Option<EpochMs>,
 }
 
 /// Which schedule a due time belongs to.
@@ -115,15 +122,49 @@ impl Timing {
             ..self.clone()
         };
         unclamped.inactivity_due().is_some_and(|due| due < floor)
-            && self.next_auto_destroy_at() == self.inactivity_due()
+            && self.scheduled_due() == self.inactivity_due()
     }
 
-    /// `next_auto_destroy_at`: the earliest due time that has not fired yet, or none.
+    /// `next_auto_destroy_at`: when the earliest due time that has not fired yet fires — its
+    /// own time, or the next opening of a destroy window when it falls outside every window —
+    /// or none.
     pub fn next_auto_destroy_at(&self) -> Option<EpochMs> {
+        let due = self.scheduled_due()?;
+        let floor = self
+            .window_not_before
+            .filter(|f| self.last_fired_due_at.is_none_or(|fired| *f > fired));
+        self.windows
+            .open_at_or_after(floor.map_or(due, |f| due.max(f)))
+    }
+
+    /// The earliest due time that has not fired yet by the schedule alone, before destroy
+    /// windows.
+    pub fn scheduled_due(&self) -> Option<EpochMs> {
         if self.protected {
             return None;
         }
         self.due_ignoring_protection()
+    }
+
+    /// Whether a destroy window holds the next auto-destroy back past its scheduled time.
+    pub fn waiting_for_window(&self) -> bool {
+        matches!(
+            (self.scheduled_due(), self.next_auto_destroy_at()),
+            (Some(due), Some(at)) if at > due
+        ) || (self.scheduled_due().is_some() && self.next_auto_destroy_at().is_none())
+    }
+
+    /// The scheduled time, while a destroy window holds it back.
+    pub fn held_by_window(&self) -> Option<EpochMs> {
+        self.scheduled_due().filter(|_| self.waiting_for_window())
+    }
+
+    /// The window floor still in force, if any: one a later scheduled time or firing made
+    /// irrelevant is dropped.
+    pub fn live_window_floor(&self) -> Option<EpochMs> {
+        let floor = self.window_not_before?;
+        let due = self.scheduled_due()?;
+        (due < floor && self.last_fired_due_at.is_none_or(|fired| floor > fired)).then_some(floor)
     }
 
     /// The due time of a schedule held back by protection: when it comes, it is consumed
@@ -157,8 +198,13 @@ impl Timing {
         .min()
     }
 
-    /// Which schedule the due time `due` belongs to.
+    /// Which schedule the due time `due` belongs to (the time it fires at, or a schedule's own).
     pub fn branch_of(&self, due: EpochMs) -> Branch {
+        // The time a window moved it to belongs to the schedule that came due.
+        let due = match self.scheduled_due() {
+            Some(own) if self.next_auto_destroy_at() == Some(due) => own,
+            _ => due,
+        };
         if self.retry_at == Some(due) {
             Branch::Retry
         } else if self.auto_destroy_at == Some(due) {
@@ -233,7 +279,7 @@ impl Timing {
         if self.pushed_by_notice() {
             return "minimum_notice";
         }
-        let next = self.next_auto_destroy_at();
+        let next = self.scheduled_due();
         if next.is_some() && next == self.retry_at {
             "retry"
         } else if next.is_some() && next == self.auto_destroy_at {

@@ -7,6 +7,7 @@ pub(crate) mod math;
 pub(crate) mod recurrence;
 pub(crate) mod reminders;
 pub(crate) mod snooze_links;
+pub(crate) mod windows;
 
 use ebb_common::time::EpochMs;
 use sea_orm::Value;
@@ -46,17 +47,18 @@ pub const WORKSPACES: Timeline = Timeline {
     },
 };
 
-/// Scheduled actions, falling due to fire. A scheduled action has one due time for life (a
-/// new time is a new scheduled action), so its ledger is keyed by lead time alone.
+/// Scheduled actions, falling due to fire at `fire_at`: their scheduled time, or the next
+/// opening of a destroy window. A window moves the time, so the ledger is keyed by due time
+/// and lead time, as workspaces' is.
 pub const SCHEDULED_ACTIONS: Timeline = Timeline {
     table: "scheduled_actions",
-    due_columns: &["scheduled_at"],
+    due_columns: &["fire_at"],
     live: " AND status = 'pending'",
-    ledger: |id, _due, lead, now| {
+    ledger: |id, due, lead, now| {
         (
-            "INSERT INTO scheduled_action_reminders (scheduled_action_id, lead_ms, sent_at) \
-             VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-            vec![id.into(), lead.into(), now.into()],
+            "INSERT INTO scheduled_action_reminders (scheduled_action_id, due_at, lead_ms, \
+             sent_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            vec![id.into(), due.into(), lead.into(), now.into()],
         )
     },
 };

@@ -20,6 +20,7 @@ use crate::tenancy::projects::get_project;
 use crate::timing::math;
 use crate::timing::math::Timing;
 use crate::timing::recurrence::Recurrence;
+use crate::timing::windows::InForce;
 
 db_enum! {
     /// Whether a workspace is in use or archived (never deleted).
@@ -50,10 +51,12 @@ pub const WORKSPACE_COLUMNS: &str = "w.id, w.organization_id, w.project_id, w.na
     w.next_auto_destroy_at, w.next_reminder_at, w.inactivity_extension_ms, w.held_due_at, \
     w.inactivity_not_before, w.recurring_cron, w.recurring_time_zone, w.recurring_due_at, \
     w.owner_email, w.owner_slack_user_id, w.created_at, w.updated_at, \
-    p.default_inactivity_ms AS project_default_inactivity_ms";
+    p.default_inactivity_ms AS project_default_inactivity_ms, w.window_not_before, \
+    w.window_held_due_at, COALESCE(p.destroy_windows, wo.destroy_windows) AS destroy_windows";
 
-/// `FROM` clause joining a workspace to its project.
-pub const WORKSPACE_FROM: &str = "workspaces w JOIN projects p ON p.id = w.project_id";
+/// `FROM` clause joining a workspace to its project and organization.
+pub const WORKSPACE_FROM: &str = "workspaces w JOIN projects p ON p.id = w.project_id \
+    JOIN organizations wo ON wo.id = w.organization_id";
 
 /// A workspace with its project's default inactivity.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -92,6 +95,10 @@ pub struct WorkspaceRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub project_default_inactivity_ms: Option<i64>,
+    pub window_not_before: Option<i64>,
+    pub window_held_due_at: Option<i64>,
+    /// The destroy windows in force (JSON): the project's, else the organization's.
+    pub destroy_windows: Option<String>,
 }
 
 impl WorkspaceRow {
@@ -107,6 +114,16 @@ impl WorkspaceRow {
         } else {
             self.auto_destroy_inactivity_ms
         }
+    }
+
+    /// Whether a destroy window holds its due auto-destroy back (WAITING_FOR_WINDOW): only
+    /// while no run of it is queued and it has not ended.
+    pub fn waiting_for_window(&self) -> bool {
+        self.window_held_due_at.is_some()
+            && matches!(
+                self.auto_destroy_status,
+                AutoDestroyStatus::Idle | AutoDestroyStatus::Deferred | AutoDestroyStatus::Retrying
+            )
     }
 
     /// Protected by flag or policy.
@@ -130,6 +147,8 @@ impl WorkspaceRow {
             inactivity_not_before: self.inactivity_not_before,
             recurrence: self.recurrence(),
             recurring_due_at: self.recurring_due_at,
+            windows: InForce::stored(self.destroy_windows.as_deref()),
+            window_not_before: self.window_not_before,
         }
     }
 
@@ -338,6 +357,8 @@ pub struct WorkspaceFilter {
     pub project_id: Option<String>,
     pub state: Option<WorkspaceState>,
     pub auto_destroy_status: Option<AutoDestroyStatus>,
+    /// Only those a destroy window holds back (`Some(true)`), or only the others.
+    pub waiting_for_window: Option<bool>,
     pub next_before: Option<EpochMs>,
     pub scheduled_only: bool,
     /// Only workspaces whose owner has this email address or Slack user id.
@@ -365,6 +386,14 @@ pub async fn list_workspaces(
     if let Some(s) = filter.auto_destroy_status {
         q.and_where(Expr::col(("w", "auto_destroy_status")).eq(s.as_str()));
     }
+    match filter.waiting_for_window {
+        Some(true) => q.and_where(Expr::cust(
+            "w.window_held_due_at IS NOT NULL \
+             AND w.auto_destroy_status IN ('idle', 'deferred', 'retrying')",
+        )),
+        Some(false) => q.and_where(Expr::col(("w", "window_held_due_at")).is_null()),
+        None => &mut q,
+    };
     if let Some(t) = filter.next_before {
         q.and_where(Expr::col(("w", "next_auto_destroy_at")).lte(t));
     }
@@ -423,6 +452,8 @@ pub async fn save(
     }
     ws.next_auto_destroy_at = timing.next_auto_destroy_at();
     ws.held_due_at = timing.held_due_at();
+    ws.window_not_before = timing.live_window_floor();
+    ws.window_held_due_at = timing.held_by_window();
     ws.next_reminder_at = math::next_reminder_at(timing.reminded_due(), &org.lead_times()?, now);
     if ws.next_auto_destroy_at.is_none()
         && matches!(
@@ -444,7 +475,8 @@ pub async fn save(
          next_auto_destroy_at = $19, next_reminder_at = $20, updated_at = $21, \
          inactivity_extension_ms = $23, held_due_at = $24, inactivity_not_before = $25, \
          recurring_cron = $26, recurring_time_zone = $27, recurring_due_at = $28, \
-         owner_email = $29, owner_slack_user_id = $30 \
+         owner_email = $29, owner_slack_user_id = $30, window_not_before = $31, \
+         window_held_due_at = $32 \
          WHERE id = $22",
         [
             ws.name.clone().into(),
@@ -477,6 +509,8 @@ pub async fn save(
             ws.recurring_due_at.into(),
             ws.owner_email.clone().into(),
             ws.owner_slack_user_id.clone().into(),
+            ws.window_not_before.into(),
+            ws.window_held_due_at.into(),
         ],
     )
     .await?;

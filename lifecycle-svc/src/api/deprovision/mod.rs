@@ -224,6 +224,7 @@ fn scheduled_pb(s: &ScheduledRow) -> Result<pb::ScheduledAction> {
         action: s.action.clone(),
         parameters: Some(json_to_struct(&Json::Object(params))),
         scheduled_time: Some(to_timestamp(s.scheduled_at)),
+        fire_time: Some(to_timestamp(s.fires_at())),
         status: s.status.to_string(),
         action_run_id: s.action_run_id.clone().unwrap_or_default(),
         error: s.error.clone(),

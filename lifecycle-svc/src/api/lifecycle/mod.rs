@@ -53,6 +53,7 @@ fn settings(
             "snooze_step",
             "require_approval",
             "approval_window",
+            "destroy_windows",
         ]
         .contains(&m.as_str())
         {
@@ -124,6 +125,10 @@ fn settings(
     }
     if wants("require_approval") && (!mask.is_empty() || s.require_approval) {
         out.require_approval = s.require_approval;
+    }
+    if wants("destroy_windows") && (!mask.is_empty() || s.destroy_windows.is_some()) {
+        out.destroy_windows =
+            check::destroy_windows(v, "settings.destroy_windows", s.destroy_windows.as_ref());
     }
     if wants("approval_window") && (!mask.is_empty() || s.approval_window.is_some()) {
         out.approval_window_ms = match &s.approval_window {

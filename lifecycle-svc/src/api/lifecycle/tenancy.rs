@@ -132,6 +132,8 @@ impl LifecycleApi {
                     };
                     let (org, scheduled) =
                         policy::update_org_settings(txn, &id, &change, API_ACTOR, now).await?;
+                    // Scheduled actions obey the organization's destroy windows too.
+                    crate::deprovision::scheduled::follow_windows(txn, &org, now).await?;
                     Ok(pb::UpdateOrganizationSettingsResponse {
                         organization: Some(convert::organization(&org)?),
                         scheduled: scheduled
@@ -164,14 +166,24 @@ impl LifecycleApi {
                 min,
             )
         };
+        let windows =
+            check::destroy_windows(&mut v, "destroy_windows", req.destroy_windows.as_ref());
         v.finish()?;
         let now = self.core.now();
         ok(self
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let p =
-                        projects::create_project(txn, &org, &name, default, API_ACTOR, now).await?;
+                    let p = projects::create_project(
+                        txn,
+                        &org,
+                        &name,
+                        default,
+                        windows.as_ref(),
+                        API_ACTOR,
+                        now,
+                    )
+                    .await?;
                     Ok(pb::CreateProjectResponse {
                         project: Some(convert::project(&p)),
                     })
@@ -242,10 +254,10 @@ impl LifecycleApi {
         if paths.is_empty() {
             v.add(
                 "update_mask",
-                "name at least one path: name, default_auto_destroy_inactivity",
+                "name at least one path: name, default_auto_destroy_inactivity, destroy_windows",
             );
         }
-        let (mut name, mut default) = (None, None);
+        let (mut name, mut default, mut windows) = (None, None, None);
         for p in &paths {
             match p.as_str() {
                 "name" => name = Some(check::name(&mut v, "name", &req.name)),
@@ -260,6 +272,13 @@ impl LifecycleApi {
                             self.min_inactivity_ms(),
                         )
                     })
+                }
+                "destroy_windows" => {
+                    windows = Some(check::destroy_windows(
+                        &mut v,
+                        "destroy_windows",
+                        req.destroy_windows.as_ref(),
+                    ))
                 }
                 other => v.add("update_mask", format!("unknown path `{other}`")),
             }
@@ -276,6 +295,7 @@ impl LifecycleApi {
                         &id,
                         name.as_deref(),
                         default,
+                        windows.as_ref().map(Option::as_ref),
                         confirm_count,
                         API_ACTOR,
                         now,

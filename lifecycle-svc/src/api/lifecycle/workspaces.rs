@@ -70,18 +70,20 @@ impl LifecycleApi {
     ) -> Reply<pb::ListWorkspacesResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
+        let (status, waiting) = v
+            .check(
+                "auto_destroy_status",
+                convert::auto_destroy_status_filter(req.auto_destroy_status),
+            )
+            .unwrap_or_default();
         let filter = WorkspaceFilter {
             organization_id: check::id(&mut v, "organization_id", &req.organization_id),
             project_id: check::optional_id(&mut v, "project_id", &req.project_id),
             state: v
                 .check("state", convert::workspace_state_filter(req.state))
                 .flatten(),
-            auto_destroy_status: v
-                .check(
-                    "auto_destroy_status",
-                    convert::auto_destroy_status_filter(req.auto_destroy_status),
-                )
-                .flatten(),
+            auto_destroy_status: status,
+            waiting_for_window: waiting,
             next_before: check::timestamp(
                 &mut v,
                 "next_auto_destroy_before",
@@ -99,6 +101,7 @@ impl LifecycleApi {
             filter.project_id.as_deref().unwrap_or_default(),
             filter.state.map_or("", |s| s.as_str()),
             filter.auto_destroy_status.map_or("", |s| s.as_str()),
+            &format!("{:?}", filter.waiting_for_window),
             &format!("{:?}", filter.next_before),
             &filter.scheduled_only.to_string(),
             filter.owner.as_deref().unwrap_or_default(),
