@@ -43,6 +43,8 @@ enum Command {
     Orgs(cli::orgs::OrgsArgs),
     /// Create projects, look at them and set their default inactivity period.
     Projects(cli::orgs::ProjectsArgs),
+    /// Destroy windows: when automated destroys may start, for an organization or a project.
+    Windows(cli::windows::WindowsArgs),
     /// Workspaces: list, show, schedule, clear, extend, upcoming destroys, preview, lock,
     /// and why a destroy was deferred.
     Workspaces(cli::workspaces::WorkspacesArgs),
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Command::Audit(args) => audit_cli::main(args),
         Command::Orgs(args) => cli::orgs::orgs(args),
         Command::Projects(args) => cli::orgs::projects(args),
+        Command::Windows(args) => cli::windows::main(args),
         Command::Workspaces(args) => cli::workspaces::main(args),
         Command::Runs(args) => cli::runs::main(args),
         Command::Deprovision(args) => cli::deprovision::main(args),

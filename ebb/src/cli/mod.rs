@@ -19,6 +19,7 @@ pub mod runs;
 pub mod scheduler;
 pub mod status;
 pub mod tokens;
+pub mod windows;
 pub mod workspaces;
 
 pub mod output;

@@ -249,6 +249,7 @@ pub fn projects(args: ProjectsArgs) -> std::process::ExitCode {
                     organization_id: organization.clone(),
                     name: name.clone(),
                     default_auto_destroy_inactivity: default_inactivity.unwrap_or_default(),
+                    destroy_windows: None,
                 })
                 .await
                 .map_err(|s| {

@@ -226,8 +226,10 @@ pub fn destroy_windows(
     };
     match DestroyWindows::parse(&spec, field) {
         Ok(w) => Some(w),
-        Err(refusal) => {
-            v.add(refusal.field, refusal.reason);
+        Err(refusals) => {
+            for refusal in refusals {
+                v.add(refusal.field, refusal.reason);
+            }
             None
         }
     }

@@ -177,8 +177,9 @@ pub async fn queue_auto_destroy_runs(
                 continue;
             }
             Verdict::WaitForWindow(opens_at) => {
-                // A fire key of its own at the opening; the reminders follow the new time.
-                ws.window_not_before = opens_at;
+                // Not before now, in whichever windows are in force: the next opening is a
+                // fire key of its own, and the reminders follow the new time.
+                ws.window_not_before = Some(now);
                 if ws.auto_destroy_status == AutoDestroyStatus::Deferred {
                     ws.auto_destroy_status = AutoDestroyStatus::Idle;
                 }

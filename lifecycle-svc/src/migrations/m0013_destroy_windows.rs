@@ -18,7 +18,7 @@ const SQL: &str = r#"
 -- setting replaces its organization's.
 ALTER TABLE organizations ADD COLUMN destroy_windows TEXT;
 ALTER TABLE projects ADD COLUMN destroy_windows TEXT;
--- The opening a due time reached outside every window waits for.
+-- When the scheduler reached a due time outside every window: it waits for the first opening after.
 ALTER TABLE workspaces ADD COLUMN window_not_before BIGINT;
 -- The scheduled time while a window holds the destroy back (status WAITING_FOR_WINDOW).
 ALTER TABLE workspaces ADD COLUMN window_held_due_at BIGINT;

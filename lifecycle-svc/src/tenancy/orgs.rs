@@ -98,10 +98,15 @@ impl OrgRow {
             destroy_windows: match DestroyWindows::stored(self.destroy_windows.as_deref()) {
                 None => None,
                 Some(Ok(w)) => Some(w),
-                Some(Err(refusal)) => {
+                Some(Err(refusals)) => {
+                    let why: Vec<String> = refusals
+                        .iter()
+                        .map(|r| format!("{}: {}", r.field, r.reason))
+                        .collect();
                     return Err(Error::Internal(format!(
-                        "organization {}: {}: {}",
-                        self.id, refusal.field, refusal.reason
+                        "organization {}: {}",
+                        self.id,
+                        why.join("; ")
                     )));
                 }
             },

@@ -39,8 +39,9 @@ pub struct Timing {
     /// The destroy windows in force (the project's, else the organization's): a destroy that
     /// comes due outside every window waits for the next opening.
     pub windows: InForce,
-    /// Not before this: the opening a due time that the scheduler reached outside every
-    /// window (late, or held back by a lock) waits for. Ignored once a later time fired.
+    /// Not before this: when the scheduler reached a due time outside every window (late, or
+    /// held back by a lock or a run); it then waits for the first opening after this in the
+    /// windows in force. Ignored once a later time fired.
     pub window_not_before: Option<EpochMs>,
 }
 

@@ -120,62 +120,77 @@ fn parse_time(value: &str, allow_midnight_end: bool) -> Result<u32, String> {
 impl DestroyWindows {
     /// Parses a setting; `field` names it in a refusal (`destroy_windows`). No windows at all
     /// is refused: leave the setting unset for "any time".
-    pub fn parse(spec: &WindowsSpec, field: &str) -> Result<Self, Refusal> {
-        let refuse = |sub: &str, reason: String| Refusal {
-            field: format!("{field}{sub}"),
-            reason,
+    pub fn parse(spec: &WindowsSpec, field: &str) -> Result<Self, Vec<Refusal>> {
+        let mut refusals = Vec::new();
+        let mut refuse = |sub: &str, reason: String| {
+            refusals.push(Refusal {
+                field: format!("{field}{sub}"),
+                reason,
+            })
         };
-        if spec.time_zone.trim().is_empty() {
-            return Err(refuse(
-                ".time_zone",
-                "must name an IANA time zone, e.g. Europe/Berlin or UTC".into(),
-            ));
-        }
-        let zone = Tz::from_str(spec.time_zone.trim()).map_err(|_| {
+        let zone = if spec.time_zone.trim().is_empty() {
             refuse(
                 ".time_zone",
-                format!(
-                    "{:?} is not an IANA time zone (e.g. Europe/Berlin, UTC)",
-                    spec.time_zone
-                ),
-            )
-        })?;
+                "must name an IANA time zone, e.g. Europe/Berlin or UTC".into(),
+            );
+            None
+        } else {
+            Tz::from_str(spec.time_zone.trim())
+                .map_err(|_| {
+                    refuse(
+                        ".time_zone",
+                        format!(
+                            "{:?} is not an IANA time zone (e.g. Europe/Berlin, UTC)",
+                            spec.time_zone
+                        ),
+                    )
+                })
+                .ok()
+        };
         if spec.windows.is_empty() {
-            return Err(refuse(
+            refuse(
                 ".windows",
                 "must list at least one window; leave destroy_windows unset to allow any time"
                     .into(),
-            ));
+            );
         }
         if spec.windows.len() > MAX_WINDOWS {
-            return Err(refuse(
+            refuse(
                 ".windows",
                 format!(
                     "lists {} windows; at most {MAX_WINDOWS}",
                     spec.windows.len()
                 ),
-            ));
+            );
         }
         let mut windows = Vec::with_capacity(spec.windows.len());
         for (i, w) in spec.windows.iter().enumerate() {
-            let days =
-                parse_days(&w.days).map_err(|r| refuse(&format!(".windows[{i}].days"), r))?;
+            let days = parse_days(&w.days)
+                .map_err(|r| refuse(&format!(".windows[{i}].days"), r))
+                .ok();
             let start = parse_time(&w.start, false)
-                .map_err(|r| refuse(&format!(".windows[{i}].start"), r))?;
-            let end =
-                parse_time(&w.end, true).map_err(|r| refuse(&format!(".windows[{i}].end"), r))?;
-            if end <= start {
-                return Err(refuse(
-                    &format!(".windows[{i}].end"),
-                    format!(
-                        "{:?} is not after the start {:?}; a window closes on the day it opens \
-                         (use two windows to span midnight)",
-                        w.end, w.start
-                    ),
-                ));
+                .map_err(|r| refuse(&format!(".windows[{i}].start"), r))
+                .ok();
+            let end = parse_time(&w.end, true)
+                .map_err(|r| refuse(&format!(".windows[{i}].end"), r))
+                .ok();
+            if let (Some(days), Some(start), Some(end)) = (days, start, end) {
+                if end <= start {
+                    refuse(
+                        &format!(".windows[{i}].end"),
+                        format!(
+                            "{:?} is not after the start {:?}; a window closes on the day it \
+                             opens (use two windows to span midnight)",
+                            w.end, w.start
+                        ),
+                    );
+                }
+                windows.push(Window { days, start, end });
             }
-            windows.push(Window { days, start, end });
         }
+        let Some(zone) = zone.filter(|_| refusals.is_empty()) else {
+            return Err(refusals);
+        };
         Ok(Self {
             zone,
             windows,
@@ -196,13 +211,15 @@ impl DestroyWindows {
 
     /// A setting as stored (JSON); `None` for none, and for one that no longer parses, which
     /// then allows no destroy at all (fails closed: see [`Self::closed`]).
-    pub fn stored(json: Option<&str>) -> Option<Result<Self, Refusal>> {
+    pub fn stored(json: Option<&str>) -> Option<Result<Self, Vec<Refusal>>> {
         let json = json?;
         Some(
             serde_json::from_str::<WindowsSpec>(json)
-                .map_err(|e| Refusal {
-                    field: "destroy_windows".into(),
-                    reason: format!("the stored setting does not decode: {e}"),
+                .map_err(|e| {
+                    vec![Refusal {
+                        field: "destroy_windows".into(),
+                        reason: format!("the stored setting does not decode: {e}"),
+                    }]
                 })
                 .and_then(|spec| Self::parse(&spec, "destroy_windows")),
         )
@@ -442,9 +459,9 @@ mod tests {
             }],
         };
         let refusal = |s: WindowsSpec| {
-            DestroyWindows::parse(&s, "destroy_windows")
-                .expect_err("refused")
+            DestroyWindows::parse(&s, "destroy_windows").expect_err("refused")[0]
                 .field
+                .clone()
         };
         assert_eq!(
             refusal(spec("mon-fri", "09:00", "17:00", "Mars/Olympus")),

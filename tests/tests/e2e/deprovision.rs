@@ -40,7 +40,7 @@ fn grace(seconds: f64) -> Option<prost_types::Struct> {
     })
 }
 
-async fn apply_catalog(dep: &mut Dep) {
+pub(crate) async fn apply_catalog(dep: &mut Dep) {
     dep.apply_catalog(pb::ApplyCatalogRequest {
         yaml: CATALOG.into(),
         ..Default::default()

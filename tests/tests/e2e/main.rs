@@ -33,3 +33,4 @@ mod snooze;
 mod support;
 mod tools;
 mod tracing;
+mod windows;

@@ -22,33 +22,33 @@ const CHECK: &str = "auto_destroy_check";
 const REMINDERS: &str = "auto_destroy_reminders";
 
 /// Epoch milliseconds of an RFC 3339 time.
-fn ms(t: &str) -> i64 {
+pub(crate) fn ms(t: &str) -> i64 {
     chrono::DateTime::parse_from_rfc3339(t)
         .expect("rfc3339")
         .timestamp_millis()
 }
 
-fn ts_ms(t: &prost_types::Timestamp) -> i64 {
+pub(crate) fn ts_ms(t: &prost_types::Timestamp) -> i64 {
     t.seconds * 1000 + i64::from(t.nanos / 1_000_000)
 }
 
 /// The RFC 3339 text events carry.
-fn text(t: &str) -> String {
+pub(crate) fn text(t: &str) -> String {
     ebb_common::time::rfc3339(ms(t))
 }
 
 /// The test clock lifecycle reads: an offset file the test rewrites.
-struct Clock(PathBuf);
+pub(crate) struct Clock(pub(crate) PathBuf);
 
 impl Clock {
-    fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path) -> Self {
         let clock = Self(dir.join("clock-offset"));
         std::fs::write(&clock.0, "0").expect("write the clock offset");
         clock
     }
 
     /// Moves lifecycle's clock so that it reads `at` now.
-    fn set(&self, at: &str) {
+    pub(crate) fn set(&self, at: &str) {
         let offset = ms(at) - chrono::Utc::now().timestamp_millis();
         std::fs::write(&self.0, offset.to_string()).expect("write the clock offset");
     }
@@ -97,7 +97,7 @@ fn next_occurrences(ws: &pb::Workspace) -> Vec<i64> {
 }
 
 /// Claims the organization's queued run and completes it as succeeded.
-async fn runner_succeeds(cluster: &Cluster, org: &str) -> pb::Run {
+pub(crate) async fn runner_succeeds(cluster: &Cluster, org: &str) -> pb::Run {
     let mut runner = cluster.runner().await;
     let claim = runner
         .claim_run(pb::ClaimRunRequest {
@@ -122,7 +122,11 @@ async fn runner_succeeds(cluster: &Cluster, org: &str) -> pb::Run {
 }
 
 /// Auto-destroy runs of a workspace.
-async fn destroy_runs(api: &mut LifecycleServiceClient<Channel>, org: &str, ws: &str) -> Vec<i64> {
+pub(crate) async fn destroy_runs(
+    api: &mut LifecycleServiceClient<Channel>,
+    org: &str,
+    ws: &str,
+) -> Vec<i64> {
     runs(api, org, ws)
         .await
         .into_iter()
@@ -132,7 +136,7 @@ async fn destroy_runs(api: &mut LifecycleServiceClient<Channel>, org: &str, ws: 
 }
 
 /// The `due_at` and `reason` of a workspace's events of `kind`.
-async fn event_dues(
+pub(crate) async fn event_dues(
     api: &mut LifecycleServiceClient<Channel>,
     org: &str,
     kind: &str,
@@ -147,7 +151,7 @@ async fn event_dues(
 }
 
 /// A string field of an event's data, or empty.
-fn field(e: &pb::OutboxEvent, name: &str) -> String {
+pub(crate) fn field(e: &pb::OutboxEvent, name: &str) -> String {
     match e
         .data
         .as_ref()
