@@ -247,8 +247,7 @@ pub async fn queue_auto_destroy_runs(
                 workspace_id: ws.id.clone(),
                 due_at: key.due_at,
                 working_directory: ws.working_directory.clone(),
-                approval_deadline: org
-                    .require_approval
+                approval_deadline: needs_approval(org, ws)
                     .then(|| now.saturating_add(org.approval_window_ms)),
             })
         })
@@ -288,7 +287,7 @@ pub async fn queue_auto_destroy_runs(
         events.push(NewEvent::new(&ws.organization_id, "run.queued", "run", &run_id, ACTOR, json!({
             "workspace_id": ws.id, "is_destroy": true, "source": "auto_destroy", "fire_due_at": rfc3339(key.due_at),
         })));
-        if org.require_approval {
+        if needs_approval(org, ws) {
             events.push(NewEvent::new(&ws.organization_id, "workspace.auto_destroy.awaiting_approval", "workspace", &ws.id, ACTOR, json!({
                 "run_id": run_id, "workspace_name": ws.name, "due_at": rfc3339(key.due_at),
                 "approval_deadline": rfc3339(now.saturating_add(org.approval_window_ms)), "owner": ws.owner(),
@@ -299,6 +298,15 @@ pub async fn queue_auto_destroy_runs(
     mark_fired(conn, &fired, now).await?;
     outbox::write(conn, events, now).await?;
     Ok(results)
+}
+
+/// Whether the workspace's auto-destroy waits for approval: its organization requires it,
+/// for every workspace or for its labels (labels that do not decode: it does).
+fn needs_approval(org: &OrgRow, ws: &WorkspaceRow) -> bool {
+    match ws.labels() {
+        Ok(labels) => org.requires_approval(&labels),
+        Err(_) => org.require_approval,
+    }
 }
 
 /// Records on each fired workspace the due time it fired and its recomputed schedule.

@@ -21,6 +21,7 @@ mod m0010_snooze_links;
 mod m0011_recurring_and_owners;
 mod m0012_approval;
 mod m0013_destroy_windows;
+mod m0014_schedule_scopes;
 
 /// Applies lifecycle-svc's migrations in order. One file per migration; an applied migration
 /// is never edited — a change is a new file.
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0011_recurring_and_owners::M0011RecurringAndOwners),
             Box::new(m0012_approval::M0012Approval),
             Box::new(m0013_destroy_windows::M0013DestroyWindows),
+            Box::new(m0014_schedule_scopes::M0014ScheduleScopes),
         ]
     }
 }

@@ -63,6 +63,8 @@ pub(super) struct Setup {
     pub(super) require_approval: bool,
     /// The organization's destroy windows, [`WINDOWS`]`[i]`; `None`: any time.
     pub(super) windows: Option<usize>,
+    /// With `require_approval`: only workspaces labelled `env=prod` need it.
+    pub(super) approval_prod_only: bool,
 }
 
 /// How long an auto-destroy run waits for approval before it is canceled.
@@ -171,6 +173,7 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
         [1..=3u8, 1..=3u8, 1..=3u8],
         prop_oneof![2 => Just(false), 1 => Just(true)],
         windows(),
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -182,6 +185,7 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
                 runs_on,
                 require_approval,
                 windows,
+                approval_prod_only,
             )| Setup {
                 minimum_notice_hours,
                 confirm_threshold,
@@ -191,6 +195,7 @@ pub(super) fn setup_strategy() -> impl Strategy<Value = Setup> {
                 runs_on,
                 require_approval,
                 windows,
+                approval_prod_only,
             },
         )
 }

@@ -410,6 +410,20 @@ impl World {
                 rfc3339(due)
             ));
         }
+        // Approval: exactly the runs its scope names wait for it.
+        let needs = match self.model.approval {
+            None => false,
+            Some(prod_only) => !prod_only || self.model.prod[i],
+        };
+        if needs != r.approval.is_some() {
+            return Err(format!(
+                "w{i}: auto-destroy run ({branch} due {}) queued with approval {:?}, but the \
+                 organization's scope says it {} approval",
+                rfc3339(due),
+                r.approval,
+                if needs { "needs" } else { "needs no" }
+            ));
+        }
         // Destroy windows: an automated destroy starts only inside one.
         if !self.model.in_window(r.created_at) {
             return Err(format!(

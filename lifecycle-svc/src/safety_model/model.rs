@@ -37,6 +37,9 @@ pub(super) struct Model {
     pub(super) recurring_extended: Vec<BTreeSet<EpochMs>>,
     /// The organization's destroy windows, [`WINDOWS`]`[i]`, as last set.
     pub(super) windows: Option<usize>,
+    /// Whether auto-destroys wait for approval: `Some(true)` only those of `env=prod`
+    /// workspaces, `Some(false)` all of them.
+    pub(super) approval: Option<bool>,
     /// Runs already checked.
     pub(super) runs: BTreeSet<String>,
     /// Runs whose runner vanished after claiming them, with their lease tokens.

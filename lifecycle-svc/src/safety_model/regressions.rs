@@ -15,6 +15,7 @@ fn defaults() -> Setup {
         runs_on: [1, 1, 1],
         require_approval: false,
         windows: None,
+        approval_prod_only: false,
     }
 }
 

@@ -159,6 +159,11 @@ impl World {
                     require_approval: setup.require_approval,
                     approval_window_ms: APPROVAL_WINDOW_HOURS * HOUR,
                     destroy_windows: setup.windows.map(windows),
+                    approval_labels: if setup.approval_prod_only {
+                        BTreeMap::from([("env".into(), "prod".into())])
+                    } else {
+                        BTreeMap::new()
+                    },
                     ..OrgSettings::default()
                 };
                 let org = orgs::create_org(t, "model", &settings, API, now).await?;
@@ -275,6 +280,9 @@ impl World {
             recurring: vec![None; WORKSPACES],
             recurring_extended: vec![BTreeSet::new(); WORKSPACES],
             windows: setup.windows,
+            approval: setup
+                .require_approval
+                .then_some(setup.approval_prod_only),
             came_due_protected: BTreeSet::new(),
             runs: BTreeSet::new(),
             abandoned: VecDeque::new(),

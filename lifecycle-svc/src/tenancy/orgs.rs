@@ -18,7 +18,8 @@ use crate::timing::windows::{DestroyWindows, InForce};
 /// Columns of [`OrgRow`], in order.
 pub const ORG_COLUMNS: &str = "id, name, reminder_lead_times_ms, destroy_retry_limit, \
     max_inactivity_ms, protected_labels, minimum_notice_ms, confirm_threshold, snooze_step_ms, \
-    require_approval, approval_window_ms, destroy_windows, version, created_at, updated_at";
+    require_approval, approval_window_ms, destroy_windows, approval_labels, version, created_at, \
+    updated_at";
 
 /// An organization.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -35,6 +36,7 @@ pub struct OrgRow {
     pub require_approval: bool,
     pub approval_window_ms: i64,
     pub destroy_windows: Option<String>,
+    pub approval_labels: String,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -83,6 +85,29 @@ impl OrgRow {
         InForce::stored(self.destroy_windows.as_deref())
     }
 
+    /// With `require_approval`, the labels one of which a workspace must carry to need it;
+    /// empty for every workspace.
+    pub fn approval_labels(&self) -> Result<BTreeMap<String, String>> {
+        decode_json(
+            "organizations",
+            "approval_labels",
+            &self.id,
+            &self.approval_labels,
+        )
+    }
+
+    /// Whether an auto-destroy of a workspace with `labels` waits for approval. Fails closed:
+    /// a scope that does not decode asks for approval.
+    pub fn requires_approval(&self, labels: &BTreeMap<String, String>) -> bool {
+        if !self.require_approval {
+            return false;
+        }
+        match self.approval_labels() {
+            Ok(scope) => scope.is_empty() || scope.iter().any(|(k, v)| labels.get(k) == Some(v)),
+            Err(_) => true,
+        }
+    }
+
     /// Its settings as validated values.
     pub fn settings(&self) -> Result<OrgSettings> {
         Ok(OrgSettings {
@@ -95,6 +120,7 @@ impl OrgRow {
             snooze_step_ms: self.snooze_step_ms,
             require_approval: self.require_approval,
             approval_window_ms: self.approval_window_ms,
+            approval_labels: self.approval_labels()?,
             destroy_windows: match DestroyWindows::stored(self.destroy_windows.as_deref()) {
                 None => None,
                 Some(Ok(w)) => Some(w),
@@ -142,6 +168,8 @@ pub struct OrgSettings {
     /// Auto-destroy runs wait for approval, at most `approval_window_ms`.
     pub require_approval: bool,
     pub approval_window_ms: i64,
+    /// Only workspaces with one of these labels need approval; empty: every workspace.
+    pub approval_labels: BTreeMap<String, String>,
     /// Automated destroys start only inside these; `None`: any time.
     pub destroy_windows: Option<DestroyWindows>,
 }
@@ -161,6 +189,7 @@ impl Default for OrgSettings {
             snooze_step_ms: None,
             require_approval: false,
             approval_window_ms: 86_400_000,
+            approval_labels: BTreeMap::new(),
             destroy_windows: None,
         }
     }
@@ -182,8 +211,8 @@ pub async fn create_org(
         "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, \
          max_inactivity_ms, protected_labels, created_at, updated_at, minimum_notice_ms, \
          confirm_threshold, snooze_step_ms, require_approval, approval_window_ms, \
-         destroy_windows) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13) \
+         destroy_windows, approval_labels) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14) \
          ON CONFLICT (name) DO NOTHING",
         [
             id.clone().into(),
@@ -203,6 +232,7 @@ pub async fn create_org(
                 .as_ref()
                 .map(DestroyWindows::to_json)
                 .into(),
+            json!(settings.approval_labels).to_string().into(),
         ],
     )
     .await?;
@@ -293,7 +323,8 @@ pub async fn update_org_settings(
         "UPDATE organizations SET reminder_lead_times_ms = $1, destroy_retry_limit = $2, \
          max_inactivity_ms = $3, protected_labels = $4, updated_at = $5, minimum_notice_ms = $7, \
          confirm_threshold = $8, snooze_step_ms = $9, require_approval = $10, \
-         approval_window_ms = $11, destroy_windows = $12, version = version + 1 WHERE id = $6",
+         approval_window_ms = $11, destroy_windows = $12, approval_labels = $13, \
+         version = version + 1 WHERE id = $6",
         [
             json!(settings.reminder_lead_times_ms).to_string().into(),
             settings.destroy_retry_limit.into(),
@@ -311,6 +342,7 @@ pub async fn update_org_settings(
                 .as_ref()
                 .map(DestroyWindows::to_json)
                 .into(),
+            json!(settings.approval_labels).to_string().into(),
         ],
     )
     .await?;
@@ -366,6 +398,7 @@ mod tests {
             require_approval: false,
             approval_window_ms: 86_400_000,
             destroy_windows: None,
+            approval_labels: "{}".into(),
             version: 0,
             created_at: 0,
             updated_at: 0,

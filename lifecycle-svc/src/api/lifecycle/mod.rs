@@ -54,6 +54,7 @@ fn settings(
             "require_approval",
             "approval_window",
             "destroy_windows",
+            "approval_labels",
         ]
         .contains(&m.as_str())
         {
@@ -125,6 +126,9 @@ fn settings(
     }
     if wants("require_approval") && (!mask.is_empty() || s.require_approval) {
         out.require_approval = s.require_approval;
+    }
+    if wants("approval_labels") && (!mask.is_empty() || !s.approval_labels.is_empty()) {
+        out.approval_labels = check::labels(v, "settings.approval_labels", &s.approval_labels);
     }
     if wants("destroy_windows") && (!mask.is_empty() || s.destroy_windows.is_some()) {
         out.destroy_windows =
