@@ -1,63 +1,73 @@
 """Python client of Ebb's gRPC API.
 
-The message and stub modules are generated from ``proto/`` by ``generate.sh`` into
-``ebb_client/_generated``; this module re-exports them under short names and adds
-:func:`connect`, which opens one channel to an Ebb server (``ebb serve`` or a single service)
-and returns a stub per service, sending ``authorization: Bearer <token>`` on every call when a
-token is given.
+The message and stub modules are generated from Ebb's protos when the package is built (see
+``hatch_build.py``); this module re-exports them under short names and adds :func:`connect`,
+which opens one channel to an Ebb server (``ebb serve`` or a single service) and returns a stub
+per service, sending ``authorization: Bearer <token>`` on every call when a token is given.
+:mod:`ebb_client.aio` does the same over ``grpc.aio``; :func:`error_details` decodes the
+``google.rpc`` details an error carries.
 
     import ebb_client
     from ebb_client import lifecycle_pb2
 
-    ebb = ebb_client.connect("127.0.0.1:50051", token=os.environ.get("EBB_TOKEN"))
-    org = ebb.lifecycle.CreateOrganization(
-        lifecycle_pb2.CreateOrganizationRequest(name="acme")
-    ).organization
+    with ebb_client.connect("127.0.0.1:50051", token=os.environ.get("EBB_TOKEN")) as ebb:
+        org = ebb.lifecycle.CreateOrganization(
+            lifecycle_pb2.CreateOrganizationRequest(name="acme")
+        ).organization
 """
 
 from __future__ import annotations
 
-import collections
-from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional, Sequence, Tuple
 
 import grpc
 
-try:
-    from ebb_client._generated.ebb.audit.v1 import audit_service_pb2 as audit_pb2
-    from ebb_client._generated.ebb.audit.v1 import audit_service_pb2_grpc as audit_grpc
-    from ebb_client._generated.ebb.lifecycle.v1 import lifecycle_service_pb2 as lifecycle_pb2
-    from ebb_client._generated.ebb.lifecycle.v1 import (
-        lifecycle_service_pb2_grpc as lifecycle_grpc,
-    )
-    from ebb_client._generated.ebb.lifecycle.v1 import resources_pb2 as lifecycle_resources_pb2
-    from ebb_client._generated.ebb.lifecycle.v1 import runner_service_pb2 as runner_pb2
-    from ebb_client._generated.ebb.lifecycle.v1 import runner_service_pb2_grpc as runner_grpc
-    from ebb_client._generated.ebb.notifier.v1 import notifier_service_pb2 as notifier_pb2
-    from ebb_client._generated.ebb.notifier.v1 import (
-        notifier_service_pb2_grpc as notifier_grpc,
-    )
-    from ebb_client._generated.ebb.notifier.v1 import resources_pb2 as notifier_resources_pb2
-    from ebb_client._generated.ebb.scheduler.v1 import scheduler_service_pb2 as scheduler_pb2
-    from ebb_client._generated.ebb.scheduler.v1 import (
-        scheduler_service_pb2_grpc as scheduler_grpc,
-    )
-except ImportError as e:  # pragma: no cover - only without generated code
-    raise ImportError(
-        "ebb_client's generated code is missing: run clients/python/generate.sh "
-        f"(after pip install -r clients/python/requirements.txt): {e}"
-    ) from e
+from ebb_client._auth import BearerToken, channel_target
+from ebb_client._generated.ebb.audit.v1 import audit_service_pb2 as audit_pb2
+from ebb_client._generated.ebb.audit.v1 import audit_service_pb2_grpc as audit_grpc
+from ebb_client._generated.ebb.lifecycle.v1 import deprovision_service_pb2 as deprovision_pb2
+from ebb_client._generated.ebb.lifecycle.v1 import (
+    deprovision_service_pb2_grpc as deprovision_grpc,
+)
+from ebb_client._generated.ebb.lifecycle.v1 import lifecycle_service_pb2 as lifecycle_pb2
+from ebb_client._generated.ebb.lifecycle.v1 import lifecycle_service_pb2_grpc as lifecycle_grpc
+from ebb_client._generated.ebb.lifecycle.v1 import resources_pb2 as lifecycle_resources_pb2
+from ebb_client._generated.ebb.lifecycle.v1 import runner_service_pb2 as runner_pb2
+from ebb_client._generated.ebb.lifecycle.v1 import runner_service_pb2_grpc as runner_grpc
+from ebb_client._generated.ebb.lifecycle.v1 import scheduling_service_pb2 as scheduling_pb2
+from ebb_client._generated.ebb.lifecycle.v1 import (
+    scheduling_service_pb2_grpc as scheduling_grpc,
+)
+from ebb_client._generated.ebb.lifecycle.v1 import token_service_pb2 as token_pb2
+from ebb_client._generated.ebb.lifecycle.v1 import token_service_pb2_grpc as token_grpc
+from ebb_client._generated.ebb.notifier.v1 import notifier_service_pb2 as notifier_pb2
+from ebb_client._generated.ebb.notifier.v1 import notifier_service_pb2_grpc as notifier_grpc
+from ebb_client._generated.ebb.notifier.v1 import resources_pb2 as notifier_resources_pb2
+from ebb_client._generated.ebb.scheduler.v1 import scheduler_service_pb2 as scheduler_pb2
+from ebb_client._generated.ebb.scheduler.v1 import scheduler_service_pb2_grpc as scheduler_grpc
+from ebb_client.errors import ErrorDetails, error_details
+
+__version__ = "0.1.0"
 
 __all__ = [
     "Ebb",
+    "ErrorDetails",
+    "BearerToken",
     "connect",
+    "error_details",
     "audit_pb2",
     "audit_grpc",
+    "deprovision_pb2",
+    "deprovision_grpc",
     "lifecycle_pb2",
     "lifecycle_grpc",
     "lifecycle_resources_pb2",
     "runner_pb2",
     "runner_grpc",
+    "scheduling_pb2",
+    "scheduling_grpc",
+    "token_pb2",
+    "token_grpc",
     "notifier_pb2",
     "notifier_grpc",
     "notifier_resources_pb2",
@@ -65,95 +75,64 @@ __all__ = [
     "scheduler_grpc",
 ]
 
-
-class _ClientCallDetails(
-    collections.namedtuple(
-        "_ClientCallDetails",
-        ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression"),
-    ),
-    grpc.ClientCallDetails,
-):
-    pass
+ChannelOptions = Sequence[Tuple[str, object]]
 
 
-class _BearerToken(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds ``authorization: Bearer <token>`` to every call."""
-
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _details(self, details):
-        metadata = list(details.metadata or [])
-        metadata.append(self._header)
-        return _ClientCallDetails(
-            details.method,
-            details.timeout,
-            metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
-
-    def intercept_unary_unary(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):
-        return continuation(self._details(details), request)
-
-    def intercept_stream_unary(self, continuation, details, request_iterator):
-        return continuation(self._details(details), request_iterator)
-
-    def intercept_stream_stream(self, continuation, details, request_iterator):
-        return continuation(self._details(details), request_iterator)
-
-
-@dataclass
 class Ebb:
-    """One channel and a stub for each of Ebb's public services."""
+    """One channel and a stub for each of Ebb's services.
 
-    channel: grpc.Channel
-    lifecycle: lifecycle_grpc.LifecycleServiceStub
-    runner: runner_grpc.RunnerServiceStub
-    scheduler: scheduler_grpc.SchedulerServiceStub
-    audit: audit_grpc.AuditServiceStub
-    notifier: notifier_grpc.NotifierServiceStub
+    ``lifecycle`` (organizations, projects, workspaces, runs, auto-destroy), ``deprovision``
+    (catalog, entities, relationships, action runs), ``runner`` (claim, heartbeat and complete
+    runs), ``tokens`` (API tokens), ``scheduling`` (the scheduler's calls; service tokens only),
+    ``scheduler`` (the scheduler's tasks), ``notifier`` (notification configurations and
+    deliveries) and ``audit`` (the audit log).
+    """
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.channel = channel
+        self.lifecycle = lifecycle_grpc.LifecycleServiceStub(channel)
+        self.deprovision = deprovision_grpc.DeprovisionServiceStub(channel)
+        self.runner = runner_grpc.RunnerServiceStub(channel)
+        self.tokens = token_grpc.TokenServiceStub(channel)
+        self.scheduling = scheduling_grpc.SchedulingServiceStub(channel)
+        self.scheduler = scheduler_grpc.SchedulerServiceStub(channel)
+        self.notifier = notifier_grpc.NotifierServiceStub(channel)
+        self.audit = audit_grpc.AuditServiceStub(channel)
 
     def close(self) -> None:
         self.channel.close()
 
-    def __enter__(self) -> "Ebb":
+    def __enter__(self) -> Ebb:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
 def connect(
     target: str,
     token: Optional[str] = None,
+    *,
     credentials: Optional[grpc.ChannelCredentials] = None,
+    options: Optional[ChannelOptions] = None,
+    interceptors: Sequence[Any] = (),
 ) -> Ebb:
-    """Connects to ``target`` (``host:port``).
+    """Connects to ``target``: ``host:port``, or ``http://host:port`` / ``https://host:port``.
 
     ``token``: sent as ``authorization: Bearer <token>`` on every call (``None`` or empty sends
-    nothing). ``credentials``: TLS channel credentials; plaintext when ``None``.
+    nothing). ``credentials``: TLS channel credentials (``grpc.ssl_channel_credentials(...)``);
+    plaintext when ``None``, except for an ``https://`` target, which gets the system's roots.
+    ``options``: gRPC channel arguments. ``interceptors``: more client interceptors, run after
+    the token's.
     """
+    address, tls = channel_target(target)
+    if credentials is None and tls:
+        credentials = grpc.ssl_channel_credentials()
     if credentials is None:
-        channel = grpc.insecure_channel(target)
+        channel = grpc.insecure_channel(address, options=options)
     else:
-        channel = grpc.secure_channel(target, credentials)
-    if token:
-        channel = grpc.intercept_channel(channel, _BearerToken(token))
-    return Ebb(
-        channel=channel,
-        lifecycle=lifecycle_grpc.LifecycleServiceStub(channel),
-        runner=runner_grpc.RunnerServiceStub(channel),
-        scheduler=scheduler_grpc.SchedulerServiceStub(channel),
-        audit=audit_grpc.AuditServiceStub(channel),
-        notifier=notifier_grpc.NotifierServiceStub(channel),
-    )
+        channel = grpc.secure_channel(address, credentials, options=options)
+    chain = ([BearerToken(token)] if token else []) + list(interceptors)
+    if chain:
+        channel = grpc.intercept_channel(channel, *chain)
+    return Ebb(channel)

