@@ -328,9 +328,9 @@ async function deprovisioning(ebb: Ebb, addr: string, catalog: string): Promise<
 }
 
 /**
- * Without a token the same server refuses: the token interceptor is what authenticates. Last:
- * over HTTP/1.1 the server closes the connection after this refusal, and Node's transport
- * fails the next call that reuses it (write EPIPE).
+ * Without a token the same server refuses: the token interceptor is what authenticates. First:
+ * over HTTP/1.1 the refusal closes its connection (`connection: close`), and every later call
+ * must get a fresh one rather than a socket the server is closing.
  */
 async function noToken(addr: string): Promise<void> {
   try {
@@ -352,10 +352,10 @@ async function main(): Promise<void> {
   const catalog = readFileSync(catalogPath, "utf8");
   const ebb = open(addr, token);
   if (protocol === "web") webEntryLoadsNoNodeModules();
+  await noToken(addr);
   await services(ebb);
   await autoDestroy(ebb, addr, token);
   await deprovisioning(ebb, addr, catalog);
-  await noToken(addr);
 }
 
 main().catch((e: unknown) => {

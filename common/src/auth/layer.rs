@@ -71,10 +71,23 @@ where
             return Box::pin(inner.call(request));
         }
         let guard = self.guard.clone();
+        let http1 = request.version() < http::Version::HTTP_2;
         Box::pin(async move {
             match guard.check(request).await {
                 Ok(request) => inner.call(request).await,
-                Err(status) => Ok(status.into_http()),
+                Err(status) => {
+                    let mut response = status.into_http();
+                    // A refusal answers before the body is read, so an HTTP/1.1 connection
+                    // (gRPC-Web) cannot carry another request: say so, or a client's
+                    // keep-alive pool reuses a socket the server is closing.
+                    if http1 {
+                        response.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok(response)
+                }
             }
         })
     }
