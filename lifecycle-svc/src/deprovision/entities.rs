@@ -15,8 +15,8 @@ use crate::tenancy::orgs;
 use crate::workspaces;
 
 /// Columns of [`EntityRow`].
-pub const ENTITY_COLUMNS: &str =
-    "id, organization_id, kind, name, state, attributes, workspace_id, created_at, updated_at";
+pub const ENTITY_COLUMNS: &str = "id, organization_id, kind, name, state, attributes, workspace_id, \
+    created_at, updated_at, owner_email, owner_slack_user_id";
 
 /// An entity.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -30,9 +30,17 @@ pub struct EntityRow {
     pub workspace_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub owner_email: String,
+    pub owner_slack_user_id: String,
 }
 
 impl EntityRow {
+    /// Its owner as event payloads carry it (reminders and results reach the owner too), or
+    /// null when it names none.
+    pub fn owner(&self) -> serde_json::Value {
+        workspaces::owner_json(&self.owner_email, &self.owner_slack_user_id)
+    }
+
     /// Attributes as a map.
     pub fn attributes(&self) -> Result<BTreeMap<String, String>> {
         decode_json("entities", "attributes", &self.id, &self.attributes)
@@ -59,6 +67,7 @@ pub async fn create_entity(
     name: &str,
     attributes: &BTreeMap<String, String>,
     workspace_id: Option<&str>,
+    owner: (&str, &str),
     actor: &str,
     now: EpochMs,
 ) -> Result<EntityRow> {
@@ -80,8 +89,9 @@ pub async fn create_entity(
     let id = uuid::Uuid::now_v7().to_string();
     let n = exec(
         conn,
-        "INSERT INTO entities (id, organization_id, kind, name, state, attributes, workspace_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) ON CONFLICT (organization_id, kind, name) DO NOTHING",
+        "INSERT INTO entities (id, organization_id, kind, name, state, attributes, workspace_id, created_at, updated_at, \
+         owner_email, owner_slack_user_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9, $10) ON CONFLICT (organization_id, kind, name) DO NOTHING",
         [
             id.clone().into(),
             org_id.into(),
@@ -91,6 +101,8 @@ pub async fn create_entity(
             json!(attributes).to_string().into(),
             workspace_id.map(str::to_owned).into(),
             now.into(),
+            owner.0.into(),
+            owner.1.into(),
         ],
     )
     .await?;
@@ -107,7 +119,7 @@ pub async fn create_entity(
             "entity",
             &id,
             actor,
-            json!({"kind": kind, "name": name}),
+            json!({"kind": kind, "name": name, "owner": workspaces::owner_json(owner.0, owner.1)}),
         )],
         now,
     )
@@ -122,10 +134,15 @@ pub async fn update_entity(
     name: Option<String>,
     attributes: Option<BTreeMap<String, String>>,
     workspace_id: Option<Option<String>>,
+    owner: Option<(String, String)>,
     actor: &str,
     now: EpochMs,
 ) -> Result<EntityRow> {
     let mut e = get_entity(conn, id).await?;
+    if let Some((email, slack)) = owner {
+        e.owner_email = email;
+        e.owner_slack_user_id = slack;
+    }
     if let Some(n) = name {
         e.name = n;
     }
@@ -157,8 +174,17 @@ pub async fn update_entity(
     }
     exec(
         conn,
-        "UPDATE entities SET name = $1, attributes = $2, workspace_id = $3, updated_at = $4 WHERE id = $5",
-        [e.name.clone().into(), e.attributes.clone().into(), e.workspace_id.clone().into(), now.into(), id.into()],
+        "UPDATE entities SET name = $1, attributes = $2, workspace_id = $3, updated_at = $4, \
+         owner_email = $6, owner_slack_user_id = $7 WHERE id = $5",
+        [
+            e.name.clone().into(),
+            e.attributes.clone().into(),
+            e.workspace_id.clone().into(),
+            now.into(),
+            id.into(),
+            e.owner_email.clone().into(),
+            e.owner_slack_user_id.clone().into(),
+        ],
     )
     .await?;
     outbox::write(
@@ -169,7 +195,7 @@ pub async fn update_entity(
             "entity",
             id,
             actor,
-            json!({"name": e.name}),
+            json!({"name": e.name, "owner": e.owner()}),
         )],
         now,
     )
@@ -211,6 +237,7 @@ pub async fn list_entities(
     org: &str,
     kind: Option<&str>,
     state: Option<&str>,
+    owner: Option<&str>,
     after: Option<(i64, String)>,
     limit: u64,
 ) -> Result<Vec<EntityRow>> {
@@ -223,6 +250,13 @@ pub async fn list_entities(
     }
     if let Some(s) = state {
         q.and_where(Expr::col("state").eq(s));
+    }
+    if let Some(o) = owner {
+        q.and_where(
+            Expr::col("owner_email")
+                .eq(o)
+                .or(Expr::col("owner_slack_user_id").eq(o)),
+        );
     }
     if let Some(position) = after {
         q.cond_where(keyset("created_at", "id", position, Order::Asc));

@@ -291,29 +291,40 @@ pub async fn fire_scheduled(
     }
 }
 
-impl Reminded for ScheduledRow {
+/// A scheduled action with its entity's owner, whom its reminders reach too.
+#[derive(Debug, Clone, FromQueryResult)]
+struct Owned {
+    #[sea_orm(nested)]
+    row: ScheduledRow,
+    owner_email: String,
+    owner_slack_user_id: String,
+}
+
+impl Reminded for Owned {
     fn id(&self) -> &str {
-        &self.id
+        &self.row.id
     }
 
     fn organization_id(&self) -> &str {
-        &self.organization_id
+        &self.row.organization_id
     }
 
     fn due_at(&self) -> Option<EpochMs> {
-        (self.status == ScheduledStatus::Pending).then_some(self.fires_at())
+        (self.row.status == ScheduledStatus::Pending).then_some(self.row.fires_at())
     }
 
     fn reminder(&self, due_at: EpochMs, lead_ms: i64) -> NewEvent {
+        let row = &self.row;
         NewEvent::new(
-            &self.organization_id,
+            &row.organization_id,
             "scheduled_action.reminder",
             "scheduled_action",
-            &self.id,
+            &row.id,
             "scheduler",
             json!({
-                "action": self.action, "entity_id": self.entity_id, "scheduled_at": rfc3339(due_at),
+                "action": row.action, "entity_id": row.entity_id, "scheduled_at": rfc3339(due_at),
                 "lead_time_ms": lead_ms, "lead_time": ebb_common::time::human(lead_ms),
+                "owner": crate::workspaces::owner_json(&self.owner_email, &self.owner_slack_user_id),
             }),
         )
     }
@@ -385,17 +396,18 @@ pub async fn send_scheduled_reminders(
     let columns = SCHEDULED_COLUMNS
         .split(", ")
         .map(|c| format!("s.{}", c.trim()))
+        .chain(["e.owner_email".into(), "e.owner_slack_user_id".into()])
         .collect::<Vec<_>>()
         .join(", ");
     let sql = reminders::due_statement(
         conn,
         &timing::SCHEDULED_ACTIONS,
         &columns,
-        "scheduled_actions s",
+        "scheduled_actions s JOIN entities e ON e.id = s.entity_id",
         "s",
         limit,
     );
-    let due: Vec<ScheduledRow> =
+    let due: Vec<Owned> =
         query_all(conn, &sql, [now.into(), shard_count.into(), shard.into()]).await?;
     reminders::send(conn, &timing::SCHEDULED_ACTIONS, &due, None, now).await
 }

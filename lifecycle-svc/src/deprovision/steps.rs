@@ -413,6 +413,7 @@ async fn finish(
             actor,
             json!({
                 "action": run.action, "entity_id": run.entity_id, "error": error,
+                "owner": root.owner(),
             }),
         )],
         now,

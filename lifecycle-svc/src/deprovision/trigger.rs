@@ -145,6 +145,7 @@ pub async fn trigger(
         json!({
             "action": action, "entity_id": entity.id, "entity_kind": entity.kind, "entity_name": entity.name,
             "parameters": parameters, "steps": plan.nodes.len(), "scheduled_action_id": scheduled_action_id,
+            "owner": entity.owner(),
             "kept": plan.kept.iter().map(|k| json!({"entity_id": k.entity_id, "used_by": k.used_by})).collect::<Vec<_>>(),
         }),
     )];

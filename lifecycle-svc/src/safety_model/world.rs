@@ -224,6 +224,7 @@ impl World {
                         &format!("a{a}"),
                         &BTreeMap::new(),
                         Some(&ws_ids[FIRST_ACCOUNT_WORKSPACE + a]),
+                        ("", ""),
                         API,
                         now,
                     )
@@ -239,6 +240,7 @@ impl World {
                         &format!("t{i}"),
                         &BTreeMap::new(),
                         Some(&ws_ids[FIRST_TENANT_WORKSPACE + i]),
+                        ("", ""),
                         API,
                         now,
                     )
@@ -280,9 +282,7 @@ impl World {
             recurring: vec![None; WORKSPACES],
             recurring_extended: vec![BTreeSet::new(); WORKSPACES],
             windows: setup.windows,
-            approval: setup
-                .require_approval
-                .then_some(setup.approval_prod_only),
+            approval: setup.require_approval.then_some(setup.approval_prod_only),
             came_due_protected: BTreeSet::new(),
             runs: BTreeSet::new(),
             abandoned: VecDeque::new(),

@@ -96,6 +96,9 @@ enum Command {
         /// Only this state, e.g. active.
         #[arg(long)]
         state: Option<String>,
+        /// Only entities whose owner has this email address or Slack user id.
+        #[arg(long)]
+        owner: Option<String>,
     },
     /// Create an entity (a tenant, an account, a stack) of a catalog kind.
     CreateEntity {
@@ -113,6 +116,13 @@ enum Command {
         /// An attribute, KEY=VALUE; repeatable.
         #[arg(long = "attribute", value_parser = super::parse_key_value)]
         attributes: Vec<(String, String)>,
+        /// The owner's email address: the reminders of its scheduled actions and the results
+        /// of its action runs reach the owner too.
+        #[arg(long)]
+        owner_email: Option<String>,
+        /// The owner's Slack member id, e.g. U024BE7LH.
+        #[arg(long)]
+        owner_slack: Option<String>,
     },
     /// Create a relationship: FROM depends on TO (for `runs_on`, FROM runs on TO).
     Relate {
@@ -308,12 +318,14 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             organization,
             kind,
             state,
+            owner,
         } => {
             let answer = api
                 .list_entities(pb::ListEntitiesRequest {
                     organization_id: organization.clone(),
                     kind: kind.unwrap_or_default(),
                     state: state.unwrap_or_default(),
+                    owner: owner.unwrap_or_default(),
                     page_size: 1000,
                     ..Default::default()
                 })
@@ -323,14 +335,30 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 })?
                 .into_inner();
             ctx.print(&answer, "ebb.lifecycle.v1.ListEntitiesResponse", &|r| {
-                let mut t = table(&["id", "kind", "name", "state", "workspace", "updated"]);
+                let mut t = table(&[
+                    "id",
+                    "kind",
+                    "name",
+                    "state",
+                    "workspace",
+                    "owner",
+                    "updated",
+                ]);
                 for e in &r.entities {
+                    let owner = e.owner.as_ref().map(|o| {
+                        [o.email.as_str(), o.slack_user_id.as_str()]
+                            .into_iter()
+                            .filter(|s| !s.is_empty())
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    });
                     t.add_row(vec![
                         e.id.clone(),
                         e.kind.clone(),
                         e.name.clone(),
                         e.state.clone(),
                         text(&e.workspace_id),
+                        text(&owner.unwrap_or_default()),
                         when(e.update_time.as_ref()),
                     ]);
                 }
@@ -343,6 +371,8 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             name,
             workspace,
             attributes,
+            owner_email,
+            owner_slack,
         } => {
             let entity = api
                 .create_entity(pb::CreateEntityRequest {
@@ -352,6 +382,10 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                     name: name.clone(),
                     attributes: attributes.into_iter().collect(),
                     workspace_id: workspace.unwrap_or_default(),
+                    owner: (owner_email.is_some() || owner_slack.is_some()).then(|| pb::Owner {
+                        email: owner_email.unwrap_or_default(),
+                        slack_user_id: owner_slack.unwrap_or_default(),
+                    }),
                 })
                 .await
                 .map_err(|s| CliError::status(format!("create {kind} {name}"), s))?

@@ -102,6 +102,7 @@ impl DeprovisionApi {
         let name = check::name(&mut v, "name", &req.name);
         let attributes = check::labels(&mut v, "attributes", &req.attributes);
         let workspace = check::optional_id(&mut v, "workspace_id", &req.workspace_id);
+        let owner = check::owner(&mut v, "owner", req.owner.as_ref());
         v.finish()?;
         let now = self.core.now();
         ok(self
@@ -115,6 +116,7 @@ impl DeprovisionApi {
                         &name,
                         &attributes,
                         workspace.as_deref(),
+                        (&owner.0, &owner.1),
                         ACTOR,
                         now,
                     )
@@ -150,6 +152,7 @@ impl DeprovisionApi {
         let org = check::id(&mut v, "organization_id", &req.organization_id);
         let kind = (!req.kind.is_empty()).then(|| short_name(&mut v, "kind", &req.kind));
         let state = (!req.state.is_empty()).then(|| short_name(&mut v, "state", &req.state));
+        let owner = (!req.owner.is_empty()).then(|| check::text(&mut v, "owner", &req.owner, 254));
         let size = v.check("page_size", page::page_size(req.page_size));
         v.finish()?;
         let size = size.unwrap_or(page::DEFAULT_PAGE_SIZE);
@@ -158,6 +161,7 @@ impl DeprovisionApi {
             &org,
             kind.as_deref().unwrap_or_default(),
             state.as_deref().unwrap_or_default(),
+            owner.as_deref().unwrap_or_default(),
         ]);
         let pos = match page::decode(&req.page_token, &fh)? {
             Some(p) => Some(after(&p)?),
@@ -168,6 +172,7 @@ impl DeprovisionApi {
             &org,
             kind.as_deref(),
             state.as_deref(),
+            owner.as_deref(),
             pos,
             size + 1,
         )
@@ -200,16 +205,17 @@ impl DeprovisionApi {
         if paths.is_empty() {
             v.add(
                 "update_mask",
-                "name at least one path: name, attributes, workspace_id",
+                "name at least one path: name, attributes, workspace_id, owner",
             );
         }
-        let (mut name, mut attributes, mut workspace) = (None, None, None);
+        let (mut name, mut attributes, mut workspace, mut owner) = (None, None, None, None);
         for p in &paths {
             match p.as_str() {
                 "name" => name = Some(check::name(&mut v, "entity.name", &e.name)),
                 "attributes" => {
                     attributes = Some(check::labels(&mut v, "entity.attributes", &e.attributes))
                 }
+                "owner" => owner = Some(check::owner(&mut v, "entity.owner", e.owner.as_ref())),
                 "workspace_id" => {
                     workspace = Some(check::optional_id(
                         &mut v,
@@ -231,9 +237,10 @@ impl DeprovisionApi {
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let e =
-                        entities::update_entity(txn, &id, name, attributes, workspace, ACTOR, now)
-                            .await?;
+                    let e = entities::update_entity(
+                        txn, &id, name, attributes, workspace, owner, ACTOR, now,
+                    )
+                    .await?;
                     Ok(pb::UpdateEntityResponse {
                         entity: Some(entity_pb(&e)?),
                     })

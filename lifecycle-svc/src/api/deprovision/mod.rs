@@ -103,6 +103,7 @@ fn entity_pb(e: &EntityRow) -> Result<pb::Entity> {
         workspace_id: e.workspace_id.clone().unwrap_or_default(),
         create_time: Some(to_timestamp(e.created_at)),
         update_time: Some(to_timestamp(e.updated_at)),
+        owner: crate::api::convert::owner(&e.owner_email, &e.owner_slack_user_id),
     })
 }
 
