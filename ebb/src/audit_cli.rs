@@ -21,7 +21,7 @@ pub struct ExportArgs {
     /// takes them.
     #[command(flatten)]
     target: crate::cli::Target,
-    /// The organization whose chain is exported.
+    /// The organization whose chain is exported: its id or name.
     #[arg(
         long,
         visible_alias = "org",
@@ -153,12 +153,13 @@ async fn export(args: ExportArgs) -> Result<u64, CliError> {
     // A long export streams for as long as it takes.
     let channel = channel_with(&target.server, Duration::from_secs(3600), &target.settings)
         .map_err(|e| CliError::Usage(format!("--server: {e}")))?;
+    let organization_id = crate::cli::names::org_id(&channel, &args.organization).await?;
     let mut client = AuditServiceClient::new(channel);
     let org = args.organization.clone();
     let failed = |s| CliError::status(format!("export the audit chain of organization {org}"), s);
     let mut stream = client
         .export_events(ExportEventsRequest {
-            organization_id: args.organization.clone(),
+            organization_id,
             from_sequence: args.from_sequence,
             to_sequence: args.to_sequence,
         })

@@ -13,7 +13,7 @@ use super::{CliError, Connection, Ctx};
 pub struct VerifyChainArgs {
     #[command(flatten)]
     conn: Connection,
-    /// Organization whose chain is verified.
+    /// Organization whose chain is verified: its id or name.
     #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
     organization: String,
     /// First sequence number (1: from the start).
@@ -32,7 +32,7 @@ pub struct VerifyChainArgs {
 pub struct EventsArgs {
     #[command(flatten)]
     conn: Connection,
-    /// Organization whose log is listed.
+    /// Organization whose log is listed: its id or name.
     #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
     organization: String,
     /// Exact action, e.g. `deprovision.finalized`.
@@ -68,9 +68,10 @@ pub fn events(args: EventsArgs) -> std::process::ExitCode {
         let ctx = super::connect(&args.conn)?;
         let mut audit = Audit::new(ctx.channel.clone());
         let org = &args.organization;
+        let organization_id = super::names::org_id(&ctx.channel, org).await?;
         let answer = audit
             .list_events(pb::ListEventsRequest {
-                organization_id: org.clone(),
+                organization_id,
                 page_size: args.limit,
                 action: args.action.clone().unwrap_or_default(),
                 action_prefix: args.action_prefix.clone().unwrap_or_default(),
@@ -146,10 +147,11 @@ pub fn who(actor: &str, detail: Option<&prost_types::Value>) -> String {
 async fn verify(ctx: &Ctx, args: &VerifyChainArgs) -> Result<(), CliError> {
     let mut audit = Audit::new(ctx.channel.clone());
     let org = &args.organization;
+    let id = super::names::org_id(&ctx.channel, org).await?;
     // The head, to know how far to go.
     let newest = audit
         .list_events(pb::ListEventsRequest {
-            organization_id: org.clone(),
+            organization_id: id.clone(),
             page_size: 1,
             order: pb::Order::NewestFirst as i32,
             ..Default::default()
@@ -180,7 +182,7 @@ async fn verify(ctx: &Ctx, args: &VerifyChainArgs) -> Result<(), CliError> {
         let end = start.saturating_add(args.chunk - 1).min(to);
         let chunk = audit
             .verify_chain(pb::VerifyChainRequest {
-                organization_id: org.clone(),
+                organization_id: id.clone(),
                 from_sequence: start,
                 to_sequence: end,
             })
@@ -210,7 +212,7 @@ async fn verify(ctx: &Ctx, args: &VerifyChainArgs) -> Result<(), CliError> {
     ctx.print(&result, "ebb.audit.v1.VerifyChainResponse", &|r| {
         if r.intact {
             fields(vec![
-                ("organization", org.clone()),
+                ("organization", id.clone()),
                 ("result", "intact".to_owned()),
                 ("range", format!("{from}..{to}")),
                 ("verified", r.verified_count.to_string()),
@@ -219,7 +221,7 @@ async fn verify(ctx: &Ctx, args: &VerifyChainArgs) -> Result<(), CliError> {
             ])
         } else {
             fields(vec![
-                ("organization", org.clone()),
+                ("organization", id.clone()),
                 ("result", "BROKEN".to_owned()),
                 ("verified", r.verified_count.to_string()),
                 ("first bad sequence", r.first_bad_sequence.to_string()),

@@ -13,6 +13,7 @@ pub mod contexts;
 pub mod deprovision;
 pub mod grid;
 pub mod mode;
+pub mod names;
 pub mod notifier;
 pub mod orgs;
 pub mod runs;

@@ -7,6 +7,7 @@ use chrono::Utc;
 use ebb_proto::notifier::v1 as pb;
 use ebb_proto::notifier::v1::notifier_service_client::NotifierServiceClient;
 
+use super::names::org_id;
 use super::output::{fields, label, or_none, table, text, time, when, yes_no};
 use super::{CliError, Connection, Ctx, enum_parser, parse_duration, request_id, timestamp};
 
@@ -23,7 +24,7 @@ pub struct NotifierArgs {
 enum Command {
     /// List deliveries, newest first: by default the failed (dead-lettered) ones.
     Deliveries {
-        /// Organization whose deliveries are listed.
+        /// Organization whose deliveries are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
         /// Only these statuses (pending, succeeded, failed, cancelled); repeatable. Default:
@@ -52,7 +53,7 @@ enum Command {
     },
     /// Deliver again every delivery created in a time window (default: the failed ones).
     RedeliverWindow {
-        /// Organization whose deliveries are redelivered.
+        /// Organization whose deliveries are redelivered: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
         /// Start of the window, this long ago (e.g. 1d).
@@ -76,7 +77,7 @@ enum Command {
     },
     /// List an organization's notification configurations.
     Configs {
-        /// Organization whose configurations are listed.
+        /// Organization whose configurations are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
     },
@@ -128,9 +129,10 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             event_type,
             limit,
         } => {
+            let organization_id = org_id(&ctx.channel, &organization).await?;
             let answer = api
                 .list_deliveries(pb::ListDeliveriesRequest {
-                    organization_id: organization.clone(),
+                    organization_id,
                     configuration_id: configuration.unwrap_or_default(),
                     event_type: event_type.unwrap_or_default(),
                     statuses: statuses_or_failed(statuses),
@@ -186,6 +188,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             dry_run,
             yes,
         } => {
+            let organization_id = org_id(&ctx.channel, &organization).await?;
             let start = ago(since, "--since")?;
             let end = ago(until.unwrap_or_default(), "--until")?;
             let statuses = statuses_or_failed(statuses);
@@ -193,7 +196,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             let window = in_window(
                 &mut api,
                 pb::ListDeliveriesRequest {
-                    organization_id: organization.clone(),
+                    organization_id: organization_id.clone(),
                     configuration_id: configuration.clone().unwrap_or_default(),
                     statuses: statuses.clone(),
                     create_time_after: Some(start),
@@ -225,7 +228,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             let answer = api
                 .redeliver_deliveries(pb::RedeliverDeliveriesRequest {
                     request_id: request_id(),
-                    organization_id: organization.clone(),
+                    organization_id,
                     start_time: Some(start),
                     end_time: Some(end),
                     configuration_id: configuration.unwrap_or_default(),
@@ -246,9 +249,10 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             )
         }
         Command::Configs { organization } => {
+            let organization_id = org_id(&ctx.channel, &organization).await?;
             let answer = api
                 .list_notification_configurations(pb::ListNotificationConfigurationsRequest {
-                    organization_id: organization.clone(),
+                    organization_id,
                     page_size: 500,
                     ..Default::default()
                 })

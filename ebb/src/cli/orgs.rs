@@ -4,6 +4,7 @@
 use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 
+use super::names::{Names, Scope};
 use super::output::{fields, span, text, when};
 use super::{CliError, Connection, Ctx, duration_text, request_id};
 
@@ -25,7 +26,8 @@ enum OrgsCommand {
     },
     /// Show an organization and its auto-destroy settings.
     Show {
-        /// Organization id.
+        /// Organization: its id or name.
+        #[arg(value_name = "ORG")]
         organization: String,
     },
     /// List the organizations the token sees (the bootstrap admin: every one), oldest first.
@@ -49,7 +51,7 @@ pub struct ProjectsArgs {
 enum ProjectsCommand {
     /// List an organization's projects, oldest first.
     List {
-        /// Organization whose projects are listed.
+        /// Organization whose projects are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
         /// Only the project with exactly this name.
@@ -58,7 +60,7 @@ enum ProjectsCommand {
     },
     /// Create a project in an organization.
     Create {
-        /// Organization the project belongs to.
+        /// Organization the project belongs to: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
         /// Project name.
@@ -69,13 +71,19 @@ enum ProjectsCommand {
     },
     /// Show a project.
     Show {
-        /// Project id.
+        /// Project: its id, or ORG/PROJECT, or a name in --org.
+        #[arg(value_name = "PROJECT")]
         project: String,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Set (or with --none clear) the inactivity period its workspaces inherit.
     SetDefaultInactivity {
-        /// Project id.
+        /// Project: its id, or ORG/PROJECT, or a name in --org.
+        #[arg(value_name = "PROJECT")]
         project: String,
+        #[command(flatten)]
+        scope: Scope,
         /// The period, e.g. 7d.
         #[arg(value_parser = duration_text, required_unless_present = "none")]
         period: Option<String>,
@@ -108,13 +116,14 @@ pub fn orgs(args: OrgsArgs) -> std::process::ExitCode {
                 .organization
             }
             OrgsCommand::Show { organization } => {
-                api.get_organization(pb::GetOrganizationRequest {
-                    organization_id: organization.clone(),
-                })
-                .await
-                .map_err(|s| CliError::status(format!("organization {organization}"), s))?
-                .into_inner()
-                .organization
+                let organization_id = Names::new(&ctx.channel, None)
+                    .organization(&organization)
+                    .await?;
+                api.get_organization(pb::GetOrganizationRequest { organization_id })
+                    .await
+                    .map_err(|s| CliError::status(format!("organization {organization}"), s))?
+                    .into_inner()
+                    .organization
             }
         };
         print_org(&ctx, &org.unwrap_or_default())
@@ -196,6 +205,7 @@ async fn list_projects(
     ctx: &Ctx,
     api: &mut Lifecycle,
     organization: &str,
+    shown: &str,
     name: &str,
 ) -> Result<(), CliError> {
     let mut all = pb::ListProjectsResponse::default();
@@ -208,7 +218,7 @@ async fn list_projects(
                 page_token: all.next_page_token.clone(),
             })
             .await
-            .map_err(|s| CliError::status(format!("projects of organization {organization}"), s))?
+            .map_err(|s| CliError::status(format!("projects of organization {shown}"), s))?
             .into_inner();
         all.projects.extend(page.projects);
         all.next_page_token = page.next_page_token;
@@ -237,16 +247,22 @@ pub fn projects(args: ProjectsArgs) -> std::process::ExitCode {
         let mut api = Lifecycle::new(ctx.channel.clone());
         let project = match args.command {
             ProjectsCommand::List { organization, name } => {
-                return list_projects(&ctx, &mut api, &organization, &name).await;
+                let id = Names::new(&ctx.channel, Some(&organization))
+                    .organization_id()
+                    .await?;
+                return list_projects(&ctx, &mut api, &id, &organization, &name).await;
             }
             ProjectsCommand::Create {
                 organization,
                 name,
                 default_inactivity,
             } => {
+                let organization_id = Names::new(&ctx.channel, Some(&organization))
+                    .organization_id()
+                    .await?;
                 api.create_project(pb::CreateProjectRequest {
                     request_id: request_id(),
-                    organization_id: organization.clone(),
+                    organization_id,
                     name: name.clone(),
                     default_auto_destroy_inactivity: default_inactivity.unwrap_or_default(),
                     destroy_windows: None,
@@ -261,23 +277,28 @@ pub fn projects(args: ProjectsArgs) -> std::process::ExitCode {
                 .into_inner()
                 .project
             }
-            ProjectsCommand::Show { project } => {
-                api.get_project(pb::GetProjectRequest {
-                    project_id: project.clone(),
-                })
-                .await
-                .map_err(|s| CliError::status(format!("project {project}"), s))?
-                .into_inner()
-                .project
+            ProjectsCommand::Show { project, scope } => {
+                let project_id = Names::new(&ctx.channel, scope.organization.as_deref())
+                    .project(&project)
+                    .await?;
+                api.get_project(pb::GetProjectRequest { project_id })
+                    .await
+                    .map_err(|s| CliError::status(format!("project {project}"), s))?
+                    .into_inner()
+                    .project
             }
             ProjectsCommand::SetDefaultInactivity {
                 project,
+                scope,
                 period,
                 none: _,
             } => {
+                let project_id = Names::new(&ctx.channel, scope.organization.as_deref())
+                    .project(&project)
+                    .await?;
                 api.update_project(pb::UpdateProjectRequest {
                     request_id: request_id(),
-                    project_id: project.clone(),
+                    project_id,
                     default_auto_destroy_inactivity: period.unwrap_or_default(),
                     update_mask: Some(prost_types::FieldMask {
                         paths: vec!["default_auto_destroy_inactivity".into()],

@@ -4,6 +4,7 @@
 use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 
+use super::names::Names;
 use super::output::{fields, label, or_none, table, text, time, when, yes_no};
 use super::{CliError, Connection, enum_parser, request_id};
 
@@ -20,11 +21,11 @@ pub struct RunsArgs {
 enum Command {
     /// List an organization's runs, newest first.
     List {
-        /// Organization whose runs are listed.
+        /// Organization whose runs are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
-        /// Only runs of this workspace.
-        #[arg(long)]
+        /// Only runs of this workspace: its id, or [ORG/][PROJECT/]NAME.
+        #[arg(long, value_name = "WORKSPACE")]
         workspace: Option<String>,
         /// Only this status: queued, awaiting-approval, running, succeeded, failed, errored,
         /// canceled.
@@ -80,10 +81,16 @@ pub fn main(args: RunsArgs) -> std::process::ExitCode {
                 source,
                 limit,
             } => {
+                let mut names = Names::new(&ctx.channel, Some(&organization));
+                let organization_id = names.organization_id().await?;
+                let workspace_id = match workspace {
+                    Some(w) => names.workspace(&w).await?,
+                    None => String::new(),
+                };
                 let answer = api
                     .list_runs(pb::ListRunsRequest {
-                        organization_id: organization.clone(),
-                        workspace_id: workspace.unwrap_or_default(),
+                        organization_id,
+                        workspace_id,
                         status: status.map_or(0, |s| s as i32),
                         source: source.map_or(0, |s| s as i32),
                         page_size: limit,

@@ -37,8 +37,8 @@ const COUNT_CAP: i32 = 1000;
 pub struct StatusArgs {
     #[command(flatten)]
     conn: Connection,
-    /// Only this organization (default: the context's, else every one the token sees, at
-    /// most 50).
+    /// Only this organization, by id or name (default: the context's, else every one the
+    /// token sees, at most 50).
     #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
     organization: Option<String>,
 }
@@ -228,13 +228,14 @@ async fn organizations(
     organization: Option<String>,
 ) -> Result<(Vec<(String, String)>, usize), CliError> {
     let mut api = LifecycleServiceClient::new(ctx.channel.clone());
-    if let Some(id) = organization.filter(|o| !o.is_empty()) {
+    if let Some(given) = organization.filter(|o| !o.is_empty()) {
+        let id = super::names::org_id(&ctx.channel, &given).await?;
         let org = api
             .get_organization(lc::GetOrganizationRequest {
                 organization_id: id.clone(),
             })
             .await
-            .map_err(|s| CliError::status(format!("organization {id}"), s))?
+            .map_err(|s| CliError::status(format!("organization {given}"), s))?
             .into_inner()
             .organization
             .unwrap_or_default();

@@ -26,7 +26,7 @@ pub struct TokensArgs {
 enum Command {
     /// Create a token; its secret is printed once and never again.
     Create {
-        /// Organization the token acts in.
+        /// Organization the token acts in: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
         /// What it may do: admin, operator, runner or reader.
@@ -44,8 +44,8 @@ enum Command {
     },
     /// List tokens, without their secrets.
     List {
-        /// Only this organization's (other callers than the bootstrap admin see only their
-        /// own).
+        /// Only this organization's, by id or name (other callers than the bootstrap admin
+        /// see only their own).
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: Option<String>,
         /// Revoked tokens too.
@@ -89,10 +89,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 ),
                 (None, None) => None,
             };
+            let organization_id = super::names::org_id(&ctx.channel, &organization).await?;
             let answer = api
                 .create_token(pb::CreateTokenRequest {
                     request_id: request_id(),
-                    organization_id: organization.clone(),
+                    organization_id,
                     role: role as i32,
                     description,
                     expire_time: expire.map(timestamp),
@@ -115,11 +116,15 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             organization,
             include_revoked,
         } => {
+            let organization_id = match organization.filter(|o| !o.trim().is_empty()) {
+                Some(o) => super::names::org_id(&ctx.channel, &o).await?,
+                None => String::new(),
+            };
             let mut all = pb::ListTokensResponse::default();
             loop {
                 let page = api
                     .list_tokens(pb::ListTokensRequest {
-                        organization_id: organization.clone().unwrap_or_default(),
+                        organization_id: organization_id.clone(),
                         include_revoked,
                         page_size: 1000,
                         page_token: all.next_page_token.clone(),

@@ -4,6 +4,7 @@
 use ebb_proto::lifecycle::v1 as pb;
 use ebb_proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient;
 
+use super::names::Names;
 use super::output::{fields, text, when};
 use super::{CliError, Connection, Ctx, request_id};
 
@@ -19,10 +20,10 @@ pub struct WindowsArgs {
 /// Whose windows: a project's, else an organization's.
 #[derive(Debug, clap::Args)]
 struct Owner {
-    /// Organization whose windows these are.
+    /// Organization (id or name) whose windows these are.
     #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
     organization: Option<String>,
-    /// A project instead: its own windows replace its organization's.
+    /// A project instead (id, or [ORG/]NAME): its own windows replace its organization's.
     #[arg(long)]
     project: Option<String>,
 }
@@ -139,10 +140,12 @@ fn describe(w: Option<&pb::DestroyWindows>) -> Vec<String> {
         .collect()
 }
 
-fn owner_of(owner: &Owner) -> Result<Whose, CliError> {
+/// Whose windows, names looked up.
+async fn owner_of(ctx: &Ctx, owner: &Owner) -> Result<Whose, CliError> {
+    let mut names = Names::new(&ctx.channel, owner.organization.as_deref());
     match (&owner.project, &owner.organization) {
-        (Some(p), _) => Ok(Whose::Project(p.clone())),
-        (None, Some(o)) => Ok(Whose::Organization(o.clone())),
+        (Some(p), _) => Ok(Whose::Project(names.project(p).await?)),
+        (None, Some(o)) => Ok(Whose::Organization(names.organization(o).await?)),
         (None, None) => Err(CliError::Usage(
             "name an organization (--org, EBB_ORGANIZATION_ID or the context's) or a --project"
                 .into(),
@@ -156,7 +159,7 @@ enum Whose {
 }
 
 async fn show(ctx: &Ctx, api: &mut Lifecycle, owner: &Owner) -> Result<(), CliError> {
-    match owner_of(owner)? {
+    match owner_of(ctx, owner).await? {
         Whose::Organization(id) => {
             let org = api
                 .get_organization(pb::GetOrganizationRequest {
@@ -203,7 +206,7 @@ async fn update(
     confirm_count: i32,
 ) -> Result<(), CliError> {
     let verb = if windows.is_some() { "set" } else { "clear" };
-    match owner_of(owner)? {
+    match owner_of(ctx, owner).await? {
         Whose::Organization(id) => {
             let answer = api
                 .update_organization_settings(pb::UpdateOrganizationSettingsRequest {

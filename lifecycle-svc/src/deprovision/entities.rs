@@ -231,13 +231,24 @@ pub async fn transition_entity(
     .await
 }
 
+/// Filters of an entity list; `None` is no filter.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EntityFilter<'a> {
+    /// Only this kind.
+    pub kind: Option<&'a str>,
+    /// Only this state.
+    pub state: Option<&'a str>,
+    /// Only this exact name (unique per kind within an organization).
+    pub name: Option<&'a str>,
+    /// Only entities whose owner has this email address or Slack user id.
+    pub owner: Option<&'a str>,
+}
+
 /// Entities of an organization, by creation.
 pub async fn list_entities(
     conn: &impl ConnectionTrait,
     org: &str,
-    kind: Option<&str>,
-    state: Option<&str>,
-    owner: Option<&str>,
+    filter: EntityFilter<'_>,
     after: Option<(i64, String)>,
     limit: u64,
 ) -> Result<Vec<EntityRow>> {
@@ -245,13 +256,16 @@ pub async fn list_entities(
     q.expr(Expr::cust(ENTITY_COLUMNS))
         .from("entities")
         .and_where(Expr::col("organization_id").eq(org));
-    if let Some(k) = kind {
+    if let Some(k) = filter.kind {
         q.and_where(Expr::col("kind").eq(k));
     }
-    if let Some(s) = state {
+    if let Some(s) = filter.state {
         q.and_where(Expr::col("state").eq(s));
     }
-    if let Some(o) = owner {
+    if let Some(n) = filter.name {
+        q.and_where(Expr::col("name").eq(n));
+    }
+    if let Some(o) = filter.owner {
         q.and_where(
             Expr::col("owner_email")
                 .eq(o)

@@ -363,6 +363,8 @@ pub struct WorkspaceFilter {
     pub scheduled_only: bool,
     /// Only workspaces whose owner has this email address or Slack user id.
     pub owner: Option<String>,
+    /// Only workspaces with exactly this name (one per project at most).
+    pub name: Option<String>,
 }
 
 /// One page of workspaces ordered by creation, after `after` (created_at, id).
@@ -406,6 +408,9 @@ pub async fn list_workspaces(
                 .eq(owner.as_str())
                 .or(Expr::col(("w", "owner_slack_user_id")).eq(owner.as_str())),
         );
+    }
+    if let Some(name) = &filter.name {
+        q.and_where(Expr::col(("w", "name")).eq(name.as_str()));
     }
     if let Some(position) = after {
         q.cond_where(keyset(

@@ -13,6 +13,7 @@ mod auth;
 mod auto_destroy;
 mod cli;
 mod cli_contexts;
+mod cli_names;
 mod cli_output;
 mod clients;
 mod dashboard;

@@ -362,7 +362,10 @@ async fn the_cli_sets_shows_and_clears_destroy_windows() {
     assert_eq!(json["timeZone"], "Europe/Berlin", "{json}");
     assert_eq!(json["windows"][0]["days"], "mon-fri", "{json}");
     // A project without its own shows the organization's, and says so.
-    let shown = ebb.ok(&["windows", "show", "--project", &project]).await;
+    // By name, too.
+    let shown = ebb
+        .ok(&["windows", "show", "--project", "windowed/previews"])
+        .await;
     assert!(
         shown.contains("mon-fri 09:00–17:00") && shown.contains("the organization's"),
         "{shown}"

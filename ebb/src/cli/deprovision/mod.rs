@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use ebb_proto::lifecycle::v1 as pb;
 
+use super::names::{Names, Scope};
 use super::output::{self, fields, or_none, table, text, when};
 use super::{CliError, Connection, Ctx, enum_parser, request_id};
 use crate::cli::deprovision::api::{ACTION_RUN, Deprovision, get};
@@ -29,8 +30,12 @@ pub struct DeprovisionArgs {
 /// How an action is fired: on what, which action, with which parameters.
 #[derive(Debug, clap::Args)]
 struct ActionCall {
-    /// Entity id (the tenant, account, stack the action starts from).
+    /// Entity the action starts from (a tenant, an account, a stack): its id, KIND/NAME, or
+    /// a NAME of any kind in --org.
+    #[arg(value_name = "ENTITY")]
     entity: String,
+    #[command(flatten)]
+    scope: Scope,
     /// Action name from the catalog, e.g. DeprovisionTenant.
     #[arg(long)]
     action: String,
@@ -63,11 +68,11 @@ enum Command {
     },
     /// List action runs of an organization, newest first.
     Runs {
-        /// Organization whose runs are listed.
+        /// Organization whose runs are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
-        /// Only runs that started from this entity.
-        #[arg(long)]
+        /// Only runs that started from this entity: its id, KIND/NAME or NAME.
+        #[arg(long, value_name = "ENTITY")]
         entity: Option<String>,
         /// Only runs in this status: running, succeeded, failed, canceled.
         #[arg(long, value_parser = enum_parser("ACTION_RUN_STATUS_", pb::ActionRunStatus::from_str_name))]
@@ -87,7 +92,7 @@ enum Command {
     },
     /// List an organization's entities.
     Entities {
-        /// Organization whose entities are listed.
+        /// Organization whose entities are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
         /// Only this kind, e.g. tenant.
@@ -102,7 +107,7 @@ enum Command {
     },
     /// Create an entity (a tenant, an account, a stack) of a catalog kind.
     CreateEntity {
-        /// Organization the entity belongs to.
+        /// Organization the entity belongs to: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
         /// Kind from the catalog, e.g. tenant.
@@ -110,8 +115,9 @@ enum Command {
         kind: String,
         /// Entity name.
         name: String,
-        /// The workspace that materializes it, destroyed by `destroy_run` steps.
-        #[arg(long)]
+        /// The workspace that materializes it, destroyed by `destroy_run` steps: its id, or
+        /// [ORG/][PROJECT/]NAME.
+        #[arg(long, value_name = "WORKSPACE")]
         workspace: Option<String>,
         /// An attribute, KEY=VALUE; repeatable.
         #[arg(long = "attribute", value_parser = super::parse_key_value)]
@@ -126,21 +132,25 @@ enum Command {
     },
     /// Create a relationship: FROM depends on TO (for `runs_on`, FROM runs on TO).
     Relate {
-        /// The dependent entity's id.
+        /// The dependent entity: its id, KIND/NAME or NAME.
+        #[arg(value_name = "FROM")]
         from: String,
-        /// The entity it depends on.
+        /// The entity it depends on: its id, KIND/NAME or NAME.
+        #[arg(value_name = "TO")]
         to: String,
+        #[command(flatten)]
+        scope: Scope,
         /// Relationship type, e.g. runs_on.
         #[arg(long = "type", default_value = "runs_on")]
         kind: String,
     },
     /// List relationships (edges) of an organization or one entity.
     Relationships {
-        /// Organization whose relationships are listed.
+        /// Organization whose relationships are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
-        /// Only edges from or to this entity.
-        #[arg(long)]
+        /// Only edges from or to this entity: its id, KIND/NAME or NAME.
+        #[arg(long, value_name = "ENTITY")]
         entity: Option<String>,
         /// Only this state: active, removing, removed.
         #[arg(long, value_parser = enum_parser("RELATIONSHIP_STATE_", pb::RelationshipState::from_str_name))]
@@ -148,7 +158,7 @@ enum Command {
     },
     /// Relationships still `removing` after their grace period ended (the sweep is behind).
     Overdue {
-        /// Organization whose relationships are listed.
+        /// Organization whose relationships are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
     },
@@ -195,10 +205,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
     let mut api = Deprovision::new(ctx.channel.clone());
     match command {
         Command::Plan(call) => {
+            let entity_id = call.entity_id(ctx).await?;
             let answer = api
                 .trigger_action(pb::TriggerActionRequest {
                     request_id: request_id(),
-                    entity_id: call.entity.clone(),
+                    entity_id,
                     action: call.action.clone(),
                     parameters: parameters(&call.params),
                     dry_run: true,
@@ -225,10 +236,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             waiting,
             confirm_count,
         } => {
+            let entity_id = call.entity_id(ctx).await?;
             let answer = api
                 .trigger_action(pb::TriggerActionRequest {
                     request_id: request_id(),
-                    entity_id: call.entity.clone(),
+                    entity_id,
                     action: call.action.clone(),
                     parameters: parameters(&call.params),
                     dry_run: false,
@@ -268,10 +280,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             entity,
             status,
         } => {
+            let (organization_id, entity_id) = org_and_entity(ctx, &organization, entity).await?;
             let answer = api
                 .list_action_runs(pb::ListActionRunsRequest {
-                    organization_id: organization.clone(),
-                    entity_id: entity.unwrap_or_default(),
+                    organization_id,
+                    entity_id,
                     status: status.map_or(0, |s| s as i32),
                     page_size: 100,
                     ..Default::default()
@@ -320,9 +333,12 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             state,
             owner,
         } => {
+            let organization_id = Names::new(&ctx.channel, Some(&organization))
+                .organization_id()
+                .await?;
             let answer = api
                 .list_entities(pb::ListEntitiesRequest {
-                    organization_id: organization.clone(),
+                    organization_id,
                     kind: kind.unwrap_or_default(),
                     state: state.unwrap_or_default(),
                     owner: owner.unwrap_or_default(),
@@ -374,14 +390,20 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             owner_email,
             owner_slack,
         } => {
+            let mut names = Names::new(&ctx.channel, Some(&organization));
+            let organization_id = names.organization_id().await?;
+            let workspace_id = match workspace {
+                Some(w) => names.workspace(&w).await?,
+                None => String::new(),
+            };
             let entity = api
                 .create_entity(pb::CreateEntityRequest {
                     request_id: request_id(),
-                    organization_id: organization.clone(),
+                    organization_id,
                     kind: kind.clone(),
                     name: name.clone(),
                     attributes: attributes.into_iter().collect(),
-                    workspace_id: workspace.unwrap_or_default(),
+                    workspace_id,
                     owner: (owner_email.is_some() || owner_slack.is_some()).then(|| pb::Owner {
                         email: owner_email.unwrap_or_default(),
                         slack_user_id: owner_slack.unwrap_or_default(),
@@ -410,13 +432,21 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 ])
             })
         }
-        Command::Relate { from, to, kind } => {
+        Command::Relate {
+            from,
+            to,
+            scope,
+            kind,
+        } => {
+            let mut names = Names::new(&ctx.channel, scope.organization.as_deref());
+            let from_entity_id = names.entity(&from).await?;
+            let to_entity_id = names.entity(&to).await?;
             let r = api
                 .create_relationship(pb::CreateRelationshipRequest {
                     request_id: request_id(),
                     r#type: kind.clone(),
-                    from_entity_id: from.clone(),
-                    to_entity_id: to.clone(),
+                    from_entity_id,
+                    to_entity_id,
                 })
                 .await
                 .map_err(|s| CliError::status(format!("relate {from} {kind} {to}"), s))?
@@ -432,17 +462,21 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             entity,
             state,
         } => {
+            let (organization_id, entity_id) = org_and_entity(ctx, &organization, entity).await?;
             let request = pb::ListRelationshipsRequest {
-                organization_id: organization.clone(),
-                entity_id: entity.unwrap_or_default(),
+                organization_id,
+                entity_id,
                 state: state.map_or(0, |s| s as i32),
                 ..Default::default()
             };
             print_relationships(ctx, &mut api, request, "no relationships").await
         }
         Command::Overdue { organization } => {
+            let organization_id = Names::new(&ctx.channel, Some(&organization))
+                .organization_id()
+                .await?;
             let request = pb::ListRelationshipsRequest {
-                organization_id: organization.clone(),
+                organization_id,
                 overdue: true,
                 ..Default::default()
             };
@@ -495,6 +529,30 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             })
         }
     }
+}
+
+impl ActionCall {
+    /// The id of the entity the action starts from, looked up when a name was given.
+    async fn entity_id(&self, ctx: &Ctx) -> Result<String, CliError> {
+        Names::new(&ctx.channel, self.scope.organization.as_deref())
+            .entity(&self.entity)
+            .await
+    }
+}
+
+/// The ids of `--org` and `--entity` (empty without one), each an id or a name.
+async fn org_and_entity(
+    ctx: &Ctx,
+    organization: &str,
+    entity: Option<String>,
+) -> Result<(String, String), CliError> {
+    let mut names = Names::new(&ctx.channel, Some(organization));
+    let org = names.organization_id().await?;
+    let entity = match entity {
+        Some(e) => names.entity(&e).await?,
+        None => String::new(),
+    };
+    Ok((org, entity))
 }
 
 /// Most relationships one listing prints.

@@ -5,6 +5,7 @@ use std::time::Duration;
 use chrono::Utc;
 use ebb_proto::lifecycle::v1 as pb;
 
+use crate::cli::names::{Scope, WorkspaceRef};
 use crate::cli::{
     Connection, duration_text, enum_parser, parse_duration, parse_key_value, parse_time,
 };
@@ -22,10 +23,10 @@ pub struct WorkspacesArgs {
 pub(super) enum Command {
     /// List an organization's workspaces (optionally of one project, or in one state).
     List {
-        /// Organization whose workspaces are listed.
+        /// Organization whose workspaces are listed: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
-        /// Only this project.
+        /// Only this project: its id, or its name (ORG/PROJECT or PROJECT).
         #[arg(long)]
         project: Option<String>,
         /// Only workspaces in this state: active or archived.
@@ -46,14 +47,16 @@ pub(super) enum Command {
     },
     /// Show one workspace and its schedule.
     Show {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
     },
     /// Create a workspace in a project.
     Create {
-        /// Project the workspace belongs to.
+        /// Project the workspace belongs to: its id, or its name (ORG/PROJECT or PROJECT).
         #[arg(long)]
         project: String,
+        #[command(flatten)]
+        scope: Scope,
         /// Workspace name.
         name: String,
         /// A label, KEY=VALUE; repeatable.
@@ -71,8 +74,8 @@ pub(super) enum Command {
     /// Change what is given of a workspace: its name, labels, protection, working
     /// directory or owner (who is told about its reminders and results).
     Update {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
         /// New name.
         #[arg(long)]
         name: Option<String>,
@@ -94,20 +97,20 @@ pub(super) enum Command {
     /// Archive a workspace: it leaves the listings of active workspaces and is never
     /// auto-destroyed.
     Archive {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
     },
     /// Restore an archived workspace.
     Restore {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
     },
     /// Set a destroy time (--at or --in), an inactivity period and/or a recurring destroy
     /// (--recurring with --time-zone).
     #[command(visible_alias = "set")]
     Schedule {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
         /// Destroy at this time (RFC 3339, e.g. 2030-01-01T00:00:00Z).
         #[arg(long, value_parser = parse_time, conflicts_with = "in")]
         at: Option<chrono::DateTime<Utc>>,
@@ -123,8 +126,8 @@ pub(super) enum Command {
     /// Clear the destroy time, the workspace's own inactivity period and its recurring
     /// destroy.
     Clear {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
         /// Clear only the destroy time (`at`), the inactivity period (`inactivity`) or the
         /// recurring destroy (`recurring`).
         #[arg(long, value_enum)]
@@ -135,18 +138,18 @@ pub(super) enum Command {
     },
     /// Push the pending destroy later, within the organization's maximum.
     Extend {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
         /// How much later, e.g. 1d or 12h.
         #[arg(long, value_parser = duration_text)]
         by: String,
     },
     /// Destroys due within a window, soonest first.
     Upcoming {
-        /// Organization whose workspaces are looked at.
+        /// Organization whose workspaces are looked at: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
-        /// Only this project.
+        /// Only this project: its id, or its name (ORG/PROJECT or PROJECT).
         #[arg(long)]
         project: Option<String>,
         /// The window from now, e.g. 24h or 7d.
@@ -158,10 +161,10 @@ pub(super) enum Command {
     },
     /// Which workspaces a proposed setting would destroy, and when; changes nothing.
     Preview {
-        /// Organization whose workspaces are looked at.
+        /// Organization whose workspaces are looked at: its id or name.
         #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
         organization: String,
-        /// Only this project.
+        /// Only this project: its id, or its name (ORG/PROJECT or PROJECT).
         #[arg(long)]
         project: Option<String>,
         /// Only workspaces carrying this label, KEY=VALUE; repeatable.
@@ -181,27 +184,27 @@ pub(super) enum Command {
     },
     /// Lock a workspace: its destroy is deferred until it is unlocked.
     Lock {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
         /// Why; deferrals quote it.
         #[arg(long)]
         reason: String,
     },
     /// Unlock a workspace.
     Unlock {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
     },
     /// Why a workspace's destroy was deferred: its lock, its active runs and the deferral
     /// events.
     WhyDeferred {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
     },
     /// Every auto-destroy decision about a workspace from the audit log, newest first.
     History {
-        /// Workspace id.
-        workspace: String,
+        #[command(flatten)]
+        workspace: WorkspaceRef,
         /// At most this many events.
         #[arg(long, default_value_t = 50)]
         limit: i32,

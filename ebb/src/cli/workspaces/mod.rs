@@ -17,6 +17,7 @@ use self::args::{Command, Part};
 use self::deferrals::why_deferred;
 use self::lookups::{Lifecycle, list_all};
 use self::render::{preview_table, upcoming_table, workspace_table};
+use super::names::Names;
 use super::{CliError, Ctx, request_id, timestamp};
 
 pub use self::args::WorkspacesArgs;
@@ -45,9 +46,10 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             owner,
             limit,
         } => {
+            let (org, project) = org_and_project(ctx, &organization, project).await?;
             let request = pb::ListWorkspacesRequest {
-                organization_id: organization.clone(),
-                project_id: project.unwrap_or_default(),
+                organization_id: org,
+                project_id: project,
                 state: state.map_or(0, |s| s as i32),
                 auto_destroy_status: status.map_or(0, |s| s as i32),
                 scheduled_only: scheduled,
@@ -60,21 +62,26 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             })
         }
         Command::Show { workspace } => {
-            let ws = get(&mut api, &workspace).await?;
+            let id = workspace.id(&ctx.channel).await?;
+            let ws = get(&mut api, &id).await?;
             ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
         Command::Create {
             project,
+            scope,
             name,
             labels,
             working_directory,
             protected,
             owner,
         } => {
+            let project_id = Names::new(&ctx.channel, scope.organization.as_deref())
+                .project(&project)
+                .await?;
             let ws = api
                 .create_workspace(pb::CreateWorkspaceRequest {
                     request_id: request_id(),
-                    project_id: project.clone(),
+                    project_id,
                     name: name.clone(),
                     labels: labels.into_iter().collect(),
                     protected,
@@ -97,6 +104,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             inactivity,
             recurring,
         } => {
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
             let at = destroy_time(at, in_)?;
             let recurring = recurring.schedule();
             if at.is_none() && inactivity.is_none() && recurring.is_none() {
@@ -108,7 +116,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             let ws = api
                 .set_auto_destroy(pb::SetAutoDestroyRequest {
                     request_id: request_id(),
-                    workspace_id: workspace.clone(),
+                    workspace_id: id.clone(),
                     auto_destroy_at: at.map(timestamp),
                     auto_destroy_inactivity: inactivity.unwrap_or_default(),
                     recurring,
@@ -125,10 +133,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             only,
             inherit_project_default,
         } => {
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
             let ws = api
                 .clear_auto_destroy(pb::ClearAutoDestroyRequest {
                     request_id: request_id(),
-                    workspace_id: workspace.clone(),
+                    workspace_id: id.clone(),
                     clear_auto_destroy_at: only.is_none_or(|p| p == Part::At),
                     clear_auto_destroy_inactivity: only.is_none_or(|p| p == Part::Inactivity),
                     inherit_project_default,
@@ -144,10 +153,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
         Command::Extend { workspace, by } => {
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
             let ws = api
                 .extend_auto_destroy(pb::ExtendAutoDestroyRequest {
                     request_id: request_id(),
-                    workspace_id: workspace.clone(),
+                    workspace_id: id.clone(),
                     extend_by: by,
                 })
                 .await
@@ -166,9 +176,10 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             let until = Utc::now()
                 + chrono::Duration::from_std(within)
                     .map_err(|_| CliError::Usage("--within is too long".into()))?;
+            let (org, project) = org_and_project(ctx, &organization, project).await?;
             let request = pb::ListWorkspacesRequest {
-                organization_id: organization.clone(),
-                project_id: project.unwrap_or_default(),
+                organization_id: org,
+                project_id: project,
                 scheduled_only: true,
                 next_auto_destroy_before: Some(timestamp(until)),
                 ..Default::default()
@@ -201,10 +212,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                         .into(),
                 ));
             }
+            let (org, project) = org_and_project(ctx, &organization, project).await?;
             let answer = api
                 .preview_auto_destroy(pb::PreviewAutoDestroyRequest {
-                    organization_id: organization.clone(),
-                    project_id: project.unwrap_or_default(),
+                    organization_id: org,
+                    project_id: project,
                     auto_destroy_inactivity: inactivity.unwrap_or_default(),
                     auto_destroy_at: at.map(timestamp),
                     label_selector: labels.into_iter().collect(),
@@ -232,9 +244,10 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             working_directory,
             owner,
         } => {
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
             let mut paths = Vec::new();
             let mut change = pb::Workspace {
-                id: workspace.clone(),
+                id: id.clone(),
                 ..Default::default()
             };
             if let Some(name) = name {
@@ -280,10 +293,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
         Command::Archive { workspace } => {
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
             let ws = api
                 .archive_workspace(pb::ArchiveWorkspaceRequest {
                     request_id: request_id(),
-                    workspace_id: workspace.clone(),
+                    workspace_id: id.clone(),
                 })
                 .await
                 .map_err(|s| CliError::status(format!("archive workspace {workspace}"), s))?
@@ -293,10 +307,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
         Command::Restore { workspace } => {
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
             let ws = api
                 .restore_workspace(pb::RestoreWorkspaceRequest {
                     request_id: request_id(),
-                    workspace_id: workspace.clone(),
+                    workspace_id: id.clone(),
                 })
                 .await
                 .map_err(|s| CliError::status(format!("restore workspace {workspace}"), s))?
@@ -306,10 +321,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
         Command::Lock { workspace, reason } => {
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
             let ws = api
                 .lock_workspace(pb::LockWorkspaceRequest {
                     request_id: request_id(),
-                    workspace_id: workspace.clone(),
+                    workspace_id: id.clone(),
                     reason,
                 })
                 .await
@@ -320,10 +336,11 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
         Command::Unlock { workspace } => {
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
             let ws = api
                 .unlock_workspace(pb::UnlockWorkspaceRequest {
                     request_id: request_id(),
-                    workspace_id: workspace.clone(),
+                    workspace_id: id.clone(),
                 })
                 .await
                 .map_err(|s| CliError::status(format!("unlock workspace {workspace}"), s))?
@@ -332,15 +349,19 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
                 .unwrap_or_default();
             ctx.print(&ws, WORKSPACE, &|w| workspace_fields(w))
         }
-        Command::WhyDeferred { workspace } => why_deferred(ctx, &mut api, &workspace).await,
+        Command::WhyDeferred { workspace } => {
+            let id = workspace.id(&ctx.channel).await?;
+            why_deferred(ctx, &mut api, &id).await
+        }
         Command::History { workspace, limit } => {
-            let ws = get(&mut api, &workspace).await?;
+            let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
+            let ws = get(&mut api, &id).await?;
             let mut audit = AuditServiceClient::new(ctx.channel.clone());
             let answer = audit
                 .list_events(audit::ListEventsRequest {
                     organization_id: ws.organization_id.clone(),
                     action_prefix: "workspace.auto_destroy.".into(),
-                    subject_id: workspace.clone(),
+                    subject_id: id.clone(),
                     order: audit::Order::NewestFirst as i32,
                     page_size: limit,
                     ..Default::default()
@@ -353,6 +374,21 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             })
         }
     }
+}
+
+/// The ids of `--org` and `--project` (empty without one), each an id or a name.
+async fn org_and_project(
+    ctx: &Ctx,
+    organization: &str,
+    project: Option<String>,
+) -> Result<(String, String), CliError> {
+    let mut names = Names::new(&ctx.channel, Some(organization));
+    let org = names.organization_id().await?;
+    let project = match project {
+        Some(p) => names.project(&p).await?,
+        None => String::new(),
+    };
+    Ok((org, project))
 }
 
 /// `--at` or `now + --in`.

@@ -9,6 +9,7 @@ use super::{DeprovisionApi, Reply, ok};
 use crate::api::deprovision::{ACTOR, after, entity_pb, kind_pb, short_name};
 use crate::api::validate as check;
 use crate::core::Call;
+use crate::deprovision::entities::EntityFilter;
 use crate::deprovision::{catalog, entities};
 
 /// Refuses webhook URLs whose host is an address the egress guard refuses (metadata,
@@ -153,6 +154,7 @@ impl DeprovisionApi {
         let kind = (!req.kind.is_empty()).then(|| short_name(&mut v, "kind", &req.kind));
         let state = (!req.state.is_empty()).then(|| short_name(&mut v, "state", &req.state));
         let owner = (!req.owner.is_empty()).then(|| check::text(&mut v, "owner", &req.owner, 254));
+        let name = (!req.name.is_empty()).then(|| check::name(&mut v, "name", &req.name));
         let size = v.check("page_size", page::page_size(req.page_size));
         v.finish()?;
         let size = size.unwrap_or(page::DEFAULT_PAGE_SIZE);
@@ -161,6 +163,7 @@ impl DeprovisionApi {
             &org,
             kind.as_deref().unwrap_or_default(),
             state.as_deref().unwrap_or_default(),
+            name.as_deref().unwrap_or_default(),
             owner.as_deref().unwrap_or_default(),
         ]);
         let pos = match page::decode(&req.page_token, &fh)? {
@@ -170,9 +173,12 @@ impl DeprovisionApi {
         let rows = entities::list_entities(
             &self.core.db.conn,
             &org,
-            kind.as_deref(),
-            state.as_deref(),
-            owner.as_deref(),
+            EntityFilter {
+                kind: kind.as_deref(),
+                state: state.as_deref(),
+                name: name.as_deref(),
+                owner: owner.as_deref(),
+            },
             pos,
             size + 1,
         )

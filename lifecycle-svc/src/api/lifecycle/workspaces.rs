@@ -91,6 +91,7 @@ impl LifecycleApi {
             ),
             scheduled_only: req.scheduled_only,
             owner: (!req.owner.is_empty()).then(|| check::text(&mut v, "owner", &req.owner, 254)),
+            name: (!req.name.is_empty()).then(|| check::name(&mut v, "name", &req.name)),
         };
         let size = v.check("page_size", page::page_size(req.page_size));
         v.finish()?;
@@ -105,6 +106,7 @@ impl LifecycleApi {
             &format!("{:?}", filter.next_before),
             &filter.scheduled_only.to_string(),
             filter.owner.as_deref().unwrap_or_default(),
+            filter.name.as_deref().unwrap_or_default(),
         ]);
         let after = match page::decode(&req.page_token, &fh)? {
             Some(pos) => Some(after_position(&pos)?),
