@@ -153,7 +153,7 @@ async fn export(args: ExportArgs) -> Result<u64, CliError> {
     // A long export streams for as long as it takes.
     let channel = channel_with(&target.server, Duration::from_secs(3600), &target.settings)
         .map_err(|e| CliError::Usage(format!("--server: {e}")))?;
-    let organization_id = crate::cli::names::org_id(&channel, &args.organization).await?;
+    let organization_id = crate::cli::names::audit_org_id(&channel, &args.organization).await?;
     let mut client = AuditServiceClient::new(channel);
     let org = args.organization.clone();
     let failed = |s| CliError::status(format!("export the audit chain of organization {org}"), s);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use tonic::body::Body;
 
 use super::guard::Guard;
@@ -73,22 +74,36 @@ where
         let guard = self.guard.clone();
         let http1 = request.version() < http::Version::HTTP_2;
         Box::pin(async move {
+            // Over HTTP/1.1 (gRPC-Web) the body is read before any answer: a refusal sent
+            // while the client still writes would close the connection under it (EPIPE), and
+            // its keep-alive pool would reuse a socket the server is closing. The limits layer
+            // outside bounds what is read.
+            let request = if http1 {
+                let (parts, body) = request.into_parts();
+                match body.collect().await {
+                    Ok(bytes) => http::Request::from_parts(
+                        parts,
+                        Body::new(http_body_util::Full::new(bytes.to_bytes())),
+                    ),
+                    Err(status) => return Ok(closing(status.into_http())),
+                }
+            } else {
+                request
+            };
             match guard.check(request).await {
                 Ok(request) => inner.call(request).await,
-                Err(status) => {
-                    let mut response = status.into_http();
-                    // A refusal answers before the body is read, so an HTTP/1.1 connection
-                    // (gRPC-Web) cannot carry another request: say so, or a client's
-                    // keep-alive pool reuses a socket the server is closing.
-                    if http1 {
-                        response.headers_mut().insert(
-                            http::header::CONNECTION,
-                            http::HeaderValue::from_static("close"),
-                        );
-                    }
-                    Ok(response)
-                }
+                Err(status) if http1 => Ok(closing(status.into_http())),
+                Err(status) => Ok(status.into_http()),
             }
         })
     }
+}
+
+/// An HTTP/1.1 refusal ends its connection, and says so.
+fn closing(mut response: http::Response<Body>) -> http::Response<Body> {
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }

@@ -68,7 +68,7 @@ pub fn events(args: EventsArgs) -> std::process::ExitCode {
         let ctx = super::connect(&args.conn)?;
         let mut audit = Audit::new(ctx.channel.clone());
         let org = &args.organization;
-        let organization_id = super::names::org_id(&ctx.channel, org).await?;
+        let organization_id = super::names::audit_org_id(&ctx.channel, org).await?;
         let answer = audit
             .list_events(pb::ListEventsRequest {
                 organization_id,
@@ -147,7 +147,7 @@ pub fn who(actor: &str, detail: Option<&prost_types::Value>) -> String {
 async fn verify(ctx: &Ctx, args: &VerifyChainArgs) -> Result<(), CliError> {
     let mut audit = Audit::new(ctx.channel.clone());
     let org = &args.organization;
-    let id = super::names::org_id(&ctx.channel, org).await?;
+    let id = super::names::audit_org_id(&ctx.channel, org).await?;
     // The head, to know how far to go.
     let newest = audit
         .list_events(pb::ListEventsRequest {

@@ -71,6 +71,18 @@ pub async fn org_id(channel: &TracedChannel, text: &str) -> Result<String, CliEr
     Names::new(channel, None).organization(text).await
 }
 
+/// The organization of an audit command: looked up by name where the server also serves
+/// lifecycle (`ebb serve`); an audit-svc on its own has no organizations to look names up in,
+/// so there `text` is the organization's id as the audit trail records it.
+pub async fn audit_org_id(channel: &TracedChannel, text: &str) -> Result<String, CliError> {
+    match org_id(channel, text).await {
+        Err(CliError::Status { status, .. }) if status.code() == tonic::Code::Unimplemented => {
+            Ok(text.trim().to_owned())
+        }
+        other => other,
+    }
+}
+
 /// Whether `text` is an id (a UUID), used as given.
 pub fn is_id(text: &str) -> bool {
     uuid::Uuid::parse_str(text.trim()).is_ok()

@@ -14,6 +14,7 @@ use crate::deprovision::trigger::trigger;
 use crate::events::{NewEvent, outbox};
 use crate::store::{db_enum, decode_json, exec, keyset, query_all, query_one, select_all};
 use crate::tenancy::orgs;
+use crate::timing::recurrence::Recurrence;
 use crate::timing::reminders::{self, Reminded};
 use crate::timing::{self, math};
 use ebb_common::sql;
@@ -32,7 +33,7 @@ db_enum! {
 
 /// Columns of [`ScheduledRow`].
 pub const SCHEDULED_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, scheduled_at, status, action_run_id, error, \
-    created_at, fire_at";
+    created_at, fire_at, recurring_cron, recurring_time_zone, series_id";
 
 /// A scheduled action.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -50,12 +51,25 @@ pub struct ScheduledRow {
     /// When it fires: `scheduled_at`, or the next opening of the organization's destroy
     /// windows after it.
     pub fire_at: Option<i64>,
+    pub recurring_cron: Option<String>,
+    pub recurring_time_zone: Option<String>,
+    /// The first occurrence of its recurring schedule (itself for the first).
+    pub series_id: Option<String>,
 }
 
 impl ScheduledRow {
     /// When it fires.
     pub fn fires_at(&self) -> EpochMs {
         self.fire_at.unwrap_or(self.scheduled_at)
+    }
+
+    /// Its recurring schedule, if it is an occurrence of one that parses (a damaged one has
+    /// no next occurrence: fails closed).
+    pub fn recurrence(&self) -> Option<Recurrence> {
+        Recurrence::stored(
+            self.recurring_cron.as_deref(),
+            self.recurring_time_zone.as_deref(),
+        )
     }
 }
 
@@ -76,13 +90,25 @@ pub async fn schedule_action(
     entity_id: &str,
     action: &str,
     parameters: &Map<String, Json>,
-    at: EpochMs,
+    when: When,
     actor: &str,
     now: EpochMs,
 ) -> Result<ScheduledRow> {
-    if at <= now {
-        return Err(Error::invalid("scheduled_time", "must be in the future"));
-    }
+    let (at, recurrence) = match when {
+        When::At(at) if at <= now => {
+            return Err(Error::invalid("scheduled_time", "must be in the future"));
+        }
+        When::At(at) => (at, None),
+        When::Recurring(r) => match r.next_after(now) {
+            Some(at) => (at, Some(r)),
+            None => {
+                return Err(Error::invalid(
+                    "recurring.cron",
+                    format!("{:?} names no time from now on", r.cron()),
+                ));
+            }
+        },
+    };
     let entity = entities::get_entity(conn, entity_id).await?;
     let (_, def) = load_action(conn, &entity, action).await?;
     let parameters = check_parameters(&def, parameters)?;
@@ -94,36 +120,136 @@ pub async fn schedule_action(
         ))
     })?;
     let id = uuid::Uuid::now_v7().to_string();
-    let shard_key = (uuid::Uuid::new_v4().as_u128() % (1 << 30)) as i32;
-    exec(
-        conn,
-        "INSERT INTO scheduled_actions (id, organization_id, entity_id, action, parameters, scheduled_at, status, \
-         next_reminder_at, shard_key, created_at, fire_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10)",
-        [
-            id.clone().into(),
-            entity.organization_id.clone().into(),
-            entity_id.into(),
-            action.into(),
-            Json::Object(parameters.clone()).to_string().into(),
-            at.into(),
-            math::next_reminder_at(Some(fire_at), &org.lead_times()?, now).into(),
-            shard_key.into(),
-            now.into(),
-            fire_at.into(),
-        ],
-    )
-    .await?;
+    let occurrence = Occurrence {
+        organization_id: &entity.organization_id,
+        entity_id,
+        action,
+        parameters: &Json::Object(parameters.clone()).to_string(),
+        at,
+        fire_at,
+        recurrence: recurrence.as_ref(),
+        series_id: recurrence.as_ref().map(|_| id.as_str()),
+    };
+    insert(conn, &id, &occurrence, &org.lead_times()?, now).await?;
     outbox::write(
         conn,
         vec![NewEvent::new(&entity.organization_id, "scheduled_action.created", "scheduled_action", &id, actor, json!({
             "action": action, "entity_id": entity_id, "scheduled_at": rfc3339(at), "parameters": parameters,
-            "fire_at": rfc3339(fire_at),
+            "fire_at": rfc3339(fire_at), "owner": entity.owner(),
+            "recurring": recurrence.as_ref().map(|r| json!({"cron": r.cron(), "time_zone": r.time_zone()})),
         }))],
         now,
     )
     .await?;
     get_scheduled(conn, &id).await
+}
+
+/// When a scheduled action fires: once, or at every occurrence of a recurring schedule (the
+/// first after now; each occurrence a scheduled action, and a fire key, of its own).
+#[derive(Debug, Clone)]
+pub enum When {
+    At(EpochMs),
+    Recurring(Recurrence),
+}
+
+/// One occurrence to insert.
+struct Occurrence<'a> {
+    organization_id: &'a str,
+    entity_id: &'a str,
+    action: &'a str,
+    parameters: &'a str,
+    at: EpochMs,
+    fire_at: EpochMs,
+    recurrence: Option<&'a Recurrence>,
+    series_id: Option<&'a str>,
+}
+
+/// Inserts a pending occurrence; one already scheduled for the same series and time is left
+/// as it is (the database keeps one per series and time). Whether it was inserted.
+async fn insert(
+    conn: &impl ConnectionTrait,
+    id: &str,
+    o: &Occurrence<'_>,
+    lead_times: &[i64],
+    now: EpochMs,
+) -> Result<bool> {
+    let shard_key = (uuid::Uuid::new_v4().as_u128() % (1 << 30)) as i32;
+    let n = exec(
+        conn,
+        "INSERT INTO scheduled_actions (id, organization_id, entity_id, action, parameters, scheduled_at, status, \
+         next_reminder_at, shard_key, created_at, fire_at, recurring_cron, recurring_time_zone, series_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (series_id, scheduled_at) WHERE series_id IS NOT NULL DO NOTHING",
+        [
+            id.into(),
+            o.organization_id.into(),
+            o.entity_id.into(),
+            o.action.into(),
+            o.parameters.into(),
+            o.at.into(),
+            math::next_reminder_at(Some(o.fire_at), lead_times, now).into(),
+            shard_key.into(),
+            now.into(),
+            o.fire_at.into(),
+            o.recurrence.map(|r| r.cron().to_owned()).into(),
+            o.recurrence.map(|r| r.time_zone().to_owned()).into(),
+            o.series_id.map(str::to_owned).into(),
+        ],
+    )
+    .await?;
+    Ok(n == 1)
+}
+
+/// After an occurrence of a recurring action fired (or failed): the next occurrence after
+/// both its time and now (a late scheduler skips what passed rather than firing it), inside
+/// the organization's windows.
+async fn schedule_next(
+    conn: &impl ConnectionTrait,
+    row: &ScheduledRow,
+    now: EpochMs,
+) -> Result<Option<String>> {
+    let (Some(recurrence), Some(series)) = (row.recurrence(), row.series_id.as_deref()) else {
+        return Ok(None);
+    };
+    let Some(at) = recurrence.next_after(std::cmp::max(row.scheduled_at, now)) else {
+        return Ok(None);
+    };
+    let org = orgs::get_org(conn, &row.organization_id).await?;
+    let Some(fire_at) = org.windows().open_at_or_after(at) else {
+        return Ok(None);
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let occurrence = Occurrence {
+        organization_id: &row.organization_id,
+        entity_id: &row.entity_id,
+        action: &row.action,
+        parameters: &row.parameters,
+        at,
+        fire_at,
+        recurrence: Some(&recurrence),
+        series_id: Some(series),
+    };
+    if !insert(conn, &id, &occurrence, &org.lead_times()?, now).await? {
+        return Ok(None);
+    }
+    outbox::write(
+        conn,
+        vec![NewEvent::new(
+            &row.organization_id,
+            "scheduled_action.created",
+            "scheduled_action",
+            &id,
+            "scheduler",
+            json!({
+                "action": row.action, "entity_id": row.entity_id, "scheduled_at": rfc3339(at),
+                "fire_at": rfc3339(fire_at), "series_id": series, "previous_id": row.id,
+                "recurring": {"cron": recurrence.cron(), "time_zone": recurrence.time_zone()},
+            }),
+        )],
+        now,
+    )
+    .await?;
+    Ok(Some(id))
 }
 
 /// Cancels a pending scheduled action.
@@ -133,11 +259,28 @@ pub async fn cancel_scheduled(
     actor: &str,
     now: EpochMs,
 ) -> Result<ScheduledRow> {
-    let row = get_scheduled(conn, id).await?;
+    let mut row = get_scheduled(conn, id).await?;
+    // An occurrence of a recurring action that already fired stands for its series: the
+    // series' pending occurrence is canceled, which ends it.
+    if row.status != ScheduledStatus::Pending
+        && let Some(series) = row.series_id.clone()
+        && let Some(pending) = query_one::<ScheduledRow>(
+            conn,
+            &format!(
+                "SELECT {SCHEDULED_COLUMNS} FROM scheduled_actions \
+                 WHERE series_id = $1 AND status = 'pending'"
+            ),
+            [series.into()],
+        )
+        .await?
+    {
+        row = pending;
+    }
+    let id = row.id.clone();
     let n = exec(
         conn,
         "UPDATE scheduled_actions SET status = 'canceled', next_reminder_at = NULL WHERE id = $1 AND status = 'pending'",
-        [id.into()],
+        [id.clone().into()],
     )
     .await?;
     if n == 0 {
@@ -146,6 +289,7 @@ pub async fn cancel_scheduled(
             row.status
         )));
     }
+    let id = id.as_str();
     outbox::write(
         conn,
         vec![NewEvent::new(
@@ -253,6 +397,7 @@ pub async fn fire_scheduled(
                 [run_id.clone().into(), id.into()],
             )
             .await?;
+            schedule_next(conn, &row, now).await?;
             Ok((
                 FireDecision::Fired {
                     action_run_id: run_id,
@@ -270,6 +415,8 @@ pub async fn fire_scheduled(
                 [reason.clone().into(), id.into()],
             )
             .await?;
+            // The next occurrence is decided on its own: this one's conditions may hold then.
+            schedule_next(conn, &row, now).await?;
             outbox::write(
                 conn,
                 vec![NewEvent::new(

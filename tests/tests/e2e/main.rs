@@ -19,6 +19,7 @@ mod clients;
 mod dashboard;
 mod deployments;
 mod deprovision;
+mod entity_schedules;
 mod foundation;
 mod hostile;
 mod metrics;

@@ -4,6 +4,7 @@
 mod api;
 mod follow;
 mod render;
+mod scheduled;
 
 use std::path::PathBuf;
 
@@ -65,6 +66,28 @@ enum Command {
         action_run: String,
         #[command(flatten)]
         waiting: Waiting,
+    },
+    /// Schedule an action: once (--at, --in) or at every occurrence of a recurring schedule
+    /// (--recurring CRON --time-zone ZONE), with reminders before each.
+    Schedule {
+        #[command(flatten)]
+        call: ActionCall,
+        #[command(flatten)]
+        when_: scheduled::WhenArgs,
+    },
+    /// List an organization's scheduled actions, soonest first.
+    Scheduled {
+        /// Organization whose scheduled actions are listed: its id or name.
+        #[arg(long, visible_alias = "org", env = "EBB_ORGANIZATION_ID")]
+        organization: String,
+        /// Only those of this entity: its id, KIND/NAME or NAME.
+        #[arg(long, value_name = "ENTITY")]
+        entity: Option<String>,
+    },
+    /// Cancel a scheduled action; for a recurring one (any of its occurrences), the series.
+    Unschedule {
+        /// The scheduled action's id.
+        scheduled_action: String,
     },
     /// List action runs of an organization, newest first.
     Runs {
@@ -297,6 +320,17 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             ctx.print(&answer, "ebb.lifecycle.v1.ListActionRunsResponse", &|r| {
                 runs_table(&r.action_runs)
             })
+        }
+        Command::Schedule { call, when_ } => scheduled::schedule(ctx, &mut api, &call, when_).await,
+        Command::Scheduled {
+            organization,
+            entity,
+        } => {
+            let (organization_id, entity_id) = org_and_entity(ctx, &organization, entity).await?;
+            scheduled::list(ctx, &mut api, &organization_id, &entity_id).await
+        }
+        Command::Unschedule { scheduled_action } => {
+            scheduled::unschedule(ctx, &mut api, &scheduled_action).await
         }
         Command::Retry {
             action_run,

@@ -32,7 +32,8 @@ pub(super) enum Command {
         /// Only workspaces in this state: active or archived.
         #[arg(long, value_parser = enum_parser("WORKSPACE_STATE_", pb::WorkspaceState::from_str_name))]
         state: Option<pb::WorkspaceState>,
-        /// Only this auto-destroy status: idle, deferred, queued, retrying, succeeded, failed.
+        /// Only this auto-destroy status: idle, deferred, queued, retrying, succeeded, failed,
+        /// waiting-for-window.
         #[arg(long, value_parser = enum_parser("AUTO_DESTROY_STATUS_", pb::AutoDestroyStatus::from_str_name))]
         status: Option<pb::AutoDestroyStatus>,
         /// Only workspaces with a pending destroy.

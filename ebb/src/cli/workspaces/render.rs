@@ -138,6 +138,13 @@ pub fn workspace_fields(w: &pb::Workspace) -> String {
         ("last state change", when(w.last_state_change_at.as_ref())),
         ("next destroy", when(w.next_auto_destroy_at.as_ref())),
         ("decided by", decided_by(w).to_owned()),
+        (
+            "held by window",
+            match &w.window_held_due_time {
+                Some(t) => format!("scheduled for {}", when(Some(t))),
+                None => "-".to_owned(),
+            },
+        ),
         ("auto-destroy status", status(w)),
         ("updated", when(w.update_time.as_ref())),
     ])

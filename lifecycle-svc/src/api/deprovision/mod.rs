@@ -230,6 +230,15 @@ fn scheduled_pb(s: &ScheduledRow) -> Result<pb::ScheduledAction> {
         action_run_id: s.action_run_id.clone().unwrap_or_default(),
         error: s.error.clone(),
         create_time: Some(to_timestamp(s.created_at)),
+        recurring: s.recurrence().map(|r| pb::RecurringSchedule {
+            cron: r.cron().to_owned(),
+            time_zone: r.time_zone().to_owned(),
+            next_occurrences: std::iter::once(s.scheduled_at)
+                .chain(r.upcoming(s.scheduled_at, 4))
+                .map(to_timestamp)
+                .collect(),
+        }),
+        series_id: s.series_id.clone().unwrap_or_default(),
     })
 }
 

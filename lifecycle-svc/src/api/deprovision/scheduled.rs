@@ -24,18 +24,38 @@ impl DeprovisionApi {
         let params = parameters(&mut v, &req.parameters);
         grace_period(&mut v, &params, self.core.config.max_grace_period);
         let at = check::timestamp(&mut v, "scheduled_time", &req.scheduled_time);
-        if req.scheduled_time.is_none() {
-            v.add("scheduled_time", "is required");
+        let recurring = req
+            .recurring
+            .as_ref()
+            .and_then(|r| check::recurring(&mut v, "recurring", r));
+        match (&req.scheduled_time, &req.recurring) {
+            (None, None) => v.add("scheduled_time", "is required (or a recurring schedule)"),
+            (Some(_), Some(_)) => v.add(
+                "recurring",
+                "give either scheduled_time or a recurring schedule, not both",
+            ),
+            _ => {}
         }
         v.finish()?;
-        let (now, at) = (self.core.now(), at.unwrap_or_default());
+        let now = self.core.now();
+        let when = match recurring {
+            Some(r) => scheduled::When::Recurring(r),
+            None => scheduled::When::At(at.unwrap_or_default()),
+        };
         ok(self
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let s =
-                        scheduled::schedule_action(txn, &entity, &action, &params, at, ACTOR, now)
-                            .await?;
+                    let s = scheduled::schedule_action(
+                        txn,
+                        &entity,
+                        &action,
+                        &params,
+                        when.clone(),
+                        ACTOR,
+                        now,
+                    )
+                    .await?;
                     Ok(pb::ScheduleActionResponse {
                         scheduled_action: Some(scheduled_pb(&s)?),
                     })
