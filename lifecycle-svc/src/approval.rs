@@ -12,7 +12,7 @@ use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
 use crate::finish::{self, Policy};
-use crate::runs::{RUN_COLUMNS, RunRow};
+use crate::runs::{RUN_COLUMNS, RunRow, RunSource};
 use crate::store::{exec, for_update, query_all, query_one};
 
 /// The run `id`, locked, if it awaits approval; otherwise why not.
@@ -29,8 +29,7 @@ async fn pending(conn: &impl ConnectionTrait, id: &str, now: EpochMs) -> Result<
     let run = run.ok_or_else(|| Error::not_found("run", id))?;
     match run.approval.as_deref() {
         None => Err(Error::precondition(format!(
-            "run {id} needs no approval: its organization does not require it, or it is not an \
-             auto-destroy run"
+            "run {id} needs no approval: its organization does not require it for this run"
         ))),
         Some("pending") if run.awaits_approval() => {
             if run.approval_deadline.is_some_and(|d| d <= now) {
@@ -92,19 +91,27 @@ pub async fn approve(
     let run = pending(conn, id, now).await?;
     let who = crate::actor::name_or(actor);
     decide(conn, id, "approved", &who, reason, now).await?;
-    outbox::write(
-        conn,
-        vec![NewEvent::new(
+    let event = if run.source == RunSource::AutoDestroy {
+        NewEvent::new(
             &run.organization_id,
             "workspace.auto_destroy.approved",
             "workspace",
             &run.workspace_id,
             actor,
             json!({"run_id": run.id, "reason": reason, "due_at": run.fire_due_at.map(rfc3339)}),
-        )],
-        now,
-    )
-    .await?;
+        )
+    } else {
+        // A cascade's destroy run.
+        NewEvent::new(
+            &run.organization_id,
+            "run.approved",
+            "run",
+            &run.id,
+            actor,
+            json!({"workspace_id": run.workspace_id, "reason": reason}),
+        )
+    };
+    outbox::write(conn, vec![event], now).await?;
     crate::runs::get_run(conn, id).await
 }
 
@@ -134,9 +141,8 @@ async fn skip(
     policy: &Policy,
 ) -> Result<RunRow> {
     let canceled = finish::cancel_run(conn, &run.id, actor, now, policy).await?;
-    outbox::write(
-        conn,
-        vec![NewEvent::new(
+    let event = if run.source == RunSource::AutoDestroy {
+        NewEvent::new(
             &run.organization_id,
             "workspace.auto_destroy.skipped",
             "workspace",
@@ -146,10 +152,21 @@ async fn skip(
                 "run_id": run.id, "reason": why, "approval_reason": reason,
                 "due_at": run.fire_due_at.map(rfc3339),
             }),
-        )],
-        now,
-    )
-    .await?;
+        )
+    } else {
+        // A cascade's destroy run: its step fails and the cascade stops (fail safe).
+        NewEvent::new(
+            &run.organization_id,
+            "run.not_approved",
+            "run",
+            &run.id,
+            actor,
+            json!({
+                "workspace_id": run.workspace_id, "reason": why, "approval_reason": reason,
+            }),
+        )
+    };
+    outbox::write(conn, vec![event], now).await?;
     Ok(canceled)
 }
 

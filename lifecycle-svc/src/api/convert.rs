@@ -31,6 +31,7 @@ pub fn organization(o: &OrgRow) -> Result<pb::Organization> {
             approval_window: Some(to_duration(o.approval_window_ms)),
             destroy_windows: destroy_windows(o.destroy_windows.as_deref()),
             approval_labels: o.approval_labels()?.into_iter().collect(),
+            approval_cascade_threshold: o.approval_cascade_threshold,
         }),
         etag: o.etag(),
         create_time: Some(to_timestamp(o.created_at)),

@@ -38,7 +38,7 @@ db_enum! {
 
 /// Columns of [`ActionRunRow`].
 pub const ACTION_RUN_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, plan, status, actor, error, \
-    scheduled_action_id, created_at, finished_at";
+    scheduled_action_id, created_at, finished_at, approval_window_ms";
 
 /// An action run.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -55,6 +55,8 @@ pub struct ActionRunRow {
     pub scheduled_action_id: Option<String>,
     pub created_at: i64,
     pub finished_at: Option<i64>,
+    /// Set when its destroy runs wait for approval, each at most this long.
+    pub approval_window_ms: Option<i64>,
 }
 
 impl ActionRunRow {

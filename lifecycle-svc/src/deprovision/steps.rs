@@ -237,6 +237,7 @@ async fn start_step(
                 source: "deprovision",
                 fire_due_at: None,
                 message: &format!("{} {}", run.action, entity.name),
+                approval_deadline: run.approval_window_ms.map(|w| now.saturating_add(w)),
             };
             match runs::insert_run(conn, &ws.organization_id, &ws.working_directory, &new, now)
                 .await?
@@ -248,16 +249,26 @@ async fn start_step(
                         [step.id.clone().into(), run_id.clone().into()],
                     )
                     .await?;
+                    // A run that waits for approval has its step wait as long, and then its
+                    // usual time.
+                    let deadline = now
+                        .saturating_add(run.approval_window_ms.unwrap_or(0))
+                        .saturating_add(engine.step_timeout_ms);
                     exec(
                         conn,
-                        "UPDATE action_steps SET run_id = $1 WHERE id = $2",
-                        [run_id.clone().into(), step.id.clone().into()],
+                        "UPDATE action_steps SET run_id = $1, deadline_at = $3 WHERE id = $2",
+                        [
+                            run_id.clone().into(),
+                            step.id.clone().into(),
+                            deadline.into(),
+                        ],
                     )
                     .await?;
                     outbox::write(
                         conn,
                         vec![NewEvent::new(&run.organization_id, "run.queued", "run", &run_id, actor, json!({
                             "workspace_id": workspace_id, "is_destroy": true, "source": "deprovision", "action_run_id": run.id, "step_id": step.id,
+                            "approval_deadline": new.approval_deadline.map(ebb_common::time::rfc3339),
                         }))],
                         now,
                     )

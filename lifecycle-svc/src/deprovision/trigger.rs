@@ -23,6 +23,7 @@ use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
 use crate::runs;
 use crate::store::{exec, query_one};
+use crate::tenancy::orgs;
 use ebb_common::sql;
 
 /// What a trigger answers.
@@ -87,10 +88,14 @@ pub async fn trigger(
         });
     }
     let id = uuid::Uuid::now_v7().to_string();
+    let approval_window = orgs::get_org(conn, &entity.organization_id)
+        .await?
+        .cascade_approval_window(plan.nodes.len());
     let n = exec(
         conn,
-        "INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, scheduled_action_id, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9) ON CONFLICT DO NOTHING",
+        "INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, scheduled_action_id, created_at, \
+         approval_window_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'running', $7, $8, $9, $10) ON CONFLICT DO NOTHING",
         [
             id.clone().into(),
             entity.organization_id.clone().into(),
@@ -101,6 +106,7 @@ pub async fn trigger(
             actor::name_or(actor).into(),
             scheduled_action_id.map(str::to_owned).into(),
             now.into(),
+            approval_window.into(),
         ],
     )
     .await?;
@@ -145,7 +151,7 @@ pub async fn trigger(
         json!({
             "action": action, "entity_id": entity.id, "entity_kind": entity.kind, "entity_name": entity.name,
             "parameters": parameters, "steps": plan.nodes.len(), "scheduled_action_id": scheduled_action_id,
-            "owner": entity.owner(),
+            "owner": entity.owner(), "approval_required": approval_window.is_some(),
             "kept": plan.kept.iter().map(|k| json!({"entity_id": k.entity_id, "used_by": k.used_by})).collect::<Vec<_>>(),
         }),
     )];

@@ -1,6 +1,7 @@
 use sea_orm_migration::prelude::*;
 
-/// The rest of the schedules issue: approval only for workspaces with some labels, owners of
+/// The rest of the schedules issue: approval only for workspaces with some labels or for
+/// cascades over a number of entities, owners of
 /// entities (their reminders and results reach them), and recurring entity actions — each
 /// occurrence a scheduled action of its own, linked to the first by `series_id`.
 pub struct M0014ScheduleScopes;
@@ -47,6 +48,13 @@ ALTER TABLE scheduled_actions ADD COLUMN series_id TEXT;
 "#;
 
 const COMMON: &str = r#"
+-- With require_approval: the destroy runs of a cascade tearing down more entities than this
+-- wait for approval; NULL: cascades need none.
+ALTER TABLE organizations ADD COLUMN approval_cascade_threshold INTEGER
+    CHECK (approval_cascade_threshold IS NULL OR approval_cascade_threshold >= 0);
+-- Set when the cascade's destroy runs wait for approval, each at most this long.
+ALTER TABLE action_runs ADD COLUMN approval_window_ms BIGINT
+    CHECK (approval_window_ms IS NULL OR approval_window_ms > 0);
 CREATE UNIQUE INDEX scheduled_actions_occurrence ON scheduled_actions (series_id, scheduled_at)
     WHERE series_id IS NOT NULL;
 "#;

@@ -105,6 +105,9 @@ pub struct NewRun<'a> {
     pub source: &'static str,
     pub fire_due_at: Option<EpochMs>,
     pub message: &'a str,
+    /// Set when the run waits for approval until then (a cascade's, over the organization's
+    /// threshold).
+    pub approval_deadline: Option<EpochMs>,
 }
 
 /// Inserts a queued run. A second active destroy run, or a second run for a fire key, is
@@ -120,8 +123,8 @@ pub async fn insert_run(
     let n = exec(
         conn,
         "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, \
-         status, fire_due_at, message, working_directory, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+         status, fire_due_at, message, working_directory, created_at, approval, approval_deadline) \
+         VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $10, $11, $12) ON CONFLICT DO NOTHING",
         [
             id.clone().into(),
             organization_id.into(),
@@ -133,6 +136,8 @@ pub async fn insert_run(
             new.message.into(),
             working_directory.into(),
             now.into(),
+            new.approval_deadline.map(|_| "pending".to_owned()).into(),
+            new.approval_deadline.into(),
         ],
     )
     .await?;

@@ -18,8 +18,8 @@ use crate::timing::windows::{DestroyWindows, InForce};
 /// Columns of [`OrgRow`], in order.
 pub const ORG_COLUMNS: &str = "id, name, reminder_lead_times_ms, destroy_retry_limit, \
     max_inactivity_ms, protected_labels, minimum_notice_ms, confirm_threshold, snooze_step_ms, \
-    require_approval, approval_window_ms, destroy_windows, approval_labels, version, created_at, \
-    updated_at";
+    require_approval, approval_window_ms, destroy_windows, approval_labels, \
+    approval_cascade_threshold, version, created_at, updated_at";
 
 /// An organization.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -37,6 +37,7 @@ pub struct OrgRow {
     pub approval_window_ms: i64,
     pub destroy_windows: Option<String>,
     pub approval_labels: String,
+    pub approval_cascade_threshold: Option<i32>,
     pub version: i64,
     pub created_at: i64,
     pub updated_at: i64,
@@ -108,6 +109,13 @@ impl OrgRow {
         }
     }
 
+    /// How long each destroy run of a cascade tearing down `entities` waits for approval, when
+    /// it has to: the organization requires approval for cascades of that size.
+    pub fn cascade_approval_window(&self, entities: usize) -> Option<i64> {
+        let threshold = usize::try_from(self.approval_cascade_threshold?).unwrap_or(0);
+        (self.require_approval && entities > threshold).then_some(self.approval_window_ms)
+    }
+
     /// Its settings as validated values.
     pub fn settings(&self) -> Result<OrgSettings> {
         Ok(OrgSettings {
@@ -121,6 +129,7 @@ impl OrgRow {
             require_approval: self.require_approval,
             approval_window_ms: self.approval_window_ms,
             approval_labels: self.approval_labels()?,
+            approval_cascade_threshold: self.approval_cascade_threshold,
             destroy_windows: match DestroyWindows::stored(self.destroy_windows.as_deref()) {
                 None => None,
                 Some(Ok(w)) => Some(w),
@@ -170,6 +179,9 @@ pub struct OrgSettings {
     pub approval_window_ms: i64,
     /// Only workspaces with one of these labels need approval; empty: every workspace.
     pub approval_labels: BTreeMap<String, String>,
+    /// With `require_approval`: the destroy runs of cascades tearing down more entities than
+    /// this wait for approval; `None`: cascades need none.
+    pub approval_cascade_threshold: Option<i32>,
     /// Automated destroys start only inside these; `None`: any time.
     pub destroy_windows: Option<DestroyWindows>,
 }
@@ -190,6 +202,7 @@ impl Default for OrgSettings {
             require_approval: false,
             approval_window_ms: 86_400_000,
             approval_labels: BTreeMap::new(),
+            approval_cascade_threshold: None,
             destroy_windows: None,
         }
     }
@@ -211,8 +224,8 @@ pub async fn create_org(
         "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, \
          max_inactivity_ms, protected_labels, created_at, updated_at, minimum_notice_ms, \
          confirm_threshold, snooze_step_ms, require_approval, approval_window_ms, \
-         destroy_windows, approval_labels) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14) \
+         destroy_windows, approval_labels, approval_cascade_threshold) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT (name) DO NOTHING",
         [
             id.clone().into(),
@@ -233,6 +246,7 @@ pub async fn create_org(
                 .map(DestroyWindows::to_json)
                 .into(),
             json!(settings.approval_labels).to_string().into(),
+            settings.approval_cascade_threshold.into(),
         ],
     )
     .await?;
@@ -324,7 +338,7 @@ pub async fn update_org_settings(
          max_inactivity_ms = $3, protected_labels = $4, updated_at = $5, minimum_notice_ms = $7, \
          confirm_threshold = $8, snooze_step_ms = $9, require_approval = $10, \
          approval_window_ms = $11, destroy_windows = $12, approval_labels = $13, \
-         version = version + 1 WHERE id = $6",
+         approval_cascade_threshold = $14, version = version + 1 WHERE id = $6",
         [
             json!(settings.reminder_lead_times_ms).to_string().into(),
             settings.destroy_retry_limit.into(),
@@ -343,6 +357,7 @@ pub async fn update_org_settings(
                 .map(DestroyWindows::to_json)
                 .into(),
             json!(settings.approval_labels).to_string().into(),
+            settings.approval_cascade_threshold.into(),
         ],
     )
     .await?;
@@ -399,6 +414,7 @@ mod tests {
             approval_window_ms: 86_400_000,
             destroy_windows: None,
             approval_labels: "{}".into(),
+            approval_cascade_threshold: None,
             version: 0,
             created_at: 0,
             updated_at: 0,

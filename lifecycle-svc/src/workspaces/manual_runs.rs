@@ -39,6 +39,7 @@ pub async fn create_manual_run(
         source: "manual",
         fire_due_at: None,
         message,
+        approval_deadline: None,
     };
     let Some(id) = insert_run(conn, &ws.organization_id, &ws.working_directory, &new, now).await?
     else {

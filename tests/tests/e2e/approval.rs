@@ -283,3 +283,188 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
     assert!(left.is_none(), "nothing is left to claim: {left:?}");
     cluster.check_destroy_causes().await;
 }
+
+/// With `approval_cascade_threshold`, each destroy run of a cascade tearing down more entities
+/// waits for approval: approved it runs and the cascade goes on, rejected its step fails and
+/// the cascade stops with the tenant back to its onFailure state; a smaller cascade needs none.
+#[tokio::test]
+async fn large_cascades_wait_for_approval_of_each_destroy() {
+    let cluster = Cluster::start(1).await;
+    let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
+    let stack = crate::deprovision::stack(&mut api, &mut dep, true).await;
+    let org = stack.org.clone();
+    api.update_organization_settings(pb::UpdateOrganizationSettingsRequest {
+        organization_id: org.clone(),
+        settings: Some(pb::OrganizationSettings {
+            require_approval: true,
+            approval_cascade_threshold: Some(3),
+            approval_window: Some(secs(60)),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec![
+                "require_approval".into(),
+                "approval_cascade_threshold".into(),
+                "approval_window".into(),
+            ],
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("require approval for cascades over 3 entities");
+    let operator = token(&cluster, &org, pb::TokenRole::Operator).await;
+    let runner_token = token(&cluster, &org, pb::TokenRole::Runner).await;
+    let mut runner = RunnerServiceClient::new(cluster.lifecycle.channel_as(&runner_token).await);
+    let mut as_operator = pb::lifecycle_service_client::LifecycleServiceClient::new(
+        cluster.lifecycle.channel_as(&operator).await,
+    );
+
+    // A lone tenant without a workspace: a cascade of one, no approval.
+    let solo = dep
+        .create_entity(pb::CreateEntityRequest {
+            organization_id: org.clone(),
+            kind: "tenant".into(),
+            name: "solo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("tenant")
+        .into_inner()
+        .entity
+        .expect("entity");
+    let small = dep
+        .trigger_action(pb::TriggerActionRequest {
+            entity_id: solo.id.clone(),
+            action: "DeprovisionTenant".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger a small cascade")
+        .into_inner()
+        .action_run
+        .expect("action run");
+    assert_eq!(small.approval_window, None);
+
+    // Four entities, over the threshold of three.
+    let run = dep
+        .trigger_action(pb::TriggerActionRequest {
+            entity_id: stack.tenant.id.clone(),
+            action: "DeprovisionTenant".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner()
+        .action_run
+        .expect("action run");
+    assert_eq!(run.approval_window, Some(secs(60)));
+    let tenant_run = eventually(WAIT, "the tenant's destroy run", || {
+        let mut api = api.clone();
+        let org = org.clone();
+        async move {
+            api.list_runs(pb::ListRunsRequest {
+                organization_id: org,
+                status: pb::RunStatus::AwaitingApproval as i32,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .runs
+            .into_iter()
+            .next()
+        }
+    })
+    .await;
+    assert!(
+        claim(&mut runner, &org).await.is_none(),
+        "not before approval"
+    );
+    as_operator
+        .approve_run(pb::ApproveRunRequest {
+            run_id: tenant_run.id.clone(),
+            reason: "tenant confirmed gone".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("approve");
+    let (claimed, lease) = claim(&mut runner, &org)
+        .await
+        .expect("approved: a runner takes it");
+    assert_eq!(claimed.id, tenant_run.id);
+    runner
+        .complete_run(pb::CompleteRunRequest {
+            run_id: claimed.id.clone(),
+            lease_token: lease,
+            outcome: pb::RunOutcome::Succeeded as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("complete");
+
+    // The next step's run waits for its own approval; rejected, the cascade stops there.
+    let next = eventually(WAIT, "the app stack's destroy run", || {
+        let mut api = api.clone();
+        let (org, done) = (org.clone(), tenant_run.id.clone());
+        async move {
+            api.list_runs(pb::ListRunsRequest {
+                organization_id: org,
+                status: pb::RunStatus::AwaitingApproval as i32,
+                ..Default::default()
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .runs
+            .into_iter()
+            .find(|r| r.id != done)
+        }
+    })
+    .await;
+    as_operator
+        .reject_run(pb::RejectRunRequest {
+            run_id: next.id.clone(),
+            reason: "the app stack still serves traffic".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("reject");
+    let failed = eventually(WAIT, "the cascade stops", || {
+        let mut dep = dep.clone();
+        let id = run.id.clone();
+        async move {
+            let r = dep
+                .get_action_run(pb::GetActionRunRequest { action_run_id: id })
+                .await
+                .ok()?
+                .into_inner()
+                .action_run?;
+            (r.status == pb::ActionRunStatus::Failed as i32).then_some(r)
+        }
+    })
+    .await;
+    assert!(
+        failed
+            .steps
+            .iter()
+            .all(|s| s.status != pb::ActionStepStatus::Running as i32)
+    );
+    let tenant = dep
+        .get_entity(pb::GetEntityRequest {
+            entity_id: stack.tenant.id.clone(),
+        })
+        .await
+        .expect("tenant")
+        .into_inner()
+        .entity
+        .expect("entity");
+    assert_eq!(tenant.state, "active", "back to its onFailure state");
+    assert!(
+        claim(&mut runner, &org).await.is_none(),
+        "nothing else runs"
+    );
+    let not_approved = events(&mut api, &org, "run.not_approved").await;
+    assert_eq!(not_approved.len(), 1, "{not_approved:?}");
+    assert_eq!(not_approved[0].subject_id, next.id);
+    cluster.check_destroy_causes().await;
+}

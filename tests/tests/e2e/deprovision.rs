@@ -18,14 +18,14 @@ const CATALOG: &str = include_str!("../../../deploy/catalog/deprovision-tenant.y
 const WAIT: Duration = Duration::from_secs(20);
 
 pub(crate) type Dep = DeprovisionServiceClient<ebb_tests::Channel>;
-type Api = LifecycleServiceClient<ebb_tests::Channel>;
+pub(crate) type Api = LifecycleServiceClient<ebb_tests::Channel>;
 
-struct Stack {
-    org: String,
-    tenant: pb::Entity,
+pub(crate) struct Stack {
+    pub(crate) org: String,
+    pub(crate) tenant: pb::Entity,
     /// tenant, app stack, network stack, account — in teardown order.
-    chain: Vec<pb::Entity>,
-    edges: Vec<pb::Relationship>,
+    pub(crate) chain: Vec<pb::Entity>,
+    pub(crate) edges: Vec<pb::Relationship>,
 }
 
 fn grace(seconds: f64) -> Option<prost_types::Struct> {
@@ -51,7 +51,7 @@ pub(crate) async fn apply_catalog(dep: &mut Dep) {
 
 /// A tenant that runs on an app stack, on a network stack, on an account; each materialized by
 /// a workspace when `workspaces` is set.
-async fn stack(api: &mut Api, dep: &mut Dep, workspaces: bool) -> Stack {
+pub(crate) async fn stack(api: &mut Api, dep: &mut Dep, workspaces: bool) -> Stack {
     apply_catalog(dep).await;
     let f = fixture(api, None, "tenant-ws").await;
     let mut chain = Vec::new();

@@ -212,6 +212,7 @@ async fn action_run_pb(conn: &impl ConnectionTrait, r: &ActionRunRow) -> Result<
         scheduled_action_id: r.scheduled_action_id.clone().unwrap_or_default(),
         create_time: Some(to_timestamp(r.created_at)),
         finish_time: to_timestamp_opt(r.finished_at),
+        approval_window: r.approval_window_ms.map(ebb_common::time::to_duration),
     })
 }
 

@@ -55,6 +55,7 @@ fn settings(
             "approval_window",
             "destroy_windows",
             "approval_labels",
+            "approval_cascade_threshold",
         ]
         .contains(&m.as_str())
         {
@@ -129,6 +130,19 @@ fn settings(
     }
     if wants("approval_labels") && (!mask.is_empty() || !s.approval_labels.is_empty()) {
         out.approval_labels = check::labels(v, "settings.approval_labels", &s.approval_labels);
+    }
+    if wants("approval_cascade_threshold")
+        && (!mask.is_empty() || s.approval_cascade_threshold.is_some())
+    {
+        if s.approval_cascade_threshold
+            .is_some_and(|n| !(0..=100_000).contains(&n))
+        {
+            v.add(
+                "settings.approval_cascade_threshold",
+                "must be between 0 and 100000 (unset: cascades need no approval)",
+            );
+        }
+        out.approval_cascade_threshold = s.approval_cascade_threshold;
     }
     if wants("destroy_windows") && (!mask.is_empty() || s.destroy_windows.is_some()) {
         out.destroy_windows =
