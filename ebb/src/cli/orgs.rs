@@ -189,9 +189,49 @@ fn print_org(ctx: &Ctx, org: &pb::Organization) -> Result<(), CliError> {
             ("protected labels", text(&protected.join(", "))),
             ("snooze step", span(s.snooze_step.as_ref())),
             (
+                "destroy windows",
+                match &s.destroy_windows {
+                    Some(w) => w
+                        .windows
+                        .iter()
+                        .map(|x| {
+                            let days = if x.days.is_empty() {
+                                "every day"
+                            } else {
+                                &x.days
+                            };
+                            format!("{days} {}–{} ({})", x.start, x.end, w.time_zone)
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    None => "any time".to_owned(),
+                },
+            ),
+            (
                 "approval",
                 if s.require_approval {
-                    format!("required, within {}", span(s.approval_window.as_ref()))
+                    let mut scope: Vec<String> = s
+                        .approval_labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    scope.sort();
+                    let workspaces = if scope.is_empty() {
+                        "every auto-destroy".to_owned()
+                    } else {
+                        format!(
+                            "auto-destroys of workspaces labelled {}",
+                            scope.join(" or ")
+                        )
+                    };
+                    let cascades = s
+                        .approval_cascade_threshold
+                        .map(|n| format!(", cascades over {n} entities"))
+                        .unwrap_or_default();
+                    format!(
+                        "required for {workspaces}{cascades}, within {}",
+                        span(s.approval_window.as_ref())
+                    )
                 } else {
                     "not required".to_owned()
                 },

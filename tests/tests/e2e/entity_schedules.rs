@@ -195,6 +195,46 @@ async fn a_recurring_entity_action_fires_each_occurrence_once_and_reaches_the_ow
         assert!(fields.contains(&field_name.to_owned()), "{fields:?}");
     }
 
+    // The database refuses a scheduled action that fires before its time, and a recurring
+    // schedule without its time zone.
+    let once = dep
+        .schedule_action(schedule(
+            None,
+            Some(prost_types::Timestamp {
+                seconds: ms("2026-12-20T00:00:00Z") / 1000,
+                nanos: 0,
+            }),
+        ))
+        .await
+        .expect("schedule once")
+        .into_inner()
+        .scheduled_action
+        .expect("scheduled");
+    let sql = cluster.lifecycle_sql().await;
+    for (statement, what) in [
+        (
+            "UPDATE scheduled_actions SET fire_at = scheduled_at - 1 WHERE id = '{id}'",
+            "firing before its time",
+        ),
+        (
+            "UPDATE scheduled_actions SET recurring_cron = '0 7 * * *' WHERE id = '{id}'",
+            "a cron without its time zone",
+        ),
+    ] {
+        let refused = sea_orm::ConnectionTrait::execute_unprepared(
+            &sql,
+            &statement.replace("{id}", &once.id),
+        )
+        .await;
+        assert!(refused.is_err(), "the database accepted {what}");
+    }
+    dep.cancel_scheduled_action(pb::CancelScheduledActionRequest {
+        scheduled_action_id: once.id.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("cancel the one-off");
+
     // Every weekday at 07:00 Berlin: the first is today, 06:00 UTC.
     let first = dep
         .schedule_action(schedule(Some(every_weekday()), None))
