@@ -234,3 +234,27 @@ pub fn destroy_windows(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_taken_in_the_canonical_form_responses_use_and_the_short_one() {
+        let mut v = Violations::new();
+        let day = 86_400_000;
+        assert_eq!(
+            inactivity(&mut v, "f", "1209600s", 3_600_000),
+            Some(14 * day)
+        );
+        assert_eq!(inactivity(&mut v, "f", "14d", 3_600_000), Some(14 * day));
+        assert_eq!(
+            inactivity(&mut v, "f", "18h", 3_600_000),
+            Some(18 * 3_600_000)
+        );
+        assert!(v.finish().is_ok());
+        let mut v = Violations::new();
+        assert_eq!(inactivity(&mut v, "f", "fortnight", 3_600_000), None);
+        assert!(v.finish().is_err());
+    }
+}
