@@ -10,8 +10,7 @@ use sea_orm::ConnectionTrait;
 
 use crate::store::{for_update, query_all};
 use crate::tenancy::orgs::{self, OrgRow, OrgSettings};
-use crate::tenancy::projects::{self, ProjectRow};
-use crate::timing::windows::DestroyWindows;
+use crate::tenancy::projects::{self, ProjectChanges, ProjectRow};
 use crate::workspaces::{self, WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
 
 /// How far ahead the blast-radius guard looks.
@@ -137,29 +136,19 @@ pub async fn update_org_settings(
     Ok((org, scheduled))
 }
 
-/// Renames a project and/or changes its default inactivity; the workspaces that inherit it
-/// follow, with the minimum notice and under the blast-radius guard.
+/// Renames a project and/or changes its default inactivity or destroy windows; the workspaces
+/// that follow are re-planned, with the minimum notice and under the blast-radius guard.
 pub async fn update_project(
     conn: &impl ConnectionTrait,
     id: &str,
-    name: Option<&str>,
-    default_inactivity_ms: Option<Option<i64>>,
-    destroy_windows: Option<Option<&DestroyWindows>>,
+    changes: &ProjectChanges<'_>,
     confirm_count: i32,
     actor: &str,
     now: EpochMs,
 ) -> Result<(ProjectRow, Vec<Scheduled>)> {
-    let project = projects::update_project(
-        conn,
-        id,
-        name,
-        default_inactivity_ms,
-        destroy_windows,
-        actor,
-        now,
-    )
-    .await?;
-    if default_inactivity_ms.is_none() && destroy_windows.is_none() {
+    let project = projects::update_project(conn, id, changes, actor, now).await?;
+    let destroy_windows = changes.destroy_windows;
+    if changes.default_inactivity_ms.is_none() && destroy_windows.is_none() {
         return Ok((project, Vec::new()));
     }
     let org = orgs::get_org(conn, &project.organization_id).await?;

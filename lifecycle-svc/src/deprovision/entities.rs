@@ -127,17 +127,31 @@ pub async fn create_entity(
     get_entity(conn, &id).await
 }
 
+/// What an entity update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct EntityChanges {
+    pub name: Option<String>,
+    pub attributes: Option<BTreeMap<String, String>>,
+    /// `Some(None)` unlinks its workspace.
+    pub workspace_id: Option<Option<String>>,
+    /// Email and Slack member id (empty for none).
+    pub owner: Option<(String, String)>,
+}
+
 /// Changes an entity's plain attributes.
 pub async fn update_entity(
     conn: &impl ConnectionTrait,
     id: &str,
-    name: Option<String>,
-    attributes: Option<BTreeMap<String, String>>,
-    workspace_id: Option<Option<String>>,
-    owner: Option<(String, String)>,
+    changes: EntityChanges,
     actor: &str,
     now: EpochMs,
 ) -> Result<EntityRow> {
+    let EntityChanges {
+        name,
+        attributes,
+        workspace_id,
+        owner,
+    } = changes;
     let mut e = get_entity(conn, id).await?;
     if let Some((email, slack)) = owner {
         e.owner_email = email;

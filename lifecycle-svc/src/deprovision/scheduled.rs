@@ -100,7 +100,7 @@ pub async fn schedule_action(
         }
         When::At(at) => (at, None),
         When::Recurring(r) => match r.next_after(now) {
-            Some(at) => (at, Some(r)),
+            Some(at) => (at, Some(*r)),
             None => {
                 return Err(Error::invalid(
                     "recurring.cron",
@@ -149,7 +149,7 @@ pub async fn schedule_action(
 #[derive(Debug, Clone)]
 pub enum When {
     At(EpochMs),
-    Recurring(Recurrence),
+    Recurring(Box<Recurrence>),
 }
 
 /// One occurrence to insert.

@@ -685,17 +685,12 @@ impl PolicyChange {
                 policy::update_org_settings(conn, org, &change, API, now).await?;
             }
             PolicyChange::ProjectDefault(project, inactivity) => {
-                policy::update_project(
-                    conn,
-                    &projects[project],
-                    None,
-                    Some(inactivity),
-                    None,
-                    confirm_count,
-                    API,
-                    now,
-                )
-                .await?;
+                let changes = crate::tenancy::projects::ProjectChanges {
+                    default_inactivity_ms: Some(inactivity),
+                    ..Default::default()
+                };
+                policy::update_project(conn, &projects[project], &changes, confirm_count, API, now)
+                    .await?;
             }
         }
         Ok(())

@@ -119,17 +119,30 @@ pub async fn list_projects(
     select_all(conn, &q).await
 }
 
-/// Renames a project and/or changes its default inactivity; see `auto_destroy::policy` for
-/// the workspaces that inherit it.
+/// What a project update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProjectChanges<'a> {
+    pub name: Option<&'a str>,
+    /// `Some(None)` clears the default.
+    pub default_inactivity_ms: Option<Option<i64>>,
+    /// `Some(None)` returns the project to its organization's windows.
+    pub destroy_windows: Option<Option<&'a DestroyWindows>>,
+}
+
+/// Renames a project and/or changes its default inactivity or destroy windows; see
+/// `auto_destroy::policy` for the workspaces that follow.
 pub async fn update_project(
     conn: &impl ConnectionTrait,
     id: &str,
-    name: Option<&str>,
-    default_inactivity_ms: Option<Option<i64>>,
-    destroy_windows: Option<Option<&DestroyWindows>>,
+    changes: &ProjectChanges<'_>,
     actor: &str,
     now: EpochMs,
 ) -> Result<ProjectRow> {
+    let ProjectChanges {
+        name,
+        default_inactivity_ms,
+        destroy_windows,
+    } = *changes;
     let mut project = get_project(conn, id).await?;
     let org = get_org(conn, &project.organization_id).await?;
     if let Some(name) = name {

@@ -243,10 +243,13 @@ impl DeprovisionApi {
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let e = entities::update_entity(
-                        txn, &id, name, attributes, workspace, owner, ACTOR, now,
-                    )
-                    .await?;
+                    let changes = entities::EntityChanges {
+                        name,
+                        attributes,
+                        workspace_id: workspace,
+                        owner,
+                    };
+                    let e = entities::update_entity(txn, &id, changes, ACTOR, now).await?;
                     Ok(pb::UpdateEntityResponse {
                         entity: Some(entity_pb(&e)?),
                     })

@@ -39,7 +39,7 @@ impl DeprovisionApi {
         v.finish()?;
         let now = self.core.now();
         let when = match recurring {
-            Some(r) => scheduled::When::Recurring(r),
+            Some(r) => scheduled::When::Recurring(Box::new(r)),
             None => scheduled::When::At(at.unwrap_or_default()),
         };
         ok(self

@@ -290,17 +290,14 @@ impl LifecycleApi {
             .core
             .mutate(call, &req.request_id, &req, move |txn| {
                 Box::pin(async move {
-                    let (p, scheduled) = policy::update_project(
-                        txn,
-                        &id,
-                        name.as_deref(),
-                        default,
-                        windows.as_ref().map(Option::as_ref),
-                        confirm_count,
-                        API_ACTOR,
-                        now,
-                    )
-                    .await?;
+                    let changes = projects::ProjectChanges {
+                        name: name.as_deref(),
+                        default_inactivity_ms: default,
+                        destroy_windows: windows.as_ref().map(Option::as_ref),
+                    };
+                    let (p, scheduled) =
+                        policy::update_project(txn, &id, &changes, confirm_count, API_ACTOR, now)
+                            .await?;
                     Ok(pb::UpdateProjectResponse {
                         project: Some(convert::project(&p)),
                         scheduled: scheduled
