@@ -41,6 +41,7 @@ mod checks;
 mod databases;
 mod model;
 mod operations;
+mod policy_change;
 mod regressions;
 mod running;
 mod world;

@@ -4,17 +4,15 @@
 use std::collections::BTreeMap;
 
 use ebb_common::Error;
-use ebb_common::time::EpochMs;
-use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 use crate::actor::{self, Actor};
 use crate::approval;
-use crate::auto_destroy::{policy, queue, reminders, settings};
+use crate::auto_destroy::{queue, reminders, settings};
 use crate::deprovision::{relationships, steps, trigger};
 use crate::finish::{self, Completion};
 use crate::runs::lease;
-use crate::tenancy::orgs::{self, OrgSettings};
+use crate::tenancy::orgs;
 use crate::timing::recurrence::Recurrence;
 use crate::timing::{self, due};
 use crate::workspaces::{self, WorkspaceChanges, WorkspaceRow, lock, manual_runs, state_versions};
@@ -23,8 +21,9 @@ use super::case::{
     API, HOUR, LAYOUT, MAX_RUN_ATTEMPTS, MINUTE, Op, RECURRING, RUN_LEASE_MS, SHARDS, WORKSPACES,
 };
 use super::model::newly_within_week;
+use super::policy_change::PolicyChange;
 use super::running::count;
-use super::world::{Applied, Done, World, admin, runner_token, scheduler, unexpected, windows};
+use super::world::{Applied, Done, World, admin, runner_token, scheduler, unexpected};
 
 impl World {
     pub(super) async fn apply(
@@ -632,68 +631,6 @@ impl World {
             )),
             _ => Ok(outcome(done)),
         }
-    }
-}
-
-/// A policy change of [`World::policy_change`].
-#[derive(Debug, Clone, Copy)]
-enum PolicyChange {
-    /// The label policy protects `env=prod` (or nothing).
-    Labels(bool),
-    /// The organization's destroy windows.
-    Windows(Option<usize>),
-    /// A project's default inactivity.
-    ProjectDefault(usize, Option<i64>),
-}
-
-impl PolicyChange {
-    pub(super) async fn apply(
-        self,
-        conn: &impl ConnectionTrait,
-        org: &str,
-        projects: &[String; 2],
-        confirm_count: i32,
-        now: EpochMs,
-    ) -> ebb_common::Result<()> {
-        match self {
-            PolicyChange::Labels(protect_prod) => {
-                let merge = move |mut s: OrgSettings| {
-                    s.protected_labels = if protect_prod {
-                        BTreeMap::from([("env".into(), "prod".into())])
-                    } else {
-                        BTreeMap::new()
-                    };
-                    s
-                };
-                let change = policy::SettingsChange {
-                    merge: &merge,
-                    etag: "",
-                    confirm_count,
-                };
-                policy::update_org_settings(conn, org, &change, API, now).await?;
-            }
-            PolicyChange::Windows(pattern) => {
-                let merge = move |mut s: OrgSettings| {
-                    s.destroy_windows = pattern.map(windows);
-                    s
-                };
-                let change = policy::SettingsChange {
-                    merge: &merge,
-                    etag: "",
-                    confirm_count,
-                };
-                policy::update_org_settings(conn, org, &change, API, now).await?;
-            }
-            PolicyChange::ProjectDefault(project, inactivity) => {
-                let changes = crate::tenancy::projects::ProjectChanges {
-                    default_inactivity_ms: Some(inactivity),
-                    ..Default::default()
-                };
-                policy::update_project(conn, &projects[project], &changes, confirm_count, API, now)
-                    .await?;
-            }
-        }
-        Ok(())
     }
 }
 
