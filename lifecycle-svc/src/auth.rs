@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ebb_common::Error;
 use ebb_common::auth::{
@@ -20,16 +20,78 @@ use crate::core::Lifecycle;
 use crate::events::{NewEvent, outbox};
 use crate::tenancy::tokens::{caller, find_live};
 
-/// Authenticates from the store on every call: no cache, so a revocation takes effect at once
-/// on every lifecycle replica.
+/// Answers of the token store remembered for a short time: a call with a token checked less
+/// than `ttl` ago reads nothing. A revocation empties this replica's cache at once; other
+/// replicas read the store again within `ttl` (`auth.cache_ttl`, at most 2 seconds), so a
+/// revoked token stops working everywhere within that time. A zero `ttl` reads the store on
+/// every call. Only live tokens are remembered, never past their expiry (which the guard also
+/// checks on every call), and unknown secrets are always read from the store.
+pub struct TokenCache {
+    ttl: Duration,
+    live: Mutex<HashMap<String, (Caller, Instant)>>,
+}
+
+/// Most tokens remembered at once; past that the expired ones are dropped, or all.
+const TOKEN_CACHE_CAPACITY: usize = 10_000;
+
+impl TokenCache {
+    /// A cache keeping answers for `ttl`.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            live: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Caller, Instant)>> {
+        // A panic while holding the lock cannot leave the map half-changed.
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, secret_sha256: &str, now: Instant) -> Option<Caller> {
+        match self.entries().get(secret_sha256) {
+            Some((caller, until)) if *until > now => Some(caller.clone()),
+            _ => None,
+        }
+    }
+
+    fn put(&self, secret_sha256: String, caller: &Caller, now: Instant) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut until = now + self.ttl;
+        if let Some(expires) = caller.expires_at {
+            let left = expires
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
+            until = until.min(now + left);
+        }
+        let mut live = self.entries();
+        if live.len() >= TOKEN_CACHE_CAPACITY {
+            live.retain(|_, (_, u)| *u > now);
+            if live.len() >= TOKEN_CACHE_CAPACITY {
+                live.clear();
+            }
+        }
+        live.insert(secret_sha256, (caller.clone(), until));
+    }
+
+    /// Forgets every remembered token: called after a revocation commits.
+    pub fn forget_all(&self) {
+        self.entries().clear();
+    }
+}
+
+/// Authenticates from the store, through `cache`.
 pub struct LocalAuthority {
     db: Db,
+    cache: Arc<TokenCache>,
 }
 
 impl LocalAuthority {
-    /// Reads `db`'s token store.
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    /// Reads `db`'s token store, remembering answers in `cache`.
+    pub fn new(db: Db, cache: Arc<TokenCache>) -> Self {
+        Self { db, cache }
     }
 }
 
@@ -39,8 +101,17 @@ impl TokenAuthority for LocalAuthority {
         secret: &'a str,
     ) -> BoxFuture<'a, std::result::Result<Caller, AuthError>> {
         Box::pin(async move {
-            match find_live(&self.db.read, &hash_secret(secret), now_ms()).await {
-                Ok(Some(row)) => caller(&row).map_err(|e| AuthError::Unavailable(e.to_string())),
+            let hash = hash_secret(secret);
+            let now = Instant::now();
+            if let Some(caller) = self.cache.get(&hash, now) {
+                return Ok(caller);
+            }
+            match find_live(&self.db.read, &hash, now_ms()).await {
+                Ok(Some(row)) => {
+                    let caller = caller(&row).map_err(|e| AuthError::Unavailable(e.to_string()))?;
+                    self.cache.put(hash, &caller, now);
+                    Ok(caller)
+                }
                 Ok(None) => Err(AuthError::Invalid),
                 Err(e) => Err(AuthError::Unavailable(e.to_string())),
             }
@@ -49,6 +120,8 @@ impl TokenAuthority for LocalAuthority {
 }
 
 /// Which organization owns the workspaces, projects, runs and tokens named in requests.
+/// Remembered once read: none of these rows ever changes organization, and their ids are
+/// UUIDs never reused.
 pub fn resolver(db: Db) -> TableResolver {
     TableResolver::new(
         db,
@@ -108,6 +181,7 @@ pub fn resolver(db: Db) -> TableResolver {
             ("token", "api_tokens", "id"),
         ],
     )
+    .remembering()
 }
 
 /// Writes `auth.denied` outbox events for refusals of tokens bound to an organization,

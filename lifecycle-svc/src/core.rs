@@ -30,12 +30,16 @@ pub struct Lifecycle {
     pub callback_secret: Arc<Vec<u8>>,
     /// Makes the snooze links of reminders; `None` when the snooze server is off.
     pub snooze_links: Option<Arc<Links>>,
+    /// Tokens checked a moment ago (`auth.cache_ttl`); emptied by every revocation.
+    pub tokens: Arc<crate::auth::TokenCache>,
 }
 
 impl Lifecycle {
     /// State over `db`.
     pub fn new(db: Db, config: Config) -> Self {
+        let tokens = Arc::new(crate::auth::TokenCache::new(config.server.auth.cache_ttl));
         Self {
+            tokens,
             db,
             config: Arc::new(config),
             runs_queued: Arc::new(Notify::new()),

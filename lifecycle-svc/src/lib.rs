@@ -92,7 +92,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
     component.add_metrics_source(gauges);
     component.set_authority(
         serving::Authority::Local,
-        Arc::new(auth::LocalAuthority::new(db.clone())),
+        Arc::new(auth::LocalAuthority::new(db.clone(), core.tokens.clone())),
     );
     component.add_resolver(Arc::new(auth::resolver(db.clone())));
     component.add_denial_sink(auth::DeniedEvents::new(

@@ -184,6 +184,8 @@ impl TokenApi {
         let txn = self.core.begin().await?;
         let row = tokens::revoke(&txn, &id, &caller.token_id, self.core.now()).await?;
         txn.commit().await.map_err(Error::from)?;
+        // This replica stops accepting it at once; the others within `auth.cache_ttl`.
+        self.core.tokens.forget_all();
         tracing::info!(token_id = %row.id, revoked_by = %caller.token_id, "token revoked");
         Ok(Response::new(pb::RevokeTokenResponse {
             token: Some(token(&row)),
