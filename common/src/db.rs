@@ -13,6 +13,7 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 // Statement helpers live in `sql`; services have always found these two here.
+pub use crate::reads::ReadPool;
 pub use crate::sql::{now_ms_sql, stmt};
 
 /// How long a call waits for a pooled PostgreSQL connection, by default, before it fails with
@@ -154,8 +155,9 @@ pub struct Db {
     pub conn: DatabaseConnection,
     /// Reads outside a transaction. On a SQLite file, a pool of read-only connections beside
     /// the one writer: in WAL mode they read the last commit while the writer writes, so reads
-    /// scale with cores and never queue behind writes. Elsewhere the same pool as `conn`.
-    pub read: DatabaseConnection,
+    /// scale with cores and never queue behind writes. On PostgreSQL the same pool as `conn`,
+    /// with up to half of its connections kept between reads (see [`ReadPool`]).
+    pub read: ReadPool,
     url: String,
 }
 
@@ -233,7 +235,7 @@ impl Db {
         }
         let conn = Database::connect(options).await?;
         let mut db = Self {
-            read: conn.clone(),
+            read: ReadPool::keeping(conn.clone(), (pool.max_connections / 2) as usize),
             conn,
             url: url.to_owned(),
         };
@@ -262,7 +264,7 @@ impl Db {
                     .test_before_acquire_if_idle_for(PING_IF_IDLE_FOR)
                     .acquire_timeout(pool.acquire_timeout.max(SQLITE_MIN_ACQUIRE_TIMEOUT))
                     .sqlx_logging(false);
-                db.read = Database::connect(options).await?;
+                db.read = ReadPool::plain(Database::connect(options).await?);
             }
         }
         Ok(db)
@@ -301,6 +303,12 @@ impl Db {
         let _ = session.close().await;
         result?;
         unlocked.map(|_| ())
+    }
+
+    /// Closes the pool, once every connection has come back to it (kept readers included).
+    pub async fn close(&self) -> Result<(), DbErr> {
+        self.read.release_kept();
+        self.conn.close_by_ref().await
     }
 
     /// The dialect.
@@ -418,7 +426,7 @@ pub(crate) mod testing {
 
         /// Closes the pool and drops the database.
         pub(crate) async fn drop(self) {
-            let _ = self.db.conn.close().await;
+            let _ = self.db.close().await;
             if let Ok(admin) = Database::connect(self.server.as_str()).await {
                 let _ = admin
                     .execute_unprepared(&format!(
@@ -510,7 +518,7 @@ mod tests {
             .execute_unprepared("CREATE TABLE t (n INTEGER); INSERT INTO t VALUES (1)")
             .await
             .expect("write");
-        let count = |conn: DatabaseConnection| async move {
+        let count = |conn: ReadPool| async move {
             conn.query_one_raw(Statement::from_string(
                 DatabaseBackend::Sqlite,
                 "SELECT COUNT(*) AS n FROM t",

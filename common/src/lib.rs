@@ -15,6 +15,7 @@ pub mod observe;
 pub mod page;
 pub mod peers;
 pub mod private_files;
+pub mod reads;
 pub mod rpcs;
 pub mod sealing;
 pub mod serving;

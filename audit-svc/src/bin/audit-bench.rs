@@ -110,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
         verified as f64 / secs
     );
 
-    db.conn.close().await.ok();
+    db.close().await.ok();
     if let Some(server) = &server {
         let admin = Database::connect(server.as_str()).await?;
         admin
