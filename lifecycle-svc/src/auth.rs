@@ -308,3 +308,49 @@ impl DenialSink for DeniedEvents {
         tokio::spawn(self.clone().flush(key));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ebb_common::auth::Role;
+
+    use super::*;
+
+    fn reader(expires_in: Option<Duration>) -> Caller {
+        Caller {
+            token_id: "t".into(),
+            role: Role::Reader,
+            organization_id: Some("org".into()),
+            expires_at: expires_in.map(|d| std::time::SystemTime::now() + d),
+        }
+    }
+
+    #[test]
+    fn tokens_are_remembered_for_the_ttl_until_a_revocation() {
+        let cache = TokenCache::new(Duration::from_secs(1));
+        let now = Instant::now();
+        cache.put("h".into(), &reader(None), now);
+        assert_eq!(cache.get("h", now), Some(reader(None)));
+        assert_eq!(cache.get("other", now), None, "unknown secrets are read");
+        assert_eq!(
+            cache.get("h", now + Duration::from_secs(1)),
+            None,
+            "read again once the ttl has passed"
+        );
+        cache.forget_all();
+        assert_eq!(cache.get("h", now), None, "a revocation empties the cache");
+    }
+
+    #[test]
+    fn never_past_the_expiry_and_never_with_a_zero_ttl() {
+        let cache = TokenCache::new(Duration::from_secs(2));
+        let now = Instant::now();
+        let soon = reader(Some(Duration::from_millis(300)));
+        cache.put("h".into(), &soon, now);
+        assert_eq!(cache.get("h", now), Some(soon));
+        assert_eq!(cache.get("h", now + Duration::from_millis(400)), None);
+
+        let off = TokenCache::new(Duration::ZERO);
+        off.put("h".into(), &reader(None), now);
+        assert_eq!(off.get("h", now), None);
+    }
+}

@@ -148,8 +148,10 @@ pub struct AuthConfig {
     /// configuration. Empty on lifecycle (it reads its own store) and where only configured
     /// tokens should work; scheduler-svc falls back to its `lifecycle_url`.
     pub lifecycle_url: String,
-    /// How long another service trusts lifecycle's answer about a token (at most 2s), so that
-    /// a revocation is effective everywhere within that time.
+    /// How long a token checked once is trusted without checking it again (at most 2s): other
+    /// services trust lifecycle's answer, lifecycle its own store's (0s: read it on every
+    /// call). A revocation is effective everywhere within that time, at once on the lifecycle
+    /// replica that revokes.
     #[serde(with = "humantime_serde")]
     #[schemars(with = "String")]
     pub cache_ttl: Duration,
