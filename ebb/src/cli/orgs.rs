@@ -190,21 +190,9 @@ fn print_org(ctx: &Ctx, org: &pb::Organization) -> Result<(), CliError> {
             ("snooze step", span(s.snooze_step.as_ref())),
             (
                 "destroy windows",
-                match &s.destroy_windows {
-                    Some(w) => w
-                        .windows
-                        .iter()
-                        .map(|x| {
-                            let days = if x.days.is_empty() {
-                                "every day"
-                            } else {
-                                &x.days
-                            };
-                            format!("{days} {}–{} ({})", x.start, x.end, w.time_zone)
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                    None => "any time".to_owned(),
+                match super::windows::describe(s.destroy_windows.as_ref()) {
+                    lines if lines.is_empty() => "any time".to_owned(),
+                    lines => lines.join("\n"),
                 },
             ),
             (

@@ -124,8 +124,8 @@ fn parse_window(i: usize, given: &str) -> Result<pb::DestroyWindow, CliError> {
     })
 }
 
-/// Windows in one line each: `mon-fri 09:00–17:00`.
-fn describe(w: Option<&pb::DestroyWindows>) -> Vec<String> {
+/// Windows in one line each: `mon-fri 09:00–17:00 (Europe/Berlin)`.
+pub(super) fn describe(w: Option<&pb::DestroyWindows>) -> Vec<String> {
     let Some(w) = w else { return Vec::new() };
     w.windows
         .iter()
@@ -158,20 +158,21 @@ enum Whose {
     Project(String),
 }
 
+async fn organization(api: &mut Lifecycle, id: &str) -> Result<pb::Organization, CliError> {
+    Ok(api
+        .get_organization(pb::GetOrganizationRequest {
+            organization_id: id.to_owned(),
+        })
+        .await
+        .map_err(|s| CliError::status(format!("organization {id}"), s))?
+        .into_inner()
+        .organization
+        .unwrap_or_default())
+}
+
 async fn show(ctx: &Ctx, api: &mut Lifecycle, owner: &Owner) -> Result<(), CliError> {
     match owner_of(ctx, owner).await? {
-        Whose::Organization(id) => {
-            let org = api
-                .get_organization(pb::GetOrganizationRequest {
-                    organization_id: id.clone(),
-                })
-                .await
-                .map_err(|s| CliError::status(format!("organization {id}"), s))?
-                .into_inner()
-                .organization
-                .unwrap_or_default();
-            print_org(ctx, &org)
-        }
+        Whose::Organization(id) => print_org(ctx, &organization(api, &id).await?),
         Whose::Project(id) => {
             let project = api
                 .get_project(pb::GetProjectRequest {
@@ -182,17 +183,7 @@ async fn show(ctx: &Ctx, api: &mut Lifecycle, owner: &Owner) -> Result<(), CliEr
                 .into_inner()
                 .project
                 .unwrap_or_default();
-            let org = api
-                .get_organization(pb::GetOrganizationRequest {
-                    organization_id: project.organization_id.clone(),
-                })
-                .await
-                .map_err(|s| {
-                    CliError::status(format!("organization {}", project.organization_id), s)
-                })?
-                .into_inner()
-                .organization
-                .unwrap_or_default();
+            let org = organization(api, &project.organization_id).await?;
             print_project(ctx, &project, &org)
         }
     }
@@ -252,17 +243,7 @@ async fn update(
                 .into_inner();
             moved(answer.scheduled.len());
             let project = answer.project.unwrap_or_default();
-            let org = api
-                .get_organization(pb::GetOrganizationRequest {
-                    organization_id: project.organization_id.clone(),
-                })
-                .await
-                .map_err(|s| {
-                    CliError::status(format!("organization {}", project.organization_id), s)
-                })?
-                .into_inner()
-                .organization
-                .unwrap_or_default();
+            let org = organization(api, &project.organization_id).await?;
             print_project(ctx, &project, &org)
         }
     }

@@ -284,6 +284,25 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
     cluster.check_destroy_causes().await;
 }
 
+/// A run of the organization awaiting approval, other than `except`.
+async fn awaiting(
+    api: &mut pb::lifecycle_service_client::LifecycleServiceClient<ebb_tests::Channel>,
+    org: &str,
+    except: &str,
+) -> Option<pb::Run> {
+    api.list_runs(pb::ListRunsRequest {
+        organization_id: org.into(),
+        status: pb::RunStatus::AwaitingApproval as i32,
+        ..Default::default()
+    })
+    .await
+    .ok()?
+    .into_inner()
+    .runs
+    .into_iter()
+    .find(|r| r.id != except)
+}
+
 /// With `approval_cascade_threshold`, each destroy run of a cascade tearing down more entities
 /// waits for approval: approved it runs and the cascade goes on, rejected its step fails and
 /// the cascade stops with the tenant back to its onFailure state; a smaller cascade needs none.
@@ -359,21 +378,8 @@ async fn large_cascades_wait_for_approval_of_each_destroy() {
         .expect("action run");
     assert_eq!(run.approval_window, Some(secs(60)));
     let tenant_run = eventually(WAIT, "the tenant's destroy run", || {
-        let mut api = api.clone();
-        let org = org.clone();
-        async move {
-            api.list_runs(pb::ListRunsRequest {
-                organization_id: org,
-                status: pb::RunStatus::AwaitingApproval as i32,
-                ..Default::default()
-            })
-            .await
-            .ok()?
-            .into_inner()
-            .runs
-            .into_iter()
-            .next()
-        }
+        let (mut api, org) = (api.clone(), org.clone());
+        async move { awaiting(&mut api, &org, "").await }
     })
     .await;
     assert!(
@@ -404,21 +410,8 @@ async fn large_cascades_wait_for_approval_of_each_destroy() {
 
     // The next step's run waits for its own approval; rejected, the cascade stops there.
     let next = eventually(WAIT, "the app stack's destroy run", || {
-        let mut api = api.clone();
-        let (org, done) = (org.clone(), tenant_run.id.clone());
-        async move {
-            api.list_runs(pb::ListRunsRequest {
-                organization_id: org,
-                status: pb::RunStatus::AwaitingApproval as i32,
-                ..Default::default()
-            })
-            .await
-            .ok()?
-            .into_inner()
-            .runs
-            .into_iter()
-            .find(|r| r.id != done)
-        }
+        let (mut api, org, done) = (api.clone(), org.clone(), tenant_run.id.clone());
+        async move { awaiting(&mut api, &org, &done).await }
     })
     .await;
     as_operator
