@@ -331,7 +331,7 @@ async fn destroys_due_outside_every_window_wait_for_the_next_opening() {
 }
 
 #[tokio::test]
-async fn the_cli_sets_shows_and_clears_destroy_windows() {
+async fn the_cli_sets_destroy_windows_and_schedules_recurring_entity_actions() {
     let dbs = TestDatabases::new();
     let (server, data) = start_server(&dbs).await;
     let ebb = Ebb::new(&server, &data, &dbs);
@@ -423,4 +423,86 @@ async fn the_cli_sets_shows_and_clears_destroy_windows() {
     assert!(shown.contains("the organization's"), "{shown}");
     let shown = ebb.ok(&["windows", "clear", "--org", &org]).await;
     assert!(shown.contains("any time"), "{shown}");
+
+    // Recurring entity actions and entity owners from the command line.
+    let catalog = dbs.dir().join("sandbox.yaml");
+    std::fs::write(&catalog, crate::entity_schedules::SANDBOX_CATALOG).expect("catalog file");
+    ebb.ok(&[
+        "deprovision",
+        "apply-catalog",
+        catalog.to_str().expect("utf-8"),
+    ])
+    .await;
+    ebb.ok(&[
+        "deprovision",
+        "create-entity",
+        "--org",
+        "windowed",
+        "--kind",
+        "sandbox",
+        "box-1",
+        "--owner-email",
+        "ana@example.com",
+    ])
+    .await;
+    let owned = ebb
+        .ok(&[
+            "deprovision",
+            "entities",
+            "--org",
+            "windowed",
+            "--owner",
+            "ana@example.com",
+        ])
+        .await;
+    assert!(
+        owned.contains("box-1") && owned.contains("ana@example.com"),
+        "{owned}"
+    );
+    let scheduled = ebb
+        .json(&[
+            "deprovision",
+            "schedule",
+            "sandbox/box-1",
+            "--org",
+            "windowed",
+            "--action",
+            "Reset",
+            "--recurring",
+            "0 7 * * MON-FRI",
+            "--time-zone",
+            "Europe/Berlin",
+        ])
+        .await;
+    let id = string(&scheduled, "id");
+    assert_eq!(scheduled["seriesId"], serde_json::json!(id), "{scheduled}");
+    assert_eq!(
+        scheduled["recurring"]["nextOccurrences"]
+            .as_array()
+            .map(Vec::len),
+        Some(5),
+        "{scheduled}"
+    );
+    let listed = ebb
+        .ok(&["deprovision", "scheduled", "--org", "windowed"])
+        .await;
+    assert!(
+        listed.contains(&id) && listed.contains("0 7 * * MON-FRI (Europe/Berlin)"),
+        "{listed}"
+    );
+    let run = ebb
+        .run(&[
+            "deprovision",
+            "schedule",
+            "sandbox/box-1",
+            "--org",
+            "windowed",
+            "--action",
+            "Reset",
+        ])
+        .await;
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("say when"), "{}", run.stderr);
+    let canceled = ebb.json(&["deprovision", "unschedule", &id]).await;
+    assert_eq!(canceled["status"], "canceled", "{canceled}");
 }
