@@ -720,3 +720,57 @@ async fn organizations_are_listed_to_those_who_may_see_them() {
     let other = list(&mut reader, "list-a", 0, "").await.expect("by name");
     assert!(other.organizations.is_empty(), "{other:?}");
 }
+
+/// lifecycle trusts a token it checked for `auth.cache_ttl` (1 s by default): a revocation
+/// holds at once on the replica that revokes, and once that time has passed on every other
+/// replica, even one that trusted the token a moment before.
+#[tokio::test]
+async fn a_revocation_reaches_every_lifecycle_replica_within_the_cache_ttl() {
+    let mut dbs = TestDatabases::new();
+    let db = dbs.create("lifecycle").await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let p = Process::spawn("lifecycle-svc", &["--database-url", &db], &[], dbs.dir())
+            .await
+            .expect("start lifecycle-svc");
+        p.wait_serving("").await.expect("lifecycle-svc serving");
+        replicas.push(p);
+    }
+    let (first, second) = (&replicas[0], &replicas[1]);
+    let mut api = LifecycleServiceClient::new(first.channel().await);
+    let f = fixture(&mut api, None, "ws").await;
+    let mut tokens = TokenServiceClient::new(first.channel().await);
+    let (reader, secret) = create_token(&mut tokens, &f.org.id, pb::TokenRole::Reader, None).await;
+    let ws = f.workspace.id.clone();
+    let get = async |replica: &Process| {
+        LifecycleServiceClient::new(replica.channel_as(&secret).await)
+            .get_workspace(pb::GetWorkspaceRequest {
+                workspace_id: ws.clone(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| s.code())
+    };
+    // Both replicas read with it: the second now trusts it.
+    get(second).await.expect("the second replica reads");
+    get(first).await.expect("the first replica reads");
+
+    tokens
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: reader.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("revoke");
+    assert_eq!(
+        get(first).await,
+        Err(Code::Unauthenticated),
+        "at once where revoked"
+    );
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        get(second).await,
+        Err(Code::Unauthenticated),
+        "on the other replica once the cache time passed"
+    );
+}
