@@ -257,6 +257,22 @@ pub fn enum_parser<T: Clone + Send + Sync + 'static>(
     }
 }
 
+/// `--at` or `now + --in`.
+pub fn at_or_in(
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    in_: Option<std::time::Duration>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, CliError> {
+    match (at, in_) {
+        (Some(at), _) => Ok(Some(at)),
+        (None, Some(d)) => chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| chrono::Utc::now().checked_add_signed(d))
+            .map(Some)
+            .ok_or_else(|| CliError::Usage("--in is too long".into())),
+        (None, None) => Ok(None),
+    }
+}
+
 /// A proto timestamp from a chrono time.
 pub fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {

@@ -190,10 +190,7 @@ fn print_org(ctx: &Ctx, org: &pb::Organization) -> Result<(), CliError> {
             ("snooze step", span(s.snooze_step.as_ref())),
             (
                 "destroy windows",
-                match super::windows::describe(s.destroy_windows.as_ref()) {
-                    lines if lines.is_empty() => "any time".to_owned(),
-                    lines => lines.join("\n"),
-                },
+                super::windows::summary(s.destroy_windows.as_ref()),
             ),
             (
                 "approval",

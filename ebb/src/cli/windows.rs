@@ -125,7 +125,7 @@ fn parse_window(i: usize, given: &str) -> Result<pb::DestroyWindow, CliError> {
 }
 
 /// Windows in one line each: `mon-fri 09:00–17:00 (Europe/Berlin)`.
-pub(super) fn describe(w: Option<&pb::DestroyWindows>) -> Vec<String> {
+fn describe(w: Option<&pb::DestroyWindows>) -> Vec<String> {
     let Some(w) = w else { return Vec::new() };
     w.windows
         .iter()
@@ -138,6 +138,14 @@ pub(super) fn describe(w: Option<&pb::DestroyWindows>) -> Vec<String> {
             format!("{days} {}–{} ({})", x.start, x.end, w.time_zone)
         })
         .collect()
+}
+
+/// Windows as one field of a table: their lines, or `any time`.
+pub(super) fn summary(w: Option<&pb::DestroyWindows>) -> String {
+    match describe(w) {
+        lines if lines.is_empty() => "any time".to_owned(),
+        lines => text(&lines.join("\n")),
+    }
 }
 
 /// Whose windows, names looked up.
@@ -265,17 +273,9 @@ fn print_org(ctx: &Ctx, org: &pb::Organization) -> Result<(), CliError> {
         &windows.cloned().unwrap_or_default(),
         "ebb.lifecycle.v1.DestroyWindows",
         &|_| {
-            let lines = describe(windows);
             fields(vec![
                 ("organization", org.id.clone()),
-                (
-                    "destroy windows",
-                    if lines.is_empty() {
-                        "any time".to_owned()
-                    } else {
-                        text(&lines.join("\n"))
-                    },
-                ),
+                ("destroy windows", summary(windows)),
                 ("updated", when(org.update_time.as_ref())),
             ])
         },
@@ -292,20 +292,13 @@ fn print_project(ctx: &Ctx, p: &pb::Project, org: &pb::Organization) -> Result<(
         &own.cloned().unwrap_or_default(),
         "ebb.lifecycle.v1.DestroyWindows",
         &|_| {
-            let (lines, from) = match own {
-                Some(w) => (describe(Some(w)), "the project's own"),
-                None => (describe(inherited), "the organization's"),
+            let (windows, from) = match own {
+                Some(w) => (Some(w), "the project's own"),
+                None => (inherited, "the organization's"),
             };
             fields(vec![
                 ("project", p.id.clone()),
-                (
-                    "destroy windows",
-                    if lines.is_empty() {
-                        "any time".to_owned()
-                    } else {
-                        text(&lines.join("\n"))
-                    },
-                ),
+                ("destroy windows", summary(windows)),
                 ("from", from.to_owned()),
             ])
         },

@@ -206,6 +206,7 @@ async fn insert(
 async fn schedule_next(
     conn: &impl ConnectionTrait,
     row: &ScheduledRow,
+    org: &orgs::OrgRow,
     now: EpochMs,
 ) -> Result<Option<String>> {
     let (Some(recurrence), Some(series)) = (row.recurrence(), row.series_id.as_deref()) else {
@@ -214,7 +215,6 @@ async fn schedule_next(
     let Some(at) = recurrence.next_after(std::cmp::max(row.scheduled_at, now)) else {
         return Ok(None);
     };
-    let org = orgs::get_org(conn, &row.organization_id).await?;
     let Some(fire_at) = org.windows().open_at_or_after(at) else {
         return Ok(None);
     };
@@ -397,7 +397,7 @@ pub async fn fire_scheduled(
                 [run_id.clone().into(), id.into()],
             )
             .await?;
-            schedule_next(conn, &row, now).await?;
+            schedule_next(conn, &row, &org, now).await?;
             Ok((
                 FireDecision::Fired {
                     action_run_id: run_id,
@@ -416,7 +416,7 @@ pub async fn fire_scheduled(
             )
             .await?;
             // The next occurrence is decided on its own: this one's conditions may hold then.
-            schedule_next(conn, &row, now).await?;
+            schedule_next(conn, &row, &org, now).await?;
             outbox::write(
                 conn,
                 vec![NewEvent::new(

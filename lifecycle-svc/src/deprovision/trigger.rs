@@ -23,7 +23,7 @@ use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
 use crate::runs;
 use crate::store::{exec, query_one};
-use crate::tenancy::orgs;
+use crate::tenancy::orgs::{self, OrgRow};
 use ebb_common::sql;
 
 /// What a trigger answers.
@@ -31,6 +31,8 @@ pub struct Triggered {
     pub run: Option<ActionRunRow>,
     pub plan: Plan,
     pub queued_runs: bool,
+    /// The entity's organization, whose settings bound the trigger (blast radius, approval).
+    pub org: OrgRow,
 }
 
 /// The blast-radius guard of a cascade (AD-13): a plan tearing down more entities than the
@@ -80,17 +82,17 @@ pub async fn trigger(
     let parameters = check_parameters(&def, parameters)?;
     check_conditions(&def, &entity)?;
     let (plan, edges) = plan(conn, &entity, &def).await?;
+    let org = orgs::get_org(conn, &entity.organization_id).await?;
     if dry_run {
         return Ok(Triggered {
             run: None,
             plan,
             queued_runs: false,
+            org,
         });
     }
     let id = uuid::Uuid::now_v7().to_string();
-    let approval_window = orgs::get_org(conn, &entity.organization_id)
-        .await?
-        .cascade_approval_window(plan.nodes.len());
+    let approval_window = org.cascade_approval_window(plan.nodes.len());
     let n = exec(
         conn,
         "INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, scheduled_action_id, created_at, \
@@ -178,6 +180,7 @@ pub async fn trigger(
         run: Some(get_action_run(conn, &id).await?),
         plan,
         queued_runs,
+        org,
     })
 }
 

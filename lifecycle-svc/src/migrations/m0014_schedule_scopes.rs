@@ -29,6 +29,9 @@ ALTER TABLE scheduled_actions ADD COLUMN series_id TEXT;
 -- A recurring action has both, or neither; each occurrence is scheduled once per series.
 ALTER TABLE scheduled_actions ADD CONSTRAINT scheduled_actions_recurring_whole
     CHECK ((recurring_cron IS NULL) = (recurring_time_zone IS NULL));
+-- An occurrence of a recurring action belongs to its series, and only those do.
+ALTER TABLE scheduled_actions ADD CONSTRAINT scheduled_actions_recurring_series
+    CHECK ((recurring_cron IS NULL) = (series_id IS NULL));
 "#;
 
 const SQLITE_NO_ADD_CONSTRAINT: &str = r#"
@@ -44,7 +47,8 @@ CREATE INDEX entities_owner_slack ON entities (organization_id, owner_slack_user
 ALTER TABLE scheduled_actions ADD COLUMN recurring_cron TEXT;
 ALTER TABLE scheduled_actions ADD COLUMN recurring_time_zone TEXT
     CHECK ((recurring_cron IS NULL) = (recurring_time_zone IS NULL));
-ALTER TABLE scheduled_actions ADD COLUMN series_id TEXT;
+ALTER TABLE scheduled_actions ADD COLUMN series_id TEXT
+    CHECK ((recurring_cron IS NULL) = (series_id IS NULL));
 "#;
 
 const COMMON: &str = r#"

@@ -149,10 +149,8 @@ impl Timing {
 
     /// Whether a destroy window holds the next auto-destroy back past its scheduled time.
     pub fn waiting_for_window(&self) -> bool {
-        matches!(
-            (self.scheduled_due(), self.next_auto_destroy_at()),
-            (Some(due), Some(at)) if at > due
-        ) || (self.scheduled_due().is_some() && self.next_auto_destroy_at().is_none())
+        self.scheduled_due()
+            .is_some_and(|due| self.next_auto_destroy_at().is_none_or(|at| at > due))
     }
 
     /// The scheduled time, while a destroy window holds it back.

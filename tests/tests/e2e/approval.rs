@@ -423,15 +423,9 @@ async fn large_cascades_wait_for_approval_of_each_destroy() {
         .await
         .expect("reject");
     let failed = eventually(WAIT, "the cascade stops", || {
-        let mut dep = dep.clone();
-        let id = run.id.clone();
+        let (mut dep, id) = (dep.clone(), run.id.clone());
         async move {
-            let r = dep
-                .get_action_run(pb::GetActionRunRequest { action_run_id: id })
-                .await
-                .ok()?
-                .into_inner()
-                .action_run?;
+            let r = crate::deprovision::action_run(&mut dep, &id).await;
             (r.status == pb::ActionRunStatus::Failed as i32).then_some(r)
         }
     })
@@ -442,15 +436,7 @@ async fn large_cascades_wait_for_approval_of_each_destroy() {
             .iter()
             .all(|s| s.status != pb::ActionStepStatus::Running as i32)
     );
-    let tenant = dep
-        .get_entity(pb::GetEntityRequest {
-            entity_id: stack.tenant.id.clone(),
-        })
-        .await
-        .expect("tenant")
-        .into_inner()
-        .entity
-        .expect("entity");
+    let tenant = crate::deprovision::entity(&mut dep, &stack.tenant.id).await;
     assert_eq!(tenant.state, "active", "back to its onFailure state");
     assert!(
         claim(&mut runner, &org).await.is_none(),

@@ -156,7 +156,7 @@ async fn complete(
         .expect("complete");
 }
 
-async fn entity(dep: &mut Dep, id: &str) -> pb::Entity {
+pub(crate) async fn entity(dep: &mut Dep, id: &str) -> pb::Entity {
     dep.get_entity(pb::GetEntityRequest {
         entity_id: id.into(),
     })
@@ -178,7 +178,7 @@ async fn relationship(dep: &mut Dep, id: &str) -> pb::Relationship {
     .expect("rel")
 }
 
-async fn action_run(dep: &mut Dep, id: &str) -> pb::ActionRun {
+pub(crate) async fn action_run(dep: &mut Dep, id: &str) -> pb::ActionRun {
     dep.get_action_run(pb::GetActionRunRequest {
         action_run_id: id.into(),
     })

@@ -195,8 +195,8 @@ async fn a_recurring_entity_action_fires_each_occurrence_once_and_reaches_the_ow
         assert!(fields.contains(&field_name.to_owned()), "{fields:?}");
     }
 
-    // The database refuses a scheduled action that fires before its time, and a recurring
-    // schedule without its time zone.
+    // The database refuses a scheduled action that fires before its time, a recurring
+    // schedule without its time zone, and an occurrence that belongs to no series.
     let once = dep
         .schedule_action(schedule(
             None,
@@ -219,6 +219,11 @@ async fn a_recurring_entity_action_fires_each_occurrence_once_and_reaches_the_ow
         (
             "UPDATE scheduled_actions SET recurring_cron = '0 7 * * *' WHERE id = '{id}'",
             "a cron without its time zone",
+        ),
+        (
+            "UPDATE scheduled_actions SET recurring_cron = '0 7 * * *', \
+             recurring_time_zone = 'UTC' WHERE id = '{id}'",
+            "a recurring occurrence outside any series",
         ),
     ] {
         let refused = sea_orm::ConnectionTrait::execute_unprepared(

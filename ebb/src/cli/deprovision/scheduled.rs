@@ -10,7 +10,7 @@ use super::api::Deprovision;
 use super::{ActionCall, parameters};
 use crate::cli::names::Names;
 use crate::cli::output::{fields, or_none, table, text, when};
-use crate::cli::{CliError, Ctx, parse_duration, parse_time, request_id};
+use crate::cli::{CliError, Ctx, at_or_in, parse_duration, parse_time, request_id, timestamp};
 
 const SCHEDULED: &str = "ebb.lifecycle.v1.ScheduledAction";
 
@@ -42,15 +42,7 @@ pub(super) async fn schedule(
     let entity_id = Names::new(&ctx.channel, call.scope.organization.as_deref())
         .entity(&call.entity)
         .await?;
-    let at = match (when_.at, when_.in_) {
-        (Some(at), _) => Some(at),
-        (None, Some(d)) => Some(
-            Utc::now()
-                + chrono::Duration::from_std(d)
-                    .map_err(|_| CliError::Usage(format!("--in {d:?} is too long")))?,
-        ),
-        (None, None) => None,
-    };
+    let at = at_or_in(when_.at, when_.in_)?;
     if at.is_none() && when_.recurring.is_none() {
         return Err(CliError::Usage(
             "say when: --at TIME, --in DURATION, or --recurring CRON --time-zone ZONE".into(),
@@ -62,10 +54,7 @@ pub(super) async fn schedule(
             entity_id,
             action: call.action.clone(),
             parameters: parameters(&call.params),
-            scheduled_time: at.map(|t| prost_types::Timestamp {
-                seconds: t.timestamp(),
-                nanos: 0,
-            }),
+            scheduled_time: at.map(timestamp),
             recurring: when_.recurring.map(|cron| pb::RecurringSchedule {
                 cron,
                 time_zone: when_.time_zone.unwrap_or_default(),

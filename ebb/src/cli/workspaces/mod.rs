@@ -6,8 +6,6 @@ mod deferrals;
 mod lookups;
 mod render;
 
-use std::time::Duration;
-
 use chrono::Utc;
 use ebb_proto::audit::v1 as audit;
 use ebb_proto::audit::v1::audit_service_client::AuditServiceClient;
@@ -105,7 +103,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             recurring,
         } => {
             let (id, workspace) = (workspace.id(&ctx.channel).await?, workspace.workspace);
-            let at = destroy_time(at, in_)?;
+            let at = super::at_or_in(at, in_)?;
             let recurring = recurring.schedule();
             if at.is_none() && inactivity.is_none() && recurring.is_none() {
                 return Err(CliError::Usage(
@@ -203,7 +201,7 @@ async fn run(ctx: &Ctx, command: Command) -> Result<(), CliError> {
             inactivity,
             recurring,
         } => {
-            let at = destroy_time(at, in_)?;
+            let at = super::at_or_in(at, in_)?;
             let recurring = recurring.schedule();
             if at.is_none() && inactivity.is_none() && recurring.is_none() {
                 return Err(CliError::Usage(
@@ -389,20 +387,4 @@ async fn org_and_project(
         None => String::new(),
     };
     Ok((org, project))
-}
-
-/// `--at` or `now + --in`.
-fn destroy_time(
-    at: Option<chrono::DateTime<Utc>>,
-    in_: Option<Duration>,
-) -> Result<Option<chrono::DateTime<Utc>>, CliError> {
-    match (at, in_) {
-        (Some(at), _) => Ok(Some(at)),
-        (None, Some(d)) => chrono::Duration::from_std(d)
-            .ok()
-            .and_then(|d| Utc::now().checked_add_signed(d))
-            .map(Some)
-            .ok_or_else(|| CliError::Usage("--in is too long".into())),
-        (None, None) => Ok(None),
-    }
 }

@@ -14,9 +14,7 @@ use crate::api::deprovision::{
 use crate::api::validate as check;
 use crate::core::Call;
 use crate::deprovision::action_runs::ActionRunStatus;
-use crate::deprovision::entities;
 use crate::deprovision::{action_runs, callbacks, steps, trigger};
-use crate::tenancy::orgs;
 
 impl DeprovisionApi {
     pub(super) async fn trigger_action(
@@ -43,9 +41,11 @@ impl DeprovisionApi {
                     .await?;
                     if !dry_run {
                         // AD-13: refused here, the whole trigger rolls back.
-                        let root = entities::get_entity(txn, &entity).await?;
-                        let org = orgs::get_org(txn, &root.organization_id).await?;
-                        trigger::check_blast_radius(&t.plan, org.confirm_threshold, confirm_count)?;
+                        trigger::check_blast_radius(
+                            &t.plan,
+                            t.org.confirm_threshold,
+                            confirm_count,
+                        )?;
                     }
                     let run = match &t.run {
                         Some(r) => Some(action_run_pb(txn, r).await?),
