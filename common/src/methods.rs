@@ -238,6 +238,7 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
     ("/ebb.lifecycle.v1.TokenService/ListTokens", ADMINISTER),
     ("/ebb.lifecycle.v1.TokenService/RevokeToken", ADMINISTER),
     ("/ebb.lifecycle.v1.TokenService/AuthenticateToken", INTERNAL),
+    ("/ebb.lifecycle.v1.TokenService/GetCaller", READ),
     // scheduler: tasks act for every organization
     (
         "/ebb.scheduler.v1.SchedulerService/ListTasks",

@@ -214,20 +214,38 @@ impl TokenApi {
         let Some(found) = found else {
             return Err(Status::not_found("token not found"));
         };
-        let expire_time = found.expires_at.and_then(|t| {
-            let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
-            Some(prost_types::Timestamp {
-                seconds: i64::try_from(d.as_secs()).ok()?,
-                nanos: i32::try_from(d.subsec_nanos()).ok()?,
-            })
-        });
         Ok(Response::new(pb::AuthenticateTokenResponse {
+            expire_time: expire_time(&found),
             token_id: found.token_id,
             organization_id: found.organization_id.unwrap_or_default(),
             role: auth::role_to_proto(found.role),
-            expire_time,
         }))
     }
+
+    async fn get_caller(
+        &self,
+        request: Request<pb::GetCallerRequest>,
+    ) -> std::result::Result<Response<pb::GetCallerResponse>, Status> {
+        let caller = caller(&request)?;
+        Ok(Response::new(pb::GetCallerResponse {
+            expire_time: expire_time(&caller),
+            token_id: caller.token_id,
+            organization_id: caller.organization_id.unwrap_or_default(),
+            role: auth::role_to_proto(caller.role),
+        }))
+    }
+}
+
+/// When `caller`'s token stops working by itself, if ever.
+fn expire_time(caller: &Caller) -> Option<prost_types::Timestamp> {
+    let d = caller
+        .expires_at?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    Some(prost_types::Timestamp {
+        seconds: i64::try_from(d.as_secs()).ok()?,
+        nanos: i32::try_from(d.subsec_nanos()).ok()?,
+    })
 }
 
 /// Every call runs as its caller (see `crate::actor`).
@@ -263,5 +281,12 @@ impl TokenService for TokenApi {
     ) -> std::result::Result<Response<pb::AuthenticateTokenResponse>, Status> {
         let actor = Actor::of(&request);
         actor::acting(actor, TokenApi::authenticate_token(self, request)).await
+    }
+
+    async fn get_caller(
+        &self,
+        request: Request<pb::GetCallerRequest>,
+    ) -> std::result::Result<Response<pb::GetCallerResponse>, Status> {
+        TokenApi::get_caller(self, request).await
     }
 }
