@@ -2,6 +2,7 @@
 
 mod audit_cli;
 mod cli;
+mod console;
 mod health;
 mod reference;
 mod runner;
@@ -28,6 +29,8 @@ enum Command {
     /// Run one service in this process (`lifecycle`, `scheduler`, `notifier`, `audit`), as a
     /// deployment does: one image, one binary.
     Service(service::ServiceArgs),
+    /// Serve the web console for a server: upcoming destroys, cascade plans, audit, health.
+    Console(console::ConsoleArgs),
     /// Probe a server's gRPC health: prints the status, exits 0 when SERVING, else 1.
     Health(health::HealthArgs),
     /// Print a reference generated from the code (configuration keys, the catalog's JSON
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve::main(args),
         Command::Service(args) => service::main(args),
+        Command::Console(args) => console::main(args),
         Command::Health(args) => health::main(args),
         Command::Reference(args) => reference::main(args),
         Command::Runner(args) => runner::main(args),

@@ -14,6 +14,8 @@ use ebb_common::sealing::EncryptionConfig;
 use ebb_common::serving::{self, Component};
 use serde::{Deserialize, Serialize};
 
+use crate::console::ConsoleConfig;
+
 /// Flags of `ebb serve`.
 #[derive(Debug, Clone, clap::Args, Serialize)]
 pub struct ServeArgs {
@@ -34,6 +36,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip)]
     pub metrics_listen: Option<String>,
+    /// Address of the web console, e.g. 127.0.0.1:50080; empty turns it off.
+    #[arg(long)]
+    #[serde(skip)]
+    pub console_listen: Option<String>,
 }
 
 /// The flags as configuration overrides.
@@ -43,6 +49,14 @@ struct Overrides<'a> {
     args: &'a ServeArgs,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics: Option<ebb_common::app::MetricsOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    console: Option<ConsoleOverride>,
+}
+
+/// `console.listen` from `--console-listen`.
+#[derive(Serialize)]
+struct ConsoleOverride {
+    listen: String,
 }
 
 /// Configuration of `ebb serve`.
@@ -70,6 +84,8 @@ pub struct ServeConfig {
     pub grpc_web: GrpcWebConfig,
     /// The one Prometheus endpoint of the process, with every service's metrics.
     pub metrics: MetricsConfig,
+    /// The web console, a client of the services with the signed-in caller's token.
+    pub console: ConsoleConfig,
     /// The key that seals secrets in the databases (`EBB_ENCRYPTION__KEY`). Empty: the one kept
     /// in the data directory's `encryption-key` file, created on first start; a deployment keeps
     /// its key apart from the data instead.
@@ -98,6 +114,7 @@ impl Default for ServeConfig {
             metrics: MetricsConfig {
                 listen: "127.0.0.1:9460".into(),
             },
+            console: ConsoleConfig::default(),
             encryption: EncryptionConfig::default(),
             lifecycle: lifecycle_svc::Config::default(),
             scheduler: scheduler_svc::Config::default(),
@@ -114,6 +131,7 @@ impl Validate for ServeConfig {
         }
         self.telemetry.validate()?;
         self.metrics.validate()?;
+        self.console.check("console.")?;
         let mut shared = self.lifecycle.server.clone();
         shared.admin_token = self.admin_token.clone();
         shared.tls = self.tls.clone();
@@ -197,6 +215,10 @@ pub fn main(args: ServeArgs) -> std::process::ExitCode {
             .metrics_listen
             .clone()
             .map(|listen| ebb_common::app::MetricsOverride { listen }),
+        console: args
+            .console_listen
+            .clone()
+            .map(|listen| ConsoleOverride { listen }),
     };
     let config = match config::load(&ServeConfig::default(), args.config.as_deref(), &overrides) {
         Ok(c) => c,
@@ -269,6 +291,34 @@ async fn run(mut config: ServeConfig) -> anyhow::Result<()> {
     if let Some(metrics) = metrics {
         println!("ebb metrics on http://{}/metrics", metrics.local_addr()?);
         component.set_metrics_listener(metrics);
+    }
+    if let Some(console) = config.console.bind().await? {
+        println!("console on http://{}", console.local_addr()?);
+        let scheme = if config.tls.enabled() {
+            "https"
+        } else {
+            "http"
+        };
+        // The console calls the services on the loopback of the address they listen on.
+        let target = match addr.ip() {
+            ip if ip.is_unspecified() && addr.is_ipv4() => {
+                SocketAddr::from(([127, 0, 0, 1], addr.port()))
+            }
+            ip if ip.is_unspecified() => {
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, addr.port()))
+            }
+            _ => addr,
+        };
+        let settings = ebb_common::client::ClientSettings::for_service(&config.lifecycle.server);
+        let (console_config, stop) = (config.console.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let server = format!("{scheme}://{target}");
+            if let Err(e) =
+                crate::console::serve(console, &server, &settings, &console_config, stop).await
+            {
+                tracing::error!(error = %e, "the console stopped");
+            }
+        });
     }
 
     if config.tls.enabled() {

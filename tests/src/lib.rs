@@ -253,6 +253,8 @@ pub struct Process {
     pub addr: SocketAddr,
     /// Where its Prometheus endpoint listens, if it has one.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the web console of `ebb serve` listens, if it serves one.
+    pub console_addr: Option<SocketAddr>,
     child: Child,
     log: PathBuf,
 }
@@ -303,6 +305,14 @@ impl Process {
         {
             cmd.args(["--metrics-listen", "127.0.0.1:0"]);
         }
+        // `ebb serve`'s console, on a port of its own too.
+        if server
+            && args.first() == Some(&"serve")
+            && !args.contains(&"--console-listen")
+            && !envs.iter().any(|(k, _)| *k == "EBB_CONSOLE__LISTEN")
+        {
+            cmd.args(["--console-listen", "127.0.0.1:0"]);
+        }
         for (k, v) in credentials(envs) {
             cmd.env(k, v);
         }
@@ -318,6 +328,7 @@ impl Process {
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let mut metrics_addr = None;
+        let mut console_addr = None;
         let found = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
                 if !server {
@@ -326,6 +337,10 @@ impl Process {
                 if let Some((_, url)) = line.split_once(" metrics on http://") {
                     let addr = url.trim_end_matches("/metrics");
                     metrics_addr = Some(addr.parse::<SocketAddr>()?);
+                    continue;
+                }
+                if let Some(addr) = line.strip_prefix("console on http://") {
+                    console_addr = Some(addr.trim().parse::<SocketAddr>()?);
                     continue;
                 }
                 if let Some((_, addr)) = line.split_once(" listening on ") {
@@ -349,6 +364,7 @@ impl Process {
             name: binary.to_owned(),
             addr,
             metrics_addr,
+            console_addr,
             child,
             log,
         })

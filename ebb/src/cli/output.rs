@@ -297,12 +297,19 @@ pub fn compact(secs: u64) -> String {
 /// A protobuf `Struct` as compact JSON text.
 pub fn struct_text(s: Option<&prost_types::Struct>) -> String {
     match s {
-        Some(s) if !s.fields.is_empty() => {
-            serde_json::Value::Object(s.fields.iter().map(|(k, v)| (k.clone(), json(v))).collect())
-                .to_string()
-        }
+        Some(s) if !s.fields.is_empty() => struct_json(Some(s)).to_string(),
         _ => "-".to_owned(),
     }
+}
+
+/// A protobuf `Struct` as a JSON object (empty when unset).
+pub fn struct_json(s: Option<&prost_types::Struct>) -> serde_json::Value {
+    serde_json::Value::Object(
+        s.into_iter()
+            .flat_map(|s| s.fields.iter())
+            .map(|(k, v)| (k.clone(), json(v)))
+            .collect(),
+    )
 }
 
 /// A protobuf `Value` as JSON.

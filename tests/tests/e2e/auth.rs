@@ -15,7 +15,7 @@ use ebb_tests::proto::lifecycle::v1::token_service_client::TokenServiceClient;
 use ebb_tests::{ADMIN_TOKEN, Channel, Process, SERVICE_TOKEN, TestDatabases};
 use tonic::Code;
 
-async fn create_token(
+pub(crate) async fn create_token(
     tokens: &mut TokenServiceClient<Channel>,
     org: &str,
     role: pb::TokenRole,

@@ -16,6 +16,7 @@ mod cli_contexts;
 mod cli_names;
 mod cli_output;
 mod clients;
+mod console;
 mod dashboard;
 mod deployments;
 mod deprovision;

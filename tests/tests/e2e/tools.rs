@@ -1,5 +1,6 @@
-//! The outside tools some tests drive — grpcurl, Python's `build`, and the TypeScript client's
-//! npm packages (buf among them) — provisioned on first use into `target/test-tools/` (ignored
+//! The outside tools some tests drive — grpcurl, Python's `build`, the TypeScript client's
+//! npm packages (buf among them), and Debian's Chromium with its ChromeDriver — provisioned on
+//! first use into `target/test-tools/` (ignored
 //! by git), so that the README's test command needs nothing installed beforehand beyond Rust,
 //! Python 3 and Node.js: a virtual environment with the pinned pip packages, and `npm ci` in
 //! `clients/typescript`. Each is done once per checkout (a marker holds the hash of what was
@@ -145,4 +146,51 @@ pub fn path_with(dirs: &[&Path]) -> std::ffi::OsString {
         .map(|d| d.to_path_buf())
         .chain(std::env::split_paths(&current));
     std::env::join_paths(all).expect("PATH")
+}
+
+/// Debian's Chromium and ChromeDriver, for the console's browser tests: installed with apt
+/// (packages `chromium` and `chromium-driver`) when missing, which needs root; otherwise the
+/// test fails saying what to install.
+pub async fn chromium() -> (PathBuf, PathBuf) {
+    static DONE: OnceCell<(PathBuf, PathBuf)> = OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let browser = PathBuf::from("/usr/bin/chromium");
+        let driver = PathBuf::from("/usr/bin/chromedriver");
+        if !browser.exists() || !driver.exists() {
+            let apt = |args: &[&str]| {
+                let mut cmd = Command::new("apt-get");
+                cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+                cmd
+            };
+            run(
+                "updating Debian's package lists (apt-get update, once)",
+                "Debian's package mirror (and root, for apt-get)",
+                &mut apt(&["update", "-qq"]),
+            )
+            .await;
+            run(
+                "installing chromium and chromium-driver (apt-get, once)",
+                "Debian's package mirror (and root, for apt-get)",
+                &mut apt(&[
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "chromium",
+                    "chromium-driver",
+                ]),
+            )
+            .await;
+        }
+        assert!(
+            browser.exists() && driver.exists(),
+            "test tools: {} and {} are missing after installing Debian's chromium and \
+             chromium-driver",
+            browser.display(),
+            driver.display()
+        );
+        (browser, driver)
+    })
+    .await
+    .clone()
 }
