@@ -1,6 +1,6 @@
 //! The web console in a real browser: Debian's Chromium, driven through ChromeDriver, against
-//! `ebb serve`. An operator signs in, sees a scheduled workspace on the timeline and extends
-//! it; plans a four-stack cascade (four steps leaves first, a shared upstream kept and marked)
+//! `ebb serve`. An operator signs in, sees a scheduled workspace on the timeline (and one
+//! waiting for a destroy window, marked so) and extends it; plans a four-stack cascade (four steps leaves first, a shared upstream kept and marked)
 //! and follows its action run to the end while runs complete; verifies the audit chain; sees
 //! health. Every page fits 1280 and 390 pixel wide windows. A reader sees no action buttons,
 //! and a POST forged in the reader's session is refused by the API. The session cookie, CSRF
@@ -360,6 +360,46 @@ async fn operators_see_and_act_on_destroys_and_cascades_in_a_browser() {
     })
     .await
     .expect("schedule");
+    // Another project's workspace is due outside its project's destroy window: it waits.
+    let opens = (chrono::Utc::now() + chrono::Duration::hours(6)).format("%H").to_string();
+    let closes = match opens.as_str() {
+        "23" => "24:00".to_owned(),
+        h => format!("{:02}:00", h.parse::<u32>().expect("hour") + 1),
+    };
+    let staging = api
+        .create_project(pb::CreateProjectRequest {
+            organization_id: f.org.id.clone(),
+            name: "staging".into(),
+            destroy_windows: Some(pb::DestroyWindows {
+                time_zone: "UTC".into(),
+                windows: vec![pb::DestroyWindow {
+                    days: "mon-sun".into(),
+                    start: format!("{opens}:00"),
+                    end: closes,
+                }],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("project with a window")
+        .into_inner()
+        .project
+        .expect("project");
+    let held = create_workspace(&mut api, &staging.id, "nightly-7").await;
+    api.record_state_version(pb::RecordStateVersionRequest {
+        workspace_id: held.id.clone(),
+        serial: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("state");
+    api.set_auto_destroy(pb::SetAutoDestroyRequest {
+        workspace_id: held.id.clone(),
+        auto_destroy_at: Some(from_now(Duration::from_secs(3 * 86_400))),
+        ..Default::default()
+    })
+    .await
+    .expect("schedule");
     let tenant = fleet(&mut api, &mut dep, &f.project.id, &f.org.id).await;
     let (_, operator) = create_token(&mut tokens, &f.org.id, pb::TokenRole::Operator, None).await;
     let (_, reader) = create_token(&mut tokens, &f.org.id, pb::TokenRole::Reader, None).await;
@@ -386,6 +426,9 @@ async fn operators_see_and_act_on_destroys_and_cascades_in_a_browser() {
         2,
         "the default 24h and 12h reminders are still to come"
     );
+    let held_lane = format!("g.lanerow[data-workspace='{}']", held.id);
+    b.find(&format!("{held_lane} polygon.destroy.window")).await;
+    b.find(&format!("{held_lane} line.held")).await;
     b.fits("timeline at 1280px").await;
     b.screenshot("upcoming").await;
 
