@@ -1,6 +1,7 @@
 //! The web console in a real browser: Debian's Chromium, driven through ChromeDriver, against
 //! `ebb serve`. An operator signs in, sees a scheduled workspace on the timeline (and one
-//! waiting for a destroy window, marked so) and extends it; plans a four-stack cascade (four steps leaves first, a shared upstream kept and marked)
+//! waiting for a destroy window, marked so) and extends it; approves a destroy run awaiting
+//! approval; plans a four-stack cascade (four steps leaves first, a shared upstream kept and marked)
 //! and follows its action run to the end while runs complete; verifies the audit chain; sees
 //! health. Every page fits 1280 and 390 pixel wide windows. A reader sees no action buttons,
 //! and a POST forged in the reader's session is refused by the API. The session cookie, CSRF
@@ -345,7 +346,17 @@ async fn operators_see_and_act_on_destroys_and_cascades_in_a_browser() {
     let mut tokens = TokenServiceClient::new(channel.clone());
 
     // A workspace with applied state, to be destroyed in two days.
-    let f = fixture(&mut api, None, "preview-42").await;
+    // Auto-destroys of workspaces labelled approval=required wait for a person's approval.
+    let settings = pb::OrganizationSettings {
+        require_approval: true,
+        approval_window: Some(prost_types::Duration {
+            seconds: 3600,
+            nanos: 0,
+        }),
+        approval_labels: [("approval".to_owned(), "required".to_owned())].into(),
+        ..Default::default()
+    };
+    let f = fixture(&mut api, Some(settings), "preview-42").await;
     api.record_state_version(pb::RecordStateVersionRequest {
         workspace_id: f.workspace.id.clone(),
         serial: 1,
@@ -361,7 +372,9 @@ async fn operators_see_and_act_on_destroys_and_cascades_in_a_browser() {
     .await
     .expect("schedule");
     // Another project's workspace is due outside its project's destroy window: it waits.
-    let opens = (chrono::Utc::now() + chrono::Duration::hours(6)).format("%H").to_string();
+    let opens = (chrono::Utc::now() + chrono::Duration::hours(6))
+        .format("%H")
+        .to_string();
     let closes = match opens.as_str() {
         "23" => "24:00".to_owned(),
         h => format!("{:02}:00", h.parse::<u32>().expect("hour") + 1),
@@ -401,6 +414,33 @@ async fn operators_see_and_act_on_destroys_and_cascades_in_a_browser() {
     .await
     .expect("schedule");
     let tenant = fleet(&mut api, &mut dep, &f.project.id, &f.org.id).await;
+    // One that comes due in two seconds, and waits for approval.
+    let guarded = api
+        .create_workspace(pb::CreateWorkspaceRequest {
+            project_id: f.project.id.clone(),
+            name: "prod-db".into(),
+            labels: [("approval".to_owned(), "required".to_owned())].into(),
+            ..Default::default()
+        })
+        .await
+        .expect("workspace")
+        .into_inner()
+        .workspace
+        .expect("workspace");
+    api.record_state_version(pb::RecordStateVersionRequest {
+        workspace_id: guarded.id.clone(),
+        serial: 1,
+        ..Default::default()
+    })
+    .await
+    .expect("state");
+    api.set_auto_destroy(pb::SetAutoDestroyRequest {
+        workspace_id: guarded.id.clone(),
+        auto_destroy_at: Some(from_now(Duration::from_secs(2))),
+        ..Default::default()
+    })
+    .await
+    .expect("schedule");
     let (_, operator) = create_token(&mut tokens, &f.org.id, pb::TokenRole::Operator, None).await;
     let (_, reader) = create_token(&mut tokens, &f.org.id, pb::TokenRole::Reader, None).await;
 
@@ -536,6 +576,46 @@ async fn operators_see_and_act_on_destroys_and_cascades_in_a_browser() {
         "every step drawn as succeeded"
     );
     b.screenshot("action-run").await;
+
+    // The destroy run awaiting approval is approved from its workspace's page, with a reason.
+    let awaiting = ebb_tests::cluster::eventually(WAIT, "a run awaiting approval", || {
+        let mut api = api.clone();
+        let request = pb::ListRunsRequest {
+            organization_id: f.org.id.clone(),
+            workspace_id: guarded.id.clone(),
+            status: pb::RunStatus::AwaitingApproval as i32,
+            ..Default::default()
+        };
+        async move {
+            let runs = api.list_runs(request).await.ok()?.into_inner().runs;
+            runs.into_iter().next()
+        }
+    })
+    .await;
+    b.goto(&format!("/workspaces/{}", guarded.id)).await;
+    let form = format!("form[action='/runs/{}/approve']", awaiting.id);
+    b.fill(
+        &format!("{form} input[name=reason]"),
+        "change window CHG-1234",
+    )
+    .await;
+    b.click(&format!("{form} button")).await;
+    let flash = b.flash().await;
+    assert!(flash.starts_with("Approved"), "{flash}");
+    let approved = api
+        .get_run(pb::GetRunRequest {
+            run_id: awaiting.id.clone(),
+        })
+        .await
+        .expect("run")
+        .into_inner()
+        .run
+        .expect("run");
+    assert_eq!(approved.status, pb::RunStatus::Queued as i32);
+    assert_eq!(
+        approved.approval.expect("approval").reason,
+        "change window CHG-1234"
+    );
 
     // The audit chain verifies.
     b.goto("/audit").await;
