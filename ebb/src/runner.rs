@@ -115,15 +115,9 @@ pub fn main(args: RunnerArgs) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::server_runtime("runner") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ebb runner: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let config = ebb_common::config::TelemetryConfig::default();

@@ -227,15 +227,9 @@ pub fn main(args: ServeArgs) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::server_runtime("serve") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ebb serve: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let mut telemetry = match ebb_common::telemetry::init(&config.telemetry, "ebb") {

@@ -189,6 +189,18 @@ where
     }
 }
 
+/// The multi-threaded runtime of a long-running command (`serve`, `runner`, `console`); when
+/// it cannot start, says so on standard error and answers the exit code.
+pub fn server_runtime(command: &str) -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("ebb {command}: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 /// Asks `question` on the terminal before a bulk change; `yes` (`--yes`) skips asking. Without
 /// a terminal to ask on, the change is refused unless `yes`.
 pub fn confirm(question: &str, yes: bool) -> Result<(), CliError> {

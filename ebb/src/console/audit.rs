@@ -8,7 +8,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::api::failure;
-use super::layout::{self, Frame, Nav, Org, enc, when};
+use super::layout::{self, Nav, Org, enc, when};
 use super::session::{Session, Signed};
 
 #[derive(Debug, Default, Deserialize)]
@@ -61,26 +61,10 @@ fn time(what: &str, text: &str) -> Result<Option<prost_types::Timestamp>, String
 }
 
 pub async fn page(Signed(session): Signed, Query(f): Query<Filters>) -> Response {
-    let orgs = match layout::org(&session, &f.org).await {
-        Ok(o) => o,
-        Err(e) => {
-            let frame = Frame {
-                session: &session,
-                org: None,
-                nav: Some(Nav::Audit),
-            };
-            return layout::failed(&frame, "Audit", &e);
-        }
-    };
-    let frame = Frame {
-        session: &session,
-        org: Some(&orgs),
-        nav: Some(Nav::Audit),
-    };
-    match body(&session, &orgs.0, &f).await {
-        Ok(b) => layout::page(&frame, "Audit", b),
-        Err(e) => layout::failed(&frame, "Audit", &e),
-    }
+    layout::org_page(&session, &f.org, Nav::Audit, "Audit", async |org| {
+        body(&session, org, &f).await
+    })
+    .await
 }
 
 async fn body(session: &Session, org: &Org, f: &Filters) -> Result<Markup, String> {

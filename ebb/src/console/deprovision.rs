@@ -9,7 +9,7 @@ use maud::{Markup, html};
 
 use super::api::failure;
 use super::graph::{self, Kept, Node};
-use super::layout::{self, Frame, Nav, Org, enc};
+use super::layout::{self, Nav, Org, enc};
 use super::session::{Session, Signed};
 
 /// Most entities offered in the picker.
@@ -57,27 +57,15 @@ fn parameters(
 }
 
 pub async fn page(Signed(session): Signed, Query(fields): Query<Fields>) -> Response {
-    let title = "Deprovisioning";
-    let orgs = match layout::org(&session, field(&fields, "org")).await {
-        Ok(o) => o,
-        Err(e) => {
-            let frame = Frame {
-                session: &session,
-                org: None,
-                nav: Some(Nav::Deprovision),
-            };
-            return layout::failed(&frame, title, &e);
-        }
-    };
-    let frame = Frame {
-        session: &session,
-        org: Some(&orgs),
-        nav: Some(Nav::Deprovision),
-    };
-    match body(&session, &orgs.0, &fields).await {
-        Ok(b) => layout::page(&frame, title, b),
-        Err(e) => layout::failed(&frame, title, &e),
-    }
+    let asked = field(&fields, "org");
+    layout::org_page(
+        &session,
+        asked,
+        Nav::Deprovision,
+        "Deprovisioning",
+        async |org| body(&session, org, &fields).await,
+    )
+    .await
 }
 
 async fn body(session: &Session, org: &Org, fields: &Fields) -> Result<Markup, String> {

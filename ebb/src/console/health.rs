@@ -32,11 +32,7 @@ pub struct Params {
 
 pub async fn page(Signed(session): Signed, Query(p): Query<Params>) -> Response {
     let orgs = layout::org(&session, &p.org).await;
-    let frame = Frame {
-        session: &session,
-        org: orgs.as_ref().ok(),
-        nav: Some(Nav::Health),
-    };
+    let frame = Frame::new(&session, orgs.as_ref().ok(), Nav::Health);
     let body = body(&session, orgs.as_ref().ok().map(|(o, _)| o)).await;
     layout::page(&frame, "Health", body)
 }

@@ -2,7 +2,7 @@
 //! message; the security headers of every response; the stylesheet and script, compiled in.
 
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use ebb_proto::lifecycle::v1 as lc;
 use maud::{DOCTYPE, Markup, html};
 
@@ -149,6 +149,70 @@ pub struct Frame<'a> {
     pub nav: Option<Nav>,
 }
 
+impl<'a> Frame<'a> {
+    pub fn new(session: &'a Session, org: Option<&'a (Org, Vec<Org>)>, nav: Nav) -> Self {
+        Self {
+            session,
+            org,
+            nav: Some(nav),
+        }
+    }
+}
+
+/// The page, or why it could not be built.
+pub fn outcome(frame: &Frame, title: &str, body: Result<Markup, String>) -> Response {
+    match body {
+        Ok(b) => page(frame, title, b),
+        Err(e) => failed(frame, title, &e),
+    }
+}
+
+/// A page about one organization: the one asked for (see [`org`]), and `body` for it.
+pub async fn org_page(
+    session: &Session,
+    asked: &str,
+    nav: Nav,
+    title: &str,
+    body: impl AsyncFnOnce(&Org) -> Result<Markup, String>,
+) -> Response {
+    match org(session, asked).await {
+        Ok(orgs) => outcome(
+            &Frame::new(session, Some(&orgs), nav),
+            title,
+            body(&orgs.0).await,
+        ),
+        Err(e) => failed(&Frame::new(session, None, nav), title, &e),
+    }
+}
+
+/// After a form's call: its outcome shown on the next page (`failed` says what could not be
+/// done), and the browser sent to `back`.
+pub fn after(
+    session: &Session,
+    result: Result<String, tonic::Status>,
+    failed: &str,
+    back: &str,
+) -> Response {
+    match result {
+        Ok(text) => session.flash(true, text),
+        Err(s) => session.flash(false, failure(failed, &s)),
+    }
+    Redirect::to(back).into_response()
+}
+
+/// The document head; `script` for pages with live parts.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · Ebb console" }
+            link rel="stylesheet" href="/static/console.css";
+            @if script { script src="/static/console.js" defer {} }
+        }
+    }
+}
+
 /// A whole page.
 pub fn page(frame: &Frame, title: &str, body: Markup) -> Response {
     let session = frame.session;
@@ -157,13 +221,7 @@ pub fn page(frame: &Frame, title: &str, body: Markup) -> Response {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Ebb console" }
-                link rel="stylesheet" href="/static/console.css";
-                script src="/static/console.js" defer {}
-            }
+            (head(title, true))
             body {
                 header.top {
                     a.brand href="/" { "Ebb" }
@@ -216,12 +274,7 @@ pub fn bare(title: &str, body: Markup) -> Response {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · Ebb console" }
-                link rel="stylesheet" href="/static/console.css";
-            }
+            (head(title, false))
             body { (body) }
         }
     };

@@ -190,15 +190,9 @@ pub fn main(args: ConsoleArgs) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match crate::cli::server_runtime("console") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ebb console: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async move {
         let shutdown = ebb_common::serving::shutdown_on_signals();

@@ -2,7 +2,7 @@
 //! (`/action-runs/{id}/steps`) is fetched again every two seconds until the run has ended.
 
 use axum::extract::{Form, Path};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use ebb_proto::lifecycle::v1 as lc;
 use maud::{Markup, html};
 use serde::Deserialize;
@@ -39,20 +39,12 @@ pub async fn page(Signed(session): Signed, Path(id): Path<String>) -> Response {
     let run = match get(&session, &id).await {
         Ok(r) => r,
         Err(e) => {
-            let frame = Frame {
-                session: &session,
-                org: None,
-                nav: Some(Nav::Deprovision),
-            };
+            let frame = Frame::new(&session, None, Nav::Deprovision);
             return layout::failed(&frame, &title, &e);
         }
     };
     let orgs = layout::org(&session, &run.organization_id).await.ok();
-    let frame = Frame {
-        session: &session,
-        org: orgs.as_ref(),
-        nav: Some(Nav::Deprovision),
-    };
+    let frame = Frame::new(&session, orgs.as_ref(), Nav::Deprovision);
     let root = run
         .plan
         .iter()
@@ -195,9 +187,10 @@ pub async fn act(
             .map(|_| "Retrying the failed steps.".to_owned()),
         _ => return layout::not_found().await,
     };
-    match outcome {
-        Ok(t) => session.flash(true, t),
-        Err(s) => session.flash(false, failure(&format!("Could not {verb}"), &s)),
-    }
-    Redirect::to(&format!("/action-runs/{}", enc(&id))).into_response()
+    layout::after(
+        &session,
+        outcome,
+        &format!("Could not {verb}"),
+        &format!("/action-runs/{}", enc(&id)),
+    )
 }

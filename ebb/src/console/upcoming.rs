@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use super::api::failure;
-use super::layout::{self, Frame, Nav, Org};
+use super::layout::{self, Nav, Org};
 use super::session::{Session, Signed};
 use super::timeline::{self, Lane, Reminder};
 use crate::cli::output::datetime;
@@ -34,26 +34,11 @@ pub struct Filters {
 }
 
 pub async fn page(Signed(session): Signed, Query(f): Query<Filters>) -> Response {
-    let orgs = match layout::org(&session, &f.org).await {
-        Ok(o) => o,
-        Err(e) => {
-            let frame = Frame {
-                session: &session,
-                org: None,
-                nav: Some(Nav::Upcoming),
-            };
-            return layout::failed(&frame, "Upcoming destroys", &e);
-        }
-    };
-    let frame = Frame {
-        session: &session,
-        org: Some(&orgs),
-        nav: Some(Nav::Upcoming),
-    };
-    match body(&session, &orgs.0, &f).await {
-        Ok(b) => layout::page(&frame, "Upcoming destroys", b),
-        Err(e) => layout::failed(&frame, "Upcoming destroys", &e),
-    }
+    let title = "Upcoming destroys";
+    layout::org_page(&session, &f.org, Nav::Upcoming, title, async |org| {
+        body(&session, org, &f).await
+    })
+    .await
 }
 
 /// `key=value` (or `key` for any value) of the label filter.

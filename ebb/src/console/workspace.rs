@@ -3,7 +3,7 @@
 //! approve or reject a destroy run — offered to the roles that may take them.
 
 use axum::extract::{Form, Path};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use ebb_proto::audit::v1 as au;
 use ebb_proto::lifecycle::v1 as lc;
 use maud::{Markup, html};
@@ -37,11 +37,7 @@ pub async fn page(Signed(session): Signed, Path(id): Path<String>) -> Response {
     {
         Ok(w) => w.into_inner().workspace.unwrap_or_default(),
         Err(s) => {
-            let frame = Frame {
-                session: &session,
-                org: None,
-                nav: Some(Nav::Upcoming),
-            };
+            let frame = Frame::new(&session, None, Nav::Upcoming);
             return layout::failed(
                 &frame,
                 "Workspace",
@@ -50,16 +46,9 @@ pub async fn page(Signed(session): Signed, Path(id): Path<String>) -> Response {
         }
     };
     let orgs = layout::org(&session, &ws.organization_id).await.ok();
-    let frame = Frame {
-        session: &session,
-        org: orgs.as_ref(),
-        nav: Some(Nav::Upcoming),
-    };
+    let frame = Frame::new(&session, orgs.as_ref(), Nav::Upcoming);
     let title = format!("Workspace {}", ws.name);
-    match body(&session, &ws).await {
-        Ok(b) => layout::page(&frame, &title, b),
-        Err(e) => layout::failed(&frame, &title, &e),
-    }
+    layout::outcome(&frame, &title, body(&session, &ws).await)
 }
 
 async fn body(session: &Session, ws: &lc::Workspace) -> Result<Markup, String> {
@@ -294,11 +283,12 @@ pub async fn act(
             .map(|_| "Cleared: no destroy is scheduled.".to_owned()),
         _ => return layout::not_found().await,
     };
-    match outcome {
-        Ok(text) => session.flash(true, text),
-        Err(s) => session.flash(false, failure(&format!("Could not {verb}"), &s)),
-    }
-    Redirect::to(&format!("/workspaces/{}", layout::enc(&id))).into_response()
+    layout::after(
+        &session,
+        outcome,
+        &format!("Could not {verb}"),
+        &format!("/workspaces/{}", layout::enc(&id)),
+    )
 }
 
 /// `POST /runs/{id}/{approve|reject}`, back to the run's workspace.
@@ -332,14 +322,15 @@ pub async fn decide(
             .map(|_| "Rejected: the destroy does not run.".to_owned()),
         _ => return layout::not_found().await,
     };
-    match outcome {
-        Ok(text) => session.flash(true, text),
-        Err(s) => session.flash(false, failure(&format!("Could not {verb} run {id}"), &s)),
-    }
     let back = if form.workspace.is_empty() {
         "/".to_owned()
     } else {
         format!("/workspaces/{}", layout::enc(&form.workspace))
     };
-    Redirect::to(&back).into_response()
+    layout::after(
+        &session,
+        outcome,
+        &format!("Could not {verb} run {id}"),
+        &back,
+    )
 }
