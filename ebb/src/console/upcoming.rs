@@ -309,3 +309,50 @@ fn reminders_of(
     out.sort_by_key(|r| r.at);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn reminders_are_sent_for_this_due_time_or_still_to_come() {
+        let due = at("2030-01-03T12:00:00Z");
+        let now = at("2030-01-02T18:00:00Z");
+        let leads = [86_400, 43_200, 3_600];
+        let mut sent = HashMap::new();
+        sent.insert(
+            "ws".to_owned(),
+            vec![
+                // The 24h reminder of this due time went out.
+                (due, 86_400),
+                // One of an earlier schedule does not count.
+                (at("2030-01-01T12:00:00Z"), 43_200),
+            ],
+        );
+        let r = reminders_of("ws", due, &leads, &sent, now);
+        let seen: Vec<(String, bool)> = r.iter().map(|r| (r.lead.clone(), r.sent)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("1d".to_owned(), true),
+                ("12h".to_owned(), false),
+                ("1h".to_owned(), false)
+            ]
+        );
+        assert_eq!(
+            label_filter("team=web").expect("ok"),
+            Some(("team".into(), Some("web".into())))
+        );
+        assert_eq!(
+            label_filter("team").expect("ok"),
+            Some(("team".into(), None))
+        );
+        assert!(label_filter("=web").is_err());
+    }
+}
