@@ -31,13 +31,15 @@ pub struct Lifecycle {
     /// Makes the snooze links of reminders; `None` when the snooze server is off.
     pub snooze_links: Option<Arc<Links>>,
     /// Tokens checked a moment ago (`auth.cache_ttl`); emptied by every revocation.
-    pub tokens: Arc<crate::auth::TokenCache>,
+    pub tokens: Arc<crate::token_cache::TokenCache>,
 }
 
 impl Lifecycle {
     /// State over `db`.
     pub fn new(db: Db, config: Config) -> Self {
-        let tokens = Arc::new(crate::auth::TokenCache::new(config.server.auth.cache_ttl));
+        let tokens = Arc::new(crate::token_cache::TokenCache::new(
+            config.server.auth.cache_ttl,
+        ));
         Self {
             tokens,
             db,

@@ -21,6 +21,7 @@ mod snooze;
 mod store;
 mod tenancy;
 mod timing;
+mod token_cache;
 mod workspaces;
 
 use std::sync::Arc;

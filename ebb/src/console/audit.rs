@@ -185,7 +185,7 @@ pub struct VerifyForm {
 
 /// `POST /audit/verify`: verifies the whole chain and says how it went.
 pub async fn verify(Signed(session): Signed, Form(form): Form<VerifyForm>) -> Response {
-    if let Some(r) = session.csrf_refusal(&form.csrf) {
+    if let Some(r) = layout::stale_form(&session, &form.csrf) {
         return r;
     }
     let org = session

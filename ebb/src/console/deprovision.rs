@@ -273,7 +273,7 @@ pub fn kept_of(k: &lc::KeptEntity) -> Kept {
 
 /// `POST /deprovision/trigger`: fires the action, echoing the count the operator saw.
 pub async fn trigger(Signed(session): Signed, Form(fields): Form<Fields>) -> Response {
-    if let Some(r) = session.csrf_refusal(field(&fields, "csrf")) {
+    if let Some(r) = layout::stale_form(&session, field(&fields, "csrf")) {
         return r;
     }
     let entity = field(&fields, "entity").to_owned();

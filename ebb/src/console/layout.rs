@@ -281,6 +281,16 @@ pub fn bare(title: &str, body: Markup) -> Response {
     Html(markup.into_string()).into_response()
 }
 
+/// The refusal of a form whose CSRF token is not its session's.
+pub fn stale_form(session: &Session, csrf: &str) -> Option<Response> {
+    (!session.csrf_matches(csrf)).then(|| {
+        refused(
+            "This form is stale or did not come from this console (its CSRF token does not \
+             match your session). Reload the page and try again.",
+        )
+    })
+}
+
 /// A page saying the request was refused.
 pub fn refused(text: &str) -> Response {
     let mut r = bare(

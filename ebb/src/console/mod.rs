@@ -17,6 +17,7 @@ mod health;
 mod layout;
 mod runs;
 mod session;
+mod signin;
 mod timeline;
 mod upcoming;
 mod workspace;
@@ -109,8 +110,8 @@ pub type Shared = Arc<State>;
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(upcoming::page))
-        .route("/signin", get(session::signin_page).post(session::signin))
-        .route("/signout", post(session::signout))
+        .route("/signin", get(signin::signin_page).post(signin::signin))
+        .route("/signout", post(signin::signout))
         .route("/workspaces/{id}", get(workspace::page))
         .route("/workspaces/{id}/{verb}", post(workspace::act))
         .route("/runs/{id}/{verb}", post(workspace::decide))

@@ -165,7 +165,7 @@ pub async fn act(
     Path((id, verb)): Path<(String, String)>,
     Form(form): Form<CsrfOnly>,
 ) -> Response {
-    if let Some(r) = session.csrf_refusal(&form.csrf) {
+    if let Some(r) = layout::stale_form(&session, &form.csrf) {
         return r;
     }
     let mut api = session.api.deprovision();

@@ -235,7 +235,7 @@ pub async fn act(
     Path((id, verb)): Path<(String, String)>,
     Form(form): Form<ActForm>,
 ) -> Response {
-    if let Some(r) = session.csrf_refusal(&form.csrf) {
+    if let Some(r) = layout::stale_form(&session, &form.csrf) {
         return r;
     }
     let mut api = session.api.lifecycle();
@@ -297,7 +297,7 @@ pub async fn decide(
     Path((id, verb)): Path<(String, String)>,
     Form(form): Form<ActForm>,
 ) -> Response {
-    if let Some(r) = session.csrf_refusal(&form.csrf) {
+    if let Some(r) = layout::stale_form(&session, &form.csrf) {
         return r;
     }
     let mut api = session.api.lifecycle();
