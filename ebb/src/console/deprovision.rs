@@ -112,10 +112,25 @@ async fn body(session: &Session, org: &Org, fields: &Fields) -> Result<Markup, S
     let def = kind
         .as_ref()
         .and_then(|k| k.actions.iter().find(|a| a.name == action));
+    // A dry run is part of triggering (TriggerAction): readers are told so rather than refused.
     let plan = match (&entity, def) {
+        (Some(_), Some(_)) if !session.caller.may_change() => Some(Err(
+            "Planning a cascade is a dry run of triggering it, which takes an operator or admin \
+             token; your role reads entities and action runs only."
+                .to_owned(),
+        )),
         (Some(e), Some(d)) => Some(dry_run(session, e, d, fields).await),
         _ => None,
     };
+    let recent = api
+        .list_action_runs(lc::ListActionRunsRequest {
+            organization_id: org.id.clone(),
+            page_size: 10,
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().action_runs)
+        .map_err(|s| failure("Listing action runs", &s));
     let system = session.caller.organization_id.is_none();
     Ok(html! {
         form.filters method="get" action="/deprovision" {
@@ -160,6 +175,21 @@ async fn body(session: &Session, org: &Org, fields: &Fields) -> Result<Markup, S
                 Err(why) => p.flash.error role="alert" { (why) },
                 Ok((answer, params)) => (plan_view(session, org, e, action, &answer, &params)),
             }
+        }
+        h2 { "Recent action runs" }
+        @match recent {
+            Err(e) => p.flash.error { (e) },
+            Ok(runs) if runs.is_empty() => p.muted { "None yet." },
+            Ok(runs) => div.scroll { table #action-runs {
+                thead { tr { th { "Action run" } th { "Action" } th { "Status" } th { "Steps" } th { "Started" } } }
+                tbody { @for r in &runs { tr {
+                    td { a href=(format!("/action-runs/{}", enc(&r.id))) { code { (r.id) } } }
+                    td { (r.action) }
+                    td { (crate::cli::output::label(r.status, "ACTION_RUN_STATUS_", lc::ActionRunStatus::as_str_name)) }
+                    td.num { (r.plan.len()) }
+                    td { (layout::when(r.create_time.as_ref())) }
+                } } }
+            } },
         }
     })
 }

@@ -665,6 +665,16 @@ async fn operators_see_and_act_on_destroys_and_cascades_in_a_browser() {
         b.all("#extend, #lock, #clear").await.is_empty(),
         "a reader is offered no action"
     );
+    b.goto(&format!(
+        "/deprovision?entity={tenant}&action=DeprovisionTenant"
+    ))
+    .await;
+    let note = b.flash().await;
+    assert!(note.contains("operator or admin"), "{note}");
+    assert!(b.all("#fire").await.is_empty(), "a reader triggers nothing");
+    b.find("#action-runs a").await;
+    b.goto(&format!("/workspaces/{}", f.workspace.id)).await;
+    b.find("#schedule").await;
     let before = next_destroy(&mut api, &f.workspace.id).await;
     b.client
         .execute(
