@@ -303,7 +303,16 @@ pub fn refused(text: &str) -> Response {
 
 /// A page that could not be built: why, within the console's frame.
 pub fn failed(frame: &Frame, title: &str, why: &str) -> Response {
-    let mut r = page(frame, title, html! { p.flash.error role="alert" { (why) } });
+    // A token revoked or expired during the session: the way on is signing in again.
+    let signed_out = why.contains("unauthenticated");
+    let mut r = page(
+        frame,
+        title,
+        html! {
+            p.flash.error role="alert" { (why) }
+            @if signed_out { p { "Your token no longer works. " a href="/signin" { "Sign in again" } } }
+        },
+    );
     *r.status_mut() = StatusCode::BAD_GATEWAY;
     r
 }

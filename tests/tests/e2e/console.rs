@@ -853,4 +853,70 @@ async fn sessions_are_http_only_strict_and_forms_need_their_csrf_token() {
         .expect("post");
     assert_eq!(refused.status(), 403);
     assert!(refused.text().await.expect("body").contains("CSRF"));
+
+    // A token revoked during its session: pages say so and lead back to the sign-in.
+    let channel = server.channel().await;
+    let f = fixture(
+        &mut LifecycleServiceClient::new(channel.clone()),
+        None,
+        "ws",
+    )
+    .await;
+    let mut tokens = TokenServiceClient::new(channel);
+    let (token, secret) = create_token(&mut tokens, &f.org.id, pb::TokenRole::Operator, None).await;
+    let form = http
+        .get(format!("{base}/signin"))
+        .send()
+        .await
+        .expect("signin");
+    let csrf = form.headers()["set-cookie"]
+        .to_str()
+        .expect("cookie")
+        .split(';')
+        .next()
+        .and_then(|c| c.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .expect("csrf");
+    let signed = http
+        .post(format!("{base}/signin"))
+        .form(&[
+            ("token", secret.as_str()),
+            ("csrf", csrf.as_str()),
+            ("next", "/"),
+        ])
+        .header("cookie", format!("ebb_signin={csrf}"))
+        .send()
+        .await
+        .expect("sign in");
+    let id = signed
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("ebb_session="))
+        .and_then(|c| c.split(';').next())
+        .expect("session")
+        .to_owned();
+    tokens
+        .revoke_token(pb::RevokeTokenRequest {
+            token_id: token.id,
+            ..Default::default()
+        })
+        .await
+        .expect("revoke");
+    let after = ebb_tests::cluster::eventually(WAIT, "the revocation to reach the console", || {
+        let (http, base, id) = (http.clone(), base.clone(), id.clone());
+        async move {
+            let page = http
+                .get(format!("{base}/"))
+                .header("cookie", id)
+                .send()
+                .await
+                .ok()?;
+            let text = page.text().await.ok()?;
+            text.contains("Sign in again").then_some(text)
+        }
+    })
+    .await;
+    assert!(after.contains("unauthenticated"), "{after}");
 }
