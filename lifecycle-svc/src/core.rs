@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 
 use crate::Config;
 use crate::actor::{self, Actor};
+use crate::events::outbox;
 use crate::tenancy::tokens;
 use crate::timing::snooze_links::Links;
 use ebb_common::idempotency::{self, RequestKey};
@@ -101,8 +102,10 @@ impl Lifecycle {
             return Ok(stored);
         }
         let actor = with_token_description(&txn, call.actor).await?;
-        let response = actor::acting(actor, f(&txn)).await?;
+        let (response, events) = outbox::collecting(actor::acting(actor, f(&txn))).await?;
         idempotency::remember(&txn, key.as_ref(), &response, self.now()).await?;
+        // Last before the commit: writing events locks the organization's event counter.
+        events.write(&txn).await?;
         txn.commit().await.map_err(Error::from)?;
         Ok(response)
     }

@@ -1,6 +1,7 @@
 //! The transactional outbox: every change writes its domain events in its own transaction,
 //! with a gapless sequence per organization.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::actor;
@@ -49,30 +50,95 @@ const COLUMNS: usize = 10;
 /// Rows per INSERT, well below SQLite's bound-parameter limit.
 const CHUNK: usize = 1000;
 
-/// Writes `events` within the caller's transaction.
+/// An event with what its change knew when it wrote it: the actor in scope (already applied),
+/// the trace and the time.
+#[derive(Debug)]
+struct Stamped {
+    event: NewEvent,
+    trace_context: String,
+    now: EpochMs,
+}
+
+tokio::task_local! {
+    /// Events of the change in scope, held until it commits (see [`collecting`]).
+    static HELD: RefCell<Vec<Stamped>>;
+}
+
+/// Events a change wrote, held to be written just before it commits.
+#[derive(Debug, Default)]
+#[must_use = "held events are lost unless written"]
+pub struct Held(Vec<Stamped>);
+
+impl Held {
+    /// Writes the held events within `conn`'s transaction.
+    pub async fn write(self, conn: &impl ConnectionTrait) -> Result<()> {
+        insert(conn, self.0).await
+    }
+}
+
+/// Runs `work`, holding the events it writes instead of writing them at once; the caller writes
+/// them with [`Held::write`] as the last statement before its commit. Events take a gapless
+/// sequence per organization, so writing one locks the organization's counter until the
+/// transaction ends: held to the end, concurrent changes in one organization wait for each
+/// other only for that last statement and the commit.
+pub async fn collecting<T>(work: impl Future<Output = Result<T>>) -> Result<(T, Held)> {
+    HELD.scope(RefCell::new(Vec::new()), async move {
+        let out = work.await?;
+        let held = HELD.with(|h| std::mem::take(&mut *h.borrow_mut()));
+        Ok((out, Held(held)))
+    })
+    .await
+}
+
+/// Writes `events` within the caller's transaction, or holds them for its commit inside
+/// [`collecting`].
 pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: EpochMs) -> Result<()> {
     if events.is_empty() {
         return Ok(());
     }
-    let backend = conn.get_database_backend();
     // The change's trace, carried to the sinks with each of its events.
     let trace_context = ebb_common::telemetry::current_traceparent();
     // The actor in scope caused every event of the change (see `crate::actor`).
     let scope = actor::current().map(|a| (a.id(), a.detail()));
-    let mut by_org: BTreeMap<String, Vec<NewEvent>> = BTreeMap::new();
-    for mut event in events {
-        if let Some((id, detail)) = &scope {
-            event.actor.clone_from(id);
-            if let Json::Object(data) = &mut event.data {
-                data.insert("actor".to_owned(), detail.clone());
+    let mut stamped: Vec<Stamped> = events
+        .into_iter()
+        .map(|mut event| {
+            if let Some((id, detail)) = &scope {
+                event.actor.clone_from(id);
+                if let Json::Object(data) = &mut event.data {
+                    data.insert("actor".to_owned(), detail.clone());
+                }
             }
-        }
-        by_org
-            .entry(event.organization_id.clone())
-            .or_default()
-            .push(event);
+            Stamped {
+                event,
+                trace_context: trace_context.clone(),
+                now,
+            }
+        })
+        .collect();
+    if HELD
+        .try_with(|h| h.borrow_mut().append(&mut stamped))
+        .is_ok()
+    {
+        return Ok(());
     }
-    let mut rows: Vec<(i64, NewEvent)> = Vec::new();
+    insert(conn, stamped).await
+}
+
+/// Numbers `events` in their organizations' sequences and inserts them.
+async fn insert(conn: &impl ConnectionTrait, events: Vec<Stamped>) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let backend = conn.get_database_backend();
+    let mut by_org: BTreeMap<String, Vec<Stamped>> = BTreeMap::new();
+    for e in events {
+        by_org
+            .entry(e.event.organization_id.clone())
+            .or_default()
+            .push(e);
+    }
+    let mut rows: Vec<(i64, Stamped)> = Vec::new();
     for (org, events) in by_org {
         let n = events.len() as i64;
         let last: i64 = conn
@@ -98,7 +164,7 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
              actor, data, created_at, trace_context) VALUES ",
         );
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * COLUMNS);
-        for (i, (org_seq, e)) in chunk.iter().enumerate() {
+        for (i, (org_seq, s)) in chunk.iter().enumerate() {
             if i > 0 {
                 sql.push(',');
             }
@@ -116,6 +182,7 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
                 b + 9,
                 b + 10
             ));
+            let e = &s.event;
             values.extend([
                 uuid::Uuid::now_v7().to_string().into(),
                 e.organization_id.clone().into(),
@@ -125,8 +192,8 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
                 e.subject_id.clone().into(),
                 e.actor.clone().into(),
                 e.data.to_string().into(),
-                now.into(),
-                trace_context.clone().into(),
+                s.now.into(),
+                s.trace_context.clone().into(),
             ]);
         }
         conn.execute_raw(stmt(backend, &sql, values)).await?;
