@@ -9,7 +9,7 @@ use sea_orm::{ConnectionTrait, Value};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
-use crate::runs::AutoDestroyRun;
+use crate::runs::{QueuedDestroy, RunSource};
 use crate::store::{exec, for_update, placeholders, query_all};
 use crate::tenancy::orgs;
 use crate::tenancy::orgs::OrgRow;
@@ -236,23 +236,26 @@ pub async fn queue_auto_destroy_runs(
     }
     // Everything that may fire is inserted in one statement; the unique indexes turn a key
     // that already fired (or a second active destroy) into a row that is not returned.
-    let new_runs: Vec<AutoDestroyRun> = to_queue
+    let new_runs: Vec<QueuedDestroy> = to_queue
         .iter()
         .filter_map(|(_, key, run_id)| {
             let ws = workspaces.get(&key.subject_id)?;
             let org = &orgs[&ws.organization_id];
-            Some(AutoDestroyRun {
+            Some(QueuedDestroy {
                 run_id: run_id.clone(),
                 organization_id: ws.organization_id.clone(),
                 workspace_id: ws.id.clone(),
-                due_at: key.due_at,
                 working_directory: ws.working_directory.clone(),
+                source: RunSource::AutoDestroy,
+                message: "auto-destroy".to_owned(),
+                fire_due_at: Some(key.due_at),
+                action_step_id: None,
                 approval_deadline: needs_approval(org, ws)
                     .then(|| now.saturating_add(org.approval_window_ms)),
             })
         })
         .collect();
-    let inserted = runs::insert_auto_destroy_runs(conn, &new_runs, now).await?;
+    let inserted = runs::insert_destroy_runs(conn, &new_runs, now).await?;
     let mut fired = Vec::new();
     for (index, key, run_id) in to_queue {
         if !inserted.contains(&run_id) {

@@ -36,9 +36,10 @@ db_enum! {
     }
 }
 
-/// Columns of [`ActionRunRow`].
-pub const ACTION_RUN_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, plan, status, actor, error, \
-    scheduled_action_id, created_at, finished_at, approval_window_ms";
+/// Columns of [`ActionRunRow`]: all but the plan, which a cascade's every step would
+/// otherwise read whole ([`crate::deprovision::plan::stored_plan`] reads it).
+pub const ACTION_RUN_COLUMNS: &str = "id, organization_id, entity_id, action, parameters, status, actor, error, \
+    scheduled_action_id, created_at, finished_at, approval_window_ms, open_first_steps";
 
 /// An action run.
 #[derive(Debug, Clone, FromQueryResult)]
@@ -48,7 +49,6 @@ pub struct ActionRunRow {
     pub entity_id: String,
     pub action: String,
     pub parameters: String,
-    pub plan: String,
     pub status: ActionRunStatus,
     pub actor: String,
     pub error: String,
@@ -57,6 +57,9 @@ pub struct ActionRunRow {
     pub finished_at: Option<i64>,
     /// Set when its destroy runs wait for approval, each at most this long.
     pub approval_window_ms: Option<i64>,
+    /// Its steps that wait for nothing and have not settled (see `progress`): 0 once every
+    /// step is done.
+    pub open_first_steps: i32,
 }
 
 impl ActionRunRow {

@@ -8,8 +8,7 @@ use crate::deprovision::steps::Engine;
 use crate::deprovision::action_runs::STEP_COLUMNS;
 use crate::deprovision::action_runs::StepRow;
 use crate::deprovision::action_runs::StepStatus;
-use crate::deprovision::action_runs::set_step;
-use crate::deprovision::steps::advance;
+use crate::deprovision::steps::step_ended;
 use crate::store::query_one;
 use ebb_common::time::{EpochMs, rfc3339};
 use ebb_common::{Error, Result};
@@ -82,15 +81,16 @@ pub async fn complete_step(
             step.status
         )));
     }
-    let (status, error) = if succeeded {
-        (StepStatus::Succeeded, String::new())
-    } else {
-        (
-            StepStatus::Failed,
-            format!("the external system reported failure: {message}"),
-        )
-    };
-    set_step(conn, step_id, status, &error, now).await?;
-    let queued = advance(conn, engine, &step.action_run_id, "webhook", now).await?;
+    let failure = (!succeeded).then(|| format!("the external system reported failure: {message}"));
+    let queued = step_ended(
+        conn,
+        engine,
+        &step.action_run_id,
+        step_id,
+        failure,
+        "webhook",
+        now,
+    )
+    .await?;
     Ok((get_action_run(conn, &step.action_run_id).await?, queued))
 }

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
-use sea_orm::{ConnectionTrait, FromQueryResult};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::deprovision::catalog;
+use crate::deprovision::progress::CHUNK;
 use crate::events::{NewEvent, outbox};
-use crate::store::{decode_json, exec, keyset, query_one, select_all};
+use crate::store::{decode_json, exec, keyset, placeholders, query_all, query_one, select_all};
 use crate::tenancy::orgs;
 use crate::workspaces;
 
@@ -226,23 +227,69 @@ pub async fn transition_entity(
     actor: &str,
     now: EpochMs,
 ) -> Result<()> {
-    if entity.state == state {
-        return Ok(());
-    }
-    exec(
+    transition_entities(
         conn,
-        "UPDATE entities SET state = $1, updated_at = $2 WHERE id = $3",
-        [state.into(), now.into(), entity.id.clone().into()],
-    )
-    .await?;
-    outbox::write(
-        conn,
-        vec![NewEvent::new(&entity.organization_id, "entity.transitioned", "entity", &entity.id, actor, json!({
-            "kind": entity.kind, "name": entity.name, "from": entity.state, "to": state, "action_run_id": action_run_id,
-        }))],
+        std::slice::from_ref(entity),
+        state,
+        action_run_id,
+        actor,
         now,
     )
     .await
+}
+
+/// Moves entities to `state`, one statement per batch, with an `entity.transitioned` event each;
+/// those already there are left alone.
+pub async fn transition_entities(
+    conn: &impl ConnectionTrait,
+    entities: &[EntityRow],
+    state: &str,
+    action_run_id: &str,
+    actor: &str,
+    now: EpochMs,
+) -> Result<()> {
+    let moving: Vec<&EntityRow> = entities.iter().filter(|e| e.state != state).collect();
+    for chunk in moving.chunks(CHUNK) {
+        let mut values: Vec<Value> = vec![state.into(), now.into()];
+        values.extend(chunk.iter().map(|e| Value::from(e.id.clone())));
+        exec(
+            conn,
+            &format!(
+                "UPDATE entities SET state = $1, updated_at = $2 WHERE id IN ({})",
+                placeholders(3, chunk.len())
+            ),
+            values,
+        )
+        .await?;
+    }
+    let events = moving
+        .iter()
+        .map(|e| {
+            NewEvent::new(&e.organization_id, "entity.transitioned", "entity", &e.id, actor, json!({
+                "kind": e.kind, "name": e.name, "from": e.state, "to": state, "action_run_id": action_run_id,
+            }))
+        })
+        .collect();
+    outbox::write(conn, events, now).await
+}
+
+/// Entities by id, in chunks.
+pub async fn get_entities(conn: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<EntityRow>> {
+    let mut found = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        found.extend(
+            query_all::<EntityRow>(
+                conn,
+                &format!(
+                    "SELECT {ENTITY_COLUMNS} FROM entities WHERE id IN ({})",
+                    placeholders(1, chunk.len())
+                ),
+                chunk.iter().map(|id| Value::from(id.clone())),
+            )
+            .await?,
+        );
+    }
+    Ok(found)
 }
 
 /// Filters of an entity list; `None` is no filter.

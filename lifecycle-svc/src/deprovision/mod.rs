@@ -5,8 +5,10 @@
 pub(crate) mod action_runs;
 pub(crate) mod callbacks;
 pub(crate) mod catalog;
+pub(crate) mod ending;
 pub(crate) mod entities;
 pub(crate) mod plan;
+pub(crate) mod progress;
 pub(crate) mod relationships;
 pub(crate) mod scheduled;
 pub(crate) mod steps;

@@ -4,13 +4,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use crate::deprovision::action_runs::ActionRunRow;
 use crate::deprovision::catalog::{ActionDef, SharedUpstream};
 use crate::deprovision::entities::EntityRow;
 use crate::deprovision::relationships::RELATIONSHIP_COLUMNS;
 use crate::deprovision::relationships::RelationshipRow;
 use crate::deprovision::upstreams::{self, Standing, User, UserEdge, Verdict};
-use crate::store::{decode_json, placeholders, query_all};
+use crate::store::{decode_json, placeholders, query_all, query_one};
 use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde::{Deserialize, Serialize};
@@ -50,11 +49,20 @@ pub struct Plan {
     pub kept: Vec<KeptNode>,
 }
 
-impl ActionRunRow {
-    /// The stored plan.
-    pub fn plan(&self) -> Result<Plan> {
-        decode_json("action_runs", "plan", &self.id, &self.plan)
+/// The stored plan of action run `run_id`.
+pub async fn stored_plan(conn: &impl ConnectionTrait, run_id: &str) -> Result<Plan> {
+    #[derive(FromQueryResult)]
+    struct Stored {
+        plan: String,
     }
+    let stored: Stored = query_one(
+        conn,
+        "SELECT plan FROM action_runs WHERE id = $1",
+        [run_id.into()],
+    )
+    .await?
+    .ok_or_else(|| Error::not_found("action run", run_id))?;
+    decode_json("action_runs", "plan", run_id, &stored.plan)
 }
 
 /// An entity as a plan shows it.
@@ -90,6 +98,10 @@ fn settle<'a>(
             shared_with: Vec::new(),
         },
     )]);
+    let mut users_of: HashMap<&str, Vec<&UserEdge>> = HashMap::new();
+    for u in users {
+        users_of.entry(u.to_entity_id.as_str()).or_default().push(u);
+    }
     for &id in order.iter().filter(|id| **id != root) {
         let reached_from = waits.get(id).map(Vec::as_slice).unwrap_or_default();
         if !reached_from
@@ -98,9 +110,11 @@ fn settle<'a>(
         {
             continue;
         }
-        let standing: Vec<User> = users
+        let standing: Vec<User> = users_of
+            .get(id)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
             .iter()
-            .filter(|u| u.to_entity_id == id)
             .map(|u| User {
                 name: u.user(),
                 standing: match fate.get(u.from_entity_id.as_str()) {

@@ -1,15 +1,18 @@
 //! Relationships: typed, directed edges that are never deleted, with grace periods finalized
 //! by the sweep or forced by an operator (DP-4, DP-6, DP-7, DP-8).
 
+use std::collections::HashSet;
+
 use ebb_common::time::{EpochMs, rfc3339};
 use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Cond, Expr, ExprTrait, Order, Query};
-use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::deprovision::entities::get_entity;
+use crate::deprovision::progress::CHUNK;
 use crate::events::{NewEvent, outbox};
-use crate::store::{db_enum, exec, keyset, query_all, query_one, select_all};
+use crate::store::{IdRow, db_enum, exec, keyset, placeholders, query_all, query_one, select_all};
 
 db_enum! {
     /// Where an edge stands: edges are never deleted, they end `removed`.
@@ -145,64 +148,112 @@ pub async fn list_relationships(
     select_all(conn, &q).await
 }
 
-/// Moves a relationship to `state`, recording the transition.
-pub async fn transition_relationship(
+/// Moves relationships to `state` on behalf of action run `action_run_id`, one statement per
+/// batch, with a `relationship.transitioned` event each; those already there are left alone.
+pub async fn transition_relationships(
     conn: &impl ConnectionTrait,
-    rel: &RelationshipRow,
+    rels: &[RelationshipRow],
     state: EdgeState,
     action_run_id: &str,
     actor: &str,
     now: EpochMs,
 ) -> Result<()> {
-    if rel.state == state {
-        return Ok(());
-    }
+    let moving: Vec<&RelationshipRow> = rels.iter().filter(|r| r.state != state).collect();
     let (finalized, method): (Option<i64>, Option<&str>) = if state == EdgeState::Removed {
         (Some(now), Some("immediate"))
     } else {
         (None, None)
     };
-    exec(
-        conn,
-        "UPDATE relationships SET state = $1, finalized_at = $2, finalize_method = $3, action_run_id = $4, \
-         deletion_scheduled_at = NULL, updated_at = $5 WHERE id = $6",
-        [state.into(), finalized.into(), method.map(str::to_owned).into(), action_run_id.into(), now.into(), rel.id.clone().into()],
-    )
-    .await?;
-    outbox::write(
-        conn,
-        vec![NewEvent::new(&rel.organization_id, "relationship.transitioned", "relationship", &rel.id, actor, json!({
-            "type": rel.rel_type, "from": rel.state.as_str(), "to": state.as_str(), "action_run_id": action_run_id,
-        }))],
-        now,
-    )
-    .await
+    for chunk in moving.chunks(CHUNK) {
+        let mut values: Vec<Value> = vec![
+            state.into(),
+            finalized.into(),
+            method.map(str::to_owned).into(),
+            action_run_id.into(),
+            now.into(),
+        ];
+        values.extend(chunk.iter().map(|r| Value::from(r.id.clone())));
+        exec(
+            conn,
+            &format!(
+                "UPDATE relationships SET state = $1, finalized_at = $2, finalize_method = $3, action_run_id = $4, \
+                 deletion_scheduled_at = NULL, updated_at = $5 WHERE id IN ({})",
+                placeholders(6, chunk.len())
+            ),
+            values,
+        )
+        .await?;
+    }
+    let events = moving
+        .iter()
+        .map(|rel| {
+            NewEvent::new(&rel.organization_id, "relationship.transitioned", "relationship", &rel.id, actor, json!({
+                "type": rel.rel_type, "from": rel.state.as_str(), "to": state.as_str(), "action_run_id": action_run_id,
+            }))
+        })
+        .collect();
+    outbox::write(conn, events, now).await
 }
 
-/// Holds a `removing` relationship until `now + grace` (DP-4) and records
-/// `deprovision.scheduled`.
-pub async fn schedule_deletion(
+/// Holds `removing` relationships until `now + grace` (DP-4) and records
+/// `deprovision.scheduled` for each.
+pub async fn schedule_deletions(
     conn: &impl ConnectionTrait,
-    rel: &RelationshipRow,
+    rels: &[RelationshipRow],
     grace_seconds: i64,
     actor: &str,
     now: EpochMs,
 ) -> Result<()> {
     let at = now.saturating_add(grace_seconds.saturating_mul(1000));
-    exec(
-        conn,
-        "UPDATE relationships SET deletion_scheduled_at = $1, updated_at = $2 WHERE id = $3 AND state = 'removing'",
-        [at.into(), now.into(), rel.id.clone().into()],
-    )
-    .await?;
-    outbox::write(
-        conn,
-        vec![NewEvent::new(&rel.organization_id, "deprovision.scheduled", "relationship", &rel.id, actor, json!({
-            "gracePeriodSeconds": grace_seconds, "scheduledAt": rfc3339(at), "type": rel.rel_type,
-        }))],
-        now,
-    )
-    .await
+    let mut scheduled = Vec::new();
+    for chunk in rels.chunks(CHUNK) {
+        let mut values: Vec<Value> = vec![at.into(), now.into()];
+        values.extend(chunk.iter().map(|r| Value::from(r.id.clone())));
+        let ids: Vec<IdRow> = query_all(
+            conn,
+            &format!(
+                "UPDATE relationships SET deletion_scheduled_at = $1, updated_at = $2 \
+                 WHERE id IN ({}) AND state = 'removing' RETURNING id",
+                placeholders(3, chunk.len())
+            ),
+            values,
+        )
+        .await?;
+        scheduled.extend(ids.into_iter().map(|r| r.id));
+    }
+    let scheduled: HashSet<String> = scheduled.into_iter().collect();
+    let events = rels
+        .iter()
+        .filter(|r| scheduled.contains(&r.id))
+        .map(|rel| {
+            NewEvent::new(&rel.organization_id, "deprovision.scheduled", "relationship", &rel.id, actor, json!({
+                "gracePeriodSeconds": grace_seconds, "scheduledAt": rfc3339(at), "type": rel.rel_type,
+            }))
+        })
+        .collect();
+    outbox::write(conn, events, now).await
+}
+
+/// Relationships by id, in chunks.
+pub async fn get_relationships(
+    conn: &impl ConnectionTrait,
+    ids: &[String],
+) -> Result<Vec<RelationshipRow>> {
+    let mut rels = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        rels.extend(
+            query_all::<RelationshipRow>(
+                conn,
+                &format!(
+                    "SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id IN ({})",
+                    placeholders(1, chunk.len())
+                ),
+                chunk.iter().map(|id| Value::from(id.clone())),
+            )
+            .await?,
+        );
+    }
+    Ok(rels)
 }
 
 fn finalized_event(rel: &RelationshipRow, method: &str, actor: &str) -> NewEvent {

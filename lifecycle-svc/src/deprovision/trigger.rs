@@ -1,8 +1,6 @@
 //! Firing an action: validate, plan, move the entity and its edges and start the first steps;
 //! retry a failed run from its failed step; cancel a running one (DP-2 – DP-5).
 
-use std::collections::HashMap;
-
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
 use sea_orm::ConnectionTrait;
@@ -14,10 +12,12 @@ use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::action_runs::{
     ActionRunRow, check_conditions, check_parameters, get_action_run, load_action, set_step, steps,
 };
+use crate::deprovision::ending::runs_waiting_on;
 use crate::deprovision::entities::{ENTITY_COLUMNS, EntityRow};
-use crate::deprovision::plan::{Plan, plan};
+use crate::deprovision::plan::{Plan, plan, stored_plan};
+use crate::deprovision::progress;
 use crate::deprovision::relationships::EdgeState;
-use crate::deprovision::steps::{Engine, advance, runs_waiting_on};
+use crate::deprovision::steps::{Engine, advance};
 use crate::deprovision::upstreams::kept_event;
 use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
@@ -118,32 +118,7 @@ pub async fn trigger(
             entity.kind, entity.name
         )));
     }
-    let step_ids: HashMap<&str, String> = plan
-        .nodes
-        .iter()
-        .map(|n| (n.entity_id.as_str(), uuid::Uuid::now_v7().to_string()))
-        .collect();
-    for node in &plan.nodes {
-        let waits: Vec<&String> = node
-            .waits_for
-            .iter()
-            .filter_map(|e| step_ids.get(e.as_str()))
-            .collect();
-        exec(
-            conn,
-            "INSERT INTO action_steps (id, action_run_id, step_order, entity_id, waits_for, trigger_type, status) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
-            [
-                step_ids[node.entity_id.as_str()].clone().into(),
-                id.clone().into(),
-                node.order.into(),
-                node.entity_id.clone().into(),
-                json!(waits).to_string().into(),
-                def.trigger.name().into(),
-            ],
-        )
-        .await?;
-    }
+    progress::insert_steps(conn, &id, &plan, def.trigger.name()).await?;
     let mut events = vec![NewEvent::new(
         &entity.organization_id,
         "action_run.started",
@@ -171,10 +146,8 @@ pub async fn trigger(
     }));
     outbox::write(conn, events, now).await?;
     entities::transition_entity(conn, &entity, &def.on_trigger, &id, actor, now).await?;
-    for edge in &edges {
-        relationships::transition_relationship(conn, edge, EdgeState::Removing, &id, actor, now)
-            .await?;
-    }
+    relationships::transition_relationships(conn, &edges, EdgeState::Removing, &id, actor, now)
+        .await?;
     let queued_runs = advance(conn, engine, &id, actor, now).await?;
     Ok(Triggered {
         run: Some(get_action_run(conn, &id).await?),
@@ -254,7 +227,7 @@ pub async fn cancel(
             run.status
         )));
     }
-    let released = runs_waiting_on(conn, &run).await?;
+    let released = runs_waiting_on(conn, &run, &stored_plan(conn, id).await?).await?;
     exec(
         conn,
         "UPDATE action_runs SET status = 'canceled', error = 'canceled', finished_at = $1 WHERE id = $2",

@@ -11,7 +11,7 @@
 //! for runs waiting on them, so two runs over two users of one upstream see each other's
 //! outcome and destroy it exactly once.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use ebb_common::Result;
 use ebb_common::time::EpochMs;
@@ -19,13 +19,14 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::deprovision::action_runs::{
-    ActionRunRow, ActionRunStatus, STEP_COLUMNS, StepRow, StepStatus, set_step,
+    ActionRunRow, ActionRunStatus, STEP_COLUMNS, StepRow, StepStatus,
 };
 use crate::deprovision::catalog::ActionDef;
+use crate::deprovision::progress::CHUNK;
 use crate::deprovision::relationships::{EdgeState, RELATIONSHIP_COLUMNS, RelationshipRow};
 use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
-use crate::store::{IdRow, placeholders, query_all, query_one};
+use crate::store::{IdRow, exec, placeholders, query_all};
 
 /// How one entity that runs on an upstream stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,18 +140,21 @@ pub async fn users(
     types: &[String],
     run_id: Option<&str>,
 ) -> Result<Vec<UserEdge>> {
-    if upstreams.is_empty() || types.is_empty() {
+    if types.is_empty() {
         return Ok(Vec::new());
     }
-    let ids = placeholders(2, upstreams.len());
-    let type_list = placeholders(2 + upstreams.len(), types.len());
-    let mut values: Vec<Value> = vec![run_id.map(str::to_owned).into()];
-    values.extend(upstreams.iter().map(|id| Value::from(id.clone())));
-    values.extend(types.iter().map(|t| Value::from(t.clone())));
-    query_all(
-        conn,
-        &format!(
-            "SELECT r.to_entity_id, r.from_entity_id, e.kind AS user_kind, \
+    let mut found = Vec::new();
+    for chunk in upstreams.chunks(CHUNK) {
+        let ids = placeholders(2, chunk.len());
+        let type_list = placeholders(2 + chunk.len(), types.len());
+        let mut values: Vec<Value> = vec![run_id.map(str::to_owned).into()];
+        values.extend(chunk.iter().map(|id| Value::from(id.clone())));
+        values.extend(types.iter().map(|t| Value::from(t.clone())));
+        found.extend(
+            query_all::<UserEdge>(
+                conn,
+                &format!(
+                    "SELECT r.to_entity_id, r.from_entity_id, e.kind AS user_kind, \
              e.name AS user_name, r.state, r.action_run_id, a.status AS run_status, \
              s.status AS step_status \
              FROM relationships r JOIN entities e ON e.id = r.from_entity_id \
@@ -158,10 +162,13 @@ pub async fn users(
              LEFT JOIN action_steps s ON s.action_run_id = $1 AND s.entity_id = r.from_entity_id \
              WHERE r.to_entity_id IN ({ids}) AND r.type IN ({type_list}) AND r.state <> 'removed' \
              ORDER BY r.to_entity_id, e.kind, e.name"
-        ),
-        values,
-    )
-    .await
+                ),
+                values,
+            )
+            .await?,
+        );
+    }
+    Ok(found)
 }
 
 /// Locks the entity rows of `ids`, in id order so that lockers never wait on each other in a
@@ -173,85 +180,93 @@ pub async fn lock(conn: &impl ConnectionTrait, ids: &[String]) -> Result<()> {
     let mut sorted: Vec<&String> = ids.iter().collect();
     sorted.sort();
     sorted.dedup();
-    let _: Vec<IdRow> = query_all(
-        conn,
-        &format!(
-            "SELECT id FROM entities WHERE id IN ({}) ORDER BY id FOR UPDATE",
-            placeholders(1, sorted.len())
-        ),
-        sorted.into_iter().map(|id| Value::from(id.clone())),
-    )
-    .await?;
+    for chunk in sorted.chunks(CHUNK) {
+        let _: Vec<IdRow> = query_all(
+            conn,
+            &format!(
+                "SELECT id FROM entities WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                placeholders(1, chunk.len())
+            ),
+            chunk.iter().map(|id| Value::from((*id).clone())),
+        )
+        .await?;
+    }
     Ok(())
 }
 
-/// What the gate of a ready step decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Gate {
-    /// Nobody else runs on it: the step may start.
-    Open,
-    /// It stays pending: other running action runs are tearing down its other users (or
-    /// another transaction took the step meanwhile). Their end advances this run again.
-    Wait,
-    /// It ended `kept`.
-    Kept,
+/// What the gate decided for ready steps of upstreams.
+#[derive(Debug, Default)]
+pub struct Gates {
+    /// Nobody else runs on these: they may start.
+    pub open: Vec<StepRow>,
+    /// Ended `kept` (their note written, their edges back to `active`); to be marked done.
+    pub kept: Vec<String>,
+    // The rest stay pending: other running action runs are tearing down their other users (or
+    // another transaction took the step meanwhile). Their end advances this run again.
 }
 
-/// Re-checks, under a lock on its entity row, who runs on the upstream of a step of `run` that
-/// became ready. Fails closed: one user still on it keeps it.
+/// Re-checks, under a lock on each entity row, who runs on the upstreams of steps of `run`
+/// that became ready. Fails closed: one user still on an upstream keeps it.
 pub async fn gate(
     conn: &impl ConnectionTrait,
     run: &ActionRunRow,
     def: &ActionDef,
-    step: &StepRow,
+    steps: &[StepRow],
     actor: &str,
     now: EpochMs,
-) -> Result<Gate> {
-    lock(conn, std::slice::from_ref(&step.entity_id)).await?;
-    // Read again under the lock: another transaction may have decided it meanwhile.
-    let current: Option<StepRow> = query_one(
-        conn,
-        &format!("SELECT {STEP_COLUMNS} FROM action_steps WHERE id = $1"),
-        [step.id.clone().into()],
-    )
-    .await?;
-    if current.is_none_or(|s| s.status != StepStatus::Pending) {
-        return Ok(Gate::Wait);
-    }
-    let edges = users(
-        conn,
-        std::slice::from_ref(&step.entity_id),
-        &def.cascaded_types(),
-        Some(&run.id),
-    )
-    .await?;
-    let standing: Vec<User> = edges
-        .iter()
-        .map(|u| User {
-            name: u.user(),
-            standing: u.standing_at_step(&run.id),
-        })
-        .collect();
-    match decide(&standing) {
-        Verdict::TearDown => Ok(Gate::Open),
-        Verdict::AfterOthers(others) => {
-            tracing::debug!(
-                action_run_id = %run.id,
-                entity_id = %step.entity_id,
-                others = ?others,
-                "shared upstream waits for other action runs"
-            );
-            Ok(Gate::Wait)
+) -> Result<Gates> {
+    let mut gates = Gates::default();
+    let types = def.cascaded_types();
+    let mut steps: Vec<&StepRow> = steps.iter().collect();
+    steps.sort_by(|a, b| a.entity_id.cmp(&b.entity_id));
+    for chunk in steps.chunks(CHUNK) {
+        let entity_ids: Vec<String> = chunk.iter().map(|s| s.entity_id.clone()).collect();
+        lock(conn, &entity_ids).await?;
+        // Read again under the lock: another transaction may have decided them meanwhile.
+        let current: Vec<StepRow> = query_all(
+            conn,
+            &format!(
+                "SELECT {STEP_COLUMNS} FROM action_steps WHERE id IN ({}) AND status = 'pending'",
+                placeholders(1, chunk.len())
+            ),
+            chunk.iter().map(|s| Value::from(s.id.clone())),
+        )
+        .await?;
+        let mut by_upstream: HashMap<String, Vec<User>> = HashMap::new();
+        for u in users(conn, &entity_ids, &types, Some(&run.id)).await? {
+            by_upstream
+                .entry(u.to_entity_id.clone())
+                .or_default()
+                .push(User {
+                    name: u.user(),
+                    standing: u.standing_at_step(&run.id),
+                });
         }
-        Verdict::Keep(used_by) => {
-            keep(conn, run, step, &used_by, actor, now).await?;
-            Ok(Gate::Kept)
+        for step in current {
+            let standing = by_upstream.remove(&step.entity_id).unwrap_or_default();
+            match decide(&standing) {
+                Verdict::TearDown => gates.open.push(step),
+                Verdict::AfterOthers(others) => {
+                    tracing::debug!(
+                        action_run_id = %run.id,
+                        entity_id = %step.entity_id,
+                        others = ?others,
+                        "shared upstream waits for other action runs"
+                    );
+                }
+                Verdict::Keep(used_by) => {
+                    keep(conn, run, &step, &used_by, actor, now).await?;
+                    gates.kept.push(step.id);
+                }
+            }
         }
     }
+    Ok(gates)
 }
 
-/// Ends a step `kept`: its entity stays as it is, and the edges this run moved from it to
-/// what it runs on go back to `active`, since it still runs on them.
+/// Keeps a step's upstream: its note says who still uses it, and the edges this run moved from
+/// it to what it runs on go back to `active`, since it still runs on them. The caller marks
+/// the step done (`kept`).
 async fn keep(
     conn: &impl ConnectionTrait,
     run: &ActionRunRow,
@@ -260,12 +275,13 @@ async fn keep(
     actor: &str,
     now: EpochMs,
 ) -> Result<()> {
-    set_step(
+    exec(
         conn,
-        &step.id,
-        StepStatus::Kept,
-        &format!("kept: still used by {}", used_by.join(", ")),
-        now,
+        "UPDATE action_steps SET error = $1 WHERE id = $2",
+        [
+            format!("kept: still used by {}", used_by.join(", ")).into(),
+            step.id.clone().into(),
+        ],
     )
     .await?;
     let moved: Vec<RelationshipRow> = query_all(
@@ -277,10 +293,8 @@ async fn keep(
         [step.entity_id.clone().into(), run.id.clone().into()],
     )
     .await?;
-    for rel in &moved {
-        relationships::transition_relationship(conn, rel, EdgeState::Active, &run.id, actor, now)
-            .await?;
-    }
+    relationships::transition_relationships(conn, &moved, EdgeState::Active, &run.id, actor, now)
+        .await?;
     let entity = entities::get_entity(conn, &step.entity_id).await?;
     tracing::info!(
         action_run_id = %run.id,

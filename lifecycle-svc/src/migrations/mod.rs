@@ -22,6 +22,8 @@ mod m0011_recurring_and_owners;
 mod m0012_approval;
 mod m0013_destroy_windows;
 mod m0014_schedule_scopes;
+mod m0015_step_counters;
+mod m0016_claim_order;
 
 /// Applies lifecycle-svc's migrations in order. One file per migration; an applied migration
 /// is never edited — a change is a new file.
@@ -49,6 +51,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0012_approval::M0012Approval),
             Box::new(m0013_destroy_windows::M0013DestroyWindows),
             Box::new(m0014_schedule_scopes::M0014ScheduleScopes),
+            Box::new(m0015_step_counters::M0015StepCounters),
+            Box::new(m0016_claim_order::M0016ClaimOrder),
         ]
     }
 }

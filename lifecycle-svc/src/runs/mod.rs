@@ -144,35 +144,40 @@ pub async fn insert_run(
     Ok((n == 1).then_some(id))
 }
 
-/// One auto-destroy run to queue: its id, where it runs and the fire key it carries.
+/// One destroy run to queue in a batch: its id, where it runs, and what queued it — an
+/// auto-destroy fire key (`fire_due_at`) or a deprovisioning step (`action_step_id`).
 #[derive(Debug, Clone)]
-pub struct AutoDestroyRun {
+pub struct QueuedDestroy {
     pub run_id: String,
     pub organization_id: String,
     pub workspace_id: String,
-    pub due_at: EpochMs,
     pub working_directory: String,
-    /// Set when the organization requires approval: the run waits for it until then.
+    pub source: RunSource,
+    pub message: String,
+    pub fire_due_at: Option<EpochMs>,
+    pub action_step_id: Option<String>,
+    /// Set when the run waits for approval until then.
     pub approval_deadline: Option<EpochMs>,
 }
 
-/// Inserts queued auto-destroy runs in chunks; the ids of the rows that went in. A fire key
-/// that already fired, or a workspace with an active destroy run, is refused by the unique
-/// indexes and simply not returned.
-pub async fn insert_auto_destroy_runs(
+/// Inserts queued destroy runs in chunks; the ids of the rows that went in. A fire key that
+/// already fired, or a workspace with an active destroy run, is refused by the unique indexes
+/// and simply not returned.
+pub async fn insert_destroy_runs(
     conn: &impl ConnectionTrait,
-    runs: &[AutoDestroyRun],
+    runs: &[QueuedDestroy],
     now: EpochMs,
 ) -> Result<BTreeSet<String>> {
     #[derive(FromQueryResult)]
     struct Id {
         id: String,
     }
+    const COLUMNS: usize = 10;
     let mut inserted = BTreeSet::new();
     for chunk in runs.chunks(1000) {
         let mut sql = String::from(
             "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, status, \
-             fire_due_at, message, working_directory, created_at, approval, approval_deadline) VALUES ",
+             fire_due_at, message, working_directory, created_at, approval, approval_deadline, action_step_id) VALUES ",
         );
         let mut values: Vec<Value> = vec![now.into()];
         for (i, run) in chunk.iter().enumerate() {
@@ -180,25 +185,22 @@ pub async fn insert_auto_destroy_runs(
             if i > 0 {
                 sql.push(',');
             }
+            let p: Vec<String> = (1..=COLUMNS).map(|k| format!("${}", b + k)).collect();
             sql.push_str(&format!(
-                "(${}, ${}, ${}, TRUE, TRUE, 'auto_destroy', 'queued', ${}, 'auto-destroy', ${}, $1, \
-                 ${}, CAST(${} AS BIGINT))",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7
+                "({}, {}, {}, TRUE, TRUE, {}, 'queued', CAST({} AS BIGINT), {}, {}, $1, {}, CAST({} AS BIGINT), {})",
+                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
             ));
             values.extend([
                 run.run_id.clone().into(),
                 run.organization_id.clone().into(),
                 run.workspace_id.clone().into(),
-                run.due_at.into(),
+                run.source.as_str().into(),
+                run.fire_due_at.into(),
+                run.message.clone().into(),
                 run.working_directory.clone().into(),
                 run.approval_deadline.map(|_| "pending".to_owned()).into(),
                 run.approval_deadline.into(),
+                run.action_step_id.clone().into(),
             ]);
         }
         sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
@@ -388,22 +390,43 @@ pub async fn with_active_run(
     Ok(rows.into_iter().map(|a| a.workspace_id).collect())
 }
 
-/// Whether a deprovisioning destroy of the workspace already succeeded since `applied_at`
-/// (its last applied state, if any): the infrastructure is gone, so a cascade has nothing left
-/// to destroy there.
+/// Those of `workspaces` (each with its last applied state, if any) a deprovisioning destroy
+/// already succeeded on since then: their infrastructure is gone, so a cascade has nothing
+/// left to destroy there. One statement per batch.
 pub async fn destroyed_since(
     conn: &impl ConnectionTrait,
-    workspace_id: &str,
-    applied_at: Option<EpochMs>,
-) -> Result<bool> {
-    let done: Option<IdRow> = query_one(
-        conn,
-        "SELECT id FROM runs WHERE workspace_id = $1 AND is_destroy AND source = 'deprovision' \
-         AND status = 'succeeded' AND finished_at >= $2 LIMIT 1",
-        [workspace_id.into(), applied_at.unwrap_or(i64::MIN).into()],
-    )
-    .await?;
-    Ok(done.is_some())
+    workspaces: &[(String, Option<EpochMs>)],
+) -> Result<BTreeSet<String>> {
+    #[derive(FromQueryResult)]
+    struct Gone {
+        workspace_id: String,
+    }
+    let mut gone = BTreeSet::new();
+    for chunk in workspaces.chunks(500) {
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| format!("(${}, CAST(${} AS BIGINT))", 2 * i + 1, 2 * i + 2))
+            .collect();
+        let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
+        for (id, applied_at) in chunk {
+            values.extend([
+                Value::from(id.clone()),
+                applied_at.unwrap_or(i64::MIN).into(),
+            ]);
+        }
+        let found: Vec<Gone> = query_all(
+            conn,
+            &format!(
+                "WITH v (workspace_id, since) AS (VALUES {}) SELECT DISTINCT r.workspace_id FROM runs r \
+                 JOIN v ON r.workspace_id = v.workspace_id WHERE r.is_destroy AND r.source = 'deprovision' \
+                 AND r.status = 'succeeded' AND r.finished_at >= v.since",
+                rows.join(", ")
+            ),
+            values,
+        )
+        .await?;
+        gone.extend(found.into_iter().map(|g| g.workspace_id));
+    }
+    Ok(gone)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod at_rest;
 mod audit;
 mod auth;
 mod auto_destroy;
+mod cascades;
 mod cli;
 mod cli_contexts;
 mod cli_names;

@@ -178,7 +178,7 @@ fn run_status(s: ActionRunStatus) -> pb::ActionRunStatus {
 
 async fn action_run_pb(conn: &impl ConnectionTrait, r: &ActionRunRow) -> Result<pb::ActionRun> {
     let steps = action_runs::steps(conn, &r.id).await?;
-    let plan = r.plan()?;
+    let plan = plan::stored_plan(conn, &r.id).await?;
     Ok(pb::ActionRun {
         id: r.id.clone(),
         organization_id: r.organization_id.clone(),

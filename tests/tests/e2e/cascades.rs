@@ -1,0 +1,244 @@
+//! Wide cascades torn down by several runners at once: siblings end concurrently, and the
+//! counters the database keeps (which step waits for which, how many waits are left, what has
+//! settled) start each parent once, after all of its dependents, and end the run exactly once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::deprovision::{Api, Dep, apply_catalog};
+use ebb_tests::cluster::{Cluster, create_workspace, fixture};
+use ebb_tests::proto::lifecycle::v1 as pb;
+use ebb_tests::proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use tonic::Code;
+
+/// A tenant on 3 app stacks, each on 3 network stacks, each on 2 accounts: 31 entities, each
+/// materialized by a workspace of its own. Returns the organization, the tenant and every
+/// entity's workspace.
+async fn tree(api: &mut Api, dep: &mut Dep) -> (String, String, HashMap<String, String>) {
+    apply_catalog(dep).await;
+    let f = fixture(api, None, "tree-root").await;
+    let mut workspaces = HashMap::new();
+    let entity = async |api: &mut Api, dep: &mut Dep, kind: &str, name: String| {
+        let ws = create_workspace(api, &f.project.id, &format!("{name}-ws")).await;
+        let e = dep
+            .create_entity(pb::CreateEntityRequest {
+                organization_id: f.org.id.clone(),
+                kind: kind.into(),
+                name,
+                workspace_id: ws.id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("create entity")
+            .into_inner()
+            .entity
+            .expect("entity");
+        (e.id, ws.id)
+    };
+    let (tenant, ws) = entity(api, dep, "tenant", "wide".into()).await;
+    workspaces.insert(tenant.clone(), ws);
+    let mut level = vec![tenant.clone()];
+    for (kind, fanout) in [("app_stack", 3), ("network_stack", 3), ("account", 2)] {
+        let mut next = Vec::new();
+        for parent in &level {
+            for i in 0..fanout {
+                let (id, ws) = entity(api, dep, kind, format!("{kind}-{}-{i}", next.len())).await;
+                dep.create_relationship(pb::CreateRelationshipRequest {
+                    r#type: "runs_on".into(),
+                    from_entity_id: parent.clone(),
+                    to_entity_id: id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("relationship");
+                workspaces.insert(id.clone(), ws);
+                next.push(id);
+            }
+        }
+        level = next;
+    }
+    (f.org.id, tenant, workspaces)
+}
+
+/// Claims runs of `org` and completes each a success at once, until `stop`.
+async fn runner(
+    mut client: RunnerServiceClient<ebb_tests::Channel>,
+    org: String,
+    name: String,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        let claim = match client
+            .claim_run(pb::ClaimRunRequest {
+                organization_id: org.clone(),
+                runner_id: name.clone(),
+                wait: Some(prost_types::Duration {
+                    seconds: 0,
+                    nanos: 200_000_000,
+                }),
+            })
+            .await
+        {
+            Ok(c) => c.into_inner(),
+            Err(s) if matches!(s.code(), Code::Aborted | Code::Unavailable) => continue,
+            Err(s) => panic!("claim: {s}"),
+        };
+        let Some(run) = claim.run else { continue };
+        loop {
+            let done = client
+                .complete_run(pb::CompleteRunRequest {
+                    run_id: run.id.clone(),
+                    lease_token: claim.lease_token.clone(),
+                    outcome: pb::RunOutcome::Succeeded as i32,
+                    request_id: format!("complete-{}", run.id),
+                    ..Default::default()
+                })
+                .await;
+            match done {
+                Ok(_) => break,
+                Err(s) if matches!(s.code(), Code::Aborted | Code::Unavailable) => {}
+                Err(s) => panic!("complete {}: {s}", run.id),
+            }
+        }
+    }
+}
+
+async fn number(sql: &DatabaseConnection, query: &str) -> i64 {
+    sql.query_one_raw(Statement::from_string(sql.get_database_backend(), query))
+        .await
+        .expect("query")
+        .expect("a row")
+        .try_get_by_index::<i64>(0)
+        .expect("a number")
+}
+
+#[tokio::test]
+async fn six_runners_tear_down_a_wide_tree_each_parent_after_its_dependents_and_once() {
+    let cluster = Cluster::start(0).await;
+    let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
+    let (org, tenant, workspaces) = tree(&mut api, &mut dep).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut runners = Vec::new();
+    for i in 0..6 {
+        runners.push(tokio::spawn(runner(
+            cluster.runner().await,
+            org.clone(),
+            format!("runner-{i}"),
+            stop.clone(),
+        )));
+    }
+    let triggered = dep
+        .trigger_action(pb::TriggerActionRequest {
+            entity_id: tenant.clone(),
+            action: "DeprovisionTenant".into(),
+            confirm_count: 31,
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner();
+    assert_eq!(triggered.plan.len(), 31);
+    let id = triggered.action_run.expect("action run").id;
+    let mut status = pb::ActionRunStatus::Running as i32;
+    for _ in 0..600 {
+        let run = dep
+            .get_action_run(pb::GetActionRunRequest {
+                action_run_id: id.clone(),
+            })
+            .await
+            .expect("action run")
+            .into_inner()
+            .action_run
+            .expect("action run");
+        status = run.status;
+        if status != pb::ActionRunStatus::Running as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in runners {
+        r.await.expect("runner");
+    }
+    assert_eq!(
+        status,
+        pb::ActionRunStatus::Succeeded as i32,
+        "the cascade ends, and succeeds"
+    );
+
+    let sql = cluster.lifecycle_sql().await;
+    // Every workspace was destroyed once, by one deprovisioning run.
+    for ws in workspaces.values() {
+        let runs = number(
+            &sql,
+            &format!("SELECT count(*) FROM runs WHERE workspace_id = '{ws}' AND source = 'deprovision' AND status = 'succeeded'"),
+        )
+        .await;
+        assert_eq!(runs, 1, "workspace {ws} destroyed once");
+    }
+    assert_eq!(
+        number(&sql, &format!("SELECT count(*) FROM action_steps WHERE action_run_id = '{id}' AND status = 'succeeded'")).await,
+        31
+    );
+    // No step started before a step it waits for had ended.
+    assert_eq!(
+        number(
+            &sql,
+            "SELECT count(*) FROM action_steps s JOIN action_step_waits w ON w.step_id = s.id \
+             JOIN action_steps p ON p.id = w.waits_for_step_id WHERE s.started_at < p.finished_at",
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        number(&sql, "SELECT count(*) FROM action_step_waits").await,
+        30,
+        "one wait per edge"
+    );
+    // Everything settled, counted down to zero and no further.
+    assert_eq!(
+        number(&sql, &format!("SELECT CAST(sum(waiting) + sum(open_dependents) AS BIGINT) FROM action_steps WHERE action_run_id = '{id}'")).await,
+        0
+    );
+    assert_eq!(
+        number(
+            &sql,
+            &format!("SELECT CAST(open_first_steps AS BIGINT) FROM action_runs WHERE id = '{id}'")
+        )
+        .await,
+        0
+    );
+    let root = crate::deprovision::entity(&mut dep, &tenant).await;
+    assert_eq!(root.state, "decommissioned");
+    assert_eq!(
+        number(&sql, &format!("SELECT count(*) FROM outbox WHERE type = 'action_run.succeeded' AND subject_id = '{id}'")).await,
+        1,
+        "the run ended once"
+    );
+
+    // The database refuses counters below zero, a step waiting for itself, and a wait on a
+    // step that does not exist.
+    let refused = [
+        format!("UPDATE action_steps SET waiting = waiting - 1 WHERE action_run_id = '{id}'"),
+        format!("UPDATE action_steps SET open_dependents = -1 WHERE action_run_id = '{id}'"),
+        format!("UPDATE action_runs SET open_first_steps = open_first_steps - 1 WHERE id = '{id}'"),
+        format!(
+            "INSERT INTO action_step_waits (step_id, waits_for_step_id) \
+             SELECT id, id FROM action_steps WHERE action_run_id = '{id}' LIMIT 1"
+        ),
+        format!(
+            "INSERT INTO action_step_waits (step_id, waits_for_step_id) \
+             SELECT id, 'no-such-step' FROM action_steps WHERE action_run_id = '{id}' LIMIT 1"
+        ),
+    ];
+    for statement in refused {
+        assert!(
+            sql.execute_unprepared(&statement).await.is_err(),
+            "the database refuses: {statement}"
+        );
+    }
+    cluster.check_destroy_causes().await;
+}
