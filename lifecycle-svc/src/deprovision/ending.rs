@@ -15,12 +15,11 @@ use crate::deprovision::action_runs::{ActionRunRow, load_action};
 use crate::deprovision::catalog;
 use crate::deprovision::entities::{ENTITY_COLUMNS, EntityRow};
 use crate::deprovision::plan::{Plan, stored_plan};
-use crate::deprovision::progress::CHUNK;
 use crate::deprovision::relationships::EdgeState;
 use crate::deprovision::upstreams;
 use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
-use crate::store::{exec, placeholders, query_all};
+use crate::store::{CHUNK, exec, placeholders, query_all};
 
 /// Locks the upstreams of `run`'s plan, then lists the other running action runs with a
 /// pending step on one of them: those waiting for this run to end. Taking the locks first

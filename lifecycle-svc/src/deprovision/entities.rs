@@ -9,9 +9,10 @@ use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::deprovision::catalog;
-use crate::deprovision::progress::CHUNK;
 use crate::events::{NewEvent, outbox};
-use crate::store::{decode_json, exec, keyset, placeholders, query_all, query_one, select_all};
+use crate::store::{
+    CHUNK, decode_json, exec, keyset, placeholders, query_all, query_one, select_all,
+};
 use crate::tenancy::orgs;
 use crate::workspaces;
 

@@ -18,10 +18,7 @@ use serde_json::json;
 
 use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::plan::Plan;
-use crate::store::{exec, placeholders, query_all, query_one};
-
-/// Ids per statement: each list is bound twice, well below SQLite's parameter limit.
-pub(crate) const CHUNK: usize = 500;
+use crate::store::{CHUNK, exec, placeholders, query_all, query_one};
 
 /// Inserts the steps of action run `run_id` for `plan`, with which waits for which and the
 /// counters that follow. Returns the step id of each entity.

@@ -10,9 +10,10 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::deprovision::entities::get_entity;
-use crate::deprovision::progress::CHUNK;
 use crate::events::{NewEvent, outbox};
-use crate::store::{IdRow, db_enum, exec, keyset, placeholders, query_all, query_one, select_all};
+use crate::store::{
+    CHUNK, IdRow, db_enum, exec, keyset, placeholders, query_all, query_one, select_all,
+};
 
 db_enum! {
     /// Where an edge stands: edges are never deleted, they end `removed`.

@@ -17,16 +17,16 @@ use serde_json::json;
 use crate::core::Lifecycle;
 use crate::deprovision::action_runs::{
     ActionRunRow, ActionRunStatus, STEP_COLUMNS, StepRow, StepStatus, get_action_run, load_action,
-    set_step,
+    pending_steps, set_step,
 };
 use crate::deprovision::catalog::{ActionDef, TriggerDef};
 use crate::deprovision::ending::finish;
-use crate::deprovision::progress::{self, CHUNK};
+use crate::deprovision::progress;
 use crate::deprovision::{entities, upstreams};
 use crate::events::{NewEvent, outbox};
 use crate::runs;
 use crate::runs::{QueuedDestroy, RunSource};
-use crate::store::{exec, placeholders, query_all, query_one};
+use crate::store::{CHUNK, exec, placeholders, query_all, query_one};
 use crate::workspaces::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
 use ebb_common::sql;
 
@@ -100,39 +100,26 @@ async fn failed_step(conn: &impl ConnectionTrait, run_id: &str) -> Result<Option
     .await
 }
 
-/// Pending steps of a run whose every wait is done: all of them, or those among `ids`.
+/// Pending steps of a run whose every wait is done: all of them, or those among `ids` (which
+/// this transaction counted down to ready, so only their status is read again).
 async fn ready_steps(
     conn: &impl ConnectionTrait,
     run_id: &str,
     ids: Option<&[String]>,
 ) -> Result<Vec<StepRow>> {
-    let base = format!(
-        "SELECT {STEP_COLUMNS} FROM action_steps WHERE action_run_id = $1 AND status = 'pending' AND waiting = 0"
-    );
     let Some(ids) = ids else {
         return query_all(
             conn,
-            &format!("{base} ORDER BY step_order"),
+            &format!(
+                "SELECT {STEP_COLUMNS} FROM action_steps WHERE action_run_id = $1 AND status = 'pending' \
+                 AND waiting = 0 ORDER BY step_order"
+            ),
             [run_id.into()],
         )
         .await;
     };
-    let mut steps = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
-        let mut values: Vec<Value> = vec![run_id.into()];
-        values.extend(chunk.iter().map(|id| Value::from(id.clone())));
-        steps.extend(
-            query_all::<StepRow>(
-                conn,
-                &format!(
-                    "{base} AND id IN ({}) ORDER BY step_order",
-                    placeholders(2, chunk.len())
-                ),
-                values,
-            )
-            .await?,
-        );
-    }
+    let mut steps = pending_steps(conn, ids).await?;
+    steps.sort_by_key(|s| s.step_order);
     Ok(steps)
 }
 

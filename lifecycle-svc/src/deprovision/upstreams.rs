@@ -19,14 +19,13 @@ use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::deprovision::action_runs::{
-    ActionRunRow, ActionRunStatus, STEP_COLUMNS, StepRow, StepStatus,
+    ActionRunRow, ActionRunStatus, StepRow, StepStatus, pending_steps,
 };
 use crate::deprovision::catalog::ActionDef;
-use crate::deprovision::progress::CHUNK;
 use crate::deprovision::relationships::{EdgeState, RELATIONSHIP_COLUMNS, RelationshipRow};
 use crate::deprovision::{entities, relationships};
 use crate::events::{NewEvent, outbox};
-use crate::store::{IdRow, exec, placeholders, query_all};
+use crate::store::{CHUNK, IdRow, exec, placeholders, query_all};
 
 /// How one entity that runs on an upstream stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,15 +222,8 @@ pub async fn gate(
         let entity_ids: Vec<String> = chunk.iter().map(|s| s.entity_id.clone()).collect();
         lock(conn, &entity_ids).await?;
         // Read again under the lock: another transaction may have decided them meanwhile.
-        let current: Vec<StepRow> = query_all(
-            conn,
-            &format!(
-                "SELECT {STEP_COLUMNS} FROM action_steps WHERE id IN ({}) AND status = 'pending'",
-                placeholders(1, chunk.len())
-            ),
-            chunk.iter().map(|s| Value::from(s.id.clone())),
-        )
-        .await?;
+        let ids: Vec<String> = chunk.iter().map(|s| s.id.clone()).collect();
+        let current = pending_steps(conn, &ids).await?;
         let mut by_upstream: HashMap<String, Vec<User>> = HashMap::new();
         for u in users(conn, &entity_ids, &types, Some(&run.id)).await? {
             by_upstream

@@ -35,8 +35,10 @@ CREATE INDEX action_step_waits_for ON action_step_waits (waits_for_step_id, step
 -- The steps of a run ready to start.
 CREATE INDEX action_steps_ready ON action_steps (action_run_id, step_order)
     WHERE status = 'pending' AND waiting = 0;
--- The runs waiting on an entity (a shared upstream) that a run ending releases.
-CREATE INDEX action_steps_pending_entity ON action_steps (entity_id) WHERE status = 'pending';
+-- The runs waiting on an entity (a shared upstream) that a run ending releases. Not partial on
+-- the status: a step's start (`id IN (…) AND status = 'pending'`) would otherwise be planned as
+-- a bitmap over every pending step.
+CREATE INDEX action_steps_entity ON action_steps (entity_id, status);
 -- A failed step fails its run: found without reading the run's other steps.
 CREATE INDEX action_steps_failed ON action_steps (action_run_id, step_order)
     WHERE status = 'failed';
@@ -155,5 +157,102 @@ impl MigrationTrait for M0015StepCounters {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+    use sea_orm_migration::MigratorTrait;
+
+    use crate::migrations::Migrator;
+
+    async fn number(db: &DatabaseConnection, query: &str) -> i64 {
+        db.query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            query,
+        ))
+        .await
+        .expect("query")
+        .expect("a row")
+        .try_get_by_index::<i64>(0)
+        .expect("a number")
+    }
+
+    /// A run in flight when the migration runs gets the counters its steps stand at: it
+    /// carries on where it was, and a finished run is left alone.
+    #[tokio::test]
+    async fn a_running_run_is_backfilled_from_its_steps() {
+        let mut options = ConnectOptions::new("sqlite::memory:");
+        options
+            .max_connections(1)
+            .min_connections(1)
+            .sqlx_logging(false);
+        let db = Database::connect(options).await.expect("connect");
+        Migrator::up(&db, Some(14)).await.expect("migrate to m0014");
+        let entities: Vec<String> = ["root", "x", "y", "l", "old"]
+            .iter()
+            .map(|e| format!("('{e}', 'org', 'tenant', '{e}', 'active', '{{}}', 0, 0)"))
+            .collect();
+        // root first; x and y after root; l after x and y. root and x are done.
+        db.execute_unprepared(&format!(
+            "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, max_inactivity_ms, protected_labels, created_at, updated_at) \
+             VALUES ('org', 'org', '[]', 2, 1000, '[]', 0, 0); \
+             INSERT INTO entity_kinds (name, definition, source, updated_at) VALUES ('tenant', '{{}}', 'api', 0); \
+             INSERT INTO entities (id, organization_id, kind, name, state, attributes, created_at, updated_at) VALUES {}; \
+             INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, created_at) \
+             VALUES ('run', 'org', 'root', 'A', '{{}}', '{{}}', 'running', 'test', 0), \
+             ('done', 'org', 'old', 'A', '{{}}', '{{}}', 'succeeded', 'test', 0); \
+             INSERT INTO action_steps (id, action_run_id, step_order, entity_id, waits_for, trigger_type, status) VALUES \
+             ('s-root', 'run', 0, 'root', '[]', 'noop', 'succeeded'), \
+             ('s-x', 'run', 1, 'x', '[\"s-root\"]', 'noop', 'succeeded'), \
+             ('s-y', 'run', 2, 'y', '[\"s-root\"]', 'noop', 'pending'), \
+             ('s-l', 'run', 3, 'l', '[\"s-x\", \"s-y\"]', 'noop', 'pending'), \
+             ('s-old', 'done', 0, 'old', '[]', 'noop', 'succeeded');",
+            entities.join(", ")
+        ))
+        .await
+        .expect("rows of the old schema");
+        Migrator::up(&db, None).await.expect("migrate");
+
+        let counters = async |id: &str| {
+            (
+                number(
+                    &db,
+                    &format!("SELECT waiting FROM action_steps WHERE id = '{id}'"),
+                )
+                .await,
+                number(
+                    &db,
+                    &format!("SELECT open_dependents FROM action_steps WHERE id = '{id}'"),
+                )
+                .await,
+            )
+        };
+        assert_eq!(counters("s-root").await, (0, 2), "x and y have not settled");
+        assert_eq!(counters("s-x").await, (0, 1), "l is not done");
+        assert_eq!(counters("s-y").await, (0, 1));
+        assert_eq!(counters("s-l").await, (1, 0), "l still waits for y");
+        assert_eq!(counters("s-old").await, (0, 0));
+        assert_eq!(
+            number(&db, "SELECT count(*) FROM action_step_waits").await,
+            4
+        );
+        assert_eq!(
+            number(
+                &db,
+                "SELECT open_first_steps FROM action_runs WHERE id = 'run'"
+            )
+            .await,
+            1
+        );
+        assert_eq!(
+            number(
+                &db,
+                "SELECT open_first_steps FROM action_runs WHERE id = 'done'"
+            )
+            .await,
+            0
+        );
     }
 }

@@ -73,6 +73,10 @@ use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Cond, Expr, ExprTrait, IntoColumnRef, Order, SelectStatement};
 use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 
+/// Ids or rows per set-based statement: a list may be bound twice and still stay well below
+/// SQLite's parameter limit, and a statement's messages stay small.
+pub const CHUNK: usize = 500;
+
 /// ` FOR UPDATE OF alias` on PostgreSQL; nothing on SQLite, whose writers are serialized.
 pub fn for_update(conn: &impl ConnectionTrait, table_alias: &str) -> String {
     sql::for_update()
