@@ -20,6 +20,8 @@ mod secrets;
 mod snooze;
 mod store;
 mod tenancy;
+#[cfg(test)]
+mod testing;
 mod timing;
 mod token_cache;
 mod workspaces;

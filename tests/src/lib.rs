@@ -30,6 +30,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 pub use ebb_proto as proto;
 
 pub mod cluster;
+pub mod runners;
 
 /// The bootstrap admin token of every process the harness starts.
 pub const ADMIN_TOKEN: &str = "ebb-test-admin-token-5f1c2a9e";

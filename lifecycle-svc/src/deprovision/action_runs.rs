@@ -4,15 +4,13 @@
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query};
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult};
 use serde_json::{Map, Value as Json, json};
 
 use crate::deprovision::catalog;
 use crate::deprovision::catalog::{ActionDef, Condition, KindDef};
 use crate::deprovision::entities::EntityRow;
-use crate::store::{
-    CHUNK, db_enum, decode_json, exec, keyset, placeholders, query_all, query_one, select_all,
-};
+use crate::store::{by_ids, db_enum, decode_json, exec, keyset, query_all, query_one, select_all};
 
 db_enum! {
     /// Where an action run stands.
@@ -117,20 +115,12 @@ pub(crate) async fn pending_steps(
     conn: &impl ConnectionTrait,
     ids: &[String],
 ) -> Result<Vec<StepRow>> {
-    let mut steps = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
-        let rows: Vec<StepRow> = query_all(
-            conn,
-            &format!(
-                "SELECT {STEP_COLUMNS} FROM action_steps WHERE id IN ({})",
-                placeholders(1, chunk.len())
-            ),
-            chunk.iter().map(|id| Value::from(id.clone())),
-        )
-        .await?;
-        steps.extend(rows.into_iter().filter(|s| s.status == StepStatus::Pending));
-    }
-    Ok(steps)
+    let select = format!("SELECT {STEP_COLUMNS} FROM action_steps");
+    let steps: Vec<StepRow> = by_ids(conn, &select, "id", ids).await?;
+    Ok(steps
+        .into_iter()
+        .filter(|s| s.status == StepStatus::Pending)
+        .collect())
 }
 
 /// Moves a step to `status` with `error` (why it ended, if it did); a step that ends gets its

@@ -10,9 +10,7 @@ use serde_json::json;
 
 use crate::deprovision::catalog;
 use crate::events::{NewEvent, outbox};
-use crate::store::{
-    CHUNK, decode_json, exec, keyset, placeholders, query_all, query_one, select_all,
-};
+use crate::store::{CHUNK, by_ids, decode_json, exec, keyset, placeholders, query_one, select_all};
 use crate::tenancy::orgs;
 use crate::workspaces;
 
@@ -276,21 +274,13 @@ pub async fn transition_entities(
 
 /// Entities by id, in chunks.
 pub async fn get_entities(conn: &impl ConnectionTrait, ids: &[String]) -> Result<Vec<EntityRow>> {
-    let mut found = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
-        found.extend(
-            query_all::<EntityRow>(
-                conn,
-                &format!(
-                    "SELECT {ENTITY_COLUMNS} FROM entities WHERE id IN ({})",
-                    placeholders(1, chunk.len())
-                ),
-                chunk.iter().map(|id| Value::from(id.clone())),
-            )
-            .await?,
-        );
-    }
-    Ok(found)
+    by_ids(
+        conn,
+        &format!("SELECT {ENTITY_COLUMNS} FROM entities"),
+        "id",
+        ids,
+    )
+    .await
 }
 
 /// Filters of an entity list; `None` is no filter.

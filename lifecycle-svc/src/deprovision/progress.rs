@@ -231,36 +231,18 @@ pub(crate) async fn mark_done(
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectOptions, Database, DatabaseConnection, Statement};
-    use sea_orm_migration::MigratorTrait;
+    use sea_orm::DatabaseConnection;
 
     use super::*;
     use crate::deprovision::plan::PlanNode;
-    use crate::migrations::Migrator;
+    use crate::testing::{self, number};
 
     async fn database() -> DatabaseConnection {
-        let mut options = ConnectOptions::new("sqlite::memory:");
-        options
-            .max_connections(1)
-            .min_connections(1)
-            .sqlx_logging(false);
-        let db = Database::connect(options).await.expect("connect");
-        db.execute_unprepared("PRAGMA foreign_keys = ON")
-            .await
-            .expect("pragma");
-        Migrator::up(&db, None).await.expect("migrate");
-        let entities: Vec<String> = ["root", "x", "y", "l", "m"]
-            .iter()
-            .map(|e| format!("('{e}', 'org', 'tenant', '{e}', 'active', '{{}}', 0, 0)"))
-            .collect();
+        let db = testing::database(None).await;
         db.execute_unprepared(&format!(
-            "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, max_inactivity_ms, protected_labels, created_at, updated_at) \
-             VALUES ('org', 'org', '[]', 2, 1000, '[]', 0, 0); \
-             INSERT INTO entity_kinds (name, definition, source, updated_at) VALUES ('tenant', '{{}}', 'api', 0); \
-             INSERT INTO entities (id, organization_id, kind, name, state, attributes, created_at, updated_at) VALUES {}; \
-             INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, created_at) \
+            "{} INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, created_at) \
              VALUES ('run', 'org', 'root', 'A', '{{}}', '{{}}', 'running', 'test', 0);",
-            entities.join(", ")
+            testing::org_and_entities(&["root", "x", "y", "l", "m"])
         ))
         .await
         .expect("rows");
@@ -276,15 +258,6 @@ mod tests {
             waits_for: waits_for.iter().map(|w| (*w).to_owned()).collect(),
             shared_with: Vec::new(),
         }
-    }
-
-    async fn number(db: &DatabaseConnection, query: &str) -> i64 {
-        db.query_one_raw(Statement::from_string(db.get_database_backend(), query))
-            .await
-            .expect("query")
-            .expect("a row")
-            .try_get_by_index::<i64>(0)
-            .expect("a number")
     }
 
     /// A diamond with two first steps: `root` waits for `x` and `y`, `x` for `l` and `m`, `y`

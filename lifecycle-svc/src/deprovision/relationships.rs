@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::deprovision::entities::get_entity;
 use crate::events::{NewEvent, outbox};
 use crate::store::{
-    CHUNK, IdRow, db_enum, exec, keyset, placeholders, query_all, query_one, select_all,
+    CHUNK, IdRow, by_ids, db_enum, exec, keyset, placeholders, query_all, query_one, select_all,
 };
 
 db_enum! {
@@ -240,21 +240,8 @@ pub async fn get_relationships(
     conn: &impl ConnectionTrait,
     ids: &[String],
 ) -> Result<Vec<RelationshipRow>> {
-    let mut rels = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
-        rels.extend(
-            query_all::<RelationshipRow>(
-                conn,
-                &format!(
-                    "SELECT {RELATIONSHIP_COLUMNS} FROM relationships WHERE id IN ({})",
-                    placeholders(1, chunk.len())
-                ),
-                chunk.iter().map(|id| Value::from(id.clone())),
-            )
-            .await?,
-        );
-    }
-    Ok(rels)
+    let select = format!("SELECT {RELATIONSHIP_COLUMNS} FROM relationships");
+    by_ids(conn, &select, "id", ids).await
 }
 
 fn finalized_event(rel: &RelationshipRow, method: &str, actor: &str) -> NewEvent {

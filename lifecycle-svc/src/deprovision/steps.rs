@@ -26,7 +26,7 @@ use crate::deprovision::{entities, upstreams};
 use crate::events::{NewEvent, outbox};
 use crate::runs;
 use crate::runs::{QueuedDestroy, RunSource};
-use crate::store::{CHUNK, exec, placeholders, query_all, query_one};
+use crate::store::{CHUNK, by_ids, exec, placeholders, query_all, query_one};
 use crate::workspaces::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
 use ebb_common::sql;
 
@@ -279,19 +279,13 @@ async fn destroy_runs(
         .values()
         .filter_map(|e| e.workspace_id.clone())
         .collect();
-    let mut workspaces: HashMap<String, WorkspaceRow> = HashMap::new();
-    for chunk in workspace_ids.chunks(CHUNK) {
-        let rows: Vec<WorkspaceRow> = query_all(
-            conn,
-            &format!(
-                "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.id IN ({})",
-                placeholders(1, chunk.len())
-            ),
-            chunk.iter().map(|id| Value::from(id.clone())),
-        )
-        .await?;
-        workspaces.extend(rows.into_iter().map(|w| (w.id.clone(), w)));
-    }
+    let select = format!("SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM}");
+    let workspaces: HashMap<String, WorkspaceRow> =
+        by_ids::<WorkspaceRow>(conn, &select, "w.id", &workspace_ids)
+            .await?
+            .into_iter()
+            .map(|w| (w.id.clone(), w))
+            .collect();
     let applied: Vec<(String, Option<EpochMs>)> = workspaces
         .values()
         .filter(|w| !w.applied_since_destroy)

@@ -168,8 +168,8 @@ async fn insert(conn: &impl ConnectionTrait, events: Vec<Stamped>) -> Result<()>
     }
     for chunk in rows.chunks(CHUNK) {
         let mut sql = String::from(
-            "INSERT INTO outbox (id, organization_id, org_seq, type, subject_type, subject_id, \
-             actor, data, created_at, trace_context) VALUES ",
+            "INSERT INTO outbox (org_seq, organization_id, type, subject_type, subject_id, actor, data, \
+             created_at, trace_context, id) VALUES ",
         );
         let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * COLUMNS);
         for (i, (org_seq, s)) in chunk.iter().enumerate() {
@@ -177,39 +177,17 @@ async fn insert(conn: &impl ConnectionTrait, events: Vec<Stamped>) -> Result<()>
                 sql.push(',');
             }
             let b = i * COLUMNS;
-            sql.push_str(&format!(
-                "(${},${},${},${},${},${},${},${},${},${})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5,
-                b + 6,
-                b + 7,
-                b + 8,
-                b + 9,
-                b + 10
-            ));
-            let e = &s.event;
-            values.extend([
-                uuid::Uuid::now_v7().to_string().into(),
-                e.organization_id.clone().into(),
-                (*org_seq).into(),
-                e.event_type.into(),
-                e.subject_type.into(),
-                e.subject_id.clone().into(),
-                e.actor.clone().into(),
-                e.data.to_string().into(),
-                s.now.into(),
-                s.trace_context.clone().into(),
-            ]);
+            let row: Vec<String> = (1..=COLUMNS).map(|k| format!("${}", b + k)).collect();
+            sql.push_str(&format!("({})", row.join(",")));
+            values.extend([(*org_seq).into(), s.event.organization_id.clone().into()]);
+            values.extend(row_values(s));
         }
         conn.execute_raw(stmt(backend, &sql, values)).await?;
     }
     Ok(())
 }
 
-/// The values of one outbox row after its `org_seq` (bound from `b + 1`), and its id.
+/// The values of one outbox row after its `org_seq` and organization, its id last.
 fn row_values(s: &Stamped) -> [Value; 8] {
     let e = &s.event;
     [

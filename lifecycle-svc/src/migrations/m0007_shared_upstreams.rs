@@ -75,9 +75,7 @@ impl MigrationTrait for M0007SharedUpstreams {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{
-        ConnectOptions, ConnectionTrait, Database, DatabaseConnection, FromQueryResult, Statement,
-    };
+    use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, Statement};
     use sea_orm_migration::MigratorTrait;
 
     use crate::migrations::Migrator;
@@ -95,14 +93,7 @@ mod tests {
     /// every index of the table made again.
     #[tokio::test]
     async fn the_sqlite_rebuild_keeps_every_step_and_index() {
-        let mut options = ConnectOptions::new("sqlite::memory:");
-        options
-            .max_connections(1)
-            .min_connections(1)
-            .sqlx_logging(false);
-        let db = Database::connect(options).await.expect("connect");
-        sql(&db, "PRAGMA foreign_keys = ON").await.expect("pragma");
-        Migrator::up(&db, Some(6)).await.expect("migrate to m0006");
+        let db = crate::testing::database(Some(6)).await;
         sql(
             &db,
             "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, max_inactivity_ms, protected_labels, created_at, updated_at) \

@@ -162,45 +162,19 @@ impl MigrationTrait for M0015StepCounters {
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
+    use sea_orm::ConnectionTrait;
     use sea_orm_migration::MigratorTrait;
 
-    use crate::migrations::Migrator;
-
-    async fn number(db: &DatabaseConnection, query: &str) -> i64 {
-        db.query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            query,
-        ))
-        .await
-        .expect("query")
-        .expect("a row")
-        .try_get_by_index::<i64>(0)
-        .expect("a number")
-    }
+    use crate::testing::{self, number};
 
     /// A run in flight when the migration runs gets the counters its steps stand at: it
     /// carries on where it was, and a finished run is left alone.
     #[tokio::test]
     async fn a_running_run_is_backfilled_from_its_steps() {
-        let mut options = ConnectOptions::new("sqlite::memory:");
-        options
-            .max_connections(1)
-            .min_connections(1)
-            .sqlx_logging(false);
-        let db = Database::connect(options).await.expect("connect");
-        Migrator::up(&db, Some(14)).await.expect("migrate to m0014");
-        let entities: Vec<String> = ["root", "x", "y", "l", "old"]
-            .iter()
-            .map(|e| format!("('{e}', 'org', 'tenant', '{e}', 'active', '{{}}', 0, 0)"))
-            .collect();
+        let db = testing::database(Some(14)).await;
         // root first; x and y after root; l after x and y. root and x are done.
         db.execute_unprepared(&format!(
-            "INSERT INTO organizations (id, name, reminder_lead_times_ms, destroy_retry_limit, max_inactivity_ms, protected_labels, created_at, updated_at) \
-             VALUES ('org', 'org', '[]', 2, 1000, '[]', 0, 0); \
-             INSERT INTO entity_kinds (name, definition, source, updated_at) VALUES ('tenant', '{{}}', 'api', 0); \
-             INSERT INTO entities (id, organization_id, kind, name, state, attributes, created_at, updated_at) VALUES {}; \
-             INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, created_at) \
+            "{} INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, created_at) \
              VALUES ('run', 'org', 'root', 'A', '{{}}', '{{}}', 'running', 'test', 0), \
              ('done', 'org', 'old', 'A', '{{}}', '{{}}', 'succeeded', 'test', 0); \
              INSERT INTO action_steps (id, action_run_id, step_order, entity_id, waits_for, trigger_type, status) VALUES \
@@ -209,11 +183,13 @@ mod tests {
              ('s-y', 'run', 2, 'y', '[\"s-root\"]', 'noop', 'pending'), \
              ('s-l', 'run', 3, 'l', '[\"s-x\", \"s-y\"]', 'noop', 'pending'), \
              ('s-old', 'done', 0, 'old', '[]', 'noop', 'succeeded');",
-            entities.join(", ")
+            testing::org_and_entities(&["root", "x", "y", "l", "old"])
         ))
         .await
         .expect("rows of the old schema");
-        Migrator::up(&db, None).await.expect("migrate");
+        crate::migrations::Migrator::up(&db, None)
+            .await
+            .expect("migrate");
 
         let counters = async |id: &str| {
             (

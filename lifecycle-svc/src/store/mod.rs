@@ -162,6 +162,24 @@ pub async fn query_one<T: FromQueryResult>(
     })
 }
 
+/// The rows of `select` (a `SELECT … FROM …` without a `WHERE`) whose `key` column is among
+/// `ids`, one statement per [`CHUNK`] of them.
+pub async fn by_ids<T: FromQueryResult>(
+    conn: &impl ConnectionTrait,
+    select: &str,
+    key: &str,
+    ids: &[String],
+) -> Result<Vec<T>> {
+    let mut found = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!("{select} WHERE {key} IN ({})", placeholders(1, chunk.len()));
+        found.extend(
+            query_all::<T>(conn, &sql, chunk.iter().map(|id| Value::from(id.clone()))).await?,
+        );
+    }
+    Ok(found)
+}
+
 /// Every row.
 pub async fn query_all<T: FromQueryResult>(
     conn: &impl ConnectionTrait,

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use ebb_tests::TestDatabases;
 use ebb_tests::cluster::{Cluster, fixture};
 use ebb_tests::proto::lifecycle::v1 as pb;
-use ebb_tests::proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
-use tonic::Code;
 
 const CATALOG: &str = include_str!("../../../deploy/catalog/deprovision-tenant.yaml");
 
@@ -165,58 +163,6 @@ async fn action_run_status(sql: &DatabaseConnection, id: &str) -> String {
     row.try_get("", "status").expect("status")
 }
 
-fn transient(code: Code) -> bool {
-    matches!(code, Code::Aborted | Code::Unavailable)
-}
-
-/// A runner that claims runs of `org` and reports each a success at once, as `ebb runner`
-/// does with an instant tool, until `stop`; transient failures are retried as it retries them.
-async fn instant_runner(
-    mut client: RunnerServiceClient<ebb_tests::Channel>,
-    org: String,
-    name: String,
-    stop: Arc<AtomicBool>,
-    completed: Arc<AtomicUsize>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let claimed = client
-            .claim_run(pb::ClaimRunRequest {
-                organization_id: org.clone(),
-                runner_id: name.clone(),
-                wait: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 500_000_000,
-                }),
-            })
-            .await;
-        let claim = match claimed {
-            Ok(c) => c.into_inner(),
-            Err(s) if transient(s.code()) => continue,
-            Err(s) => panic!("claim: {s}"),
-        };
-        let Some(run) = claim.run else { continue };
-        loop {
-            let done = client
-                .complete_run(pb::CompleteRunRequest {
-                    run_id: run.id.clone(),
-                    lease_token: claim.lease_token.clone(),
-                    outcome: pb::RunOutcome::Succeeded as i32,
-                    request_id: format!("complete-{}-{}", run.id, run.attempt),
-                    ..Default::default()
-                })
-                .await;
-            match done {
-                Ok(_) => break,
-                Err(s) if transient(s.code()) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(s) => panic!("complete {}: {s}", run.id),
-            }
-        }
-        completed.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// What one runner cascade took.
 struct Timed {
     first_wave: Duration,
@@ -241,7 +187,7 @@ async fn runner_cascade(
     let completed = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..runners {
-        tasks.push(tokio::spawn(instant_runner(
+        tasks.push(tokio::spawn(ebb_tests::runners::instant_runner(
             cluster.runner().await,
             org.to_owned(),
             format!("bench-{i}"),

@@ -4,15 +4,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::deprovision::{Api, Dep, apply_catalog};
 use ebb_tests::cluster::{Cluster, create_workspace, fixture};
 use ebb_tests::proto::lifecycle::v1 as pb;
-use ebb_tests::proto::lifecycle::v1::runner_service_client::RunnerServiceClient;
+use ebb_tests::runners::instant_runner;
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
-use tonic::Code;
 
 /// A tenant on 3 app stacks, each on 3 network stacks, each on 2 accounts: 31 entities, each
 /// materialized by a workspace of its own. Returns the organization, the tenant and every
@@ -63,49 +62,6 @@ async fn tree(api: &mut Api, dep: &mut Dep) -> (String, String, HashMap<String, 
     (f.org.id, tenant, workspaces)
 }
 
-/// Claims runs of `org` and completes each a success at once, until `stop`.
-async fn runner(
-    mut client: RunnerServiceClient<ebb_tests::Channel>,
-    org: String,
-    name: String,
-    stop: Arc<AtomicBool>,
-) {
-    while !stop.load(Ordering::Relaxed) {
-        let claim = match client
-            .claim_run(pb::ClaimRunRequest {
-                organization_id: org.clone(),
-                runner_id: name.clone(),
-                wait: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 200_000_000,
-                }),
-            })
-            .await
-        {
-            Ok(c) => c.into_inner(),
-            Err(s) if matches!(s.code(), Code::Aborted | Code::Unavailable) => continue,
-            Err(s) => panic!("claim: {s}"),
-        };
-        let Some(run) = claim.run else { continue };
-        loop {
-            let done = client
-                .complete_run(pb::CompleteRunRequest {
-                    run_id: run.id.clone(),
-                    lease_token: claim.lease_token.clone(),
-                    outcome: pb::RunOutcome::Succeeded as i32,
-                    request_id: format!("complete-{}", run.id),
-                    ..Default::default()
-                })
-                .await;
-            match done {
-                Ok(_) => break,
-                Err(s) if matches!(s.code(), Code::Aborted | Code::Unavailable) => {}
-                Err(s) => panic!("complete {}: {s}", run.id),
-            }
-        }
-    }
-}
-
 async fn number(sql: &DatabaseConnection, query: &str) -> i64 {
     sql.query_one_raw(Statement::from_string(sql.get_database_backend(), query))
         .await
@@ -123,11 +79,12 @@ async fn six_runners_tear_down_a_wide_tree_each_parent_after_its_dependents_and_
     let stop = Arc::new(AtomicBool::new(false));
     let mut runners = Vec::new();
     for i in 0..6 {
-        runners.push(tokio::spawn(runner(
+        runners.push(tokio::spawn(instant_runner(
             cluster.runner().await,
             org.clone(),
             format!("runner-{i}"),
             stop.clone(),
+            Arc::new(AtomicUsize::new(0)),
         )));
     }
     let triggered = dep
