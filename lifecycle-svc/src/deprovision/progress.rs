@@ -128,6 +128,40 @@ impl Counted {
     }
 }
 
+/// The two counters a step's end moves, each along one direction of `action_step_waits`.
+#[derive(Clone, Copy)]
+enum Counter {
+    /// Of the steps waiting for the ended ones.
+    Waiting,
+    /// Of the steps the settled ones waited for.
+    OpenDependents,
+}
+
+/// Counts down `counter` of the neighbours of steps `ids` by how many of them each has, one
+/// statement per chunk; returns each neighbour with its new count.
+async fn count_down(
+    conn: &impl ConnectionTrait,
+    counter: Counter,
+    ids: &[String],
+) -> Result<Vec<Counted>> {
+    let (column, neighbour, by) = match counter {
+        Counter::Waiting => ("waiting", "step_id", "waits_for_step_id"),
+        Counter::OpenDependents => ("open_dependents", "waits_for_step_id", "step_id"),
+    };
+    let mut counted = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "UPDATE action_steps SET {column} = {column} - d.n FROM (SELECT {neighbour} AS id, count(*) AS n \
+             FROM action_step_waits WHERE {by} IN ({}) GROUP BY {neighbour}) d WHERE action_steps.id = d.id \
+             RETURNING action_steps.id, action_steps.{column} AS count, action_steps.status, action_steps.waits_for",
+            placeholders(1, chunk.len())
+        );
+        let values = chunk.iter().map(|id| Value::from(id.clone()));
+        counted.extend(query_all::<Counted>(conn, &sql, values).await?);
+    }
+    Ok(counted)
+}
+
 /// Marks pending or running steps `ids` of run `run_id` done (`Succeeded` clears their error;
 /// `Kept` keeps the note its gate wrote) and moves the counters: the steps waiting for them
 /// count down, what settles counts down its waits in turn, up to the run.
@@ -164,27 +198,12 @@ pub(crate) async fn mark_done(
     }
     let done: Vec<String> = marked.iter().map(|s| s.id.clone()).collect();
     // The steps waiting for these count them down; at 0 they are ready.
-    let mut ready = Vec::new();
-    for chunk in done.chunks(CHUNK) {
-        let list = placeholders(1, chunk.len());
-        let counted: Vec<Counted> = query_all(
-            conn,
-            &format!(
-                "UPDATE action_steps SET waiting = waiting - d.n FROM (SELECT step_id, count(*) AS n \
-                 FROM action_step_waits WHERE waits_for_step_id IN ({list}) GROUP BY step_id) d \
-                 WHERE action_steps.id = d.step_id \
-                 RETURNING action_steps.id, action_steps.waiting AS count, action_steps.status, action_steps.waits_for"
-            ),
-            chunk.iter().map(|id| Value::from(id.clone())),
-        )
-        .await?;
-        ready.extend(
-            counted
-                .into_iter()
-                .filter(|s| s.count == 0 && s.status == StepStatus::Pending)
-                .map(|s| s.id),
-        );
-    }
+    let ready = count_down(conn, Counter::Waiting, &done)
+        .await?
+        .into_iter()
+        .filter(|s| s.count == 0 && s.status == StepStatus::Pending)
+        .map(|s| s.id)
+        .collect();
     // Settling runs up: a done step nobody waits for (any more) settles, and counts down each
     // step it waited for.
     let mut firsts = 0;
@@ -192,24 +211,11 @@ pub(crate) async fn mark_done(
     while !settled.is_empty() {
         firsts += settled.iter().filter(|s| s.first()).count() as i32;
         let ids: Vec<String> = settled.into_iter().map(|s| s.id).collect();
-        let mut next = Vec::new();
-        for chunk in ids.chunks(CHUNK) {
-            let list = placeholders(1, chunk.len());
-            let counted: Vec<Counted> = query_all(
-                conn,
-                &format!(
-                    "UPDATE action_steps SET open_dependents = open_dependents - d.n FROM (SELECT waits_for_step_id, \
-                     count(*) AS n FROM action_step_waits WHERE step_id IN ({list}) GROUP BY waits_for_step_id) d \
-                     WHERE action_steps.id = d.waits_for_step_id \
-                     RETURNING action_steps.id, action_steps.open_dependents AS count, action_steps.status, \
-                     action_steps.waits_for"
-                ),
-                chunk.iter().map(|id| Value::from(id.clone())),
-            )
-            .await?;
-            next.extend(counted.into_iter().filter(|s| s.count == 0 && s.done()));
-        }
-        settled = next;
+        settled = count_down(conn, Counter::OpenDependents, &ids)
+            .await?
+            .into_iter()
+            .filter(|s| s.count == 0 && s.done())
+            .collect();
     }
     let mut run_done = false;
     if firsts > 0 {

@@ -92,13 +92,20 @@ impl MigrationTrait for M0015StepCounters {
             let id: String = row.try_get("", "id")?;
             let waits: String = row.try_get("", "waits_for")?;
             let status: String = row.try_get("", "status")?;
+            // Fails closed: a step whose waits do not decode would count as ready and could
+            // start a destroy before what it waits for; the upgrade stops and names it.
+            let waits_for: Vec<String> = serde_json::from_str(&waits).map_err(|e| {
+                DbErr::Custom(format!(
+                    "action step {id}: waits_for {waits:?} is not a JSON list of step ids ({e}); \
+                     repair the row and run the migration again"
+                ))
+            })?;
             steps.insert(
                 id.clone(),
                 Step {
                     id,
                     run: row.try_get("", "action_run_id")?,
-                    // An unreadable list never started its step, and still does not.
-                    waits_for: serde_json::from_str(&waits).unwrap_or_default(),
+                    waits_for,
                     done: done(&status),
                 },
             );
@@ -230,5 +237,26 @@ mod tests {
             .await,
             0
         );
+    }
+
+    /// A running step whose waits do not decode stops the upgrade, naming it, rather than
+    /// counting as ready.
+    #[tokio::test]
+    async fn unreadable_waits_stop_the_migration() {
+        let db = testing::database(Some(14)).await;
+        db.execute_unprepared(&format!(
+            "{} INSERT INTO action_runs (id, organization_id, entity_id, action, parameters, plan, status, actor, created_at) \
+             VALUES ('run', 'org', 'root', 'A', '{{}}', '{{}}', 'running', 'test', 0); \
+             INSERT INTO action_steps (id, action_run_id, step_order, entity_id, waits_for, trigger_type, status) VALUES \
+             ('s-root', 'run', 0, 'root', 'not json', 'noop', 'pending');",
+            testing::org_and_entities(&["root"])
+        ))
+        .await
+        .expect("rows of the old schema");
+        let error = crate::migrations::Migrator::up(&db, None)
+            .await
+            .expect_err("refused")
+            .to_string();
+        assert!(error.contains("action step s-root"), "{error}");
     }
 }
