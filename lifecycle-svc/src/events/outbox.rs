@@ -1,5 +1,8 @@
-//! The transactional outbox: every change writes its domain events in its own transaction,
-//! with a gapless sequence per organization.
+//! The transactional outbox: every change writes its domain events in its own transaction;
+//! each organization's events carry a gapless sequence (`org_seq`) in the order they became
+//! visible. On PostgreSQL a change inserts its events unnumbered and [`number`] numbers them
+//! after the commit, so one organization's changes do not queue behind a counter's row lock;
+//! on SQLite, which commits one writer at a time, a change numbers its own events.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -10,7 +13,7 @@ use ebb_common::Result;
 use ebb_common::db::stmt;
 use ebb_common::time::EpochMs;
 use sea_orm::sea_query::{Expr, ExprTrait, LikeExpr, Order, Query};
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, DatabaseConnection, FromQueryResult, TransactionTrait, Value};
 use serde_json::Value as Json;
 
 /// A domain event about to be written.
@@ -77,10 +80,9 @@ impl Held {
 }
 
 /// Runs `work`, holding the events it writes instead of writing them at once; the caller writes
-/// them with [`Held::write`] as the last statement before its commit. Events take a gapless
-/// sequence per organization, so writing one locks the organization's counter until the
-/// transaction ends: held to the end, concurrent changes in one organization wait for each
-/// other only for that last statement and the commit.
+/// them with [`Held::write`] as the last statement before its commit. On SQLite, numbering an
+/// event locks its organization's counter until the transaction ends, so writing them last
+/// keeps that lock for the commit alone.
 pub async fn collecting<T>(work: impl Future<Output = Result<T>>) -> Result<(T, Held)> {
     HELD.scope(RefCell::new(Vec::new()), async move {
         let out = work.await?;
@@ -125,7 +127,8 @@ pub async fn write(conn: &impl ConnectionTrait, events: Vec<NewEvent>, now: Epoc
     insert(conn, stamped).await
 }
 
-/// Numbers `events` in their organizations' sequences and inserts them.
+/// Inserts `events`: numbered in their organizations' sequences on SQLite, for [`number`] to
+/// number on PostgreSQL.
 async fn insert(conn: &impl ConnectionTrait, events: Vec<Stamped>) -> Result<()> {
     if events.is_empty() {
         return Ok(());
@@ -141,7 +144,7 @@ async fn insert(conn: &impl ConnectionTrait, events: Vec<Stamped>) -> Result<()>
     if backend == sea_orm::DatabaseBackend::Postgres {
         for (org, events) in by_org {
             for chunk in events.chunks(CHUNK) {
-                insert_numbered(conn, &org, chunk).await?;
+                insert_unnumbered(conn, &org, chunk).await?;
             }
         }
         return Ok(());
@@ -202,12 +205,14 @@ fn row_values(s: &Stamped) -> [Value; 8] {
     ]
 }
 
-/// On PostgreSQL: takes the next numbers of organization `org`'s sequence and inserts
-/// `events` with them, in one statement, so the counter's row lock is held for that statement
-/// and the commit alone.
-async fn insert_numbered(conn: &impl ConnectionTrait, org: &str, events: &[Stamped]) -> Result<()> {
-    let n = events.len() as i64;
-    let mut values: Vec<Value> = vec![n.into(), org.into()];
+/// On PostgreSQL: inserts `events` of organization `org` without their numbers, in one
+/// statement that takes no lock but the new rows'. [`number`] numbers them once committed.
+async fn insert_unnumbered(
+    conn: &impl ConnectionTrait,
+    org: &str,
+    events: &[Stamped],
+) -> Result<()> {
+    let mut values: Vec<Value> = vec![org.into()];
     let mut rows = Vec::with_capacity(events.len());
     for (k, s) in events.iter().enumerate() {
         let b = values.len();
@@ -223,16 +228,18 @@ async fn insert_numbered(conn: &impl ConnectionTrait, org: &str, events: &[Stamp
             b + 8,
             b + 9
         ));
-        values.push((k as i64 + 1).into());
+        values.push((k as i64).into());
         values.extend(row_values(s));
     }
+    // Ordered by `k`, so the rows take their `seq` (the order they are numbered in) in the
+    // order the change wrote them.
     let sql = format!(
-        "WITH s AS (UPDATE organizations SET event_seq = event_seq + $1 WHERE id = $2 RETURNING event_seq) \
-         INSERT INTO outbox (id, organization_id, org_seq, type, subject_type, subject_id, actor, data, \
+        "INSERT INTO outbox (id, organization_id, type, subject_type, subject_id, actor, data, \
          created_at, trace_context) \
-         SELECT v.id, $2, s.event_seq - $1 + v.k, v.type, v.subject_type, v.subject_id, v.actor, v.data, \
-         v.created_at, v.trace_context FROM s, (VALUES {}) \
-         AS v (k, type, subject_type, subject_id, actor, data, created_at, trace_context, id)",
+         SELECT v.id, $1, v.type, v.subject_type, v.subject_id, v.actor, v.data, v.created_at, \
+         v.trace_context FROM (VALUES {}) \
+         AS v (k, type, subject_type, subject_id, actor, data, created_at, trace_context, id) \
+         WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) ORDER BY v.k",
         rows.join(", ")
     );
     let inserted = conn
@@ -243,6 +250,68 @@ async fn insert_numbered(conn: &impl ConnectionTrait, org: &str, events: &[Stamp
         return Err(ebb_common::Error::not_found("organization", org));
     }
     Ok(())
+}
+
+/// Events numbered per statement by [`number`].
+const NUMBER_BATCH: i64 = 5000;
+
+/// Key of the transaction-scoped advisory lock that makes one numbering run at a time.
+const NUMBERING_LOCK: i64 = 0x6562_625f_6f75_7462; // "ebb_outb"
+
+/// Numbers the committed events that have no number yet, on PostgreSQL; the number of events
+/// numbered. Each organization's events take the next numbers of its counter in the order they
+/// were inserted (`seq`), the counter and the events moving in one transaction, so an
+/// organization's numbers are gapless and a number is visible only once every smaller one is.
+/// One numbering runs at a time (an advisory lock held for its transaction); a change that
+/// commits while it runs is numbered by the next one. On SQLite events are numbered as they
+/// are written and this does nothing.
+pub async fn number(conn: &DatabaseConnection) -> std::result::Result<u64, sea_orm::DbErr> {
+    if conn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok(0);
+    }
+    let backend = conn.get_database_backend();
+    let mut numbered = 0;
+    loop {
+        let waiting = conn
+            .query_one_raw(stmt(
+                backend,
+                "SELECT 1 FROM outbox WHERE org_seq IS NULL LIMIT 1",
+                [],
+            ))
+            .await?
+            .is_some();
+        if !waiting {
+            return Ok(numbered);
+        }
+        let txn = conn.begin().await?;
+        txn.execute_raw(stmt(
+            backend,
+            "SELECT pg_advisory_xact_lock($1)",
+            [NUMBERING_LOCK.into()],
+        ))
+        .await?;
+        let n = txn
+            .execute_raw(stmt(
+                backend,
+                "WITH p AS (SELECT seq, organization_id, \
+                     ROW_NUMBER() OVER (PARTITION BY organization_id ORDER BY seq) AS k \
+                     FROM (SELECT seq, organization_id FROM outbox WHERE org_seq IS NULL \
+                           ORDER BY seq LIMIT $1) AS oldest), \
+                 c AS (SELECT organization_id, COUNT(*) AS n FROM p GROUP BY organization_id), \
+                 b AS (UPDATE organizations o SET event_seq = o.event_seq + c.n FROM c \
+                       WHERE o.id = c.organization_id RETURNING o.id, o.event_seq - c.n AS base) \
+                 UPDATE outbox x SET org_seq = b.base + p.k FROM p JOIN b ON b.id = p.organization_id \
+                 WHERE x.seq = p.seq",
+                [NUMBER_BATCH.into()],
+            ))
+            .await?
+            .rows_affected();
+        txn.commit().await?;
+        numbered += n;
+        if (n as i64) < NUMBER_BATCH {
+            return Ok(numbered);
+        }
+    }
 }
 
 /// An outbox event.
@@ -270,7 +339,7 @@ pub struct OutboxFilter {
     pub subject_id: String,
 }
 
-/// One page of outbox events in commit order, after the global sequence `after_seq`.
+/// One page of numbered outbox events in commit order, after the global sequence `after_seq`.
 pub async fn list(
     conn: &impl ConnectionTrait,
     filter: &OutboxFilter,
@@ -283,7 +352,9 @@ pub async fn list(
          actor, data, created_at",
     ))
     .from("outbox")
-    .and_where(Expr::col("seq").gt(after_seq));
+    .and_where(Expr::col("seq").gt(after_seq))
+    // Committed since the last numbering: listed once numbered.
+    .and_where(Expr::col("org_seq").is_not_null());
     if let Some((org, after_org_seq)) = &filter.organization {
         q.and_where(Expr::col("organization_id").eq(org.as_str()))
             .and_where(Expr::col("org_seq").gt(*after_org_seq));

@@ -437,6 +437,8 @@ async fn round(kind: SinkKind, sink: &mut Sink, db: &Db, owner: &str) -> Result<
     let Some(epoch) = lease(db, kind, owner).await? else {
         return Ok(Round::Follower);
     };
+    // Committed events get their numbers before the sinks' cursors are compared with them.
+    super::outbox::number(&db.conn).await?;
     let events = pending(db, kind).await?;
     if events.is_empty() {
         return Ok(Round::Idle);

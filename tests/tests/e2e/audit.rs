@@ -515,6 +515,44 @@ async fn replica_sessions_do_not_bypass_the_triggers_on_postgres() {
     drop(txn);
 }
 
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EBB_TEST_DATABASE_URL"]
+async fn an_outbox_event_keeps_its_number_on_postgres() {
+    let server = require_postgres("an_outbox_event_keeps_its_number_on_postgres");
+    let mut dbs = TestDatabases::on(Some(server));
+    let audit_db = dbs.create("audit").await;
+    let lifecycle_db = dbs.create("lifecycle").await;
+    let audit = start_audit(&dbs, &audit_db, None).await;
+    let lc_proc = start_lifecycle(&dbs, &lifecycle_db, &audit.url()).await;
+    let mut lc = LifecycleServiceClient::new(lc_proc.channel().await);
+    let ws = fixture(&mut lc, None, "w-numbers").await.workspace.id;
+    churn(lc.clone(), ws, 3).await;
+    let numbered = outbox(&lifecycle_db).await;
+    assert!(numbered.values().any(|e| e.len() >= 6), "{numbered:?}");
+
+    let db = Database::connect(lifecycle_db.as_str())
+        .await
+        .expect("connect");
+    for sql in [
+        "UPDATE outbox SET org_seq = org_seq + 1000",
+        "UPDATE outbox SET org_seq = NULL",
+    ] {
+        let err = db.execute_unprepared(sql).await.expect_err(sql);
+        assert!(err.to_string().contains("never changes"), "{sql}: {err}");
+    }
+    let err = db
+        .execute_unprepared(
+            "INSERT INTO outbox (id, organization_id, org_seq, type, subject_type, subject_id, \
+             actor, data, created_at) \
+             SELECT 'zero', organization_id, 0, 'x', 's', 's', 'a', '{}', 1 FROM outbox LIMIT 1",
+        )
+        .await
+        .expect_err("a number below 1");
+    assert!(err.to_string().contains("outbox_org_seq_positive"), "{err}");
+    db.close().await.ok();
+    drop(lc_proc);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The outbox relay, end to end through lifecycle-svc's API.
 
@@ -558,11 +596,34 @@ async fn churn(mut lc: LifecycleServiceClient<Channel>, ws: String, pairs: usize
     }
 }
 
-/// Lifecycle's outbox: per organization, the event ids in org_seq order.
+/// Lifecycle's outbox once every committed event has its number (on PostgreSQL the relay
+/// numbers them after their commit): per organization, the event ids in org_seq order, which
+/// are gapless from 1.
 async fn outbox(lifecycle_db: &str) -> BTreeMap<String, Vec<(i64, String)>> {
     let db = Database::connect(lifecycle_db)
         .await
         .expect("connect lifecycle db");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let unnumbered = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                "SELECT COUNT(*) FROM outbox WHERE org_seq IS NULL",
+            ))
+            .await
+            .expect("count unnumbered")
+            .expect("a count")
+            .try_get_by_index::<i64>(0)
+            .expect("count");
+        if unnumbered == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{unnumbered} events still have no number"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let rows = db
         .query_all_raw(sea_orm::Statement::from_string(
             db.get_database_backend(),
@@ -579,6 +640,11 @@ async fn outbox(lifecycle_db: &str) -> BTreeMap<String, Vec<(i64, String)>> {
         ));
     }
     db.close().await.ok();
+    for (org, events) in &out {
+        let numbers: Vec<i64> = events.iter().map(|(n, _)| *n).collect();
+        let gapless: Vec<i64> = (1..=events.len() as i64).collect();
+        assert_eq!(numbers, gapless, "{org}: numbers with a gap");
+    }
     out
 }
 

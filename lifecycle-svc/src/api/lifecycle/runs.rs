@@ -220,6 +220,10 @@ impl LifecycleApi {
             event_type,
             subject_id: subject,
         };
+        // What committed before this call is listed with its number.
+        outbox::number(&self.core.db.conn)
+            .await
+            .map_err(Error::from)?;
         let rows = outbox::list(&self.core.db.conn, &filter, after_seq, size + 1).await?;
         let (rows, next_page_token) =
             page::split(rows, size, &fh, |last| vec![last.seq.to_string()]);
