@@ -119,6 +119,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         &db,
     );
     component.spawn(deprovision::webhooks::run(core.clone(), shutdown.clone()));
+    component.spawn(deprovision::settling::run(core.clone(), shutdown.clone()));
     component.add_service(
         SchedulingServiceServer::new(api::SchedulingApi::new(core)),
         &db,

@@ -8,6 +8,7 @@ use crate::deprovision::steps::Engine;
 use crate::deprovision::action_runs::STEP_COLUMNS;
 use crate::deprovision::action_runs::StepRow;
 use crate::deprovision::action_runs::StepStatus;
+use crate::deprovision::progress::Settle;
 use crate::deprovision::steps::step_ended;
 use crate::store::query_one;
 use ebb_common::time::{EpochMs, rfc3339};
@@ -88,6 +89,8 @@ pub async fn complete_step(
         &step.action_run_id,
         step_id,
         failure,
+        // The answer shows the run as this callback left it.
+        Settle::Now,
         "webhook",
         now,
     )

@@ -11,6 +11,7 @@ pub(crate) mod plan;
 pub(crate) mod progress;
 pub(crate) mod relationships;
 pub(crate) mod scheduled;
+pub(crate) mod settling;
 pub(crate) mod steps;
 pub(crate) mod trigger;
 pub(crate) mod upstreams;

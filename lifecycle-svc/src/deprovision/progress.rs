@@ -8,6 +8,12 @@
 //! Each counter is moved by one statement per batch of steps. Concurrent ends of sibling steps
 //! meet on the row they both count down and take turns there, so the last one sees the count
 //! reach 0: no end is lost between two transactions that each saw the other still running.
+//!
+//! A step whose destroy run ended ([`Settle::NowOrQueued`]) counts down the steps it waited for
+//! only if no other transaction holds their rows: siblings ending at once would otherwise wait
+//! there for each other's commits, one at a time. The one that finds a row taken queues its
+//! settling instead (`action_step_settles`, one row per step, kept by the database to once),
+//! and [`settle_queued`] applies queued settlings in batches, one statement per level.
 
 use std::collections::HashMap;
 
@@ -18,7 +24,7 @@ use serde_json::json;
 
 use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::plan::Plan;
-use crate::store::{CHUNK, exec, placeholders, query_all, query_one};
+use crate::store::{CHUNK, exec, placeholders, query_all, query_one, skip_locked};
 
 /// Inserts the steps of action run `run_id` for `plan`, with which waits for which and the
 /// counters that follow. Returns the step id of each entity.
@@ -113,6 +119,7 @@ pub(crate) struct Done {
 #[derive(FromQueryResult)]
 struct Counted {
     id: String,
+    action_run_id: String,
     count: i32,
     status: StepStatus,
     waits_for: String,
@@ -153,7 +160,8 @@ async fn count_down(
         let sql = format!(
             "UPDATE action_steps SET {column} = {column} - d.n FROM (SELECT {neighbour} AS id, count(*) AS n \
              FROM action_step_waits WHERE {by} IN ({}) GROUP BY {neighbour}) d WHERE action_steps.id = d.id \
-             RETURNING action_steps.id, action_steps.{column} AS count, action_steps.status, action_steps.waits_for",
+             RETURNING action_steps.id, action_steps.action_run_id, action_steps.{column} AS count, \
+             action_steps.status, action_steps.waits_for",
             placeholders(1, chunk.len())
         );
         let values = chunk.iter().map(|id| Value::from(id.clone()));
@@ -162,14 +170,27 @@ async fn count_down(
     Ok(counted)
 }
 
+/// When a done step's settling moves the counters of the steps it waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    /// In the same transaction: steps started and ended together, the run's own turn.
+    Now,
+    /// In the same transaction unless another one holds a step it would count down; then
+    /// queued for [`settle_queued`]. For a step that ended on its own, whose siblings may be
+    /// ending in other transactions at the same time.
+    NowOrQueued,
+}
+
 /// Marks pending or running steps `ids` of run `run_id` done (`Succeeded` clears their error;
 /// `Kept` keeps the note its gate wrote) and moves the counters: the steps waiting for them
-/// count down, what settles counts down its waits in turn, up to the run.
+/// count down, and what settles counts down its waits in turn, up to the run — now, or what is
+/// left of it queued for [`settle_queued`] (which then finds the run done).
 pub(crate) async fn mark_done(
     conn: &impl ConnectionTrait,
     run_id: &str,
     ids: &[String],
     status: StepStatus,
+    settle: Settle,
     now: EpochMs,
 ) -> Result<Done> {
     debug_assert!(matches!(status, StepStatus::Succeeded | StepStatus::Kept));
@@ -180,16 +201,16 @@ pub(crate) async fn mark_done(
     };
     let mut marked: Vec<Counted> = Vec::new();
     for chunk in ids.chunks(CHUNK) {
-        let mut values: Vec<Value> = vec![status.into(), now.into()];
+        let mut values: Vec<Value> = vec![status.into(), now.into(), run_id.into()];
         values.extend(chunk.iter().map(|id| Value::from(id.clone())));
         marked.extend(
             query_all::<Counted>(
                 conn,
                 &format!(
                     "UPDATE action_steps SET status = $1, finished_at = $2{clear} \
-                     WHERE id IN ({}) AND status IN ('pending', 'running') \
-                     RETURNING id, open_dependents AS count, status, waits_for",
-                    placeholders(3, chunk.len())
+                     WHERE id IN ({}) AND action_run_id = $3 AND status IN ('pending', 'running') \
+                     RETURNING id, action_run_id, open_dependents AS count, status, waits_for",
+                    placeholders(4, chunk.len())
                 ),
                 values,
             )
@@ -204,12 +225,58 @@ pub(crate) async fn mark_done(
         .filter(|s| s.count == 0 && s.status == StepStatus::Pending)
         .map(|s| s.id)
         .collect();
-    // Settling runs up: a done step nobody waits for (any more) settles, and counts down each
-    // step it waited for.
-    let mut firsts = 0;
-    let mut settled: Vec<Counted> = marked.into_iter().filter(|s| s.count == 0).collect();
+    // A done step nobody waits for (any more) settles.
+    let settled: Vec<Counted> = marked.into_iter().filter(|s| s.count == 0).collect();
+    let run_done = !propagate(conn, settled, settle, now).await?.is_empty();
+    Ok(Done { ready, run_done })
+}
+
+/// Queues the settling of `settled`.
+async fn queue(conn: &impl ConnectionTrait, settled: &[Counted], now: EpochMs) -> Result<()> {
+    for chunk in settled.chunks(CHUNK) {
+        let mut values: Vec<Value> = vec![now.into()];
+        let mut rows = Vec::with_capacity(chunk.len());
+        for s in chunk {
+            rows.push(format!(
+                "(${}, ${}, $1)",
+                values.len() + 1,
+                values.len() + 2
+            ));
+            values.extend([s.id.clone().into(), s.action_run_id.clone().into()]);
+        }
+        exec(
+            conn,
+            &format!(
+                "INSERT INTO action_step_settles (step_id, action_run_id, queued_at) VALUES {}",
+                rows.join(", ")
+            ),
+            values,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Settles `settled` and what follows, level by level: each counts down the steps it waited
+/// for, and those done with nothing left waiting for them settle in turn. A settled first step
+/// counts its run down. With [`Settle::NowOrQueued`], a level whose steps to count down are
+/// not all free is queued instead, with what would follow it. Returns the runs whose every
+/// step is now done.
+async fn propagate(
+    conn: &impl ConnectionTrait,
+    mut settled: Vec<Counted>,
+    settle: Settle,
+    now: EpochMs,
+) -> Result<Vec<String>> {
+    let mut firsts: HashMap<String, i32> = HashMap::new();
     while !settled.is_empty() {
-        firsts += settled.iter().filter(|s| s.first()).count() as i32;
+        if settle == Settle::NowOrQueued && !free_to_count_down(conn, &settled).await? {
+            queue(conn, &settled, now).await?;
+            break;
+        }
+        for s in settled.iter().filter(|s| s.first()) {
+            *firsts.entry(s.action_run_id.clone()).or_default() += 1;
+        }
         let ids: Vec<String> = settled.into_iter().map(|s| s.id).collect();
         settled = count_down(conn, Counter::OpenDependents, &ids)
             .await?
@@ -217,22 +284,139 @@ pub(crate) async fn mark_done(
             .filter(|s| s.count == 0 && s.done())
             .collect();
     }
-    let mut run_done = false;
-    if firsts > 0 {
-        #[derive(FromQueryResult)]
-        struct Open {
-            open_first_steps: i32,
-        }
+    #[derive(FromQueryResult)]
+    struct Open {
+        open_first_steps: i32,
+    }
+    let mut done = Vec::new();
+    let mut firsts: Vec<(String, i32)> = firsts.into_iter().collect();
+    // One order for every transaction, so two never wait for each other's runs.
+    firsts.sort();
+    for (run_id, n) in firsts {
         let open: Option<Open> = query_one(
             conn,
             "UPDATE action_runs SET open_first_steps = open_first_steps - $1 WHERE id = $2 \
              RETURNING open_first_steps",
-            [firsts.into(), run_id.into()],
+            [n.into(), run_id.clone().into()],
         )
         .await?;
-        run_done = open.is_some_and(|o| o.open_first_steps == 0);
+        if open.is_some_and(|o| o.open_first_steps == 0) {
+            done.push(run_id);
+        }
     }
-    Ok(Done { ready, run_done })
+    Ok(done)
+}
+
+/// Applies up to `limit` queued settlings (taking none another transaction is applying);
+/// returns how many it took and the runs whose every step is now done.
+pub(crate) async fn settle_queued(
+    conn: &impl ConnectionTrait,
+    limit: u64,
+) -> Result<(usize, Vec<String>)> {
+    let skip = skip_locked(conn, "q");
+    let taken: Vec<Taken> = query_all(
+        conn,
+        &format!(
+            "SELECT q.step_id FROM action_step_settles q ORDER BY q.queued_at, q.step_id \
+             LIMIT {limit}{skip}"
+        ),
+        [],
+    )
+    .await?;
+    #[derive(FromQueryResult)]
+    struct Taken {
+        step_id: String,
+    }
+    let ids: Vec<String> = taken.into_iter().map(|t| t.step_id).collect();
+    let mut settled: Vec<Counted> = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let values: Vec<Value> = chunk.iter().map(|id| Value::from(id.clone())).collect();
+        exec(
+            conn,
+            &format!(
+                "DELETE FROM action_step_settles WHERE step_id IN ({})",
+                placeholders(1, chunk.len())
+            ),
+            values.clone(),
+        )
+        .await?;
+        settled.extend(
+            query_all::<Counted>(
+                conn,
+                &format!(
+                    "SELECT id, action_run_id, open_dependents AS count, status, waits_for \
+                     FROM action_steps WHERE id IN ({})",
+                    placeholders(1, chunk.len())
+                ),
+                values,
+            )
+            .await?,
+        );
+    }
+    let n = ids.len();
+    Ok((n, propagate(conn, settled, Settle::Now, 0).await?))
+}
+
+/// Whether this transaction holds, or could take at once, the row of every step that `settled`
+/// waited for: taken here when free (PostgreSQL's `SKIP LOCKED`; SQLite's one writer holds
+/// them all).
+async fn free_to_count_down(conn: &impl ConnectionTrait, settled: &[Counted]) -> Result<bool> {
+    #[derive(FromQueryResult)]
+    struct Id {
+        #[allow(dead_code)]
+        id: String,
+    }
+    let skip = skip_locked(conn, "s");
+    for chunk in settled.chunks(CHUNK) {
+        let values: Vec<Value> = chunk.iter().map(|s| Value::from(s.id.clone())).collect();
+        let wanted = query_one::<Count>(
+            conn,
+            &format!(
+                "SELECT count(DISTINCT waits_for_step_id) AS n FROM action_step_waits \
+                 WHERE step_id IN ({})",
+                placeholders(1, chunk.len())
+            ),
+            values.clone(),
+        )
+        .await?
+        .map_or(0, |c| c.n);
+        if wanted == 0 {
+            continue;
+        }
+        let taken: Vec<Id> = query_all(
+            conn,
+            &format!(
+                "SELECT s.id FROM action_steps s WHERE s.id IN (SELECT waits_for_step_id \
+                 FROM action_step_waits WHERE step_id IN ({})){skip}",
+                placeholders(1, chunk.len())
+            ),
+            values,
+        )
+        .await?;
+        if (taken.len() as i64) < wanted {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[derive(FromQueryResult)]
+struct Count {
+    n: i64,
+}
+
+/// Whether settlings are queued, read without a transaction.
+pub(crate) async fn any_queued(conn: &impl ConnectionTrait) -> Result<bool> {
+    #[derive(FromQueryResult)]
+    struct One {
+        #[allow(dead_code)]
+        one: i32,
+    }
+    Ok(
+        query_one::<One>(conn, "SELECT 1 AS one FROM action_step_settles LIMIT 1", [])
+            .await?
+            .is_some(),
+    )
 }
 
 #[cfg(test)]
@@ -297,7 +481,11 @@ mod tests {
         let done = |e: &str, status| {
             let db = &db;
             let id = step(e);
-            async move { mark_done(db, "run", &[id], status, 1).await.expect("done") }
+            async move {
+                mark_done(db, "run", &[id], status, Settle::Now, 1)
+                    .await
+                    .expect("done")
+            }
         };
 
         let d = done("l", StepStatus::Succeeded).await;
@@ -328,5 +516,67 @@ mod tests {
             number(&db, "SELECT open_first_steps FROM action_runs").await,
             0
         );
+    }
+
+    /// A settling queued by a step whose upstream's row was taken is applied later, once, and
+    /// finds the run done; the database refuses a second settling of one step.
+    #[tokio::test]
+    async fn a_queued_settling_is_applied_once_and_ends_the_run() {
+        let db = database().await;
+        let plan = Plan {
+            nodes: vec![node(0, "l", &[]), node(1, "root", &["l"])],
+            ..Plan::default()
+        };
+        let ids = insert_steps(&db, "run", &plan, "noop")
+            .await
+            .expect("steps");
+        mark_done(
+            &db,
+            "run",
+            &[ids["l"].clone()],
+            StepStatus::Succeeded,
+            Settle::Now,
+            1,
+        )
+        .await
+        .expect("l done");
+        assert!(!any_queued(&db).await.expect("queued"));
+        // The root ends while another transaction holds `l`: its settling waits in the queue.
+        db.execute_unprepared(&format!(
+            "UPDATE action_steps SET status = 'succeeded' WHERE id = '{}'",
+            ids["root"]
+        ))
+        .await
+        .expect("root done");
+        let root: Vec<Counted> = query_all(
+            &db,
+            "SELECT id, action_run_id, open_dependents AS count, status, waits_for \
+             FROM action_steps WHERE id = $1",
+            [ids["root"].clone().into()],
+        )
+        .await
+        .expect("root");
+        queue(&db, &root, 2).await.expect("queue");
+        let again = queue(&db, &root, 3).await.expect_err("a second settling");
+        assert!(
+            again.to_string().to_lowercase().contains("unique"),
+            "{again}"
+        );
+        assert_eq!(
+            number(&db, "SELECT open_first_steps FROM action_runs").await,
+            1,
+            "nothing settled yet"
+        );
+        assert!(any_queued(&db).await.expect("queued"));
+
+        let (taken, done) = settle_queued(&db, 10).await.expect("settle");
+        assert_eq!((taken, done), (1, vec!["run".to_owned()]));
+        assert_eq!(
+            number(&db, "SELECT open_first_steps FROM action_runs").await,
+            0
+        );
+        assert!(!any_queued(&db).await.expect("queued"));
+        let (taken, done) = settle_queued(&db, 10).await.expect("nothing left");
+        assert_eq!((taken, done.len()), (0, 0));
     }
 }

@@ -175,7 +175,8 @@ async fn advance_one(
             if ids.is_empty() {
                 continue;
             }
-            let done = progress::mark_done(conn, run_id, &ids, status, now).await?;
+            let done =
+                progress::mark_done(conn, run_id, &ids, status, progress::Settle::Now, now).await?;
             if done.run_done {
                 return Ok((queued, finish(conn, &run, true, "", actor, now).await?));
             }
@@ -377,13 +378,16 @@ async fn destroy_runs(
     outbox::write(conn, events, now).await
 }
 
-/// A step ended: done, or failed with `error`; its run advances.
+/// A step ended: done, or failed with `error`; its run advances, its settling now or queued
+/// (`settle`).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn step_ended(
     conn: &impl ConnectionTrait,
     engine: &Engine,
     action_run_id: &str,
     step_id: &str,
     failure: Option<String>,
+    settle: progress::Settle,
     actor: &str,
     now: EpochMs,
 ) -> Result<bool> {
@@ -398,6 +402,7 @@ pub(crate) async fn step_ended(
                 action_run_id,
                 &[step_id.to_owned()],
                 StepStatus::Succeeded,
+                settle,
                 now,
             )
             .await?;
@@ -438,12 +443,15 @@ pub async fn on_run_finished(
     }
     let failure =
         (!run.succeeded).then(|| format!("destroy run {} ended {}", run.run_id, run.status));
+    // Sibling steps' runs end at the same time: one that finds their common upstream's row
+    // taken queues its settling instead of waiting there.
     step_ended(
         conn,
         engine,
         &step.action_run_id,
         &step.id,
         failure,
+        progress::Settle::NowOrQueued,
         run.actor,
         now,
     )
