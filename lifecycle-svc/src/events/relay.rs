@@ -282,8 +282,8 @@ async fn pending(db: &Db, kind: SinkKind) -> Result<Vec<OutboxEvent>, DbErr> {
 }
 
 /// What a relay round costs the database when it holds the lease of `sink` ("audit" or
-/// "notifier") as `owner`: renewing the lease and looking for events to send. The number of
-/// events found. For benchmarks.
+/// "notifier") as `owner`: renewing the lease, numbering what committed unnumbered and looking
+/// for events to send. The number of events found. For benchmarks.
 pub async fn probe(db: &Db, sink: &str, owner: &str) -> Result<usize, DbErr> {
     let kind = match sink {
         "audit" => SinkKind::Audit,
@@ -293,6 +293,7 @@ pub async fn probe(db: &Db, sink: &str, owner: &str) -> Result<usize, DbErr> {
     if lease(db, kind, owner).await?.is_none() {
         return Ok(0);
     }
+    super::outbox::number(&db.conn).await?;
     Ok(pending(db, kind).await?.len())
 }
 
