@@ -3,8 +3,8 @@
 //! the cost of a metrics scrape with a due backlog.
 //!
 //! ```sh
-//! cargo build --release --bins
-//! EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres target/release/auto-destroy-bench
+//! cargo build --profile dist --bins
+//! EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres target/dist/auto-destroy-bench
 //! ```
 //!
 //! Options (environment): `BENCH_WORKSPACES` (100000), `BENCH_DUE` (10000),

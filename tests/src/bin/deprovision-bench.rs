@@ -4,8 +4,8 @@
 //! down by runners that claim its destroy run and report success at once.
 //!
 //! ```sh
-//! cargo build --release --bins
-//! EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres target/release/deprovision-bench
+//! cargo build --profile dist --bins
+//! EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres target/dist/deprovision-bench
 //! ```
 //!
 //! `EBB_BENCH_CASCADES` (default 3) sets how many runner cascades are timed,

@@ -4,8 +4,8 @@
 //! an organization's reader token from a small load generator in this binary.
 //!
 //! ```sh
-//! cargo build --release --bins
-//! EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres target/release/reads-bench
+//! cargo build --profile dist --bins
+//! EBB_TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres target/dist/reads-bench
 //! ```
 //!
 //! Options (environment): `BENCH_SECONDS` (10) per measurement, `BENCH_CONNECTIONS` (4) and
