@@ -119,7 +119,9 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         &db,
     );
     component.spawn(deprovision::webhooks::run(core.clone(), shutdown.clone()));
-    component.spawn(deprovision::settling::run(core.clone(), shutdown.clone()));
+    if core.db.backend() == sea_orm::DatabaseBackend::Postgres {
+        component.spawn(deprovision::settling::run(core.clone(), shutdown.clone()));
+    }
     component.add_service(
         SchedulingServiceServer::new(api::SchedulingApi::new(core)),
         &db,

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use crate::deprovision::action_runs::StepStatus;
 use crate::deprovision::plan::Plan;
-use crate::store::{CHUNK, exec, placeholders, query_all, query_one, skip_locked};
+use crate::store::{CHUNK, by_ids, exec, placeholders, query_all, query_one, skip_locked};
 
 /// Inserts the steps of action run `run_id` for `plan`, with which waits for which and the
 /// counters that follow. Returns the step id of each entity.
@@ -307,102 +307,69 @@ async fn propagate(
     Ok(done)
 }
 
-/// Applies up to `limit` queued settlings (taking none another transaction is applying);
-/// returns how many it took and the runs whose every step is now done.
+/// Applies up to `limit` queued settlings (taking none another transaction is applying) at
+/// `now`; returns how many it took and the runs whose every step is now done.
 pub(crate) async fn settle_queued(
     conn: &impl ConnectionTrait,
     limit: u64,
+    now: EpochMs,
 ) -> Result<(usize, Vec<String>)> {
-    let skip = skip_locked(conn, "q");
-    let taken: Vec<Taken> = query_all(
-        conn,
-        &format!(
-            "SELECT q.step_id FROM action_step_settles q ORDER BY q.queued_at, q.step_id \
-             LIMIT {limit}{skip}"
-        ),
-        [],
-    )
-    .await?;
     #[derive(FromQueryResult)]
     struct Taken {
         step_id: String,
     }
+    let skip = skip_locked(conn, "q");
+    let taken: Vec<Taken> = query_all(
+        conn,
+        &format!(
+            "DELETE FROM action_step_settles WHERE step_id IN (SELECT q.step_id \
+             FROM action_step_settles q ORDER BY q.queued_at, q.step_id LIMIT {limit}{skip}) \
+             RETURNING step_id"
+        ),
+        [],
+    )
+    .await?;
     let ids: Vec<String> = taken.into_iter().map(|t| t.step_id).collect();
-    let mut settled: Vec<Counted> = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CHUNK) {
-        let values: Vec<Value> = chunk.iter().map(|id| Value::from(id.clone())).collect();
-        exec(
-            conn,
-            &format!(
-                "DELETE FROM action_step_settles WHERE step_id IN ({})",
-                placeholders(1, chunk.len())
-            ),
-            values.clone(),
-        )
-        .await?;
-        settled.extend(
-            query_all::<Counted>(
-                conn,
-                &format!(
-                    "SELECT id, action_run_id, open_dependents AS count, status, waits_for \
-                     FROM action_steps WHERE id IN ({})",
-                    placeholders(1, chunk.len())
-                ),
-                values,
-            )
-            .await?,
-        );
-    }
-    let n = ids.len();
-    Ok((n, propagate(conn, settled, Settle::Now, 0).await?))
+    let settled: Vec<Counted> = by_ids(
+        conn,
+        "SELECT id, action_run_id, open_dependents AS count, status, waits_for FROM action_steps",
+        "id",
+        &ids,
+    )
+    .await?;
+    Ok((ids.len(), propagate(conn, settled, Settle::Now, now).await?))
 }
 
 /// Whether this transaction holds, or could take at once, the row of every step that `settled`
-/// waited for: taken here when free (PostgreSQL's `SKIP LOCKED`; SQLite's one writer holds
-/// them all).
+/// waited for: taken here when free (PostgreSQL's `SKIP LOCKED`). On SQLite the one writer
+/// holds them all.
 async fn free_to_count_down(conn: &impl ConnectionTrait, settled: &[Counted]) -> Result<bool> {
-    #[derive(FromQueryResult)]
-    struct Id {
-        #[allow(dead_code)]
-        id: String,
+    if conn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok(true);
     }
-    let skip = skip_locked(conn, "s");
+    #[derive(FromQueryResult)]
+    struct Taken {
+        n: i64,
+    }
     for chunk in settled.chunks(CHUNK) {
-        let values: Vec<Value> = chunk.iter().map(|s| Value::from(s.id.clone())).collect();
-        let wanted = query_one::<Count>(
+        let taken_elsewhere = query_one::<Taken>(
             conn,
             &format!(
-                "SELECT count(DISTINCT waits_for_step_id) AS n FROM action_step_waits \
-                 WHERE step_id IN ({})",
+                "SELECT count(*) FILTER (WHERE s.id IS NULL) AS n FROM (SELECT DISTINCT \
+                 waits_for_step_id FROM action_step_waits WHERE step_id IN ({})) w \
+                 LEFT JOIN LATERAL (SELECT id FROM action_steps \
+                 WHERE action_steps.id = w.waits_for_step_id FOR UPDATE SKIP LOCKED) s ON true",
                 placeholders(1, chunk.len())
             ),
-            values.clone(),
+            chunk.iter().map(|s| Value::from(s.id.clone())),
         )
         .await?
-        .map_or(0, |c| c.n);
-        if wanted == 0 {
-            continue;
-        }
-        let taken: Vec<Id> = query_all(
-            conn,
-            &format!(
-                "SELECT s.id FROM action_steps s WHERE s.id IN (SELECT waits_for_step_id \
-                 FROM action_step_waits WHERE step_id IN ({})){skip}",
-                placeholders(1, chunk.len())
-            ),
-            values,
-        )
-        .await?;
-        if (taken.len() as i64) < wanted {
+        .map_or(0, |t| t.n);
+        if taken_elsewhere > 0 {
             return Ok(false);
         }
     }
     Ok(true)
-}
-
-#[derive(FromQueryResult)]
-struct Count {
-    n: i64,
 }
 
 /// Whether settlings are queued, read without a transaction.
@@ -569,14 +536,14 @@ mod tests {
         );
         assert!(any_queued(&db).await.expect("queued"));
 
-        let (taken, done) = settle_queued(&db, 10).await.expect("settle");
+        let (taken, done) = settle_queued(&db, 10, 4).await.expect("settle");
         assert_eq!((taken, done), (1, vec!["run".to_owned()]));
         assert_eq!(
             number(&db, "SELECT open_first_steps FROM action_runs").await,
             0
         );
         assert!(!any_queued(&db).await.expect("queued"));
-        let (taken, done) = settle_queued(&db, 10).await.expect("nothing left");
+        let (taken, done) = settle_queued(&db, 10, 4).await.expect("nothing left");
         assert_eq!((taken, done.len()), (0, 0));
     }
 }

@@ -1,6 +1,7 @@
 //! Applies the settlings that steps ending on their own queued (see [`progress`]): in batches,
 //! each in one transaction, taking rows no other replica is applying. A run whose every step
-//! is then done finishes here, in the same transaction.
+//! is then done finishes here, in the same transaction. Only PostgreSQL queues settlings: on
+//! SQLite a step's end always settles in its own transaction, so nothing runs there.
 
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ pub(crate) async fn settle_once(core: &Lifecycle) -> Result<bool> {
     let engine = steps::Engine::of(core);
     let txn = core.begin().await?;
     let now = core.now();
-    let (taken, done) = progress::settle_queued(&txn, BATCH).await?;
+    let (taken, done) = progress::settle_queued(&txn, BATCH, now).await?;
     for run_id in done {
         // The run ends in its own actor's name: nobody in particular ended its last step.
         let run = action_runs::get_action_run(&txn, &run_id).await?;

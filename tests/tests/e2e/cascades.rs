@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::deprovision::{Api, Dep, apply_catalog};
+use crate::deprovision::{Api, Dep, apply_catalog, claim, complete};
 use ebb_tests::cluster::{Cluster, create_workspace, fixture};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::runners::instant_runner;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
 
 /// A tenant on 3 app stacks, each on 3 network stacks, each on 2 accounts: 31 entities, each
 /// materialized by a workspace of its own. Returns the organization, the tenant and every
@@ -198,4 +198,99 @@ async fn six_runners_tear_down_a_wide_tree_each_parent_after_its_dependents_and_
         );
     }
     cluster.check_destroy_causes().await;
+}
+
+/// A step whose destroy run ends while another transaction holds the step it waited for does
+/// not wait for that transaction: it leaves the settling queued, and the settler applies it
+/// once the row is free, so the run still ends, once.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EBB_TEST_DATABASE_URL"]
+async fn a_step_ending_beside_a_held_upstream_queues_its_settling_on_postgres() {
+    let server = ebb_tests::require_postgres(
+        "a_step_ending_beside_a_held_upstream_queues_its_settling_on_postgres",
+    );
+    let cluster = Cluster::start_on(ebb_tests::TestDatabases::on(Some(server)), 0, &[]).await;
+    let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
+    let (org, tenant, _) = tree(&mut api, &mut dep).await;
+    let mut runner = cluster.runner().await;
+    let triggered = dep
+        .trigger_action(pb::TriggerActionRequest {
+            entity_id: tenant.clone(),
+            action: "DeprovisionTenant".into(),
+            confirm_count: 31,
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner();
+    let id = triggered.action_run.expect("action run").id;
+    let sql = cluster.lifecycle_sql().await;
+    let mut held_once = false;
+    for _ in 0..31 {
+        let c = claim(&mut runner, &org).await;
+        let run_id = c.run.as_ref().expect("a destroy run").id.clone();
+        let open_dependents = number(
+            &sql,
+            &format!(
+                "SELECT CAST(open_dependents AS BIGINT) FROM action_steps WHERE run_id = '{run_id}'"
+            ),
+        )
+        .await;
+        if held_once || open_dependents != 0 {
+            complete(&mut runner, &c, true).await;
+            continue;
+        }
+        // The first step nothing waits for: hold the step it waited for while it ends.
+        held_once = true;
+        let holder = sql.begin().await.expect("begin");
+        holder
+            .execute_unprepared(&format!(
+                "SELECT s.id FROM action_steps s JOIN action_step_waits w ON w.waits_for_step_id = s.id \
+                 JOIN action_steps l ON l.id = w.step_id WHERE l.run_id = '{run_id}' FOR UPDATE OF s"
+            ))
+            .await
+            .expect("hold the upstream step");
+        tokio::time::timeout(Duration::from_secs(10), complete(&mut runner, &c, true))
+            .await
+            .expect("the run's end does not wait for the held row");
+        assert_eq!(
+            number(&sql, "SELECT count(*) FROM action_step_settles").await,
+            1,
+            "its settling is queued"
+        );
+        holder.commit().await.expect("release");
+    }
+    assert!(held_once, "a step nothing waits for ended");
+    let mut status = pb::ActionRunStatus::Running as i32;
+    for _ in 0..200 {
+        status = dep
+            .get_action_run(pb::GetActionRunRequest {
+                action_run_id: id.clone(),
+            })
+            .await
+            .expect("action run")
+            .into_inner()
+            .action_run
+            .expect("action run")
+            .status;
+        if status != pb::ActionRunStatus::Running as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, pb::ActionRunStatus::Succeeded as i32);
+    assert_eq!(
+        number(&sql, "SELECT count(*) FROM action_step_settles").await,
+        0,
+        "every queued settling applied"
+    );
+    assert_eq!(
+        number(&sql, &format!("SELECT CAST(sum(waiting) + sum(open_dependents) AS BIGINT) FROM action_steps WHERE action_run_id = '{id}'")).await,
+        0
+    );
+    assert_eq!(
+        number(&sql, &format!("SELECT count(*) FROM outbox WHERE type = 'action_run.succeeded' AND subject_id = '{id}'")).await,
+        1,
+        "the run ended once"
+    );
 }

@@ -120,7 +120,7 @@ async fn deprovision_runs(api: &mut Api, org: &str) -> Vec<pb::Run> {
     .runs
 }
 
-async fn claim(
+pub(crate) async fn claim(
     runner: &mut RunnerServiceClient<ebb_tests::Channel>,
     org: &str,
 ) -> pb::ClaimRunResponse {
@@ -135,7 +135,7 @@ async fn claim(
         .into_inner()
 }
 
-async fn complete(
+pub(crate) async fn complete(
     runner: &mut RunnerServiceClient<ebb_tests::Channel>,
     c: &pb::ClaimRunResponse,
     ok: bool,
