@@ -39,7 +39,7 @@ pub async fn run(core: Lifecycle, shutdown: CancellationToken) {
 /// Applies one batch of queued settlings and finishes the runs they complete; whether a full
 /// batch was taken (more may be waiting).
 pub(crate) async fn settle_once(core: &Lifecycle) -> Result<bool> {
-    // Read first, so an idle replica never opens a write transaction (on SQLite, the writer).
+    // Read first, so an idle replica never opens a write transaction.
     if !progress::any_queued(&core.db.read).await? {
         return Ok(false);
     }

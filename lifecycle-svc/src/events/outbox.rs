@@ -266,10 +266,10 @@ const NUMBERING_LOCK: i64 = 0x6562_625f_6f75_7462; // "ebb_outb"
 /// commits while it runs is numbered by the next one. On SQLite events are numbered as they
 /// are written and this does nothing.
 pub async fn number(conn: &DatabaseConnection) -> std::result::Result<u64, sea_orm::DbErr> {
-    if conn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+    let backend = conn.get_database_backend();
+    if backend != sea_orm::DatabaseBackend::Postgres {
         return Ok(0);
     }
-    let backend = conn.get_database_backend();
     let mut numbered = 0;
     loop {
         let waiting = conn
