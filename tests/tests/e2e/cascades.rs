@@ -62,6 +62,44 @@ async fn tree(api: &mut Api, dep: &mut Dep) -> (String, String, HashMap<String, 
     (f.org.id, tenant, workspaces)
 }
 
+/// Triggers DeprovisionTenant on the 31-entity tree's `tenant`; the action run's id.
+async fn trigger(dep: &mut Dep, tenant: &str) -> String {
+    let triggered = dep
+        .trigger_action(pb::TriggerActionRequest {
+            entity_id: tenant.to_owned(),
+            action: "DeprovisionTenant".into(),
+            confirm_count: 31,
+            ..Default::default()
+        })
+        .await
+        .expect("trigger")
+        .into_inner();
+    assert_eq!(triggered.plan.len(), 31);
+    triggered.action_run.expect("action run").id
+}
+
+/// The status of action run `id` once it no longer runs, or after 30 s.
+async fn ended(dep: &mut Dep, id: &str) -> i32 {
+    let mut status = pb::ActionRunStatus::Running as i32;
+    for _ in 0..600 {
+        status = dep
+            .get_action_run(pb::GetActionRunRequest {
+                action_run_id: id.to_owned(),
+            })
+            .await
+            .expect("action run")
+            .into_inner()
+            .action_run
+            .expect("action run")
+            .status;
+        if status != pb::ActionRunStatus::Running as i32 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status
+}
+
 async fn number(sql: &DatabaseConnection, query: &str) -> i64 {
     sql.query_one_raw(Statement::from_string(sql.get_database_backend(), query))
         .await
@@ -87,35 +125,8 @@ async fn six_runners_tear_down_a_wide_tree_each_parent_after_its_dependents_and_
             Arc::new(AtomicUsize::new(0)),
         )));
     }
-    let triggered = dep
-        .trigger_action(pb::TriggerActionRequest {
-            entity_id: tenant.clone(),
-            action: "DeprovisionTenant".into(),
-            confirm_count: 31,
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner();
-    assert_eq!(triggered.plan.len(), 31);
-    let id = triggered.action_run.expect("action run").id;
-    let mut status = pb::ActionRunStatus::Running as i32;
-    for _ in 0..600 {
-        let run = dep
-            .get_action_run(pb::GetActionRunRequest {
-                action_run_id: id.clone(),
-            })
-            .await
-            .expect("action run")
-            .into_inner()
-            .action_run
-            .expect("action run");
-        status = run.status;
-        if status != pb::ActionRunStatus::Running as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let id = trigger(&mut dep, &tenant).await;
+    let status = ended(&mut dep, &id).await;
     stop.store(true, Ordering::Relaxed);
     for r in runners {
         r.await.expect("runner");
@@ -213,17 +224,7 @@ async fn a_step_ending_beside_a_held_upstream_queues_its_settling_on_postgres() 
     let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
     let (org, tenant, _) = tree(&mut api, &mut dep).await;
     let mut runner = cluster.runner().await;
-    let triggered = dep
-        .trigger_action(pb::TriggerActionRequest {
-            entity_id: tenant.clone(),
-            action: "DeprovisionTenant".into(),
-            confirm_count: 31,
-            ..Default::default()
-        })
-        .await
-        .expect("trigger")
-        .into_inner();
-    let id = triggered.action_run.expect("action run").id;
+    let id = trigger(&mut dep, &tenant).await;
     let sql = cluster.lifecycle_sql().await;
     let mut held_once = false;
     for _ in 0..31 {
@@ -261,24 +262,10 @@ async fn a_step_ending_beside_a_held_upstream_queues_its_settling_on_postgres() 
         holder.commit().await.expect("release");
     }
     assert!(held_once, "a step nothing waits for ended");
-    let mut status = pb::ActionRunStatus::Running as i32;
-    for _ in 0..200 {
-        status = dep
-            .get_action_run(pb::GetActionRunRequest {
-                action_run_id: id.clone(),
-            })
-            .await
-            .expect("action run")
-            .into_inner()
-            .action_run
-            .expect("action run")
-            .status;
-        if status != pb::ActionRunStatus::Running as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, pb::ActionRunStatus::Succeeded as i32);
+    assert_eq!(
+        ended(&mut dep, &id).await,
+        pb::ActionRunStatus::Succeeded as i32
+    );
     assert_eq!(
         number(&sql, "SELECT count(*) FROM action_step_settles").await,
         0,
