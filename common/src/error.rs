@@ -27,7 +27,7 @@ pub struct FieldViolation {
 
 /// What went wrong, in domain terms. Each variant chooses its gRPC code in
 /// [`From<Error> for Status`].
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The client sent bad input; carries every violation found.
     #[error("invalid argument: {}", describe(.0))]

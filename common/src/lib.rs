@@ -4,6 +4,7 @@
 pub mod app;
 pub mod auth;
 pub mod client;
+pub mod coalesce;
 pub mod config;
 pub mod db;
 pub mod egress;

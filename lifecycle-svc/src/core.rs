@@ -33,6 +33,8 @@ pub struct Lifecycle {
     pub snooze_links: Option<Arc<Links>>,
     /// Tokens checked a moment ago (`auth.cache_ttl`); emptied by every revocation.
     pub tokens: Arc<crate::token_cache::TokenCache>,
+    /// GetWorkspace's reads, coalesced when many arrive at once.
+    pub workspace_reads: crate::workspaces::reads::WorkspaceReads,
 }
 
 impl Lifecycle {
@@ -43,6 +45,7 @@ impl Lifecycle {
         ));
         Self {
             tokens,
+            workspace_reads: crate::workspaces::reads::workspace_reads(db.read.clone()),
             db,
             config: Arc::new(config),
             runs_queued: Arc::new(Notify::new()),

@@ -3,6 +3,7 @@
 
 pub(crate) mod lock;
 pub(crate) mod manual_runs;
+pub(crate) mod reads;
 pub(crate) mod state_versions;
 
 use std::collections::BTreeMap;

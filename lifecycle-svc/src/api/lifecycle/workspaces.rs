@@ -58,7 +58,12 @@ impl LifecycleApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
         v.finish()?;
-        let w = workspaces::get_workspace(&self.core.db.read, &id).await?;
+        let w = self
+            .core
+            .workspace_reads
+            .get(&id)
+            .await?
+            .ok_or_else(|| Error::not_found("workspace", &id))?;
         ok(Ok(pb::GetWorkspaceResponse {
             workspace: Some(convert::workspace(&w)?),
         }))
