@@ -24,6 +24,18 @@ use crate::{Error, Result};
 /// Most ids one statement reads.
 pub const MAX_BATCH: usize = 64;
 
+const READS: &str = "ebb_coalesced_reads_total";
+const STATEMENTS: &str = "ebb_coalesced_statements_total";
+
+/// Describes the counters of every coalescer.
+pub(crate) fn describe() {
+    metrics::describe_counter!(READS, "Point reads asked of a coalescer, by kind.");
+    metrics::describe_counter!(
+        STATEMENTS,
+        "Statements that answered them, by kind: under load, fewer than the reads."
+    );
+}
+
 /// Reads the rows of some ids: those found, in any order, each with its id.
 pub type Fetch<V> =
     Arc<dyn Fn(Vec<String>) -> BoxFuture<'static, Result<Vec<(String, V)>>> + Send + Sync>;
@@ -44,6 +56,8 @@ impl<V> Clone for Coalescer<V> {
 }
 
 struct Inner<V> {
+    /// What is read, the `kind` label of the counters.
+    kind: &'static str,
     fetch: Fetch<V>,
     slots: usize,
     state: Mutex<State<V>>,
@@ -79,10 +93,13 @@ impl<V> std::fmt::Debug for Coalescer<V> {
 }
 
 impl<V: Clone + Send + 'static> Coalescer<V> {
-    /// Reads through `fetch`, at most `slots` (at least 1) statements at a time.
-    pub fn new(slots: usize, fetch: Fetch<V>) -> Self {
+    /// Reads of `kind` (the label of `ebb_coalesced_reads_total` and
+    /// `ebb_coalesced_statements_total`) through `fetch`, at most `slots` (at least 1)
+    /// statements at a time.
+    pub fn new(kind: &'static str, slots: usize, fetch: Fetch<V>) -> Self {
         Self {
             inner: Arc::new(Inner {
+                kind,
                 fetch,
                 slots: slots.max(1),
                 state: Mutex::new(State {
@@ -96,6 +113,7 @@ impl<V: Clone + Send + 'static> Coalescer<V> {
     /// The row of `id`, or `None` when there is none; the error of the statement that read it
     /// otherwise.
     pub async fn get(&self, id: &str) -> Result<Option<V>> {
+        metrics::counter!(READS, "kind" => self.inner.kind).increment(1);
         let (answer, answered) = oneshot::channel();
         let batch = {
             let mut state = self.inner.state();
@@ -135,6 +153,7 @@ impl<V> Drop for Slot<V> {
 async fn run<V: Clone + Send + 'static>(inner: Arc<Inner<V>>, mut batch: Vec<(String, Answer<V>)>) {
     let mut slot = Slot { inner, held: true };
     loop {
+        metrics::counter!(STATEMENTS, "kind" => slot.inner.kind).increment(1);
         answer(&slot.inner.fetch, batch).await;
         let mut state = slot.inner.state();
         if state.waiting.is_empty() {
@@ -235,7 +254,7 @@ mod tests {
     #[tokio::test]
     async fn reads_arriving_while_the_slots_are_busy_share_one_statement() {
         let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::default());
-        let c = Coalescer::new(1, gated(gate.clone(), Arc::clone(&seen)));
+        let c = Coalescer::new("test", 1, gated(gate.clone(), Arc::clone(&seen)));
         let first = spawn_get(&c, "w1");
         until_started(&seen, 1).await;
         let later: Vec<_> = ["w2", "w3", "x9", "w2"]
@@ -271,7 +290,7 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_coalescer_reads_at_once_on_a_free_slot() {
         let (gate, seen) = (Arc::new(Semaphore::new(10)), Arc::default());
-        let c = Coalescer::new(2, gated(gate, Arc::clone(&seen)));
+        let c = Coalescer::new("test", 2, gated(gate, Arc::clone(&seen)));
         for id in ["w1", "w2", "w3"] {
             assert_eq!(c.get(id).await.expect("read"), Some(format!("row of {id}")));
         }
@@ -285,7 +304,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_statement_fails_each_of_its_reads_and_frees_its_slot() {
         let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::default());
-        let c = Coalescer::new(1, gated(gate.clone(), Arc::clone(&seen)));
+        let c = Coalescer::new("test", 1, gated(gate.clone(), Arc::clone(&seen)));
         let first = spawn_get(&c, "w1");
         until_started(&seen, 1).await;
         let failing = [spawn_get(&c, "boom"), spawn_get(&c, "w2")];
@@ -305,7 +324,7 @@ mod tests {
     #[tokio::test]
     async fn a_caller_that_goes_away_takes_nothing_from_the_others() {
         let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::default());
-        let c = Coalescer::new(1, gated(gate.clone(), Arc::clone(&seen)));
+        let c = Coalescer::new("test", 1, gated(gate.clone(), Arc::clone(&seen)));
         let first = spawn_get(&c, "w1");
         until_started(&seen, 1).await;
         let leaving = spawn_get(&c, "w2");
@@ -323,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_statement_gives_its_slot_back() {
         let (gate, seen) = (Arc::new(Semaphore::new(1)), Arc::default());
-        let c = Coalescer::new(1, gated(gate.clone(), seen));
+        let c = Coalescer::new("test", 1, gated(gate.clone(), seen));
         let err = c.get("panic").await.expect_err("the statement panicked");
         assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
         gate.add_permits(1);

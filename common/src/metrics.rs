@@ -54,6 +54,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 
 fn describe_common() {
     crate::observe::describe();
+    crate::coalesce::describe();
     process::describe();
     metrics::describe_counter!(
         "ebb_metrics_refresh_failures_total",

@@ -25,7 +25,7 @@ pub fn workspace_reads(read: ReadPool) -> WorkspaceReads {
         let read = read.clone();
         Box::pin(async move { by_ids(&read, ids).await })
     });
-    Coalescer::new(SLOTS, fetch)
+    Coalescer::new("workspace", SLOTS, fetch)
 }
 
 async fn by_ids(read: &ReadPool, ids: Vec<String>) -> Result<Vec<(String, WorkspaceRow)>> {

@@ -27,6 +27,7 @@ mod hostile;
 mod metrics;
 mod notifier;
 mod outage;
+mod reads;
 mod runbook;
 mod safety;
 mod scheduler_replicas;

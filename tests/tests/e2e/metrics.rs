@@ -68,12 +68,20 @@ async fn every_service_serves_the_metrics_the_documentation_lists() {
     .await;
     // Gauges exist from the first scrape (the chain head once an organization has events);
     // gRPC server counters once a call was answered (the health checks above), client
-    // counters once a call was made (the scheduler's, lifecycle's relay to audit).
+    // counters once a call was made (the scheduler's, lifecycle's relay to audit), the
+    // coalesced-read counters once a workspace was read.
     let mut api =
         ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient::new(
             lifecycle.channel().await,
         );
-    let org = fixture(&mut api, None, "w").await.org.id;
+    let f = fixture(&mut api, None, "w").await;
+    let org = f.org.id;
+    // The coalesced-read counters, from the first GetWorkspace.
+    api.get_workspace(ebb_tests::proto::lifecycle::v1::GetWorkspaceRequest {
+        workspace_id: f.workspace.id,
+    })
+    .await
+    .expect("get the workspace");
     eventually(
         Duration::from_secs(10),
         "the organization's chain",
