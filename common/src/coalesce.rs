@@ -251,12 +251,35 @@ mod tests {
         tokio::spawn(async move { c.get(&id).await })
     }
 
-    #[tokio::test]
-    async fn reads_arriving_while_the_slots_are_busy_share_one_statement() {
+    /// A coalescer of one slot, busy with a read of `w1` until `gate` lets it answer.
+    struct Busy {
+        c: Coalescer<String>,
+        gate: Arc<Semaphore>,
+        seen: Arc<Mutex<Vec<Vec<String>>>>,
+        first: tokio::task::JoinHandle<Result<Option<String>>>,
+    }
+
+    async fn busy() -> Busy {
         let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::default());
-        let c = Coalescer::new("test", 1, gated(gate.clone(), Arc::clone(&seen)));
+        let c = Coalescer::new("test", 1, gated(Arc::clone(&gate), Arc::clone(&seen)));
         let first = spawn_get(&c, "w1");
         until_started(&seen, 1).await;
+        Busy {
+            c,
+            gate,
+            seen,
+            first,
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_arriving_while_the_slots_are_busy_share_one_statement() {
+        let Busy {
+            c,
+            gate,
+            seen,
+            first,
+        } = busy().await;
         let later: Vec<_> = ["w2", "w3", "x9", "w2"]
             .iter()
             .map(|id| spawn_get(&c, id))
@@ -303,10 +326,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_statement_fails_each_of_its_reads_and_frees_its_slot() {
-        let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::default());
-        let c = Coalescer::new("test", 1, gated(gate.clone(), Arc::clone(&seen)));
-        let first = spawn_get(&c, "w1");
-        until_started(&seen, 1).await;
+        let Busy {
+            c,
+            gate,
+            seen: _,
+            first,
+        } = busy().await;
         let failing = [spawn_get(&c, "boom"), spawn_get(&c, "w2")];
         until_waiting(&c, 2).await;
         gate.add_permits(3);
@@ -323,10 +348,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_goes_away_takes_nothing_from_the_others() {
-        let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::default());
-        let c = Coalescer::new("test", 1, gated(gate.clone(), Arc::clone(&seen)));
-        let first = spawn_get(&c, "w1");
-        until_started(&seen, 1).await;
+        let Busy {
+            c,
+            gate,
+            seen: _,
+            first,
+        } = busy().await;
         let leaving = spawn_get(&c, "w2");
         let staying = spawn_get(&c, "w3");
         until_waiting(&c, 2).await;
