@@ -221,26 +221,31 @@ mod tests {
         })
     }
 
-    /// Waits until `n` reads are waiting for a slot.
-    async fn until_waiting(c: &Coalescer<String>, n: usize) {
+    /// Waits up to a second for `done`; panics naming `what` otherwise.
+    async fn until(what: &str, done: impl Fn() -> bool) {
         for _ in 0..500 {
-            if c.inner.state().waiting.len() == n {
+            if done() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        panic!("{n} reads never waited: {c:?}");
+        panic!("never: {what}");
+    }
+
+    /// Waits until `n` reads are waiting for a slot.
+    async fn until_waiting(c: &Coalescer<String>, n: usize) {
+        until(&format!("{n} reads waiting"), || {
+            c.inner.state().waiting.len() == n
+        })
+        .await;
     }
 
     /// Waits until `n` statements have started.
     async fn until_started(seen: &Mutex<Vec<Vec<String>>>, n: usize) {
-        for _ in 0..500 {
-            if seen.lock().expect("seen").len() == n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        panic!("{n} statements never started");
+        until(&format!("{n} statements started"), || {
+            seen.lock().expect("seen").len() == n
+        })
+        .await;
     }
 
     fn spawn_get(

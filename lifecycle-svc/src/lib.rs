@@ -119,7 +119,7 @@ pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Resul
         &db,
     );
     component.spawn(deprovision::webhooks::run(core.clone(), shutdown.clone()));
-    if core.db.backend() == sea_orm::DatabaseBackend::Postgres {
+    if deprovision::progress::may_queue(core.db.backend()) {
         component.spawn(deprovision::settling::run(core.clone(), shutdown.clone()));
     }
     component.add_service(

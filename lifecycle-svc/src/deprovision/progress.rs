@@ -340,19 +340,25 @@ pub(crate) async fn settle_queued(
     Ok((ids.len(), propagate(conn, settled, Settle::Now, now).await?))
 }
 
+/// Whether a step's end on `backend` may queue its settling: only on PostgreSQL, where another
+/// transaction can hold an upstream step's row. On SQLite the one writer holds them all, so a
+/// step's end always settles at once and nothing is ever queued.
+pub(crate) fn may_queue(backend: sea_orm::DatabaseBackend) -> bool {
+    backend == sea_orm::DatabaseBackend::Postgres
+}
+
 /// Whether this transaction holds, or could take at once, the row of every step that `settled`
-/// waited for: taken here when free (PostgreSQL's `SKIP LOCKED`). On SQLite the one writer
-/// holds them all.
+/// waited for: taken here when free (PostgreSQL's `SKIP LOCKED`).
 async fn free_to_count_down(conn: &impl ConnectionTrait, settled: &[Counted]) -> Result<bool> {
-    if conn.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+    if !may_queue(conn.get_database_backend()) {
         return Ok(true);
     }
     #[derive(FromQueryResult)]
-    struct Taken {
+    struct HeldElsewhere {
         n: i64,
     }
     for chunk in settled.chunks(CHUNK) {
-        let taken_elsewhere = query_one::<Taken>(
+        let taken_elsewhere = query_one::<HeldElsewhere>(
             conn,
             &format!(
                 "SELECT count(*) FILTER (WHERE s.id IS NULL) AS n FROM (SELECT DISTINCT \

@@ -1,7 +1,7 @@
 //! Applies the settlings that steps ending on their own queued (see [`progress`]): in batches,
 //! each in one transaction, taking rows no other replica is applying. A run whose every step
-//! is then done finishes here, in the same transaction. Only PostgreSQL queues settlings: on
-//! SQLite a step's end always settles in its own transaction, so nothing runs there.
+//! is then done finishes here, in the same transaction. It runs only where settlings can be
+//! queued ([`progress::may_queue`]).
 
 use std::time::Duration;
 

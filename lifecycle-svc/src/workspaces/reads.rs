@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use ebb_common::Result;
 use ebb_common::coalesce::{Coalescer, Fetch};
 use ebb_common::reads::ReadPool;
-use sea_orm::Value;
+use ebb_common::{Error, Result};
 
 use super::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
-use crate::store::{placeholders, query_all};
+use crate::store::by_ids;
 
 /// Statements of workspace reads running at once. Each answers up to
 /// [`ebb_common::coalesce::MAX_BATCH`] reads, so a few keep the database busy without taking
@@ -23,16 +22,19 @@ pub type WorkspaceReads = Coalescer<WorkspaceRow>;
 pub fn workspace_reads(read: ReadPool) -> WorkspaceReads {
     let fetch: Fetch<WorkspaceRow> = Arc::new(move |ids: Vec<String>| {
         let read = read.clone();
-        Box::pin(async move { by_ids(&read, ids).await })
+        Box::pin(async move {
+            let select = format!("SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM}");
+            let rows: Vec<WorkspaceRow> = by_ids(&read, &select, "w.id", &ids).await?;
+            Ok(rows.into_iter().map(|w| (w.id.clone(), w)).collect())
+        })
     });
     Coalescer::new("workspace", SLOTS, fetch)
 }
 
-async fn by_ids(read: &ReadPool, ids: Vec<String>) -> Result<Vec<(String, WorkspaceRow)>> {
-    let sql = format!(
-        "SELECT {WORKSPACE_COLUMNS} FROM {WORKSPACE_FROM} WHERE w.id IN ({})",
-        placeholders(1, ids.len())
-    );
-    let rows: Vec<WorkspaceRow> = query_all(read, &sql, ids.into_iter().map(Value::from)).await?;
-    Ok(rows.into_iter().map(|w| (w.id.clone(), w)).collect())
+/// A workspace by id, as [`super::get_workspace`] reads it, through `reads`.
+pub async fn get_workspace(reads: &WorkspaceReads, id: &str) -> Result<WorkspaceRow> {
+    reads
+        .get(id)
+        .await?
+        .ok_or_else(|| Error::not_found("workspace", id))
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::deprovision::{Api, Dep, apply_catalog, claim, complete};
+use crate::deprovision::{Api, Dep, action_run, apply_catalog, claim, complete};
 use ebb_tests::cluster::{Cluster, create_workspace, fixture};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::runners::instant_runner;
@@ -82,16 +82,7 @@ async fn trigger(dep: &mut Dep, tenant: &str) -> String {
 async fn ended(dep: &mut Dep, id: &str) -> i32 {
     let mut status = pb::ActionRunStatus::Running as i32;
     for _ in 0..600 {
-        status = dep
-            .get_action_run(pb::GetActionRunRequest {
-                action_run_id: id.to_owned(),
-            })
-            .await
-            .expect("action run")
-            .into_inner()
-            .action_run
-            .expect("action run")
-            .status;
+        status = action_run(dep, id).await.status;
         if status != pb::ActionRunStatus::Running as i32 {
             break;
         }

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::deprovision::action_run;
 use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, runs};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::lifecycle::v1::deprovision_service_client::DeprovisionServiceClient;
@@ -155,17 +156,6 @@ async fn edge_state(dep: &mut Dep, id: &str) -> pb::RelationshipState {
         .relationship
         .expect("relationship");
     pb::RelationshipState::try_from(r.state).expect("a known state")
-}
-
-async fn action_run(dep: &mut Dep, id: &str) -> pb::ActionRun {
-    dep.get_action_run(pb::GetActionRunRequest {
-        action_run_id: id.into(),
-    })
-    .await
-    .expect("action run")
-    .into_inner()
-    .action_run
-    .expect("action run")
 }
 
 async fn claim(runner: &mut Runner, org: &str) -> pb::ClaimRunResponse {

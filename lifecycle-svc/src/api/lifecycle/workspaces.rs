@@ -58,12 +58,7 @@ impl LifecycleApi {
         let mut v = Violations::new();
         let id = check::id(&mut v, "workspace_id", &req.workspace_id);
         v.finish()?;
-        let w = self
-            .core
-            .workspace_reads
-            .get(&id)
-            .await?
-            .ok_or_else(|| Error::not_found("workspace", &id))?;
+        let w = workspaces::reads::get_workspace(&self.core.workspace_reads, &id).await?;
         ok(Ok(pb::GetWorkspaceResponse {
             workspace: Some(convert::workspace(&w)?),
         }))
