@@ -48,7 +48,7 @@ pub mod bench {
 
 /// Connects, migrates and assembles the service.
 pub async fn build(config: Config, shutdown: CancellationToken) -> anyhow::Result<Component> {
-    let db = serving::connect_db(&config.server.database_url, &shutdown).await?;
+    let db = serving::connect_database(&config.server, &shutdown).await?;
     db.migrate::<migrations::Migrator>().await?;
     let relay = events::relay::run(&config, db.clone(), shutdown.clone());
     let mut component = Component::new();

@@ -17,4 +17,4 @@ pub use observe::ObserveLayer;
 pub use readiness::READINESS_PING_TIMEOUT;
 pub use server::{REFLECTED_DESCRIPTOR_SETS, serve};
 pub use shutdown::shutdown_on_signals;
-pub use startup::{bind, connect_database, connect_db};
+pub use startup::{bind, connect_database};

@@ -15,12 +15,6 @@ pub async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
 }
 
-/// Connects to the database with the default pool, retrying with backoff until it answers or
-/// shutdown begins. [`connect_database`] also reads the pool settings.
-pub async fn connect_db(url: &str, shutdown: &CancellationToken) -> anyhow::Result<Db> {
-    connect_pool(url, &PoolOptions::default(), shutdown).await
-}
-
 /// Connects to `server.database_url` with the pool of `server.database`, retrying with backoff
 /// until it answers or shutdown begins.
 pub async fn connect_database(

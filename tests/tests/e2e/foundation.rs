@@ -242,3 +242,62 @@ async fn a_service_whose_token_is_refused_is_not_serving_and_says_why_once() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
     scheduler.kill().await;
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EBB_TEST_DATABASE_URL"]
+async fn lifecycle_keeps_to_the_pool_size_it_is_configured_with() {
+    use sea_orm::{ConnectionTrait, Statement};
+    let pg = ebb_tests::require_postgres("lifecycle_keeps_to_the_pool_size_it_is_configured_with");
+    let cluster = Cluster::start_on(
+        TestDatabases::on(Some(pg)),
+        0,
+        &[("EBB_DATABASE__MAX_CONNECTIONS", "2".into())],
+    )
+    .await;
+    let mut api = cluster.api().await;
+    let f = fixture(&mut api, None, "pool").await;
+    // Writes and reads at once, far more than two connections' worth.
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..48 {
+        let (mut api, project, org) = (api.clone(), f.project.id.clone(), f.org.id.clone());
+        calls.spawn(async move {
+            if i % 2 == 0 {
+                api.create_workspace(pb::CreateWorkspaceRequest {
+                    project_id: project,
+                    name: format!("pool-{i}"),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            } else {
+                api.list_workspaces(pb::ListWorkspacesRequest {
+                    organization_id: org,
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+            }
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done.expect("join")
+            .expect("every call succeeds on two connections");
+    }
+    // Everything connected to lifecycle's database but this check itself is lifecycle-svc.
+    let sql = cluster.lifecycle_sql().await;
+    let open: i64 = sql
+        .query_one_raw(Statement::from_string(
+            sql.get_database_backend(),
+            "SELECT count(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        ))
+        .await
+        .expect("count connections")
+        .expect("a row")
+        .try_get("", "n")
+        .expect("n");
+    assert!(
+        (1..=2).contains(&open),
+        "lifecycle-svc holds {open} connections with database.max_connections = 2"
+    );
+}
