@@ -158,6 +158,10 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
         INTERNAL,
     ),
     (
+        "/ebb.lifecycle.v1.SchedulingService/QueueDueWorkspaces",
+        INTERNAL,
+    ),
+    (
         "/ebb.lifecycle.v1.SchedulingService/SendDueReminders",
         INTERNAL,
     ),

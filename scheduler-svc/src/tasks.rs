@@ -116,7 +116,7 @@ pub async fn run(
     let shard_count = config.shard_count as i32;
     let batch = config.batch_size as i32;
     match task {
-        AUTO_DESTROY_CHECK => fire_due(lifecycle, who, Due::Workspaces, shard_count, batch).await,
+        AUTO_DESTROY_CHECK => queue_due_workspaces(lifecycle, who, shard_count, batch).await,
         SCHEDULED_ACTIONS => {
             fire_due(lifecycle, who, Due::ScheduledActions, shard_count, batch).await
         }
@@ -209,6 +209,102 @@ enum Due {
     ScheduledActions,
 }
 
+/// What the decisions of one sweep came to.
+#[derive(Debug, Default)]
+struct Tally {
+    queued: u32,
+    deferred: u32,
+    stale: u32,
+    skipped: u32,
+}
+
+impl Tally {
+    fn add(&mut self, results: &[pb::QueueItemResult]) {
+        for r in results {
+            match pb::QueueDecision::try_from(r.decision) {
+                Ok(pb::QueueDecision::Queued) => self.queued += 1,
+                Ok(pb::QueueDecision::Deferred | pb::QueueDecision::WaitingForWindow) => {
+                    self.deferred += 1
+                }
+                Ok(pb::QueueDecision::SkippedProtected | pb::QueueDecision::Skipped) => {
+                    self.skipped += 1
+                }
+                _ => self.stale += 1,
+            }
+        }
+    }
+
+    fn outcome(self, shard: i32, kind: Due) -> Outcome {
+        let Self {
+            queued,
+            deferred,
+            stale,
+            skipped,
+        } = self;
+        if queued > 0 {
+            tracing::info!(
+                shard,
+                queued,
+                deferred,
+                stale,
+                skipped,
+                ?kind,
+                "due items fired"
+            );
+        }
+        Ok(format!(
+            "queued {queued}, deferred {deferred}, stale {stale}, skipped {skipped}"
+        ))
+    }
+}
+
+/// Due workspaces, found and decided by lifecycle one page per call (QueueDueWorkspaces). A
+/// lifecycle that predates that call answers UNIMPLEMENTED: the sweep then finds and queues
+/// in two calls per page, as it did before.
+async fn queue_due_workspaces(
+    lifecycle: &mut SchedulingServiceClient<TracedChannel>,
+    who: &Who,
+    shard_count: i32,
+    batch: i32,
+) -> Outcome {
+    let shard = who.shard;
+    let mut tally = Tally::default();
+    let mut after = None;
+    for _ in 0..MAX_PAGES {
+        let page = match lifecycle
+            .queue_due_workspaces(who.request(pb::QueueDueWorkspacesRequest {
+                shard,
+                shard_count,
+                limit: batch,
+                after: after.take(),
+            }))
+            .await
+        {
+            Ok(page) => page.into_inner(),
+            Err(s) if s.code() == tonic::Code::Unimplemented => {
+                return fire_due(lifecycle, who, Due::Workspaces, shard_count, batch).await;
+            }
+            Err(s) => return Err(format!("queue due workspaces: {}", s.message())),
+        };
+        if page.results.is_empty() {
+            break;
+        }
+        mark_work();
+        tally.add(&page.results);
+        tracing::debug!(
+            shard,
+            page_len = page.results.len(),
+            lag_ms = page.oldest_due_age_ms,
+            "due page processed"
+        );
+        match page.last {
+            Some(last) => after = Some(last),
+            None => break,
+        }
+    }
+    tally.outcome(shard, Due::Workspaces)
+}
+
 async fn fire_due(
     lifecycle: &mut SchedulingServiceClient<TracedChannel>,
     who: &Who,
@@ -217,7 +313,7 @@ async fn fire_due(
     batch: i32,
 ) -> Outcome {
     let shard = who.shard;
-    let (mut queued, mut deferred, mut stale, mut skipped) = (0, 0, 0, 0);
+    let mut tally = Tally::default();
     let mut after = None;
     for _ in 0..MAX_PAGES {
         let (keys, lag_ms) = match kind {
@@ -276,35 +372,11 @@ async fn fire_due(
                     .results
             }
         };
-        for r in &results {
-            match pb::QueueDecision::try_from(r.decision) {
-                Ok(pb::QueueDecision::Queued) => queued += 1,
-                Ok(pb::QueueDecision::Deferred | pb::QueueDecision::WaitingForWindow) => {
-                    deferred += 1
-                }
-                Ok(pb::QueueDecision::SkippedProtected | pb::QueueDecision::Skipped) => {
-                    skipped += 1
-                }
-                _ => stale += 1,
-            }
-        }
+        tally.add(&results);
         tracing::debug!(shard, page_len, lag_ms, ?kind, "due page processed");
         if page_len < batch as usize {
             break;
         }
     }
-    if queued > 0 {
-        tracing::info!(
-            shard,
-            queued,
-            deferred,
-            stale,
-            skipped,
-            ?kind,
-            "due items fired"
-        );
-    }
-    Ok(format!(
-        "queued {queued}, deferred {deferred}, stale {stale}, skipped {skipped}"
-    ))
+    tally.outcome(shard, kind)
 }

@@ -98,6 +98,38 @@ fn to_pb(k: &FireKey) -> pb::FireKey {
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
+/// One decision as the API reports it.
+fn result_pb((k, d): (FireKey, Decision)) -> pb::QueueItemResult {
+    let (decision, run_id, reason) = match d {
+        Decision::Queued { run_id } => (pb::QueueDecision::Queued, run_id, String::new()),
+        Decision::Deferred { reason } => (pb::QueueDecision::Deferred, String::new(), reason),
+        Decision::Stale { reason } => (pb::QueueDecision::Stale, String::new(), reason),
+        Decision::SkippedProtected => (
+            pb::QueueDecision::SkippedProtected,
+            String::new(),
+            "protected".into(),
+        ),
+        Decision::Skipped { reason } => (pb::QueueDecision::Skipped, String::new(), reason),
+        Decision::WaitingForWindow { opens_at } => (
+            pb::QueueDecision::WaitingForWindow,
+            String::new(),
+            match opens_at {
+                Some(at) => format!(
+                    "outside every destroy window; waits for the opening at {}",
+                    ebb_common::time::rfc3339(at)
+                ),
+                None => "outside every destroy window; none will open".into(),
+            },
+        ),
+    };
+    pb::QueueItemResult {
+        fire_key: Some(to_pb(&k)),
+        decision: decision as i32,
+        run_id,
+        reason,
+    }
+}
+
 impl SchedulingApi {
     async fn find_due_workspaces(
         &self,
@@ -158,46 +190,45 @@ impl SchedulingApi {
         {
             self.core.runs_queued.notify_waiters();
         }
-        let results = results
-            .into_iter()
-            .map(|(k, d)| {
-                let (decision, run_id, reason) = match d {
-                    Decision::Queued { run_id } => {
-                        (pb::QueueDecision::Queued, run_id, String::new())
-                    }
-                    Decision::Deferred { reason } => {
-                        (pb::QueueDecision::Deferred, String::new(), reason)
-                    }
-                    Decision::Stale { reason } => (pb::QueueDecision::Stale, String::new(), reason),
-                    Decision::SkippedProtected => (
-                        pb::QueueDecision::SkippedProtected,
-                        String::new(),
-                        "protected".into(),
-                    ),
-                    Decision::Skipped { reason } => {
-                        (pb::QueueDecision::Skipped, String::new(), reason)
-                    }
-                    Decision::WaitingForWindow { opens_at } => (
-                        pb::QueueDecision::WaitingForWindow,
-                        String::new(),
-                        match opens_at {
-                            Some(at) => format!(
-                                "outside every destroy window; waits for the opening at {}",
-                                ebb_common::time::rfc3339(at)
-                            ),
-                            None => "outside every destroy window; none will open".into(),
-                        },
-                    ),
-                };
-                pb::QueueItemResult {
-                    fire_key: Some(to_pb(&k)),
-                    decision: decision as i32,
-                    run_id,
-                    reason,
-                }
-            })
-            .collect();
+        let results = results.into_iter().map(result_pb).collect();
         Ok(Response::new(pb::QueueAutoDestroyRunsResponse { results }))
+    }
+
+    async fn queue_due_workspaces(
+        &self,
+        request: Request<pb::QueueDueWorkspacesRequest>,
+    ) -> Reply<pb::QueueDueWorkspacesResponse> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        shard(&mut v, req.shard, req.shard_count);
+        let limit = limit(&mut v, req.limit);
+        let after = req
+            .after
+            .as_ref()
+            .and_then(|k| fire_key(&mut v, "after", k));
+        v.finish()?;
+        let now = self.core.now();
+        let txn = self.core.begin().await?;
+        let page = queue::queue_due(&txn, (req.shard, req.shard_count), limit, after, now).await?;
+        txn.commit().await.map_err(Error::from)?;
+        if page
+            .results
+            .iter()
+            .any(|(_, d)| matches!(d, Decision::Queued { .. }))
+        {
+            self.core.runs_queued.notify_waiters();
+        }
+        let oldest = page
+            .results
+            .iter()
+            .map(|(k, _)| k.due_at)
+            .min()
+            .map_or(0, |t| (now - t).max(0));
+        Ok(Response::new(pb::QueueDueWorkspacesResponse {
+            last: page.last.as_ref().map(to_pb),
+            oldest_due_age_ms: oldest,
+            results: page.results.into_iter().map(result_pb).collect(),
+        }))
     }
 
     async fn send_due_reminders(
@@ -429,6 +460,14 @@ impl SchedulingService for SchedulingApi {
     ) -> Reply<pb::QueueAutoDestroyRunsResponse> {
         let actor = Actor::of(&request);
         actor::acting(actor, SchedulingApi::queue_auto_destroy_runs(self, request)).await
+    }
+
+    async fn queue_due_workspaces(
+        &self,
+        request: Request<pb::QueueDueWorkspacesRequest>,
+    ) -> Reply<pb::QueueDueWorkspacesResponse> {
+        let actor = Actor::of(&request);
+        actor::acting(actor, SchedulingApi::queue_due_workspaces(self, request)).await
     }
 
     async fn send_due_reminders(

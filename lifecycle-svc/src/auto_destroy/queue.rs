@@ -13,7 +13,8 @@ use crate::runs::{QueuedDestroy, RunSource};
 use crate::store::{exec, for_update, placeholders, query_all};
 use crate::tenancy::orgs;
 use crate::tenancy::orgs::OrgRow;
-use crate::timing::due::FireKey;
+use crate::timing;
+use crate::timing::due::{self, FireKey};
 use crate::timing::math;
 use crate::workspaces::AutoDestroyStatus;
 use crate::workspaces::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
@@ -301,6 +302,42 @@ pub async fn queue_auto_destroy_runs(
     mark_fired(conn, &fired, now).await?;
     outbox::write(conn, events, now).await?;
     Ok(results)
+}
+
+/// One page of a shard's due workspaces, decided.
+#[derive(Debug)]
+pub struct DuePage {
+    /// One result per fire key found, in due order.
+    pub results: Vec<(FireKey, Decision)>,
+    /// Where the next page starts; `None` when this page was not full.
+    pub last: Option<FireKey>,
+}
+
+/// Finds up to `limit` of a shard's due workspaces after `after`, locking them as it finds
+/// them, and decides each as [`queue_auto_destroy_runs`] does, all in the caller's one
+/// transaction (AD-5, AD-6). A workspace another transaction holds is not waited for: it stays
+/// due for the next sweep.
+pub async fn queue_due(
+    conn: &impl ConnectionTrait,
+    (shard, shard_count): (i32, i32),
+    limit: u64,
+    after: Option<FireKey>,
+    now: EpochMs,
+) -> Result<DuePage> {
+    let keys = due::find_due_locked(
+        conn,
+        &timing::WORKSPACES,
+        shard,
+        shard_count,
+        limit,
+        after,
+        now,
+    )
+    .await?;
+    let full = u64::try_from(keys.len()).unwrap_or(u64::MAX) >= limit;
+    let last = keys.last().filter(|_| full).cloned();
+    let results = queue_auto_destroy_runs(conn, &keys, now).await?;
+    Ok(DuePage { results, last })
 }
 
 /// Whether the workspace's auto-destroy waits for approval: its organization requires it,

@@ -383,6 +383,185 @@ async fn stale_and_repeated_fire_keys_are_no_ops() {
 }
 
 #[tokio::test]
+async fn queue_due_workspaces_pages_through_a_shard_and_fires_each_key_once() {
+    let cluster = Cluster::start(0).await;
+    let mut api = cluster.api().await;
+    let scheduling = cluster.scheduling().await;
+    let f = fixture(&mut api, None, "paged").await;
+    let mut ids = vec![f.workspace.id.clone()];
+    for i in 0..4 {
+        ids.push(
+            create_workspace(&mut api, &f.project.id, &format!("paged-{i}"))
+                .await
+                .id,
+        );
+    }
+    let held = ids[4].clone();
+    api.lock_workspace(pb::LockWorkspaceRequest {
+        workspace_id: held.clone(),
+        reason: "maintenance".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("lock");
+    for id in &ids {
+        api.set_auto_destroy(pb::SetAutoDestroyRequest {
+            workspace_id: id.clone(),
+            auto_destroy_at: Some(from_now(Duration::from_millis(1200))),
+            ..Default::default()
+        })
+        .await
+        .expect("set");
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let sweep = |after: Option<pb::FireKey>, limit: i32| {
+        let mut s = scheduling.clone();
+        async move {
+            s.queue_due_workspaces(pb::QueueDueWorkspacesRequest {
+                shard: 0,
+                shard_count: 1,
+                limit,
+                after,
+            })
+            .await
+        }
+    };
+    let decided = |page: &pb::QueueDueWorkspacesResponse| {
+        page.results
+            .iter()
+            .map(|r| {
+                let key = r.fire_key.as_ref().expect("fire key");
+                (key.workspace_id.clone(), r.decision)
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Pages of two: full pages say where the next one starts, the last one does not.
+    let mut seen = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = sweep(after, 2).await.expect("queue due").into_inner();
+        pages += 1;
+        assert!(page.results.len() <= 2);
+        seen.extend(decided(&page));
+        match page.last {
+            Some(last) => {
+                assert_eq!(page.results.len(), 2, "only a full page has a next one");
+                after = Some(last);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3, "five due in pages of two");
+    seen.sort();
+    let mut expected: Vec<(String, i32)> = ids
+        .iter()
+        .map(|id| {
+            let decision = if *id == held {
+                pb::QueueDecision::Deferred
+            } else {
+                pb::QueueDecision::Queued
+            };
+            (id.clone(), decision as i32)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "each due workspace decided once");
+
+    // The next sweep finds only what is still due: the locked workspace, deferred again.
+    let again = sweep(None, 10).await.expect("second sweep").into_inner();
+    assert_eq!(
+        decided(&again),
+        vec![(held.clone(), pb::QueueDecision::Deferred as i32)]
+    );
+    assert!(again.last.is_none());
+    for id in &ids {
+        let n = runs(&mut api, &f.org.id, id).await.len();
+        assert_eq!(n, usize::from(*id != held), "runs of {id}");
+    }
+
+    for (request, field) in [
+        (
+            pb::QueueDueWorkspacesRequest {
+                shard: 0,
+                shard_count: 0,
+                limit: 10,
+                after: None,
+            },
+            "shard_count",
+        ),
+        (
+            pb::QueueDueWorkspacesRequest {
+                shard: 0,
+                shard_count: 1,
+                limit: 0,
+                after: None,
+            },
+            "limit",
+        ),
+        (
+            pb::QueueDueWorkspacesRequest {
+                shard: 0,
+                shard_count: 1,
+                limit: 10,
+                after: Some(pb::FireKey {
+                    workspace_id: "not-an-id".into(),
+                    due_time: Some(from_now(Duration::ZERO)),
+                    ..Default::default()
+                }),
+            },
+            "after.workspace_id",
+        ),
+    ] {
+        let err = scheduling
+            .clone()
+            .queue_due_workspaces(request)
+            .await
+            .expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        let details = err.get_error_details();
+        let bad = details.bad_request().expect("field violations");
+        assert_eq!(bad.field_violations[0].field, field);
+    }
+
+    api.unlock_workspace(pb::UnlockWorkspaceRequest {
+        workspace_id: held.clone(),
+        ..Default::default()
+    })
+    .await
+    .expect("unlock");
+    if cluster.dbs.is_postgres() {
+        // A due row another transaction holds is passed over, not waited for; the next
+        // sweep fires it.
+        use sea_orm::TransactionTrait;
+        let sql = cluster.lifecycle_sql().await;
+        let txn = sql.begin().await.expect("begin");
+        txn.execute_unprepared(&format!(
+            "SELECT id FROM workspaces WHERE id = '{held}' FOR UPDATE"
+        ))
+        .await
+        .expect("hold the row");
+        let page = tokio::time::timeout(Duration::from_secs(5), sweep(None, 10))
+            .await
+            .expect("the sweep does not wait for the held row")
+            .expect("sweep");
+        assert!(
+            page.into_inner().results.is_empty(),
+            "the held row is skipped"
+        );
+        txn.rollback().await.expect("rollback");
+    }
+    let page = sweep(None, 10).await.expect("sweep").into_inner();
+    assert_eq!(
+        decided(&page),
+        vec![(held.clone(), pb::QueueDecision::Queued as i32)]
+    );
+    assert_eq!(runs(&mut api, &f.org.id, &held).await.len(), 1);
+    cluster.check_destroy_causes().await;
+}
+
+#[tokio::test]
 async fn protected_workspaces_refuse_schedules_and_never_fire() {
     let cluster = Cluster::start(1).await;
     let mut api = cluster.api().await;

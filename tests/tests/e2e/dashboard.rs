@@ -247,13 +247,13 @@ fn check_layout(scrape: &Scrape) {
     ];
     assert!(scrape.value("grpc_server_handled_total", &export) >= Some(1.0));
     // The scheduler's calls to lifecycle, from the client's side.
-    let find_due = [
+    let queue_due = [
         ("grpc_service", "ebb.lifecycle.v1.SchedulingService"),
-        ("grpc_method", "FindDueWorkspaces"),
+        ("grpc_method", "QueueDueWorkspaces"),
         ("grpc_type", "unary"),
         ("grpc_code", "OK"),
     ];
-    assert!(scrape.value("grpc_client_handled_total", &find_due) >= Some(1.0));
+    assert!(scrape.value("grpc_client_handled_total", &queue_due) >= Some(1.0));
     // The old layout is gone.
     assert!(
         !scrape
