@@ -17,8 +17,8 @@ use crate::runs;
 use crate::runs::RunSource;
 use crate::runs::RunStatus;
 use crate::runs::lease::{MAX_OUTPUT_TAIL, fenced};
-use crate::runs::{RUN_COLUMNS, RunRow, get_run};
-use crate::store::{exec, query_all};
+use crate::runs::{RUN_COLUMNS, RunRow};
+use crate::store::{exec, query_all, query_one};
 use crate::workspaces::state_versions;
 use ebb_common::sql;
 
@@ -110,11 +110,13 @@ pub async fn complete_run(
             }
             tail = tail[cut..].to_owned();
         }
-        let n = exec(
+        let finished: Option<RunRow> = query_one(
             conn,
-            "UPDATE runs SET status = $1, exit_code = $2, output_tail = $3, finished_at = $4, \
-             lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
-             AND status = 'running'",
+            &format!(
+                "UPDATE runs SET status = $1, exit_code = $2, output_tail = $3, finished_at = $4, \
+                 lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
+                 AND status = 'running' RETURNING {RUN_COLUMNS}"
+            ),
             [
                 status.into(),
                 completion.exit_code.into(),
@@ -125,9 +127,9 @@ pub async fn complete_run(
             ],
         )
         .await?;
-        if n == 0 {
+        let Some(run) = finished else {
             return Err(Error::precondition(format!("run {id}: the lease was lost")));
-        }
+        };
         if let (Some(serial), true) = (completion.state_version_serial, completion.succeeded) {
             state_versions::record_state_version(
                 conn,
@@ -140,7 +142,6 @@ pub async fn complete_run(
             )
             .await?;
         }
-        let run = get_run(conn, id).await?;
         finish_consequences(conn, &run, Some(completion.succeeded), &actor, now, policy).await?;
         let event = if status == RunStatus::Canceled {
             "run.canceled"

@@ -95,13 +95,18 @@ impl RunnerService for RunnerApi {
             },
         };
         v.finish()?;
-        // Refuse an unknown organization instead of waiting on it.
-        orgs::get_org(&self.core.db.conn, &org).await?;
         let deadline = tokio::time::Instant::now() + wait;
+        let mut known = false;
         loop {
             let notified = self.core.runs_queued.notified();
             if let Some(resp) = self.try_claim(&org, &runner, &actor).await? {
                 return Ok(Response::new(resp));
+            }
+            if !known {
+                // Refuse an unknown organization instead of waiting on it. A claim that found
+                // a run needs no such look-up: the run names its organization.
+                orgs::get_org(&self.core.db.conn, &org).await?;
+                known = true;
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
