@@ -1,5 +1,6 @@
 //! Auto-destroy benchmark on PostgreSQL: due→queued latency and queued runs per second with 1
-//! and 3 scheduler replicas, the cost of an idle tick as the number of workspaces grows, and
+//! and 3 scheduler replicas (each wave drained once alone, and once more while callers read
+//! workspaces, whose latency it prints), the cost of an idle tick as the number of workspaces grows, and
 //! the cost of a metrics scrape with a due backlog.
 //!
 //! ```sh
@@ -15,9 +16,10 @@
 
 use std::time::{Duration, Instant};
 
-use ebb_tests::TestDatabases;
 use ebb_tests::cluster::Cluster;
 use ebb_tests::proto::lifecycle::v1 as pb;
+use ebb_tests::proto::lifecycle::v1::scheduling_service_client::SchedulingServiceClient;
+use ebb_tests::{Channel, TestDatabases};
 use sea_orm::{ConnectionTrait, FromQueryResult, Statement};
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -52,7 +54,9 @@ async fn seed(sql: &sea_orm::DatabaseConnection, total: usize, due: usize, due_a
     .expect("seed workspaces");
 }
 
-async fn queue_wave(pg: &str, total: usize, due: usize, replicas: usize) {
+/// One wave of `due` workspaces falling due at one instant among `total`, drained by
+/// `replicas` schedulers; with `reading`, [`READERS`] callers read workspaces all the while.
+async fn queue_wave(pg: &str, total: usize, due: usize, replicas: usize, reading: bool) {
     let cluster = Cluster::start_on(TestDatabases::on(Some(pg.to_owned())), 0, &[]).await;
     let sql = cluster.lifecycle_sql().await;
     let due_at = chrono::Utc::now().timestamp_millis() + 20_000;
@@ -65,7 +69,11 @@ async fn queue_wave(pg: &str, total: usize, due: usize, replicas: usize) {
     }
     let wait = due_at - chrono::Utc::now().timestamp_millis();
     let from = Instant::now() + Duration::from_millis(wait.max(0) as u64);
-    let readers = readers_during_the_wave(&cluster, &sql, from).await;
+    let readers = if reading {
+        Some(readers_during_the_wave(&cluster, &sql, from).await)
+    } else {
+        None
+    };
     let wait = due_at - chrono::Utc::now().timestamp_millis();
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
@@ -99,14 +107,17 @@ async fn queue_wave(pg: &str, total: usize, due: usize, replicas: usize) {
     let last = lags.iter().map(|l| l.created_at).max().unwrap_or_default();
     let span_s = ((last - first).max(1)) as f64 / 1000.0;
     println!(
-        "replicas={replicas} workspaces={total} due={due} queued={} due->queued p50={}ms p99={}ms max={}ms throughput={:.0} runs/s",
+        "replicas={replicas} readers={} workspaces={total} due={due} queued={} due->queued p50={}ms p99={}ms max={}ms throughput={:.0} runs/s",
+        if reading { READERS } else { 0 },
         lags.len(),
         pct(0.50),
         pct(0.99),
         pct(1.0),
         lags.len() as f64 / span_s
     );
-    let (stop, tasks) = readers;
+    let Some((stop, tasks)) = readers else {
+        return;
+    };
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut reads = Vec::new();
     for t in tasks {
@@ -233,39 +244,44 @@ async fn idle_tick(pg: &str, total: usize) {
     );
 }
 
-/// The cost of the scheduler's two calls for one page of `page` due workspaces, with `due`
-/// due among `total` and no scheduler running: FindDueWorkspaces, then QueueAutoDestroyRuns.
+/// The cost of one page of `page` due workspaces, with `due` due among `total` and no
+/// scheduler running: in two calls (FindDueWorkspaces, then QueueAutoDestroyRuns) over half of
+/// the shards, and in one (QueueDueWorkspaces) over the other half.
 async fn page_cost(pg: &str, total: usize, due: usize, page: i32) {
     let cluster = Cluster::start_on(TestDatabases::on(Some(pg.to_owned())), 0, &[]).await;
     let sql = cluster.lifecycle_sql().await;
     let past = chrono::Utc::now().timestamp_millis() - 60_000;
     seed(&sql, total, due, past).await;
     let mut scheduling = cluster.scheduling().await;
-    let (mut finds, mut queues) = (Vec::new(), Vec::new());
+    let (mut finds, mut queues, mut ones) = (Vec::new(), Vec::new(), Vec::new());
+    // One call on even shards, two on odd ones, in turn, so that neither way has the table to
+    // itself before the other.
     for shard in 0..4 {
+        if shard % 2 == 1 {
+            page_in_two_calls(&mut scheduling, shard, page, &mut finds, &mut queues).await;
+            continue;
+        }
+        let mut after = None;
         loop {
             let t = Instant::now();
-            let keys = scheduling
-                .find_due_workspaces(pb::FindDueWorkspacesRequest {
+            let r = scheduling
+                .queue_due_workspaces(pb::QueueDueWorkspacesRequest {
                     shard,
                     shard_count: 4,
                     limit: page,
-                    after: None,
+                    after,
                 })
                 .await
-                .expect("find due")
-                .into_inner()
-                .due;
-            finds.push(t.elapsed());
-            if keys.is_empty() {
+                .expect("queue due")
+                .into_inner();
+            if r.results.is_empty() {
                 break;
             }
-            let t = Instant::now();
-            scheduling
-                .queue_auto_destroy_runs(pb::QueueAutoDestroyRunsRequest { fire_keys: keys })
-                .await
-                .expect("queue");
-            queues.push(t.elapsed());
+            ones.push(t.elapsed());
+            after = r.last;
+            if after.is_none() {
+                break;
+            }
         }
     }
     let median = |mut v: Vec<Duration>| {
@@ -273,11 +289,48 @@ async fn page_cost(pg: &str, total: usize, due: usize, page: i32) {
         v[v.len() / 2].as_secs_f64() * 1000.0
     };
     println!(
-        "one page of {page}: FindDueWorkspaces median={:.1}ms QueueAutoDestroyRuns median={:.1}ms ({} pages)",
+        "one page of {page}: FindDueWorkspaces median={:.1}ms QueueAutoDestroyRuns median={:.1}ms ({} pages); QueueDueWorkspaces median={:.1}ms ({} pages)",
         median(finds),
         median(queues.clone()),
-        queues.len()
+        queues.len(),
+        median(ones.clone()),
+        ones.len()
     );
+}
+
+/// The pages of one shard, each found with FindDueWorkspaces and queued with
+/// QueueAutoDestroyRuns, timing both calls.
+async fn page_in_two_calls(
+    scheduling: &mut SchedulingServiceClient<Channel>,
+    shard: i32,
+    page: i32,
+    finds: &mut Vec<Duration>,
+    queues: &mut Vec<Duration>,
+) {
+    loop {
+        let t = Instant::now();
+        let keys = scheduling
+            .find_due_workspaces(pb::FindDueWorkspacesRequest {
+                shard,
+                shard_count: 4,
+                limit: page,
+                after: None,
+            })
+            .await
+            .expect("find due")
+            .into_inner()
+            .due;
+        finds.push(t.elapsed());
+        if keys.is_empty() {
+            break;
+        }
+        let t = Instant::now();
+        scheduling
+            .queue_auto_destroy_runs(pb::QueueAutoDestroyRunsRequest { fire_keys: keys })
+            .await
+            .expect("queue");
+        queues.push(t.elapsed());
+    }
 }
 
 /// The cost of one scrape of lifecycle's metrics with `due` workspaces due and unhandled (no
@@ -399,7 +452,9 @@ async fn main() {
         .split(',')
         .filter_map(|r| r.trim().parse::<usize>().ok())
     {
-        queue_wave(&pg, total, due, r).await;
+        // The drain alone, then the same wave with callers reading all the while.
+        queue_wave(&pg, total, due, r, false).await;
+        queue_wave(&pg, total, due, r, true).await;
     }
     idle_tick(&pg, total).await;
     scrape_cost(&pg, total, due).await;
