@@ -69,6 +69,23 @@ fn fire_key(v: &mut Violations, field: &str, k: &pb::FireKey) -> Option<FireKey>
     })
 }
 
+/// The page of a workspace sweep a request asks for: its limit, and the key it resumes after.
+fn workspace_page(
+    v: &mut Violations,
+    (shard_, count): (i32, i32),
+    limit_: i32,
+    after: Option<&pb::FireKey>,
+) -> (u64, Option<FireKey>) {
+    shard(v, shard_, count);
+    let limit = limit(v, limit_);
+    (limit, after.and_then(|k| fire_key(v, "after", k)))
+}
+
+/// How long ago the oldest of `due` fell due at `now` (scheduler lag); 0 for none.
+fn oldest_age_ms(due: impl Iterator<Item = i64>, now: i64) -> i64 {
+    due.min().map_or(0, |t| (now - t).max(0))
+}
+
 fn scheduled_key(v: &mut Violations, field: &str, k: &pb::FireKey) -> Option<(String, i64)> {
     let id = check::id(
         v,
@@ -137,12 +154,12 @@ impl SchedulingApi {
     ) -> Reply<pb::FindDueWorkspacesResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        shard(&mut v, req.shard, req.shard_count);
-        let limit = limit(&mut v, req.limit);
-        let after = req
-            .after
-            .as_ref()
-            .and_then(|k| fire_key(&mut v, "after", k));
+        let (limit, after) = workspace_page(
+            &mut v,
+            (req.shard, req.shard_count),
+            req.limit,
+            req.after.as_ref(),
+        );
         v.finish()?;
         let now = self.core.now();
         let due = due::find_due(
@@ -155,12 +172,7 @@ impl SchedulingApi {
             now,
         )
         .await?;
-        let oldest = due
-            .iter()
-            .map(|k| k.due_at)
-            .min()
-            .map(|t| (now - t).max(0))
-            .unwrap_or(0);
+        let oldest = oldest_age_ms(due.iter().map(|k| k.due_at), now);
         Ok(Response::new(pb::FindDueWorkspacesResponse {
             due: due.iter().map(to_pb).collect(),
             oldest_due_age_ms: oldest,
@@ -184,12 +196,7 @@ impl SchedulingApi {
             .collect();
         v.finish()?;
         let results = self.queue(&keys).await?;
-        if results
-            .iter()
-            .any(|(_, d)| matches!(d, Decision::Queued { .. }))
-        {
-            self.core.runs_queued.notify_waiters();
-        }
+        self.wake_claims_if_queued(&results);
         let results = results.into_iter().map(result_pb).collect();
         Ok(Response::new(pb::QueueAutoDestroyRunsResponse { results }))
     }
@@ -200,30 +207,19 @@ impl SchedulingApi {
     ) -> Reply<pb::QueueDueWorkspacesResponse> {
         let req = request.into_inner();
         let mut v = Violations::new();
-        shard(&mut v, req.shard, req.shard_count);
-        let limit = limit(&mut v, req.limit);
-        let after = req
-            .after
-            .as_ref()
-            .and_then(|k| fire_key(&mut v, "after", k));
+        let (limit, after) = workspace_page(
+            &mut v,
+            (req.shard, req.shard_count),
+            req.limit,
+            req.after.as_ref(),
+        );
         v.finish()?;
         let now = self.core.now();
         let txn = self.core.begin().await?;
         let page = queue::queue_due(&txn, (req.shard, req.shard_count), limit, after, now).await?;
         txn.commit().await.map_err(Error::from)?;
-        if page
-            .results
-            .iter()
-            .any(|(_, d)| matches!(d, Decision::Queued { .. }))
-        {
-            self.core.runs_queued.notify_waiters();
-        }
-        let oldest = page
-            .results
-            .iter()
-            .map(|(k, _)| k.due_at)
-            .min()
-            .map_or(0, |t| (now - t).max(0));
+        self.wake_claims_if_queued(&page.results);
+        let oldest = oldest_age_ms(page.results.iter().map(|(k, _)| k.due_at), now);
         Ok(Response::new(pb::QueueDueWorkspacesResponse {
             last: page.last.as_ref().map(to_pb),
             oldest_due_age_ms: oldest,
@@ -330,12 +326,7 @@ impl SchedulingApi {
             now,
         )
         .await?;
-        let oldest = due
-            .iter()
-            .map(|k| k.due_at)
-            .min()
-            .map(|t| (now - t).max(0))
-            .unwrap_or(0);
+        let oldest = oldest_age_ms(due.iter().map(|k| k.due_at), now);
         Ok(Response::new(pb::FindDueScheduledActionsResponse {
             due: due
                 .iter()
@@ -532,6 +523,16 @@ impl SchedulingService for SchedulingApi {
 }
 
 impl SchedulingApi {
+    /// Wakes the claims waiting for a run when any of `results` queued one.
+    fn wake_claims_if_queued(&self, results: &[(FireKey, Decision)]) {
+        if results
+            .iter()
+            .any(|(_, d)| matches!(d, Decision::Queued { .. }))
+        {
+            self.core.runs_queued.notify_waiters();
+        }
+    }
+
     async fn queue(&self, keys: &[FireKey]) -> Result<Vec<(FireKey, Decision)>> {
         let txn = self.core.begin().await?;
         let results = queue::queue_auto_destroy_runs(&txn, keys, self.core.now()).await?;
