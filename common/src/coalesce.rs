@@ -134,17 +134,29 @@ impl<V: Clone + Send + 'static> Coalescer<V> {
     }
 }
 
-/// A slot taken: given back however the statements' task ends, a panic included (reads still
-/// waiting are then taken by the next read that arrives).
-struct Slot<V> {
+/// A slot taken: given back however the statements' task ends. A task that ends by a panic
+/// hands its slot to a new task for the reads still waiting, so they never wait for another
+/// read to arrive.
+struct Slot<V: Clone + Send + 'static> {
     inner: Arc<Inner<V>>,
     held: bool,
 }
 
-impl<V> Drop for Slot<V> {
+impl<V: Clone + Send + 'static> Drop for Slot<V> {
     fn drop(&mut self) {
-        if self.held {
-            self.inner.state().running -= 1;
+        if !self.held {
+            return;
+        }
+        let batch = {
+            let mut state = self.inner.state();
+            if state.waiting.is_empty() {
+                state.running -= 1;
+                return;
+            }
+            Inner::take(&mut state)
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(run(self.inner.clone(), batch));
         }
     }
 }
@@ -265,9 +277,14 @@ mod tests {
     }
 
     async fn busy() -> Busy {
+        busy_with("w1").await
+    }
+
+    /// A coalescer of one slot, busy with a read of `first` until `gate` lets it answer.
+    async fn busy_with(first: &str) -> Busy {
         let (gate, seen) = (Arc::new(Semaphore::new(0)), Arc::default());
         let c = Coalescer::new("test", 1, gated(Arc::clone(&gate), Arc::clone(&seen)));
-        let first = spawn_get(&c, "w1");
+        let first = spawn_get(&c, first);
         until_started(&seen, 1).await;
         Busy {
             c,
@@ -382,5 +399,29 @@ mod tests {
             .await
             .expect("the slot is free again");
         assert_eq!(next.expect("read"), Some("row of w1".into()));
+    }
+
+    #[tokio::test]
+    async fn reads_waiting_behind_a_panicking_statement_are_answered_without_another_read() {
+        let Busy {
+            c,
+            gate,
+            seen,
+            first,
+        } = busy_with("panic").await;
+        let waiting = spawn_get(&c, "w2");
+        until_waiting(&c, 1).await;
+        gate.add_permits(2);
+        let err = first
+            .await
+            .expect("task")
+            .expect_err("the statement panicked");
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("answered with no other read arriving")
+            .expect("task");
+        assert_eq!(answered.expect("read"), Some("row of w2".into()));
+        assert_eq!(seen.lock().expect("seen").len(), 2);
     }
 }
