@@ -22,7 +22,7 @@ pub enum Actor {
     Token {
         token_id: String,
         role: String,
-        /// The token's description, filled in from the token store when the change runs.
+        /// The token's description, as the token store gave it when the call was let in.
         description: String,
     },
     /// A scheduler task working one shard on one replica.
@@ -59,11 +59,17 @@ impl Actor {
     /// The actor of an API call: its token, or — for a service token that says so in its
     /// metadata — the scheduler task that made it.
     pub fn of<T>(request: &tonic::Request<T>) -> Self {
-        let (token_id, role) = request
+        let (token_id, role, description) = request
             .extensions()
             .get::<Caller>()
-            .map(|c| (c.token_id.clone(), c.role.as_str().to_owned()))
-            .unwrap_or_else(|| ("anonymous".to_owned(), String::new()));
+            .map(|c| {
+                (
+                    c.token_id.clone(),
+                    c.role.as_str().to_owned(),
+                    c.description.clone(),
+                )
+            })
+            .unwrap_or_else(|| ("anonymous".to_owned(), String::new(), String::new()));
         let header = |name: &str| {
             request
                 .metadata()
@@ -88,7 +94,7 @@ impl Actor {
         Actor::Token {
             token_id,
             role,
-            description: String::new(),
+            description,
         }
     }
 

@@ -260,6 +260,7 @@ mod tests {
             role: Role::Reader,
             organization_id: Some("org".into()),
             expires_at: expires_in.map(|d| std::time::SystemTime::now() + d),
+            description: String::new(),
         }
     }
 

@@ -13,10 +13,8 @@ use tokio::sync::Notify;
 use crate::Config;
 use crate::actor::{self, Actor};
 use crate::events::outbox;
-use crate::tenancy::tokens;
 use crate::timing::snooze_links::Links;
 use ebb_common::idempotency::{self, RequestKey};
-use sea_orm::ConnectionTrait;
 
 /// lifecycle-svc's state, cheap to clone.
 #[derive(Clone)]
@@ -104,8 +102,7 @@ impl Lifecycle {
         if let Some(stored) = idempotency::replay(&txn, key.as_ref()).await? {
             return Ok(stored);
         }
-        let actor = with_token_description(&txn, call.actor).await?;
-        let (response, events) = outbox::collecting(actor::acting(actor, f(&txn))).await?;
+        let (response, events) = outbox::collecting(actor::acting(call.actor, f(&txn))).await?;
         idempotency::remember(&txn, key.as_ref(), &response, self.now()).await?;
         // Last before the commit: writing events locks the organization's event counter.
         events.write(&txn).await?;
@@ -134,22 +131,4 @@ impl Call {
             organization_id: Actor::organization_of(request),
         }
     }
-}
-
-/// Fills in a token actor's description from the token store; the tokens of the
-/// configuration have no row and are described as such.
-async fn with_token_description(conn: &impl ConnectionTrait, actor: Actor) -> Result<Actor> {
-    let Actor::Token { token_id, role, .. } = actor else {
-        return Ok(actor);
-    };
-    let description = match tokens::get(conn, &token_id).await {
-        Ok(token) => token.description,
-        Err(Error::NotFound { .. }) => format!("{token_id} token of the configuration"),
-        Err(e) => return Err(e),
-    };
-    Ok(Actor::Token {
-        token_id,
-        role,
-        description,
-    })
 }

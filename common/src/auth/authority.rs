@@ -96,6 +96,7 @@ impl TokenAuthority for RemoteAuthority {
                 role,
                 organization_id: (!resp.organization_id.is_empty()).then_some(resp.organization_id),
                 expires_at,
+                description: String::new(),
             };
             let mut until = now + self.ttl;
             if let Some(exp) = expires_at {

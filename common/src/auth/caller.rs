@@ -16,6 +16,9 @@ pub struct Caller {
     pub organization_id: Option<String>,
     /// When the token stops working by itself.
     pub expires_at: Option<std::time::SystemTime>,
+    /// What the token is for, as its creator described it (tokens cannot be re-described, so
+    /// a cached caller's description is never stale); empty where the token store is remote.
+    pub description: String,
 }
 
 impl Caller {

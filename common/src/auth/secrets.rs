@@ -47,6 +47,7 @@ impl StaticTokens {
                     role: Role::Admin,
                     organization_id: None,
                     expires_at: None,
+                    description: "admin token of the configuration".into(),
                 },
             ));
         }
@@ -58,6 +59,7 @@ impl StaticTokens {
                     role: Role::Service,
                     organization_id: None,
                     expires_at: None,
+                    description: "service token of the configuration".into(),
                 },
             ));
         }

@@ -652,6 +652,7 @@ mod tests {
             role: crate::auth::Role::Operator,
             organization_id: Some("org_a".into()),
             expires_at: None,
+            description: String::new(),
         });
         let bound = RequestKey::for_call(&request, ROTATE, "r1")
             .expect("key")

@@ -221,5 +221,6 @@ pub fn caller(row: &TokenRow) -> Result<Caller> {
                 <u64 as TryFrom<i64>>::try_from(ms).ok()?,
             ))
         }),
+        description: row.description.clone(),
     })
 }
