@@ -82,7 +82,39 @@ pub async fn complete_run(
     now: EpochMs,
     policy: &Policy,
 ) -> Result<RunRow> {
-    let run = fenced(conn, id, token).await?;
+    let mut tail = completion.output_tail;
+    if tail.len() > MAX_OUTPUT_TAIL {
+        let mut cut = tail.len() - MAX_OUTPUT_TAIL;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_owned();
+    }
+    // The lease fences the update itself: a run not leased with this token is not changed.
+    // A failure of a run that was asked to stop is its cancelation.
+    let finished: Option<RunRow> = query_one(
+        conn,
+        &format!(
+            "UPDATE runs SET status = CASE WHEN $1 THEN 'succeeded' WHEN cancel_requested THEN 'canceled' \
+             ELSE 'failed' END, exit_code = $2, output_tail = $3, finished_at = $4, \
+             lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
+             AND status = 'running' RETURNING {RUN_COLUMNS}"
+        ),
+        [
+            completion.succeeded.into(),
+            completion.exit_code.into(),
+            tail.into(),
+            now.into(),
+            id.into(),
+            token.into(),
+        ],
+    )
+    .await?;
+    let Some(run) = finished else {
+        // Says why: no such run, or not (any more) leased with this token.
+        fenced(conn, id, token).await?;
+        return Err(Error::precondition(format!("run {id}: the lease was lost")));
+    };
     // The runner of the lease caused everything that follows (see `crate::actor`).
     let token_id = match actor::current() {
         Some(Actor::Token { token_id, .. }) => token_id,
@@ -95,41 +127,6 @@ pub async fn complete_run(
     };
     actor::acting(runner, async move {
         let actor = format!("runner:{}", run.runner_id);
-        let status = if run.cancel_requested && !completion.succeeded {
-            RunStatus::Canceled
-        } else if completion.succeeded {
-            RunStatus::Succeeded
-        } else {
-            RunStatus::Failed
-        };
-        let mut tail = completion.output_tail;
-        if tail.len() > MAX_OUTPUT_TAIL {
-            let mut cut = tail.len() - MAX_OUTPUT_TAIL;
-            while !tail.is_char_boundary(cut) {
-                cut += 1;
-            }
-            tail = tail[cut..].to_owned();
-        }
-        let finished: Option<RunRow> = query_one(
-            conn,
-            &format!(
-                "UPDATE runs SET status = $1, exit_code = $2, output_tail = $3, finished_at = $4, \
-                 lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
-                 AND status = 'running' RETURNING {RUN_COLUMNS}"
-            ),
-            [
-                status.into(),
-                completion.exit_code.into(),
-                tail.into(),
-                now.into(),
-                id.into(),
-                token.into(),
-            ],
-        )
-        .await?;
-        let Some(run) = finished else {
-            return Err(Error::precondition(format!("run {id}: the lease was lost")));
-        };
         if let (Some(serial), true) = (completion.state_version_serial, completion.succeeded) {
             state_versions::record_state_version(
                 conn,
@@ -143,7 +140,7 @@ pub async fn complete_run(
             .await?;
         }
         finish_consequences(conn, &run, Some(completion.succeeded), &actor, now, policy).await?;
-        let event = if status == RunStatus::Canceled {
+        let event = if run.status == RunStatus::Canceled {
             "run.canceled"
         } else {
             "run.completed"
@@ -158,7 +155,7 @@ pub async fn complete_run(
                 &actor,
                 json!({
                     "workspace_id": run.workspace_id,
-                    "status": status,
+                    "status": run.status,
                     "exit_code": completion.exit_code,
                     "is_destroy": run.is_destroy,
                     "source": run.source,
