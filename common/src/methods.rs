@@ -146,6 +146,7 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
     ("/ebb.lifecycle.v1.LifecycleService/ListOutboxEvents", READ),
     // lifecycle: the runner protocol
     ("/ebb.lifecycle.v1.RunnerService/ClaimRun", RUN),
+    ("/ebb.lifecycle.v1.RunnerService/ClaimRuns", RUN),
     ("/ebb.lifecycle.v1.RunnerService/HeartbeatRun", RUN),
     ("/ebb.lifecycle.v1.RunnerService/CompleteRun", RUN),
     // lifecycle: the scheduler's calls

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ebb_common::client::{TracedChannel, channel_with};
@@ -60,6 +61,10 @@ pub struct RunnerArgs {
     /// Long-poll wait per claim.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub claim_wait: Duration,
+    /// How many runs to carry out side by side (1-100). Free slots are filled by one claim
+    /// (ClaimRuns), each run then heartbeated and completed on its own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+    pub parallel: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,66 +151,146 @@ async fn run(
     )
     .map_err(|e| anyhow::anyhow!("--server: {e}"))?;
     let mut client = RunnerServiceClient::new(channel);
-    let mut done = 0u64;
+    let parallel = usize::from(args.parallel);
     println!(
-        "ebb runner {} taking runs of organization {} from {server}",
-        args.runner_id, args.organization
+        "ebb runner {} taking runs of organization {} from {server}{}",
+        args.runner_id,
+        args.organization,
+        if parallel > 1 {
+            format!(", {parallel} at a time")
+        } else {
+            String::new()
+        }
     );
-    while !shutdown.is_cancelled() && (args.max_runs == 0 || done < args.max_runs) {
-        let claim = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = client.claim_run(pb::ClaimRunRequest {
-                organization_id: args.organization.clone(),
-                runner_id: args.runner_id.clone(),
-                wait: Some(to_duration(args.claim_wait.as_millis() as i64)),
-            }) => r,
-        };
-        let claim = match claim {
-            Ok(c) => c.into_inner(),
-            Err(status)
-                if status.code() == tonic::Code::Unauthenticated
-                    || status.code() == tonic::Code::PermissionDenied =>
-            {
-                anyhow::bail!(
-                    "the server at {server} refused the token: {} (give another with --token, \
-                     EBB_TOKEN, --token-file or a context)",
-                    crate::cli::describe_status(&status)
-                );
+    let args = Arc::new(args);
+    let simulation = Arc::new(simulation);
+    let mut running = tokio::task::JoinSet::new();
+    let mut claimed = 0u64;
+    // Whether the server answers ClaimRuns; an older one gets one ClaimRun per free slot.
+    let mut batches = parallel > 1;
+    let outcome = loop {
+        if shutdown.is_cancelled() || (args.max_runs > 0 && claimed >= args.max_runs) {
+            break Ok(());
+        }
+        while running.try_join_next().is_some() {}
+        if running.len() >= parallel {
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                _ = running.join_next() => continue,
             }
-            Err(status)
-                if status.code() == tonic::Code::InvalidArgument
-                    || status.code() == tonic::Code::NotFound =>
-            {
-                anyhow::bail!(
-                    "claiming runs was refused: {}",
-                    crate::cli::describe_status(&status)
-                );
+        }
+        let mut want = parallel - running.len();
+        if args.max_runs > 0 {
+            want = want.min(usize::try_from(args.max_runs - claimed).unwrap_or(usize::MAX));
+        }
+        let claim = tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            r = take(&mut client, &args, want, batches) => r,
+        };
+        let runs = match claim {
+            Ok(runs) => runs,
+            Err(status) if batches && status.code() == tonic::Code::Unimplemented => {
+                tracing::warn!(server = %server, "the server cannot claim several runs per call; claiming one at a time");
+                batches = false;
+                continue;
             }
             Err(status) => {
+                if let Some(refusal) = refused(&server, &status) {
+                    break Err(refusal);
+                }
                 tracing::warn!(server = %server, error = %status.message(), "claiming a run failed; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        let Some(run) = claim.run else { continue };
-        let lease = claim
-            .lease_duration
-            .map(|d| Duration::from_secs(d.seconds.max(1) as u64))
-            .unwrap_or(Duration::from_secs(60));
-        tracing::info!(run_id = %run.id, workspace_id = %run.workspace_id, destroy = run.is_destroy, "run claimed");
-        execute(
-            &mut client,
-            &args,
-            simulation.as_ref(),
-            &run,
-            &claim.lease_token,
-            lease,
-            &shutdown,
-        )
-        .await;
-        done += 1;
+        for (run, token, lease) in runs {
+            claimed += 1;
+            tracing::info!(run_id = %run.id, workspace_id = %run.workspace_id, destroy = run.is_destroy, "run claimed");
+            let (client, args, simulation, shutdown) = (
+                client.clone(),
+                args.clone(),
+                simulation.clone(),
+                shutdown.clone(),
+            );
+            running.spawn(async move {
+                execute(
+                    client,
+                    &args,
+                    simulation.as_ref().as_ref(),
+                    &run,
+                    &token,
+                    lease,
+                    &shutdown,
+                )
+                .await;
+            });
+        }
+    };
+    // Runs already claimed are carried out to the end, on shutdown too.
+    while running.join_next().await.is_some() {}
+    outcome
+}
+
+/// Claims up to `want` runs: by ClaimRuns when `batches`, else by one ClaimRun. Each run comes
+/// with its lease token and how long the lease lasts.
+async fn take(
+    client: &mut RunnerServiceClient<TracedChannel>,
+    args: &RunnerArgs,
+    want: usize,
+    batches: bool,
+) -> Result<Vec<(pb::Run, String, Duration)>, tonic::Status> {
+    let wait = Some(to_duration(args.claim_wait.as_millis() as i64));
+    let lease = |d: Option<prost_types::Duration>| {
+        d.map(|d| Duration::from_secs(d.seconds.max(1) as u64))
+            .unwrap_or(Duration::from_secs(60))
+    };
+    if batches {
+        let resp = client
+            .claim_runs(pb::ClaimRunsRequest {
+                organization_id: args.organization.clone(),
+                runner_id: args.runner_id.clone(),
+                wait,
+                max_runs: i32::try_from(want).unwrap_or(i32::MAX),
+            })
+            .await?
+            .into_inner();
+        let lease = lease(resp.lease_duration);
+        return Ok(resp
+            .claims
+            .into_iter()
+            .filter_map(|c| Some((c.run?, c.lease_token, lease)))
+            .collect());
     }
-    Ok(())
+    let resp = client
+        .claim_run(pb::ClaimRunRequest {
+            organization_id: args.organization.clone(),
+            runner_id: args.runner_id.clone(),
+            wait,
+        })
+        .await?
+        .into_inner();
+    let lease = lease(resp.lease_duration);
+    Ok(resp
+        .run
+        .map(|run| (run, resp.lease_token, lease))
+        .into_iter()
+        .collect())
+}
+
+/// Why the server refused claims for good (a bad token or a bad request), if it did.
+fn refused(server: &str, status: &tonic::Status) -> Option<anyhow::Error> {
+    match status.code() {
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => Some(anyhow::anyhow!(
+            "the server at {server} refused the token: {} (give another with --token, \
+             EBB_TOKEN, --token-file or a context)",
+            crate::cli::describe_status(status)
+        )),
+        tonic::Code::InvalidArgument | tonic::Code::NotFound => Some(anyhow::anyhow!(
+            "claiming runs was refused: {}",
+            crate::cli::describe_status(status)
+        )),
+        _ => None,
+    }
 }
 
 struct Ending {
@@ -216,7 +301,7 @@ struct Ending {
 }
 
 async fn execute(
-    client: &mut RunnerServiceClient<TracedChannel>,
+    mut client: RunnerServiceClient<TracedChannel>,
     args: &RunnerArgs,
     simulation: Option<&Simulation>,
     run: &pb::Run,

@@ -16,49 +16,86 @@ fn transient(code: Code) -> bool {
 }
 
 /// Claims runs of `org` as runner `name` and reports each a success at once, counting them in
-/// `completed`, until `stop`; transient failures are retried as `ebb runner` retries them.
+/// `completed`, until `stop`; transient failures are retried as `ebb runner` retries them. With
+/// `per_claim` above 1 it claims up to that many runs per call (ClaimRuns) and completes them
+/// side by side, as `ebb runner --parallel` does.
 pub async fn instant_runner(
     mut client: RunnerServiceClient<Channel>,
     org: String,
     name: String,
+    per_claim: usize,
     stop: Arc<AtomicBool>,
     completed: Arc<AtomicUsize>,
 ) {
+    let wait = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 200_000_000,
+    });
     while !stop.load(Ordering::Relaxed) {
-        let claimed = client
-            .claim_run(pb::ClaimRunRequest {
-                organization_id: org.clone(),
-                runner_id: name.clone(),
-                wait: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 200_000_000,
-                }),
-            })
-            .await;
-        let claim = match claimed {
-            Ok(c) => c.into_inner(),
+        let claimed: Result<Vec<(pb::Run, String)>, tonic::Status> = if per_claim > 1 {
+            client
+                .claim_runs(pb::ClaimRunsRequest {
+                    organization_id: org.clone(),
+                    runner_id: name.clone(),
+                    wait,
+                    max_runs: per_claim as i32,
+                })
+                .await
+                .map(|c| {
+                    c.into_inner()
+                        .claims
+                        .into_iter()
+                        .map(|c| (c.run.expect("a claimed run"), c.lease_token))
+                        .collect()
+                })
+        } else {
+            client
+                .claim_run(pb::ClaimRunRequest {
+                    organization_id: org.clone(),
+                    runner_id: name.clone(),
+                    wait,
+                })
+                .await
+                .map(|c| {
+                    let c = c.into_inner();
+                    c.run.map(|r| (r, c.lease_token)).into_iter().collect()
+                })
+        };
+        let runs = match claimed {
+            Ok(runs) => runs,
             Err(s) if transient(s.code()) => continue,
             Err(s) => panic!("claim: {s}"),
         };
-        let Some(run) = claim.run else { continue };
-        loop {
-            let done = client
-                .complete_run(pb::CompleteRunRequest {
-                    run_id: run.id.clone(),
-                    lease_token: claim.lease_token.clone(),
-                    outcome: pb::RunOutcome::Succeeded as i32,
-                    request_id: format!("complete-{}-{}", run.id, run.attempt),
-                    ..Default::default()
-                })
-                .await;
-            match done {
-                Ok(_) => break,
-                Err(s) if transient(s.code()) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(s) => panic!("complete {}: {s}", run.id),
-            }
+        let n = runs.len();
+        let mut completing = tokio::task::JoinSet::new();
+        for (run, token) in runs {
+            completing.spawn(complete(client.clone(), run, token));
         }
-        completed.fetch_add(1, Ordering::Relaxed);
+        while let Some(done) = completing.join_next().await {
+            done.expect("completing a run");
+        }
+        completed.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Reports `run` a success under `token`, retrying transient failures.
+async fn complete(mut client: RunnerServiceClient<Channel>, run: pb::Run, token: String) {
+    loop {
+        let done = client
+            .complete_run(pb::CompleteRunRequest {
+                run_id: run.id.clone(),
+                lease_token: token.clone(),
+                outcome: pb::RunOutcome::Succeeded as i32,
+                request_id: format!("complete-{}-{}", run.id, run.attempt),
+                ..Default::default()
+            })
+            .await;
+        match done {
+            Ok(_) => return,
+            Err(s) if transient(s.code()) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(s) => panic!("complete {}: {s}", run.id),
+        }
     }
 }

@@ -15,6 +15,7 @@ use crate::core::Call;
 use crate::core::Lifecycle;
 use crate::finish;
 use crate::finish::Completion;
+use crate::runs::RunRow;
 use crate::runs::lease;
 use crate::tenancy::orgs;
 
@@ -39,29 +40,95 @@ impl RunnerApi {
         i64::try_from(self.core.config.run_lease_ttl.as_millis()).unwrap_or(60_000)
     }
 
+    /// One attempt: up to `max` runs claimed in their own transaction (one statement for one).
     async fn try_claim(
         &self,
         org: &str,
         runner: &str,
         actor: &Actor,
-    ) -> Result<Option<pb::ClaimRunResponse>> {
+        max: u32,
+    ) -> Result<Vec<(RunRow, String)>> {
         let txn = self.core.begin().await?;
-        let claim = lease::claim_run(&txn, org, runner, self.lease_ms(), self.core.now());
-        let claimed = actor::acting(actor.clone(), claim).await?;
+        let (lease_ms, now) = (self.lease_ms(), self.core.now());
+        let claimed = actor::acting(actor.clone(), async {
+            if max == 1 {
+                let one = lease::claim_run(&txn, org, runner, lease_ms, now).await?;
+                Ok(one.into_iter().collect())
+            } else {
+                lease::claim_runs(&txn, org, runner, max, lease_ms, now).await
+            }
+        })
+        .await?;
         txn.commit().await?;
-        Ok(claimed.map(|(run, token)| pb::ClaimRunResponse {
-            run: Some(convert::run(&run)),
-            lease_token: token,
-            lease_duration: Some(to_duration(self.lease_ms())),
-        }))
+        Ok(claimed)
+    }
+
+    /// Claims up to `max` runs, waiting up to `wait` for the first: empty when none came.
+    async fn claim(
+        &self,
+        org: &str,
+        runner: &str,
+        actor: &Actor,
+        wait: Duration,
+        max: u32,
+    ) -> Result<Vec<(RunRow, String)>> {
+        let until = tokio::time::Instant::now() + wait;
+        let mut known = false;
+        loop {
+            let notified = self.core.runs_queued.notified();
+            let claimed = self.try_claim(org, runner, actor, max).await?;
+            if !claimed.is_empty() {
+                return Ok(claimed);
+            }
+            if !known {
+                // Refuse an unknown organization instead of waiting on it. A claim that found
+                // a run needs no such look-up: the run names its organization.
+                orgs::get_org(&self.core.db.conn, org).await?;
+                known = true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return Ok(Vec::new());
+            }
+            let nap = CLAIM_POLL.min(until - now);
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
     }
 }
+
+/// The most runs one ClaimRuns call takes.
+pub const MAX_RUNS_PER_CLAIM: i32 = 100;
 
 fn runner_id(v: &mut Violations, value: &str) -> String {
     if value.is_empty() || value.len() > 200 || ebb_common::text::has_hidden_or_control(value) {
         v.add("runner_id", "must be 1-200 printable characters");
     }
     value.to_owned()
+}
+
+/// A claim's long-poll `wait`: refused rather than clamped above [`MAX_CLAIM_WAIT`] (a runner
+/// asking for more than it can get has a bug worth hearing about).
+fn wait(v: &mut Violations, value: Option<&prost_types::Duration>) -> Duration {
+    let Some(d) = value else {
+        return Duration::ZERO;
+    };
+    match from_duration(d) {
+        Ok(ms) if Duration::from_millis(ms as u64) > MAX_CLAIM_WAIT => {
+            v.add(
+                "wait",
+                format!("must be at most {}s", MAX_CLAIM_WAIT.as_secs()),
+            );
+            Duration::ZERO
+        }
+        Ok(ms) => Duration::from_millis(ms as u64),
+        Err(e) => {
+            v.add("wait", e);
+            Duration::ZERO
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -75,49 +142,45 @@ impl RunnerService for RunnerApi {
         let mut v = Violations::new();
         let org = check::id(&mut v, "organization_id", &req.organization_id);
         let runner = runner_id(&mut v, &req.runner_id);
-        let wait = match &req.wait {
-            None => Duration::ZERO,
-            Some(d) => match from_duration(d) {
-                // Refused rather than clamped: a runner asking for more than it can get has
-                // a bug worth hearing about.
-                Ok(ms) if Duration::from_millis(ms as u64) > MAX_CLAIM_WAIT => {
-                    v.add(
-                        "wait",
-                        format!("must be at most {}s", MAX_CLAIM_WAIT.as_secs()),
-                    );
-                    Duration::ZERO
-                }
-                Ok(ms) => Duration::from_millis(ms as u64),
-                Err(e) => {
-                    v.add("wait", e);
-                    Duration::ZERO
-                }
-            },
-        };
+        let wait = wait(&mut v, req.wait.as_ref());
         v.finish()?;
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut known = false;
-        loop {
-            let notified = self.core.runs_queued.notified();
-            if let Some(resp) = self.try_claim(&org, &runner, &actor).await? {
-                return Ok(Response::new(resp));
-            }
-            if !known {
-                // Refuse an unknown organization instead of waiting on it. A claim that found
-                // a run needs no such look-up: the run names its organization.
-                orgs::get_org(&self.core.db.conn, &org).await?;
-                known = true;
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(Response::new(pb::ClaimRunResponse::default()));
-            }
-            let nap = CLAIM_POLL.min(deadline - now);
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep(nap) => {}
-            }
+        let claimed = self.claim(&org, &runner, &actor, wait, 1).await?;
+        Ok(Response::new(match claimed.into_iter().next() {
+            Some((run, token)) => pb::ClaimRunResponse {
+                run: Some(convert::run(&run)),
+                lease_token: token,
+                lease_duration: Some(to_duration(self.lease_ms())),
+            },
+            None => pb::ClaimRunResponse::default(),
+        }))
+    }
+
+    async fn claim_runs(
+        &self,
+        request: Request<pb::ClaimRunsRequest>,
+    ) -> std::result::Result<Response<pb::ClaimRunsResponse>, Status> {
+        let actor = Actor::runner(&request, &request.get_ref().runner_id, "");
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let org = check::id(&mut v, "organization_id", &req.organization_id);
+        let runner = runner_id(&mut v, &req.runner_id);
+        let wait = wait(&mut v, req.wait.as_ref());
+        if !(1..=MAX_RUNS_PER_CLAIM).contains(&req.max_runs) {
+            v.add("max_runs", format!("must be 1-{MAX_RUNS_PER_CLAIM}"));
         }
+        v.finish()?;
+        let max = req.max_runs.unsigned_abs();
+        let claimed = self.claim(&org, &runner, &actor, wait, max).await?;
+        Ok(Response::new(pb::ClaimRunsResponse {
+            claims: claimed
+                .into_iter()
+                .map(|(run, token)| pb::ClaimedRun {
+                    run: Some(convert::run(&run)),
+                    lease_token: token,
+                })
+                .collect(),
+            lease_duration: Some(to_duration(self.lease_ms())),
+        }))
     }
 
     async fn heartbeat_run(

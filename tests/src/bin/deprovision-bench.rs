@@ -9,9 +9,11 @@
 //! ```
 //!
 //! `EBB_BENCH_CASCADES` (default 3) sets how many runner cascades are timed,
-//! `EBB_BENCH_RUNNERS` (default 8) how many runners claim concurrently, and
-//! `EBB_BENCH_TIMEOUT_SECS` (default 300) how long one cascade may take before the bench gives
-//! up on it.
+//! `EBB_BENCH_RUNNERS` (default 8) how many runners claim concurrently,
+//! `EBB_BENCH_PER_CLAIM` (default `1,16`) how many runs each runner claims per call — each
+//! number a series of cascades: 1 claims with ClaimRun, more with ClaimRuns and completes
+//! them side by side — and `EBB_BENCH_TIMEOUT_SECS` (default 300) how long one cascade may
+//! take before the bench gives up on it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -180,6 +182,7 @@ async fn runner_cascade(
     org: &str,
     graph: &Graph,
     runners: usize,
+    per_claim: usize,
     timeout: Duration,
 ) -> Timed {
     let mut dep = cluster.deprovision().await;
@@ -191,6 +194,7 @@ async fn runner_cascade(
             cluster.runner().await,
             org.to_owned(),
             format!("bench-{i}"),
+            per_claim,
             stop.clone(),
             completed.clone(),
         )));
@@ -322,37 +326,51 @@ async fn main() {
     );
 
     // Cascades torn down by runners: each entity a workspace, each step a destroy run.
-    let mut first_waves = Vec::new();
-    let mut wholes = Vec::new();
-    for i in 0..cascades {
-        let graph = seed_graph(&sql, &f.org.id, Some(&f.project.id)).await;
-        let timed = runner_cascade(&cluster, &sql, &f.org.id, &graph, runners, timeout).await;
-        println!(
-            "runner cascade {}: trigger → first wave ({} destroy run(s)) queued {:.0} ms; whole cascade \
-             ({} steps, {} runs completed by {runners} instant runners, grace 0) {:.2} s = {:.0} steps/s, status {}",
-            i + 1,
-            timed.first_wave_runs,
-            timed.first_wave.as_secs_f64() * 1000.0,
-            graph.entities,
-            timed.completed,
-            timed.whole.as_secs_f64(),
-            graph.entities as f64 / timed.whole.as_secs_f64(),
-            timed.status
-        );
-        assert_eq!(
-            timed.status, "succeeded",
-            "the cascade ends within the timeout"
-        );
-        first_waves.push(timed.first_wave);
-        wholes.push(timed.whole);
-    }
-    if !wholes.is_empty() {
-        let n = wholes.len();
-        println!(
-            "runner cascades: median trigger → first wave queued {:.0} ms, median whole cascade {:.2} s ({} runs)",
-            median(first_waves),
-            median(wholes) / 1000.0,
-            n
-        );
+    let per_claims: Vec<usize> = std::env::var("EBB_BENCH_PER_CLAIM")
+        .unwrap_or_else(|_| "1,16".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("EBB_BENCH_PER_CLAIM: numbers 1-100")
+        })
+        .collect();
+    for per_claim in per_claims {
+        let mut first_waves = Vec::new();
+        let mut wholes = Vec::new();
+        for i in 0..cascades {
+            let graph = seed_graph(&sql, &f.org.id, Some(&f.project.id)).await;
+            let timed = runner_cascade(
+                &cluster, &sql, &f.org.id, &graph, runners, per_claim, timeout,
+            )
+            .await;
+            println!(
+                "runner cascade {} ({per_claim} per claim): trigger → first wave ({} destroy run(s)) queued {:.0} ms; \
+                 whole cascade ({} steps, {} runs completed by {runners} instant runners, grace 0) {:.2} s = {:.0} steps/s, status {}",
+                i + 1,
+                timed.first_wave_runs,
+                timed.first_wave.as_secs_f64() * 1000.0,
+                graph.entities,
+                timed.completed,
+                timed.whole.as_secs_f64(),
+                graph.entities as f64 / timed.whole.as_secs_f64(),
+                timed.status
+            );
+            assert_eq!(
+                timed.status, "succeeded",
+                "the cascade ends within the timeout"
+            );
+            first_waves.push(timed.first_wave);
+            wholes.push(timed.whole);
+        }
+        if !wholes.is_empty() {
+            let n = wholes.len();
+            println!(
+                "runner cascades, {per_claim} per claim: median trigger → first wave queued {:.0} ms, median whole cascade {:.2} s ({} runs)",
+                median(first_waves),
+                median(wholes) / 1000.0,
+                n
+            );
+        }
     }
 }

@@ -101,7 +101,8 @@ async fn number(sql: &DatabaseConnection, query: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn six_runners_tear_down_a_wide_tree_each_parent_after_its_dependents_and_once() {
+async fn six_runners_tear_down_a_wide_tree_each_parent_after_its_dependents_and_once_claiming_one_or_several_runs_at_a_time()
+ {
     let cluster = Cluster::start(0).await;
     let (mut api, mut dep) = (cluster.api().await, cluster.deprovision().await);
     let (org, tenant, workspaces) = tree(&mut api, &mut dep).await;
@@ -112,6 +113,8 @@ async fn six_runners_tear_down_a_wide_tree_each_parent_after_its_dependents_and_
             cluster.runner().await,
             org.clone(),
             format!("runner-{i}"),
+            // Half of them claim several runs per call.
+            if i % 2 == 0 { 1 } else { 4 },
             stop.clone(),
             Arc::new(AtomicUsize::new(0)),
         )));

@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod auto_destroy;
 mod cascades;
+mod claims;
 mod cli;
 mod cli_contexts;
 mod cli_names;

@@ -1,0 +1,292 @@
+//! Runners that take several runs per call: `ClaimRuns`, and `ebb runner --parallel`, which
+//! fills its free slots with it.
+
+use std::time::Duration;
+
+use ebb_tests::Process;
+use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, secs};
+use ebb_tests::proto::lifecycle::v1 as pb;
+use sea_orm::{FromQueryResult, Statement};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+fn violations(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// Queues a destroy run on each of `n` new workspaces of `project`, oldest first.
+async fn queue_runs(
+    api: &mut ebb_tests::proto::lifecycle::v1::lifecycle_service_client::LifecycleServiceClient<
+        ebb_tests::Channel,
+    >,
+    project: &str,
+    prefix: &str,
+    n: usize,
+) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let ws = create_workspace(api, project, &format!("{prefix}-{i}")).await;
+        let run = api
+            .create_run(pb::CreateRunRequest {
+                workspace_id: ws.id,
+                is_destroy: true,
+                auto_apply: true,
+                ..Default::default()
+            })
+            .await
+            .expect("queue a run")
+            .into_inner()
+            .run
+            .expect("the run");
+        ids.push(run.id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn claim_runs_takes_the_oldest_runs_at_once_each_under_a_lease_of_its_own() {
+    let cluster = Cluster::start(0).await;
+    let mut api = cluster.api().await;
+    let f = fixture(&mut api, None, "first").await;
+    let queued = queue_runs(&mut api, &f.project.id, "batch", 5).await;
+    let mut runner = cluster.runner().await;
+    let claim = |max_runs: i32| pb::ClaimRunsRequest {
+        organization_id: f.org.id.clone(),
+        runner_id: "batch-runner".into(),
+        wait: None,
+        max_runs,
+    };
+
+    // Three of five, oldest first, then the other two, then none.
+    let first = runner
+        .claim_runs(claim(3))
+        .await
+        .expect("claim three")
+        .into_inner();
+    assert!(first.lease_duration.is_some());
+    let runs: Vec<&pb::Run> = first.claims.iter().filter_map(|c| c.run.as_ref()).collect();
+    let ids: Vec<&str> = runs.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        queued[..3].iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    for run in &runs {
+        assert_eq!(run.status, pb::RunStatus::Running as i32);
+        assert_eq!(run.runner_id, "batch-runner");
+        assert_eq!(run.attempt, 1);
+    }
+    let tokens: std::collections::HashSet<&str> = first
+        .claims
+        .iter()
+        .map(|c| c.lease_token.as_str())
+        .collect();
+    assert_eq!(tokens.len(), 3, "a token of its own per run");
+    assert!(!tokens.contains(""));
+    let rest = runner
+        .claim_runs(claim(10))
+        .await
+        .expect("claim the rest")
+        .into_inner();
+    let rest_ids: Vec<String> = rest
+        .claims
+        .iter()
+        .filter_map(|c| c.run.as_ref().map(|r| r.id.clone()))
+        .collect();
+    assert_eq!(rest_ids, queued[3..].to_vec());
+    let none = runner
+        .claim_runs(claim(10))
+        .await
+        .expect("nothing left")
+        .into_inner();
+    assert!(none.claims.is_empty());
+
+    // Each token fences its own run only.
+    let (a, b) = (&first.claims[0], &first.claims[1]);
+    let (run_a, run_b) = (a.run.as_ref().expect("a"), b.run.as_ref().expect("b"));
+    let err = runner
+        .heartbeat_run(pb::HeartbeatRunRequest {
+            run_id: run_a.id.clone(),
+            lease_token: b.lease_token.clone(),
+        })
+        .await
+        .expect_err("another run's token");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    runner
+        .heartbeat_run(pb::HeartbeatRunRequest {
+            run_id: run_a.id.clone(),
+            lease_token: a.lease_token.clone(),
+        })
+        .await
+        .expect("its own token");
+    let err = runner
+        .complete_run(pb::CompleteRunRequest {
+            run_id: run_b.id.clone(),
+            lease_token: a.lease_token.clone(),
+            outcome: pb::RunOutcome::Succeeded as i32,
+            request_id: "wrong-token".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("completing with another run's token");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let done = runner
+        .complete_run(pb::CompleteRunRequest {
+            run_id: run_a.id.clone(),
+            lease_token: a.lease_token.clone(),
+            outcome: pb::RunOutcome::Succeeded as i32,
+            request_id: "right-token".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("completing with its token")
+        .into_inner()
+        .run
+        .expect("run");
+    assert_eq!(done.status, pb::RunStatus::Succeeded as i32);
+    let sql = cluster.lifecycle_sql().await;
+    #[derive(FromQueryResult)]
+    struct Status {
+        status: String,
+    }
+    let b_now = Status::find_by_statement(Statement::from_sql_and_values(
+        sql.get_database_backend(),
+        "SELECT status FROM runs WHERE id = $1",
+        [run_b.id.clone().into()],
+    ))
+    .one(&sql)
+    .await
+    .expect("read")
+    .expect("run b");
+    assert_eq!(
+        b_now.status, "running",
+        "a refused completion changes nothing"
+    );
+
+    // One claim event per run, naming the runner.
+    let claimed = events(&mut api, &f.org.id, "run.claimed").await;
+    assert_eq!(claimed.len(), 5);
+    assert!(claimed.iter().all(|e| e.actor == "runner:batch-runner"));
+
+    // Bad input names its field; an unknown organization is not waited on.
+    for (request, field) in [
+        (claim(0), "max_runs"),
+        (claim(101), "max_runs"),
+        (
+            pb::ClaimRunsRequest {
+                wait: Some(secs(61)),
+                ..claim(1)
+            },
+            "wait",
+        ),
+        (
+            pb::ClaimRunsRequest {
+                runner_id: String::new(),
+                ..claim(1)
+            },
+            "runner_id",
+        ),
+    ] {
+        let err = runner
+            .claim_runs(request)
+            .await
+            .expect_err("bad input is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(violations(&err), vec![field.to_owned()]);
+    }
+    let err = runner
+        .claim_runs(pb::ClaimRunsRequest {
+            organization_id: uuid::Uuid::new_v4().to_string(),
+            wait: Some(secs(5)),
+            ..claim(2)
+        })
+        .await
+        .expect_err("an unknown organization");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+#[tokio::test]
+async fn ebb_runner_carries_out_as_many_runs_side_by_side_as_it_is_told() {
+    let cluster = Cluster::start(0).await;
+    let mut api = cluster.api().await;
+    let f = fixture(&mut api, None, "first").await;
+    let queued = queue_runs(&mut api, &f.project.id, "side", 7).await;
+    // Three slots, runs of 1.5 s each, seven runs: 3 + 3 + 1.
+    let mut runner = Process::spawn_worker(
+        "ebb",
+        &[
+            "runner",
+            "--server",
+            &cluster.lifecycle.url(),
+            "--org",
+            &f.org.id,
+            "--runner-id",
+            "three-slots",
+            "--simulate",
+            "succeed",
+            "--simulate-duration",
+            "1500ms",
+            "--claim-wait",
+            "1s",
+            "--parallel",
+            "3",
+            "--max-runs",
+            "7",
+        ],
+        &[],
+        cluster.dbs.dir(),
+    )
+    .await
+    .expect("ebb runner");
+    let sql = cluster.lifecycle_sql().await;
+    #[derive(FromQueryResult, Debug)]
+    struct Span {
+        id: String,
+        claimed_at: i64,
+        finished_at: Option<i64>,
+        status: String,
+    }
+    let spans = eventually(Duration::from_secs(60), "every run finished", || {
+        let sql = &sql;
+        async move {
+            let spans = Span::find_by_statement(Statement::from_string(
+                sql.get_database_backend(),
+                "SELECT id, claimed_at, finished_at, status FROM runs WHERE runner_id = 'three-slots'",
+            ))
+            .all(sql)
+            .await
+            .expect("read runs");
+            (spans.len() == 7 && spans.iter().all(|s| s.finished_at.is_some())).then_some(spans)
+        }
+    })
+    .await;
+    let mut ids: Vec<&str> = spans.iter().map(|s| s.id.as_str()).collect();
+    ids.sort_unstable();
+    let mut expected: Vec<&str> = queued.iter().map(String::as_str).collect();
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "each run once");
+    assert!(spans.iter().all(|s| s.status == "succeeded"), "{spans:?}");
+    // The most runs under way at one moment: three, never more.
+    let most = spans
+        .iter()
+        .map(|s| {
+            spans
+                .iter()
+                .filter(|o| {
+                    o.claimed_at <= s.claimed_at && o.finished_at.unwrap_or(i64::MAX) > s.claimed_at
+                })
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert_eq!(most, 3, "three slots: {spans:?}");
+    // It stops by itself after --max-runs.
+    let status = runner
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the runner exits after --max-runs");
+    assert!(status.success(), "{status:?}");
+}
