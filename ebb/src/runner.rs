@@ -326,6 +326,8 @@ async fn execute(
     tokio::pin!(work);
     let mut beat = tokio::time::interval((lease / 3).max(Duration::from_millis(200)));
     beat.tick().await;
+    // Said once: a shutdown does not stop the run.
+    let mut draining = false;
     let ending = loop {
         tokio::select! {
             ending = &mut work => break Some(ending),
@@ -345,7 +347,8 @@ async fn execute(
                     Err(s) => tracing::warn!(run_id = %run.id, error = %s.message(), "heartbeat failed"),
                 }
             }
-            () = shutdown.cancelled(), if !stop.is_cancelled() => {
+            () = shutdown.cancelled(), if !draining && !stop.is_cancelled() => {
+                draining = true;
                 tracing::info!(run_id = %run.id, "shutting down: letting the run finish");
             }
         }

@@ -290,3 +290,88 @@ async fn ebb_runner_carries_out_as_many_runs_side_by_side_as_it_is_told() {
         .expect("the runner exits after --max-runs");
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test]
+async fn ebb_runner_finishes_the_runs_it_holds_on_sigterm_and_takes_no_more() {
+    let cluster = Cluster::start(0).await;
+    let mut api = cluster.api().await;
+    let f = fixture(&mut api, None, "first").await;
+    queue_runs(&mut api, &f.project.id, "drain", 4).await;
+    let mut runner = Process::spawn_worker(
+        "ebb",
+        &[
+            "runner",
+            "--server",
+            &cluster.lifecycle.url(),
+            "--org",
+            &f.org.id,
+            "--runner-id",
+            "draining",
+            "--simulate",
+            "succeed",
+            "--simulate-duration",
+            "2s",
+            "--claim-wait",
+            "1s",
+            "--parallel",
+            "2",
+        ],
+        &[],
+        cluster.dbs.dir(),
+    )
+    .await
+    .expect("ebb runner");
+    let sql = cluster.lifecycle_sql().await;
+    #[derive(FromQueryResult, Debug, PartialEq)]
+    struct Count {
+        status: String,
+        n: i64,
+    }
+    let count = || {
+        let sql = &sql;
+        async move {
+            Count::find_by_statement(Statement::from_string(
+                sql.get_database_backend(),
+                "SELECT status, count(*) AS n FROM runs GROUP BY status ORDER BY status",
+            ))
+            .all(sql)
+            .await
+            .expect("count runs")
+        }
+    };
+    eventually(Duration::from_secs(20), "two runs under way", || async {
+        count()
+            .await
+            .iter()
+            .any(|c| c.status == "running" && c.n == 2)
+            .then_some(())
+    })
+    .await;
+    runner.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = runner
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("the runner exits once its runs are done");
+    assert!(status.success(), "{status:?}");
+    let by_status = count().await;
+    assert_eq!(
+        by_status,
+        vec![
+            Count {
+                status: "queued".into(),
+                n: 2
+            },
+            Count {
+                status: "succeeded".into(),
+                n: 2
+            },
+        ],
+        "the two held runs finished; no more were taken"
+    );
+    let log = runner.log_text();
+    assert_eq!(
+        log.matches("shutting down: letting the run finish").count(),
+        2,
+        "said once per run: {log}"
+    );
+}
