@@ -5,7 +5,7 @@
 use ebb_common::db::Db;
 use ebb_common::metrics::{MetricsSource, age_seconds};
 use ebb_common::time::now_ms;
-use sea_orm::FromQueryResult;
+use sea_orm::{DatabaseBackend, FromQueryResult};
 
 /// Kinds of due items, with the query counting them and finding the oldest.
 const DUE: &[(&str, &str)] = &[
@@ -119,7 +119,22 @@ impl LifecycleMetrics {
     /// the sink's cursor; the oldest waiting event is the one right after each cursor. One
     /// query per sink keeps the plan small (a cross join with the lease table was estimated
     /// expensive enough for PostgreSQL to JIT-compile it, which took longer than the query).
+    /// On PostgreSQL, committed events not numbered yet (`events::outbox::number`) wait for
+    /// every sink too: counted once for each, by their partial index.
     async fn outbox(&self, now: i64) -> anyhow::Result<()> {
+        let unnumbered = if self.db.conn.get_database_backend() == DatabaseBackend::Postgres {
+            Backlog::find_by_statement(self.db.stmt(
+                "SELECT COUNT(*) AS backlog, MIN(created_at) AS oldest FROM outbox \
+                 WHERE org_seq IS NULL",
+                [],
+            ))
+            .one(&self.db.conn)
+            .await?
+        } else {
+            None
+        };
+        let (waiting, waiting_since) =
+            unnumbered.map_or((0, None), |u| (u.backlog.unwrap_or(0), u.oldest));
         for &sink in &self.sinks {
             let row = Backlog::find_by_statement(self.db.stmt(
                 "SELECT CAST(SUM(o.event_seq - COALESCE(c.last_org_seq, 0)) AS BIGINT) AS backlog, \
@@ -132,8 +147,12 @@ impl LifecycleMetrics {
             ))
             .one(&self.db.conn)
             .await?;
-            let backlog = row.as_ref().and_then(|r| r.backlog).unwrap_or(0);
-            let oldest = row.and_then(|r| r.oldest);
+            let backlog = row.as_ref().and_then(|r| r.backlog).unwrap_or(0) + waiting;
+            let oldest = row
+                .and_then(|r| r.oldest)
+                .into_iter()
+                .chain(waiting_since)
+                .min();
             metrics::gauge!("ebb_outbox_backlog", "sink" => sink).set(backlog as f64);
             metrics::gauge!("ebb_outbox_lag_seconds", "sink" => sink).set(age_seconds(oldest, now));
         }

@@ -11,7 +11,7 @@ use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::proto::scheduler::v1 as spb;
 use ebb_tests::proto::scheduler::v1::scheduler_service_client::SchedulerServiceClient;
 use ebb_tests::{Process, Scrape, TestDatabases, start_service};
-use sea_orm::{ConnectionTrait, Database, FromQueryResult};
+use sea_orm::{ConnectionTrait, Database, FromQueryResult, TransactionTrait};
 
 /// Whether `name` is a series Ebb serves (and documents): its own, the gRPC call series and
 /// the process collector's.
@@ -345,6 +345,73 @@ async fn gauges_follow_due_work_leases_and_the_outbox() {
             &[("task", "run_lease_rescue")],
         ) == Some(1.0))
         .then_some(())
+    })
+    .await;
+}
+
+/// On PostgreSQL a change's events are numbered after it commits. Events committed and not
+/// numbered yet (here numbering is held up by its lock) wait for every sink, and the sink's
+/// backlog and lag show them.
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set EBB_TEST_DATABASE_URL"]
+async fn events_waiting_to_be_numbered_count_in_the_outbox_backlog_on_postgres() {
+    let server = ebb_tests::require_postgres(
+        "events_waiting_to_be_numbered_count_in_the_outbox_backlog_on_postgres",
+    );
+    let mut dbs = TestDatabases::on(Some(server));
+    let audit = start_service("audit-svc", &mut dbs, &[]).await;
+    let cluster = Cluster::start_on(dbs, 0, &[("EBB_AUDIT_URL", audit.url())]).await;
+    let lifecycle = &cluster.lifecycle;
+    let mut api = cluster.api().await;
+    let f = fixture(&mut api, None, "w").await;
+    let backlog = |s: &Scrape| s.value("ebb_outbox_backlog", &[("sink", "audit")]);
+    eventually(Duration::from_secs(10), "everything relayed", || async {
+        (backlog(&scrape(lifecycle).await) == Some(0.0)).then_some(())
+    })
+    .await;
+
+    // Numbering waits for this transaction's lock (`events::outbox::number`).
+    let sql = cluster.lifecycle_sql().await;
+    let held = sql.begin().await.expect("begin");
+    let lock: i64 = 0x6562_625f_6f75_7462; // "ebb_outb", the numbering lock
+    held.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({lock})"))
+        .await
+        .expect("take the numbering lock");
+    for i in 0..3 {
+        ebb_tests::cluster::create_workspace(&mut api, &f.project.id, &format!("held-{i}")).await;
+    }
+    #[derive(FromQueryResult)]
+    struct Waiting {
+        n: i64,
+    }
+    let waiting = Waiting::find_by_statement(sea_orm::Statement::from_string(
+        sql.get_database_backend(),
+        "SELECT count(*) AS n FROM outbox WHERE org_seq IS NULL",
+    ))
+    .one(&sql)
+    .await
+    .expect("count")
+    .expect("a count")
+    .n;
+    assert!(
+        waiting >= 3,
+        "three changes' events wait unnumbered: {waiting}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the unnumbered events in the backlog",
+        || async {
+            let s = scrape(lifecycle).await;
+            (backlog(&s) == Some(waiting as f64)
+                && s.value("ebb_outbox_lag_seconds", &[("sink", "audit")]) > Some(0.0))
+            .then_some(())
+        },
+    )
+    .await;
+
+    held.rollback().await.expect("release the lock");
+    eventually(Duration::from_secs(10), "numbered and relayed", || async {
+        (backlog(&scrape(lifecycle).await) == Some(0.0)).then_some(())
     })
     .await;
 }
