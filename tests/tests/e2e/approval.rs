@@ -119,8 +119,20 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
         .runs;
     assert_eq!(listed.len(), 1);
 
-    // No runner takes it, and the database refuses to hand it to one.
+    // No runner takes it, one at a time or several, and the database refuses to hand it to
+    // one.
     assert!(claim(&mut runner, &org).await.is_none());
+    let several = runner
+        .claim_runs(pb::ClaimRunsRequest {
+            organization_id: org.clone(),
+            runner_id: "approval-test".into(),
+            wait: Some(secs(1)),
+            max_runs: 10,
+        })
+        .await
+        .expect("claim several")
+        .into_inner();
+    assert!(several.claims.is_empty(), "{several:?}");
     let sql = cluster.lifecycle_sql().await;
     let refused = sql
         .execute_unprepared(&format!(
