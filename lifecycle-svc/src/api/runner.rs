@@ -63,16 +63,10 @@ impl RunnerApi {
         Ok(claimed)
     }
 
-    /// Claims up to `max` runs, waiting up to `wait` for the first: empty when none came.
-    async fn claim(
-        &self,
-        org: &str,
-        runner: &str,
-        actor: &Actor,
-        wait: Duration,
-        max: u32,
-    ) -> Result<Vec<(RunRow, String)>> {
-        let until = tokio::time::Instant::now() + wait;
+    /// Claims up to `max` runs as `of` asks, waiting for the first: empty when none came.
+    async fn claim(&self, of: &ClaimOf, actor: &Actor, max: u32) -> Result<Vec<(RunRow, String)>> {
+        let (org, runner) = (of.organization_id.as_str(), of.runner_id.as_str());
+        let until = tokio::time::Instant::now() + of.wait;
         let mut known = false;
         loop {
             let notified = self.core.runs_queued.notified();
@@ -101,6 +95,27 @@ impl RunnerApi {
 
 /// The most runs one ClaimRuns call takes.
 pub const MAX_RUNS_PER_CLAIM: i32 = 100;
+
+/// What every claim names: whose runs, which runner, and how long to wait for the first.
+struct ClaimOf {
+    organization_id: String,
+    runner_id: String,
+    wait: Duration,
+}
+
+/// A claim's fields, checked into `v`.
+fn claim_of(
+    v: &mut Violations,
+    organization_id: &str,
+    runner: &str,
+    wait_for: Option<&prost_types::Duration>,
+) -> ClaimOf {
+    ClaimOf {
+        organization_id: check::id(v, "organization_id", organization_id),
+        runner_id: runner_id(v, runner),
+        wait: wait(v, wait_for),
+    }
+}
 
 fn runner_id(v: &mut Violations, value: &str) -> String {
     if value.is_empty() || value.len() > 200 || ebb_common::text::has_hidden_or_control(value) {
@@ -140,11 +155,14 @@ impl RunnerService for RunnerApi {
         let actor = Actor::runner(&request, &request.get_ref().runner_id, "");
         let req = request.into_inner();
         let mut v = Violations::new();
-        let org = check::id(&mut v, "organization_id", &req.organization_id);
-        let runner = runner_id(&mut v, &req.runner_id);
-        let wait = wait(&mut v, req.wait.as_ref());
+        let of = claim_of(
+            &mut v,
+            &req.organization_id,
+            &req.runner_id,
+            req.wait.as_ref(),
+        );
         v.finish()?;
-        let claimed = self.claim(&org, &runner, &actor, wait, 1).await?;
+        let claimed = self.claim(&of, &actor, 1).await?;
         Ok(Response::new(match claimed.into_iter().next() {
             Some((run, token)) => pb::ClaimRunResponse {
                 run: Some(convert::run(&run)),
@@ -162,15 +180,17 @@ impl RunnerService for RunnerApi {
         let actor = Actor::runner(&request, &request.get_ref().runner_id, "");
         let req = request.into_inner();
         let mut v = Violations::new();
-        let org = check::id(&mut v, "organization_id", &req.organization_id);
-        let runner = runner_id(&mut v, &req.runner_id);
-        let wait = wait(&mut v, req.wait.as_ref());
+        let of = claim_of(
+            &mut v,
+            &req.organization_id,
+            &req.runner_id,
+            req.wait.as_ref(),
+        );
         if !(1..=MAX_RUNS_PER_CLAIM).contains(&req.max_runs) {
             v.add("max_runs", format!("must be 1-{MAX_RUNS_PER_CLAIM}"));
         }
         v.finish()?;
-        let max = req.max_runs.unsigned_abs();
-        let claimed = self.claim(&org, &runner, &actor, wait, max).await?;
+        let claimed = self.claim(&of, &actor, req.max_runs.unsigned_abs()).await?;
         Ok(Response::new(pb::ClaimRunsResponse {
             claims: claimed
                 .into_iter()

@@ -3,20 +3,12 @@
 
 use std::time::Duration;
 
+use crate::support::violations;
 use ebb_tests::Process;
 use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, secs};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use sea_orm::{FromQueryResult, Statement};
 use tonic::Code;
-use tonic_types::StatusExt;
-
-fn violations(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
-}
 
 /// Queues a destroy run on each of `n` new workspaces of `project`, oldest first.
 async fn queue_runs(
@@ -45,6 +37,40 @@ async fn queue_runs(
         ids.push(run.id);
     }
     ids
+}
+
+/// Starts `ebb runner` as `runner_id` on `org`, simulating runs of `duration` that succeed,
+/// `parallel` at a time, with `extra` flags.
+async fn start_runner(
+    cluster: &Cluster,
+    org: &str,
+    runner_id: &str,
+    duration: &str,
+    parallel: u32,
+    extra: &[&str],
+) -> Process {
+    let (server, parallel) = (cluster.lifecycle.url(), parallel.to_string());
+    let mut args = vec![
+        "runner",
+        "--server",
+        &server,
+        "--org",
+        org,
+        "--runner-id",
+        runner_id,
+        "--simulate",
+        "succeed",
+        "--simulate-duration",
+        duration,
+        "--claim-wait",
+        "1s",
+        "--parallel",
+        &parallel,
+    ];
+    args.extend(extra);
+    Process::spawn_worker("ebb", &args, &[], cluster.dbs.dir())
+        .await
+        .expect("ebb runner")
 }
 
 #[tokio::test]
@@ -215,32 +241,15 @@ async fn ebb_runner_carries_out_as_many_runs_side_by_side_as_it_is_told() {
     let f = fixture(&mut api, None, "first").await;
     let queued = queue_runs(&mut api, &f.project.id, "side", 7).await;
     // Three slots, runs of 1.5 s each, seven runs: 3 + 3 + 1.
-    let mut runner = Process::spawn_worker(
-        "ebb",
-        &[
-            "runner",
-            "--server",
-            &cluster.lifecycle.url(),
-            "--org",
-            &f.org.id,
-            "--runner-id",
-            "three-slots",
-            "--simulate",
-            "succeed",
-            "--simulate-duration",
-            "1500ms",
-            "--claim-wait",
-            "1s",
-            "--parallel",
-            "3",
-            "--max-runs",
-            "7",
-        ],
-        &[],
-        cluster.dbs.dir(),
+    let mut runner = start_runner(
+        &cluster,
+        &f.org.id,
+        "three-slots",
+        "1500ms",
+        3,
+        &["--max-runs", "7"],
     )
-    .await
-    .expect("ebb runner");
+    .await;
     let sql = cluster.lifecycle_sql().await;
     #[derive(FromQueryResult, Debug)]
     struct Span {
@@ -297,30 +306,7 @@ async fn ebb_runner_finishes_the_runs_it_holds_on_sigterm_and_takes_no_more() {
     let mut api = cluster.api().await;
     let f = fixture(&mut api, None, "first").await;
     queue_runs(&mut api, &f.project.id, "drain", 4).await;
-    let mut runner = Process::spawn_worker(
-        "ebb",
-        &[
-            "runner",
-            "--server",
-            &cluster.lifecycle.url(),
-            "--org",
-            &f.org.id,
-            "--runner-id",
-            "draining",
-            "--simulate",
-            "succeed",
-            "--simulate-duration",
-            "2s",
-            "--claim-wait",
-            "1s",
-            "--parallel",
-            "2",
-        ],
-        &[],
-        cluster.dbs.dir(),
-    )
-    .await
-    .expect("ebb runner");
+    let mut runner = start_runner(&cluster, &f.org.id, "draining", "2s", 2, &[]).await;
     let sql = cluster.lifecycle_sql().await;
     #[derive(FromQueryResult, Debug, PartialEq)]
     struct Count {

@@ -8,14 +8,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{SmtpSink, read_request};
+use crate::support::{SmtpSink, read_request, violations};
 use ebb_tests::proto::notifier::v1 as pb;
 use ebb_tests::{Channel, Process, TestDatabases, require_postgres};
 use pb::notifier_service_client::NotifierServiceClient;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::Code;
-use tonic_types::StatusExt;
 
 // ---------------------------------------------------------------------------------------------
 // SHA-256, SHA-512 (FIPS 180-4), HMAC (RFC 2104) and base64 (RFC 4648), for checking signatures.
@@ -669,14 +668,6 @@ async fn attempts(c: &mut NotifierServiceClient<Channel>, id: &str) -> Vec<pb::D
     .expect("attempts")
     .into_inner()
     .attempts
-}
-
-fn violations(status: &tonic::Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
-        .unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -204,3 +204,13 @@ async fn smtp_session(
         write.write_all(reply).await?;
     }
 }
+
+/// The fields a refusal's `google.rpc.BadRequest` names, in order.
+pub fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default()
+}
