@@ -200,16 +200,31 @@ impl WorkspaceRow {
     /// Consumes every due time up to `now` that passed while the workspace could not be
     /// destroyed (`reason`: `protected`, `archived`), one `skipped` event each (AD-12): the
     /// one-shot cleared, the inactivity clock restarted, so nothing that passed fires later.
+    ///
+    /// A short inactivity period held for long comes due many times: past
+    /// [`SKIPPED_EVENTS`] due times, everything else up to `now` is consumed at once, the
+    /// inactivity clock restarting at `now`, with one last event that says so (`through`).
     pub fn consume_passed(&mut self, reason: &str, actor: &str, now: EpochMs) -> Vec<NewEvent> {
         let mut events = Vec::new();
-        // Bounded: each consumption moves the next due time past the one it consumed.
-        while events.len() < 16 {
+        loop {
             let mut held = self.timing();
             held.protected = true;
             held.archived = false;
             let Some(due) = held.held_due_at().filter(|d| *d <= now) else {
                 break;
             };
+            if events.len() == SKIPPED_EVENTS {
+                let mut event = self.consume_held(due, reason, actor);
+                let mut timing = self.timing();
+                timing.consume(now);
+                self.apply(&timing);
+                if let serde_json::Value::Object(data) = &mut event.data {
+                    data.insert("through".to_owned(), json!(rfc3339(now)));
+                }
+                events.push(event);
+                break;
+            }
+            // Each consumption moves the next due time past the one it consumed.
             events.push(self.consume_held(due, reason, actor));
         }
         events
@@ -238,6 +253,10 @@ impl WorkspaceRow {
         )
     }
 }
+
+/// How many due times that passed unfired are consumed one event each (see
+/// [`WorkspaceRow::consume_passed`]).
+pub const SKIPPED_EVENTS: usize = 16;
 
 /// An owner as event payloads carry it, or null for none.
 pub fn owner_json(email: &str, slack_user_id: &str) -> serde_json::Value {
