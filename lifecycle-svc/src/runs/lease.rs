@@ -1,11 +1,11 @@
 //! The runner protocol's leases: claim the oldest queued run with a lease token, extend it by
 //! heartbeat; every call after the claim is fenced by the token.
 
-use ebb_common::time::EpochMs;
-use ebb_common::{Error, Result};
 use std::collections::HashMap;
 
 use ebb_common::sql;
+use ebb_common::time::EpochMs;
+use ebb_common::{Error, Result};
 use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 use serde_json::json;
 

@@ -138,6 +138,10 @@ pub(super) enum Op {
     RunnerSucceeds,
     RunnerFails,
     RunnerVanishes,
+    /// A runner claims up to three runs in one call (`ClaimRuns`) and completes each.
+    RunnerTakesSeveral {
+        succeed: bool,
+    },
     LateCompletion {
         succeed: bool,
     },
@@ -261,6 +265,7 @@ pub(super) fn op_strategy() -> impl Strategy<Value = Op> {
         3 => Just(Op::RunnerSucceeds),
         2 => Just(Op::RunnerFails),
         1 => Just(Op::RunnerVanishes),
+        1 => any::<bool>().prop_map(|succeed| Op::RunnerTakesSeveral { succeed }),
         1 => any::<bool>().prop_map(|succeed| Op::LateCompletion { succeed }),
         1 => Just(Op::RescueLeases),
         1 => (0..4usize).prop_map(|pick| Op::Cancel { pick }),

@@ -290,6 +290,7 @@ impl World {
             Op::RunnerSucceeds => self.runner(Some(true)).await?,
             Op::RunnerFails => self.runner(Some(false)).await?,
             Op::RunnerVanishes => self.runner(None).await?,
+            Op::RunnerTakesSeveral { succeed } => self.runner_takes_several(succeed).await?,
             Op::LateCompletion { succeed } => {
                 if let Some((run, token)) = self.model.abandoned.pop_front() {
                     // The lease may have been lost meanwhile: then it is refused.
@@ -464,6 +465,27 @@ impl World {
                 refusal_is_failure("complete_run", self.complete(run.id, token, succeed).await?)?;
             }
             None => self.model.abandoned.push_back((run.id, token)),
+        }
+        Ok(())
+    }
+
+    /// A runner claims up to three of the oldest queued runs in one call and completes each.
+    async fn runner_takes_several(&mut self, succeed: bool) -> Result<(), String> {
+        let (org, now) = (self.org.clone(), self.model.now);
+        let claimant = Actor::Runner {
+            runner_id: "runner-2".into(),
+            run_id: String::new(),
+            token_id: "model-runner".into(),
+        };
+        let done = self
+            .txn(claimant, move |t| {
+                Box::pin(async move {
+                    lease::claim_runs(t, &org, "runner-2", 3, RUN_LEASE_MS, now).await
+                })
+            })
+            .await?;
+        for (run, token) in refusal_is_failure("claim_runs", done)? {
+            refusal_is_failure("complete_run", self.complete(run.id, token, succeed).await?)?;
         }
         Ok(())
     }

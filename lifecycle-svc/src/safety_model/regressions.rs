@@ -242,3 +242,55 @@ fn unapproved_destroys_never_run_and_approval_never_comes_by_itself() {
         ],
     );
 }
+
+/// DP-10 with a runner that takes several runs per claim: t0 and t1 run on a0; once t0's
+/// cascade keeps a0, t1's tears everything of t1 down, a0 last and once, whichever runs one
+/// claim hands over together.
+#[test]
+fn a_runner_taking_several_runs_at_once_keeps_the_shared_account_until_its_last_tenant() {
+    let deprovision = |tenant| Op::Deprovision {
+        tenant,
+        grace_hours: 0,
+        wrong_confirm: false,
+    };
+    replay(
+        Setup {
+            runs_on: [1, 1, 2],
+            ..defaults()
+        },
+        &[
+            deprovision(0),
+            Op::RunnerTakesSeveral { succeed: true },
+            deprovision(1),
+            Op::RunnerTakesSeveral { succeed: true },
+            Op::RunnerTakesSeveral { succeed: false },
+            Op::RunnerTakesSeveral { succeed: true },
+            Op::RunnerSucceeds,
+        ],
+    );
+}
+
+/// AD-12 over a long protection: a one-hour inactivity period held for three days comes due
+/// 72 times, and the one-shot that came due among them (day 1, 22:10) must be consumed too,
+/// not fired once protection is lifted. Consumption used to stop after 16 due times.
+#[test]
+fn a_long_protection_consumes_every_due_time_however_many_passed() {
+    replay(
+        Setup {
+            minimum_notice_hours: Some(6),
+            retry_limit: 0,
+            ..defaults()
+        },
+        &[
+            Op::ScheduleInactivity { ws: 0, hours: 1 },
+            Op::ScheduleAt {
+                ws: 0,
+                in_minutes: 1330,
+            },
+            Op::Protect { ws: 0, on: true },
+            Op::Advance { minutes: 4320 },
+            Op::Protect { ws: 0, on: false },
+            Op::Tick,
+        ],
+    );
+}
