@@ -40,13 +40,29 @@ struct Site {
     dir: PathBuf,
 }
 
+/// A port free now, below the range the system hands out for `127.0.0.1:0` and for the
+/// source ports of outgoing connections: the services start after it is picked, and a port
+/// from that range could be taken meanwhile by another test's server or client.
+fn unused_port(taken: &BTreeMap<&'static str, u16>) -> u16 {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    loop {
+        let port = rng.random_range(20_000..32_000);
+        if taken.values().any(|p| *p == port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 impl Site {
     async fn new(dbs: &mut TestDatabases) -> Self {
         let mut ports = BTreeMap::new();
         let mut databases = BTreeMap::new();
         for service in SERVICES {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            ports.insert(service, listener.local_addr().expect("addr").port());
+            ports.insert(service, unused_port(&ports));
             databases.insert(service, dbs.create(&format!("deploy_{service}")).await);
         }
         Self {
