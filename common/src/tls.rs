@@ -34,6 +34,9 @@ struct Files {
 pub struct ServerTls {
     paths: TlsConfig,
     current: Arc<RwLock<Arc<ServerConfig>>>,
+    /// The files `current` was first built from: what the watcher compares with, so a change
+    /// made between the load and the watcher's start is not taken for the loaded state.
+    loaded: Files,
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -56,6 +59,7 @@ impl ServerTls {
         Ok(Some(Self {
             paths: tls.clone(),
             current: Arc::new(RwLock::new(Arc::new(config))),
+            loaded: files,
         }))
     }
 
@@ -68,7 +72,7 @@ impl ServerTls {
     /// Reads the files every `interval` until `shutdown`, and swaps in the certificate they
     /// hold whenever they changed and load.
     pub async fn watch(self, interval: Duration, shutdown: CancellationToken) {
-        let mut seen = read_files(&self.paths).ok();
+        let mut seen = Some(self.loaded.clone());
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
