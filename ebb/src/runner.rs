@@ -172,11 +172,18 @@ async fn run(
         if shutdown.is_cancelled() || (args.max_runs > 0 && claimed >= args.max_runs) {
             break Ok(());
         }
-        while running.try_join_next().is_some() {}
+        while let Some(ended) = running.try_join_next() {
+            slot_freed(ended);
+        }
         if running.len() >= parallel {
             tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                _ = running.join_next() => continue,
+                ended = running.join_next() => {
+                    if let Some(ended) = ended {
+                        slot_freed(ended);
+                    }
+                    continue;
+                }
             }
         }
         let mut want = parallel - running.len();
@@ -227,8 +234,17 @@ async fn run(
         }
     };
     // Runs already claimed are carried out to the end, on shutdown too.
-    while running.join_next().await.is_some() {}
+    while let Some(ended) = running.join_next().await {
+        slot_freed(ended);
+    }
     outcome
+}
+
+/// A slot's run ended; a run whose task failed (it panicked) is logged, never lost silently.
+fn slot_freed(ended: Result<(), tokio::task::JoinError>) {
+    if let Err(e) = ended {
+        tracing::error!(error = %e, "a run's task ended abnormally; its lease expires and the run is rescued like any abandoned run");
+    }
 }
 
 /// Claims up to `want` runs: by ClaimRuns when `batches`, else by one ClaimRun. Each run comes
