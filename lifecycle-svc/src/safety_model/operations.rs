@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use ebb_common::Error;
 use serde_json::json;
 
-use crate::actor::{self, Actor};
+use crate::actor;
 use crate::approval;
 use crate::auto_destroy::{queue, reminders, settings};
 use crate::deprovision::{relationships, steps, trigger};
@@ -23,7 +23,7 @@ use super::case::{
 use super::model::newly_within_week;
 use super::policy_change::PolicyChange;
 use super::running::count;
-use super::world::{Applied, Done, World, admin, runner_token, scheduler, unexpected};
+use super::world::{Applied, Done, World, admin, claimant, runner_token, scheduler, unexpected};
 
 impl World {
     pub(super) async fn apply(
@@ -445,13 +445,8 @@ impl World {
     /// its lease (`None`).
     async fn runner(&mut self, succeed: Option<bool>) -> Result<(), String> {
         let (org, now) = (self.org.clone(), self.model.now);
-        let claimant = Actor::Runner {
-            runner_id: "runner-1".into(),
-            run_id: String::new(),
-            token_id: "model-runner".into(),
-        };
         let done = self
-            .txn(claimant, move |t| {
+            .txn(claimant("runner-1"), move |t| {
                 Box::pin(
                     async move { lease::claim_run(t, &org, "runner-1", RUN_LEASE_MS, now).await },
                 )
@@ -472,13 +467,8 @@ impl World {
     /// A runner claims up to three of the oldest queued runs in one call and completes each.
     async fn runner_takes_several(&mut self, succeed: bool) -> Result<(), String> {
         let (org, now) = (self.org.clone(), self.model.now);
-        let claimant = Actor::Runner {
-            runner_id: "runner-2".into(),
-            run_id: String::new(),
-            token_id: "model-runner".into(),
-        };
         let done = self
-            .txn(claimant, move |t| {
+            .txn(claimant("runner-2"), move |t| {
                 Box::pin(async move {
                     lease::claim_runs(t, &org, "runner-2", 3, RUN_LEASE_MS, now).await
                 })

@@ -111,6 +111,15 @@ pub(super) fn scheduler(task: &str, shard: i32) -> Actor {
     }
 }
 
+/// Runner `runner_id` claiming runs with the model's runner token.
+pub(super) fn claimant(runner_id: &str) -> Actor {
+    Actor::Runner {
+        runner_id: runner_id.into(),
+        run_id: String::new(),
+        token_id: "model-runner".into(),
+    }
+}
+
 /// A runner's token, completing a run through the API.
 pub(super) fn runner_token() -> Actor {
     Actor::Token {
