@@ -113,13 +113,16 @@ pub async fn claim_runs(
         values.extend([p.id.clone().into(), token.clone().into()]);
         tokens.insert(p.id.clone(), token);
     }
+    // The picked rows are this transaction's (locked above on PostgreSQL; SQLite's one writer
+    // is this transaction), so they are still queued: the update finds them by id alone. A
+    // condition on `status` here would let the planner read every queued run through the
+    // queue's partial index to join these few.
     let mut claimed_runs: Vec<RunRow> = query_all(
         conn,
         &format!(
             "WITH v (run_id, token) AS (VALUES {}) UPDATE runs SET status = 'running', runner_id = $1, \
              lease_token = v.token, lease_expires_at = $2, attempt = attempt + 1, claimed_at = $3, \
-             cancel_requested = FALSE FROM v WHERE runs.id = v.run_id AND runs.status = 'queued' \
-             RETURNING {RUN_COLUMNS}",
+             cancel_requested = FALSE FROM v WHERE runs.id = v.run_id RETURNING {RUN_COLUMNS}",
             rows.join(", "),
         ),
         values,
