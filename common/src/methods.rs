@@ -149,6 +149,7 @@ pub const ROLE_TABLE: &[(&str, Access)] = &[
     ("/ebb.lifecycle.v1.RunnerService/ClaimRuns", RUN),
     ("/ebb.lifecycle.v1.RunnerService/HeartbeatRun", RUN),
     ("/ebb.lifecycle.v1.RunnerService/CompleteRun", RUN),
+    ("/ebb.lifecycle.v1.RunnerService/CompleteRuns", RUN),
     // lifecycle: the scheduler's calls
     (
         "/ebb.lifecycle.v1.SchedulingService/FindDueWorkspaces",

@@ -2,9 +2,11 @@
 //! completion, a cancel, or an expired lease; the outcome then goes to auto-destroy (AD-7 – AD-9)
 //! or to the deprovisioning step the run carries out.
 
+use std::collections::HashMap;
+
 use ebb_common::time::EpochMs;
 use ebb_common::{Error, Result};
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, Value};
 use serde_json::json;
 
 use crate::actor::{self, Actor};
@@ -73,6 +75,27 @@ pub struct Completion {
     pub state_version_serial: Option<i64>,
 }
 
+/// The last [`MAX_OUTPUT_TAIL`] bytes of `tail`, cut at a character boundary.
+fn kept_tail(mut tail: String) -> String {
+    if tail.len() > MAX_OUTPUT_TAIL {
+        let mut cut = tail.len() - MAX_OUTPUT_TAIL;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_owned();
+    }
+    tail
+}
+
+/// What a run's status becomes, given whether it succeeded (`ok`, an SQL expression): its
+/// outcome, unless it failed after being asked to stop, which is its cancelation. Decided in
+/// the statement that ends the run, on the row it ends.
+fn finished_status(ok: &str) -> String {
+    format!(
+        "CASE WHEN {ok} THEN 'succeeded' WHEN cancel_requested THEN 'canceled' ELSE 'failed' END"
+    )
+}
+
 /// Completes a run under its lease and applies what it means for the workspace.
 pub async fn complete_run(
     conn: &impl ConnectionTrait,
@@ -82,23 +105,16 @@ pub async fn complete_run(
     now: EpochMs,
     policy: &Policy,
 ) -> Result<RunRow> {
-    let mut tail = completion.output_tail;
-    if tail.len() > MAX_OUTPUT_TAIL {
-        let mut cut = tail.len() - MAX_OUTPUT_TAIL;
-        while !tail.is_char_boundary(cut) {
-            cut += 1;
-        }
-        tail = tail[cut..].to_owned();
-    }
+    let mut completion = completion;
+    let tail = kept_tail(std::mem::take(&mut completion.output_tail));
     // The lease fences the update itself: a run not leased with this token is not changed.
-    // A failure of a run that was asked to stop is its cancelation.
     let finished: Option<RunRow> = query_one(
         conn,
         &format!(
-            "UPDATE runs SET status = CASE WHEN $1 THEN 'succeeded' WHEN cancel_requested THEN 'canceled' \
-             ELSE 'failed' END, exit_code = $2, output_tail = $3, finished_at = $4, \
+            "UPDATE runs SET status = {}, exit_code = $2, output_tail = $3, finished_at = $4, \
              lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
-             AND status = 'running' RETURNING {RUN_COLUMNS}"
+             AND status = 'running' RETURNING {RUN_COLUMNS}",
+            finished_status("$1")
         ),
         [
             completion.succeeded.into(),
@@ -115,31 +131,140 @@ pub async fn complete_run(
         fenced(conn, id, token).await?;
         return Err(Error::precondition(format!("run {id}: the lease was lost")));
     };
-    // The runner of the lease caused everything that follows (see `crate::actor`).
+    finished_by_runner(conn, run, &completion, now, policy).await
+}
+
+/// One completion of a [`complete_runs`] call.
+#[derive(Debug, Clone)]
+pub struct RunCompletion {
+    pub run_id: String,
+    pub lease_token: String,
+    pub completion: Completion,
+}
+
+/// Completes several runs, each under its own lease, all or none: one statement ends them all,
+/// then each run's consequences follow in the order given. A completion whose lease was lost
+/// (or whose run does not exist) fails the whole call, naming it; the caller's transaction is
+/// then rolled back. Run ids must be distinct.
+pub async fn complete_runs(
+    conn: &impl ConnectionTrait,
+    completions: &[RunCompletion],
+    now: EpochMs,
+    policy: &Policy,
+) -> Result<Vec<RunRow>> {
+    let mut values: Vec<Value> = vec![now.into()];
+    let mut rows = Vec::with_capacity(completions.len());
+    // Sorted by id: one order in which every call locks the runs it ends.
+    let mut ordered: Vec<&RunCompletion> = completions.iter().collect();
+    ordered.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+    for c in ordered {
+        let b = values.len();
+        rows.push(format!(
+            "(${}, ${}, ${}, ${}, ${})",
+            b + 1,
+            b + 2,
+            b + 3,
+            b + 4,
+            b + 5
+        ));
+        values.extend([
+            c.run_id.clone().into(),
+            c.lease_token.clone().into(),
+            c.completion.succeeded.into(),
+            c.completion.exit_code.into(),
+            kept_tail(c.completion.output_tail.clone()).into(),
+        ]);
+    }
+    let finished: Vec<RunRow> = query_all(
+        conn,
+        &format!(
+            "WITH v (run_id, token, ok, code, tail) AS (VALUES {}) UPDATE runs SET status = {}, \
+             exit_code = v.code, output_tail = v.tail, finished_at = $1, lease_token = NULL, \
+             lease_expires_at = NULL FROM v WHERE runs.id = v.run_id AND runs.lease_token = v.token \
+             AND runs.status = 'running' RETURNING {RUN_COLUMNS}",
+            rows.join(", "),
+            finished_status("v.ok")
+        ),
+        values,
+    )
+    .await?;
+    let mut by_id: HashMap<String, RunRow> =
+        finished.into_iter().map(|r| (r.id.clone(), r)).collect();
+    let mut ended = Vec::with_capacity(completions.len());
+    for (i, c) in completions.iter().enumerate() {
+        let Some(run) = by_id.remove(&c.run_id) else {
+            return Err(refused(conn, i, c).await);
+        };
+        ended.push(run);
+    }
+    let mut answered = Vec::with_capacity(ended.len());
+    for (run, c) in ended.into_iter().zip(completions) {
+        answered.push(finished_by_runner(conn, run, &c.completion, now, policy).await?);
+    }
+    Ok(answered)
+}
+
+/// Why completion `i` of a [`complete_runs`] call ended nothing.
+async fn refused(conn: &impl ConnectionTrait, i: usize, c: &RunCompletion) -> Error {
+    match fenced(conn, &c.run_id, &c.lease_token).await {
+        Err(Error::FailedPrecondition(p)) => Error::precondition(format!(
+            "completions[{i}]: {}; no run of this call was completed",
+            p.message
+        )),
+        Err(e) => e,
+        // Leased with this token and running, yet not ended by the statement above: only a
+        // concurrent change explains it.
+        Ok(_) => Error::Aborted(format!(
+            "completions[{i}]: run {} changed while it was being completed",
+            c.run_id
+        )),
+    }
+}
+
+/// The runner of `run`'s lease, with the token of the call that completes it: the actor of
+/// everything its end causes (see `crate::actor`).
+fn runner_of(run: &RunRow) -> Actor {
     let token_id = match actor::current() {
         Some(Actor::Token { token_id, .. }) => token_id,
         _ => String::new(),
     };
-    let runner = Actor::Runner {
+    Actor::Runner {
         runner_id: run.runner_id.clone(),
-        run_id: id.to_owned(),
+        run_id: run.id.clone(),
         token_id,
-    };
+    }
+}
+
+/// What a run its runner just ended means: the state version it applied, its workspace or
+/// step, and its event, all in the name of the runner of the lease (see `crate::actor`).
+async fn finished_by_runner(
+    conn: &impl ConnectionTrait,
+    run: RunRow,
+    completion: &Completion,
+    now: EpochMs,
+    policy: &Policy,
+) -> Result<RunRow> {
+    let runner = runner_of(&run);
+    let (succeeded, exit_code, serial) = (
+        completion.succeeded,
+        completion.exit_code,
+        completion.state_version_serial,
+    );
     actor::acting(runner, async move {
         let actor = format!("runner:{}", run.runner_id);
-        if let (Some(serial), true) = (completion.state_version_serial, completion.succeeded) {
+        if let (Some(serial), true) = (serial, succeeded) {
             state_versions::record_state_version(
                 conn,
                 &run.workspace_id,
                 serial,
-                Some(id),
+                Some(&run.id),
                 run.is_destroy,
                 &actor,
                 now,
             )
             .await?;
         }
-        finish_consequences(conn, &run, Some(completion.succeeded), &actor, now, policy).await?;
+        finish_consequences(conn, &run, Some(succeeded), &actor, now, policy).await?;
         let event = if run.status == RunStatus::Canceled {
             "run.canceled"
         } else {
@@ -151,12 +276,12 @@ pub async fn complete_run(
                 &run.organization_id,
                 event,
                 "run",
-                id,
+                &run.id,
                 &actor,
                 json!({
                     "workspace_id": run.workspace_id,
                     "status": run.status,
-                    "exit_code": completion.exit_code,
+                    "exit_code": exit_code,
                     "is_destroy": run.is_destroy,
                     "source": run.source,
                 }),

@@ -18,7 +18,8 @@ fn transient(code: Code) -> bool {
 /// Claims runs of `org` as runner `name` and reports each a success at once, counting them in
 /// `completed`, until `stop`; transient failures are retried as `ebb runner` retries them. With
 /// `per_claim` above 1 it claims up to that many runs per call (ClaimRuns) and completes them
-/// side by side, as `ebb runner --parallel` does.
+/// together in one CompleteRuns call, as `ebb runner --parallel` does with runs that end at
+/// once.
 pub async fn instant_runner(
     mut client: RunnerServiceClient<Channel>,
     org: String,
@@ -67,14 +68,40 @@ pub async fn instant_runner(
             Err(s) => panic!("claim: {s}"),
         };
         let n = runs.len();
-        let mut completing = tokio::task::JoinSet::new();
-        for (run, token) in runs {
-            completing.spawn(complete(client.clone(), run, token));
-        }
-        while let Some(done) = completing.join_next().await {
-            done.expect("completing a run");
+        match n {
+            0 => continue,
+            1 => {
+                let (run, token) = runs.into_iter().next().expect("one run");
+                complete(client.clone(), run, token).await;
+            }
+            _ => complete_all(client.clone(), runs).await,
         }
         completed.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Reports every run of `runs` a success in one CompleteRuns call, retrying transient failures.
+async fn complete_all(mut client: RunnerServiceClient<Channel>, runs: Vec<(pb::Run, String)>) {
+    let request = pb::CompleteRunsRequest {
+        request_id: format!("complete-{}-{}", runs[0].0.id, runs[0].0.attempt),
+        completions: runs
+            .iter()
+            .map(|(run, token)| pb::RunCompletion {
+                run_id: run.id.clone(),
+                lease_token: token.clone(),
+                outcome: pb::RunOutcome::Succeeded as i32,
+                ..Default::default()
+            })
+            .collect(),
+    };
+    loop {
+        match client.complete_runs(request.clone()).await {
+            Ok(_) => return,
+            Err(s) if transient(s.code()) => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(s) => panic!("complete {} runs: {s}", runs.len()),
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! `ebb.lifecycle.v1.RunnerService`: claim, heartbeat, complete — fenced by the lease token.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use ebb_common::error::Violations;
@@ -237,39 +238,19 @@ impl RunnerService for RunnerApi {
         let call = Call::of(&request, "CompleteRun");
         let req = request.into_inner();
         let mut v = Violations::new();
-        let id = check::id(&mut v, "run_id", &req.run_id);
-        if req.lease_token.is_empty() {
-            v.add("lease_token", "is required");
-        }
-        let succeeded = match pb::RunOutcome::try_from(req.outcome) {
-            Ok(pb::RunOutcome::Succeeded) => true,
-            Ok(pb::RunOutcome::Failed) => false,
-            _ => {
-                v.add(
-                    "outcome",
-                    "must be RUN_OUTCOME_SUCCEEDED or RUN_OUTCOME_FAILED",
-                );
-                false
-            }
-        };
-        if req.state_version_serial < 0 {
-            v.add("state_version_serial", "must not be negative");
-        }
-        if req.output_tail.len() > 1024 * 1024 {
-            v.add(
-                "output_tail",
-                "must be at most 1 MiB (only the last 16 KiB are kept)",
-            );
-        }
+        let (id, token, completion) = completion_of(
+            &mut v,
+            "",
+            pb::RunCompletion {
+                run_id: req.run_id.clone(),
+                lease_token: req.lease_token.clone(),
+                outcome: req.outcome,
+                exit_code: req.exit_code,
+                output_tail: req.output_tail.clone(),
+                state_version_serial: req.state_version_serial,
+            },
+        );
         v.finish()?;
-        let completion = Completion {
-            succeeded,
-            exit_code: req.exit_code,
-            output_tail: req.output_tail.clone(),
-            state_version_serial: (req.state_version_serial > 0)
-                .then_some(req.state_version_serial),
-        };
-        let token = req.lease_token.clone();
         let now = self.core.now();
         let policy = finish::Policy::of(&self.core);
         let resp = self
@@ -286,4 +267,97 @@ impl RunnerService for RunnerApi {
             .await?;
         Ok(Response::new(resp))
     }
+
+    async fn complete_runs(
+        &self,
+        request: Request<pb::CompleteRunsRequest>,
+    ) -> std::result::Result<Response<pb::CompleteRunsResponse>, Status> {
+        let call = Call::of(&request, "CompleteRuns");
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.completions.is_empty() || req.completions.len() > MAX_RUNS_PER_COMPLETION {
+            v.add(
+                "completions",
+                format!("must hold 1-{MAX_RUNS_PER_COMPLETION} completions"),
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut completions = Vec::with_capacity(req.completions.len());
+        for (i, c) in req.completions.iter().enumerate() {
+            let prefix = format!("completions[{i}].");
+            if !seen.insert(c.run_id.as_str()) {
+                v.add(
+                    format!("{prefix}run_id"),
+                    "names a run completed earlier in this call",
+                );
+            }
+            let (run_id, lease_token, completion) = completion_of(&mut v, &prefix, c.clone());
+            completions.push(finish::RunCompletion {
+                run_id,
+                lease_token,
+                completion,
+            });
+        }
+        v.finish()?;
+        let now = self.core.now();
+        let policy = finish::Policy::of(&self.core);
+        let resp = self
+            .core
+            .mutate(call, &req.request_id, &req, move |txn| {
+                Box::pin(async move {
+                    let runs = finish::complete_runs(txn, &completions, now, &policy).await?;
+                    Ok(pb::CompleteRunsResponse {
+                        runs: runs.iter().map(convert::run).collect(),
+                    })
+                })
+            })
+            .await?;
+        Ok(Response::new(resp))
+    }
+}
+
+/// The most runs one CompleteRuns call completes.
+pub const MAX_RUNS_PER_COMPLETION: usize = 100;
+
+/// A completion's fields, checked into `v` under `prefix` (`completions[i].` in a batch):
+/// the run, its lease token and how it ended.
+fn completion_of(
+    v: &mut Violations,
+    prefix: &str,
+    c: pb::RunCompletion,
+) -> (String, String, Completion) {
+    let id = check::id(v, &format!("{prefix}run_id"), &c.run_id);
+    if c.lease_token.is_empty() {
+        v.add(format!("{prefix}lease_token"), "is required");
+    }
+    let succeeded = match pb::RunOutcome::try_from(c.outcome) {
+        Ok(pb::RunOutcome::Succeeded) => true,
+        Ok(pb::RunOutcome::Failed) => false,
+        _ => {
+            v.add(
+                format!("{prefix}outcome"),
+                "must be RUN_OUTCOME_SUCCEEDED or RUN_OUTCOME_FAILED",
+            );
+            false
+        }
+    };
+    if c.state_version_serial < 0 {
+        v.add(
+            format!("{prefix}state_version_serial"),
+            "must not be negative",
+        );
+    }
+    if c.output_tail.len() > 1024 * 1024 {
+        v.add(
+            format!("{prefix}output_tail"),
+            "must be at most 1 MiB (only the last 16 KiB are kept)",
+        );
+    }
+    let completion = Completion {
+        succeeded,
+        exit_code: c.exit_code,
+        output_tail: c.output_tail,
+        state_version_serial: (c.state_version_serial > 0).then_some(c.state_version_serial),
+    };
+    (id, c.lease_token, completion)
 }

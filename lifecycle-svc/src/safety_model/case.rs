@@ -138,7 +138,8 @@ pub(super) enum Op {
     RunnerSucceeds,
     RunnerFails,
     RunnerVanishes,
-    /// A runner claims up to three runs in one call (`ClaimRuns`) and completes each.
+    /// A runner claims up to three runs in one call (`ClaimRuns`) and completes them all in
+    /// one (`CompleteRuns`).
     RunnerTakesSeveral {
         succeed: bool,
     },

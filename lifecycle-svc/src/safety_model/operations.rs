@@ -474,9 +474,26 @@ impl World {
                 })
             })
             .await?;
-        for (run, token) in refusal_is_failure("claim_runs", done)? {
-            refusal_is_failure("complete_run", self.complete(run.id, token, succeed).await?)?;
+        let claimed = refusal_is_failure("claim_runs", done)?;
+        if claimed.is_empty() {
+            return Ok(());
         }
+        // The runs ended together: one call completes them all, as `ebb runner` reports them.
+        let completions: Vec<finish::RunCompletion> = claimed
+            .into_iter()
+            .map(|(run, lease_token)| finish::RunCompletion {
+                run_id: run.id,
+                lease_token,
+                completion: ended(succeed),
+            })
+            .collect();
+        let policy = self.policy.clone();
+        let done = self
+            .txn(runner_token(), move |t| {
+                Box::pin(async move { finish::complete_runs(t, &completions, now, &policy).await })
+            })
+            .await?;
+        refusal_is_failure("complete_runs", done)?;
         Ok(())
     }
 
@@ -489,13 +506,7 @@ impl World {
         let (now, policy) = (self.model.now, self.policy.clone());
         self.txn(runner_token(), move |t| {
             Box::pin(async move {
-                let completion = Completion {
-                    succeeded: succeed,
-                    exit_code: if succeed { 0 } else { 1 },
-                    output_tail: String::new(),
-                    state_version_serial: None,
-                };
-                finish::complete_run(t, &run, &token, completion, now, &policy).await
+                finish::complete_run(t, &run, &token, ended(succeed), now, &policy).await
             })
         })
         .await
@@ -658,5 +669,15 @@ fn refusal_is_failure<T>(what: &str, done: Done<T>) -> Result<T, String> {
     match done {
         Done::Ok(v) => Ok(v),
         Done::Refused(e) => Err(format!("{what} refused: {e}")),
+    }
+}
+
+/// How a model runner's run ended: an instant success, or a failure with exit code 1.
+fn ended(succeed: bool) -> Completion {
+    Completion {
+        succeeded: succeed,
+        exit_code: if succeed { 0 } else { 1 },
+        output_tail: String::new(),
+        state_version_serial: None,
     }
 }

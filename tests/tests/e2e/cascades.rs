@@ -8,10 +8,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::deprovision::{Api, Dep, action_run, apply_catalog, claim, complete};
+use crate::support::number;
 use ebb_tests::cluster::{Cluster, create_workspace, fixture};
 use ebb_tests::proto::lifecycle::v1 as pb;
 use ebb_tests::runners::instant_runner;
-use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, TransactionTrait};
 
 /// A tenant on 3 app stacks, each on 3 network stacks, each on 2 accounts: 31 entities, each
 /// materialized by a workspace of its own. Returns the organization, the tenant and every
@@ -89,15 +90,6 @@ async fn ended(dep: &mut Dep, id: &str) -> i32 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     status
-}
-
-async fn number(sql: &DatabaseConnection, query: &str) -> i64 {
-    sql.query_one_raw(Statement::from_string(sql.get_database_backend(), query))
-        .await
-        .expect("query")
-        .expect("a row")
-        .try_get_by_index::<i64>(0)
-        .expect("a number")
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::violations;
+use crate::support::{number, violations};
 use ebb_tests::Process;
 use ebb_tests::cluster::{Cluster, create_workspace, events, eventually, fixture, secs};
 use ebb_tests::proto::lifecycle::v1 as pb;
@@ -360,4 +360,170 @@ async fn ebb_runner_finishes_the_runs_it_holds_on_sigterm_and_takes_no_more() {
         2,
         "said once per run: {log}"
     );
+}
+
+#[tokio::test]
+async fn complete_runs_ends_several_runs_in_one_call_all_or_none() {
+    let cluster = Cluster::start(0).await;
+    let mut api = cluster.api().await;
+    let f = fixture(&mut api, None, "first").await;
+    queue_runs(&mut api, &f.project.id, "together", 4).await;
+    let mut runner = cluster.runner().await;
+    let claims = runner
+        .claim_runs(pb::ClaimRunsRequest {
+            organization_id: f.org.id.clone(),
+            runner_id: "batch-runner".into(),
+            wait: None,
+            max_runs: 4,
+        })
+        .await
+        .expect("claim four")
+        .into_inner()
+        .claims;
+    assert_eq!(claims.len(), 4);
+    let run = |i: usize| claims[i].run.clone().expect("run");
+    let done = |i: usize, outcome: pb::RunOutcome| pb::RunCompletion {
+        run_id: run(i).id,
+        lease_token: claims[i].lease_token.clone(),
+        outcome: outcome as i32,
+        ..Default::default()
+    };
+    let sql = cluster.lifecycle_sql().await;
+    let running = || number(&sql, "SELECT count(*) FROM runs WHERE status = 'running'");
+
+    // One lost lease refuses the whole call, naming the completion; nothing is completed.
+    let err = runner
+        .complete_runs(pb::CompleteRunsRequest {
+            request_id: "wrong-token".into(),
+            completions: vec![
+                done(0, pb::RunOutcome::Succeeded),
+                pb::RunCompletion {
+                    lease_token: claims[2].lease_token.clone(),
+                    ..done(1, pb::RunOutcome::Succeeded)
+                },
+            ],
+        })
+        .await
+        .expect_err("another run's token");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("completions[1]"), "{err:?}");
+    assert!(err.message().contains(&run(1).id), "{err:?}");
+    assert_eq!(running().await, 4, "a refused call changes nothing");
+
+    // Three at once, answered in the order asked, each with its own outcome.
+    let request = pb::CompleteRunsRequest {
+        request_id: "three".into(),
+        completions: vec![
+            done(2, pb::RunOutcome::Succeeded),
+            pb::RunCompletion {
+                exit_code: 3,
+                output_tail: "boom\n".into(),
+                ..done(0, pb::RunOutcome::Failed)
+            },
+            done(1, pb::RunOutcome::Succeeded),
+        ],
+    };
+    let ended = runner
+        .complete_runs(request.clone())
+        .await
+        .expect("complete three")
+        .into_inner()
+        .runs;
+    let seen: Vec<(String, i32, i32)> = ended
+        .iter()
+        .map(|r| (r.id.clone(), r.status, r.exit_code))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (run(2).id, pb::RunStatus::Succeeded as i32, 0),
+            (run(0).id, pb::RunStatus::Failed as i32, 3),
+            (run(1).id, pb::RunStatus::Succeeded as i32, 0),
+        ]
+    );
+    assert_eq!(ended[1].output_tail, "boom\n");
+    assert_eq!(running().await, 1);
+    // The same request again answers the same and changes nothing.
+    let again = runner
+        .complete_runs(request)
+        .await
+        .expect("the same request again")
+        .into_inner()
+        .runs;
+    assert_eq!(again, ended);
+    let completed = events(&mut api, &f.org.id, "run.completed").await;
+    assert_eq!(completed.len(), 3, "one event per run, once");
+    assert!(completed.iter().all(|e| e.actor == "runner:batch-runner"));
+    // A run completed by the call cannot be completed again.
+    let err = runner
+        .complete_runs(pb::CompleteRunsRequest {
+            request_id: "late".into(),
+            completions: vec![
+                done(3, pb::RunOutcome::Succeeded),
+                done(2, pb::RunOutcome::Succeeded),
+            ],
+        })
+        .await
+        .expect_err("a completed run");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("completions[1]"), "{err:?}");
+    assert_eq!(running().await, 1, "the fourth stays running");
+
+    // Bad input names its field.
+    let unknown = |i: usize| pb::RunCompletion {
+        run_id: uuid::Uuid::new_v4().to_string(),
+        lease_token: format!("token-{i}"),
+        outcome: pb::RunOutcome::Succeeded as i32,
+        ..Default::default()
+    };
+    for (completions, field) in [
+        (vec![], "completions"),
+        ((0..101).map(unknown).collect(), "completions"),
+        (
+            vec![
+                done(3, pb::RunOutcome::Succeeded),
+                done(3, pb::RunOutcome::Failed),
+            ],
+            "completions[1].run_id",
+        ),
+        (
+            vec![pb::RunCompletion {
+                outcome: 0,
+                ..done(3, pb::RunOutcome::Succeeded)
+            }],
+            "completions[0].outcome",
+        ),
+        (
+            vec![
+                unknown(0),
+                pb::RunCompletion {
+                    lease_token: String::new(),
+                    ..done(3, pb::RunOutcome::Succeeded)
+                },
+            ],
+            "completions[1].lease_token",
+        ),
+    ] {
+        let err = runner
+            .complete_runs(pb::CompleteRunsRequest {
+                request_id: String::new(),
+                completions,
+            })
+            .await
+            .expect_err("bad input is refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(violations(&err), vec![field.to_owned()]);
+    }
+    // An unknown run is not found, by its id.
+    let ghost = unknown(7);
+    let err = runner
+        .complete_runs(pb::CompleteRunsRequest {
+            request_id: String::new(),
+            completions: vec![done(3, pb::RunOutcome::Succeeded), ghost.clone()],
+        })
+        .await
+        .expect_err("an unknown run");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    assert!(err.message().contains(&ghost.run_id), "{err:?}");
+    assert_eq!(running().await, 1);
 }

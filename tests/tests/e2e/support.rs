@@ -214,3 +214,17 @@ pub fn violations(status: &tonic::Status) -> Vec<String> {
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
 }
+
+/// The one number `query` answers, read from `sql`.
+pub async fn number(sql: &sea_orm::DatabaseConnection, query: &str) -> i64 {
+    use sea_orm::ConnectionTrait;
+    sql.query_one_raw(sea_orm::Statement::from_string(
+        sql.get_database_backend(),
+        query,
+    ))
+    .await
+    .expect("query")
+    .expect("a row")
+    .try_get_by_index::<i64>(0)
+    .expect("a number")
+}
