@@ -292,6 +292,25 @@ async fn ebb_runner_carries_out_as_many_runs_side_by_side_as_it_is_told() {
         .max()
         .unwrap_or(0);
     assert_eq!(most, 3, "three slots: {spans:?}");
+    // Runs that ended together were completed together: fewer calls than runs.
+    let scrape = cluster
+        .lifecycle
+        .scrape()
+        .await
+        .expect("scrape lifecycle-svc");
+    let calls = |method: &str| {
+        scrape
+            .value(
+                "grpc_server_handled_total",
+                &[("grpc_method", method), ("grpc_code", "OK")],
+            )
+            .unwrap_or(0.0)
+    };
+    let (one, several) = (calls("CompleteRun"), calls("CompleteRuns"));
+    assert!(
+        several >= 1.0 && one + several < 7.0,
+        "{one} CompleteRun and {several} CompleteRuns calls for seven runs"
+    );
     // It stops by itself after --max-runs.
     let status = runner
         .wait_exit(Duration::from_secs(10))

@@ -14,6 +14,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+mod reports;
+use reports::Reporter;
+
 /// Bytes of output kept for the report.
 const TAIL_BYTES: usize = 16 * 1024;
 
@@ -62,7 +65,8 @@ pub struct RunnerArgs {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub claim_wait: Duration,
     /// How many runs to carry out side by side (1-100). Free slots are filled by one claim
-    /// (ClaimRuns), each run then heartbeated and completed on its own.
+    /// (ClaimRuns), each run then heartbeated on its own; runs that end together are
+    /// completed in one call (CompleteRuns).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub parallel: u16,
 }
@@ -165,6 +169,8 @@ async fn run(
     let args = Arc::new(args);
     let simulation = Arc::new(simulation);
     let mut running = tokio::task::JoinSet::new();
+    // Runs side by side may end together: their completions are then reported in one call.
+    let reporter = Reporter::new(client.clone(), parallel > 1);
     let mut claimed = 0u64;
     // Whether the server answers ClaimRuns; an older one gets one ClaimRun per free slot.
     let mut batches = parallel > 1;
@@ -213,8 +219,9 @@ async fn run(
         for (run, token, lease) in runs {
             claimed += 1;
             tracing::info!(run_id = %run.id, workspace_id = %run.workspace_id, destroy = run.is_destroy, "run claimed");
-            let (client, args, simulation, shutdown) = (
+            let (client, reporter, args, simulation, shutdown) = (
                 client.clone(),
+                reporter.clone(),
                 args.clone(),
                 simulation.clone(),
                 shutdown.clone(),
@@ -222,6 +229,7 @@ async fn run(
             running.spawn(async move {
                 execute(
                     client,
+                    &reporter,
                     &args,
                     simulation.as_ref().as_ref(),
                     &run,
@@ -316,8 +324,10 @@ struct Ending {
     serial: i64,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     mut client: RunnerServiceClient<TracedChannel>,
+    reporter: &Reporter,
     args: &RunnerArgs,
     simulation: Option<&Simulation>,
     run: &pb::Run,
@@ -384,25 +394,12 @@ async fn execute(
         output_tail: ending.tail,
         state_version_serial: ending.serial,
     };
-    for attempt in 0..5 {
-        match client.complete_run(request.clone()).await {
-            Ok(_) => {
-                tracing::info!(run_id = %run.id, succeeded = ending.succeeded, exit_code = ending.exit_code, "run completed");
-                return;
-            }
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::DeadlineExceeded
-                ) =>
-            {
-                tracing::warn!(run_id = %run.id, error = %s.message(), attempt, "completing the run failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-            }
-            Err(s) => {
-                tracing::error!(run_id = %run.id, error = %s.message(), "completing the run was refused");
-                return;
-            }
+    match reporter.complete(request).await {
+        Ok(()) => {
+            tracing::info!(run_id = %run.id, succeeded = ending.succeeded, exit_code = ending.exit_code, "run completed");
+        }
+        Err(s) => {
+            tracing::error!(run_id = %run.id, error = %s.message(), "completing the run failed; its lease expires and the run is rescued like any abandoned run");
         }
     }
 }
