@@ -158,15 +158,7 @@ pub async fn complete_runs(
     let mut ordered: Vec<&RunCompletion> = completions.iter().collect();
     ordered.sort_by(|a, b| a.run_id.cmp(&b.run_id));
     for c in ordered {
-        let b = values.len();
-        rows.push(format!(
-            "(${}, ${}, ${}, ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5
-        ));
+        rows.push(format!("({})", sql::placeholders(values.len() + 1, 5)));
         values.extend([
             c.run_id.clone().into(),
             c.lease_token.clone().into(),
