@@ -72,7 +72,7 @@ impl ServerTls {
     /// Reads the files every `interval` until `shutdown`, and swaps in the certificate they
     /// hold whenever they changed and load.
     pub async fn watch(self, interval: Duration, shutdown: CancellationToken) {
-        let mut seen = Some(self.loaded.clone());
+        let mut seen = Some(self.loaded);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,

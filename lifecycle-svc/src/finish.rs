@@ -20,7 +20,7 @@ use crate::runs::RunSource;
 use crate::runs::RunStatus;
 use crate::runs::lease::{MAX_OUTPUT_TAIL, fenced};
 use crate::runs::{RUN_COLUMNS, RunRow};
-use crate::store::{exec, query_all, query_one};
+use crate::store::{exec, query_all};
 use crate::workspaces::state_versions;
 use ebb_common::sql;
 
@@ -76,24 +76,12 @@ pub struct Completion {
 }
 
 /// The last [`MAX_OUTPUT_TAIL`] bytes of `tail`, cut at a character boundary.
-fn kept_tail(mut tail: String) -> String {
-    if tail.len() > MAX_OUTPUT_TAIL {
-        let mut cut = tail.len() - MAX_OUTPUT_TAIL;
-        while !tail.is_char_boundary(cut) {
-            cut += 1;
-        }
-        tail = tail[cut..].to_owned();
+fn kept_tail(tail: &str) -> &str {
+    let mut cut = tail.len().saturating_sub(MAX_OUTPUT_TAIL);
+    while !tail.is_char_boundary(cut) {
+        cut += 1;
     }
-    tail
-}
-
-/// What a run's status becomes, given whether it succeeded (`ok`, an SQL expression): its
-/// outcome, unless it failed after being asked to stop, which is its cancelation. Decided in
-/// the statement that ends the run, on the row it ends.
-fn finished_status(ok: &str) -> String {
-    format!(
-        "CASE WHEN {ok} THEN 'succeeded' WHEN cancel_requested THEN 'canceled' ELSE 'failed' END"
-    )
+    &tail[cut..]
 }
 
 /// Completes a run under its lease and applies what it means for the workspace.
@@ -105,33 +93,13 @@ pub async fn complete_run(
     now: EpochMs,
     policy: &Policy,
 ) -> Result<RunRow> {
-    let mut completion = completion;
-    let tail = kept_tail(std::mem::take(&mut completion.output_tail));
-    // The lease fences the update itself: a run not leased with this token is not changed.
-    let finished: Option<RunRow> = query_one(
-        conn,
-        &format!(
-            "UPDATE runs SET status = {}, exit_code = $2, output_tail = $3, finished_at = $4, \
-             lease_token = NULL, lease_expires_at = NULL WHERE id = $5 AND lease_token = $6 \
-             AND status = 'running' RETURNING {RUN_COLUMNS}",
-            finished_status("$1")
-        ),
-        [
-            completion.succeeded.into(),
-            completion.exit_code.into(),
-            tail.into(),
-            now.into(),
-            id.into(),
-            token.into(),
-        ],
-    )
-    .await?;
-    let Some(run) = finished else {
-        // Says why: no such run, or not (any more) leased with this token.
-        fenced(conn, id, token).await?;
-        return Err(Error::precondition(format!("run {id}: the lease was lost")));
-    };
-    finished_by_runner(conn, run, &completion, now, policy).await
+    let one = [RunCompletion {
+        run_id: id.to_owned(),
+        lease_token: token.to_owned(),
+        completion,
+    }];
+    let mut ended = end_runs(conn, &one, now, policy, |_, e| e).await?;
+    Ok(ended.remove(0))
 }
 
 /// One completion of a [`complete_runs`] call.
@@ -142,15 +110,34 @@ pub struct RunCompletion {
     pub completion: Completion,
 }
 
-/// Completes several runs, each under its own lease, all or none: one statement ends them all,
-/// then each run's consequences follow in the order given. A completion whose lease was lost
-/// (or whose run does not exist) fails the whole call, naming it; the caller's transaction is
-/// then rolled back. Run ids must be distinct.
+/// Completes several runs, each under its own lease, all or none. A completion whose lease
+/// was lost (or whose run does not exist) fails the whole call, naming it; the caller's
+/// transaction is then rolled back. Run ids must be distinct.
 pub async fn complete_runs(
     conn: &impl ConnectionTrait,
     completions: &[RunCompletion],
     now: EpochMs,
     policy: &Policy,
+) -> Result<Vec<RunRow>> {
+    end_runs(conn, completions, now, policy, |i, e| match e {
+        Error::FailedPrecondition(p) => Error::precondition(format!(
+            "completions[{i}]: {}; no run of this call was completed",
+            p.message
+        )),
+        e => e,
+    })
+    .await
+}
+
+/// Ends `completions`' runs in one statement, fenced each by its own lease, then applies each
+/// run's consequences in the order given. The first completion that ended nothing fails the
+/// call with why (`refusal` names it: its index and the reason).
+async fn end_runs(
+    conn: &impl ConnectionTrait,
+    completions: &[RunCompletion],
+    now: EpochMs,
+    policy: &Policy,
+    refusal: impl Fn(usize, Error) -> Error,
 ) -> Result<Vec<RunRow>> {
     let mut values: Vec<Value> = vec![now.into()];
     let mut rows = Vec::with_capacity(completions.len());
@@ -164,18 +151,20 @@ pub async fn complete_runs(
             c.lease_token.clone().into(),
             c.completion.succeeded.into(),
             c.completion.exit_code.into(),
-            kept_tail(c.completion.output_tail.clone()).into(),
+            kept_tail(&c.completion.output_tail).into(),
         ]);
     }
+    // The lease fences the update itself: a run not leased with the token given is not
+    // changed. A failure of a run that was asked to stop is its cancelation.
     let finished: Vec<RunRow> = query_all(
         conn,
         &format!(
-            "WITH v (run_id, token, ok, code, tail) AS (VALUES {}) UPDATE runs SET status = {}, \
-             exit_code = v.code, output_tail = v.tail, finished_at = $1, lease_token = NULL, \
-             lease_expires_at = NULL FROM v WHERE runs.id = v.run_id AND runs.lease_token = v.token \
-             AND runs.status = 'running' RETURNING {RUN_COLUMNS}",
+            "WITH v (run_id, token, ok, code, tail) AS (VALUES {}) UPDATE runs SET \
+             status = CASE WHEN v.ok THEN 'succeeded' WHEN cancel_requested THEN 'canceled' \
+             ELSE 'failed' END, exit_code = v.code, output_tail = v.tail, finished_at = $1, \
+             lease_token = NULL, lease_expires_at = NULL FROM v WHERE runs.id = v.run_id \
+             AND runs.lease_token = v.token AND runs.status = 'running' RETURNING {RUN_COLUMNS}",
             rows.join(", "),
-            finished_status("v.ok")
         ),
         values,
     )
@@ -185,7 +174,7 @@ pub async fn complete_runs(
     let mut ended = Vec::with_capacity(completions.len());
     for (i, c) in completions.iter().enumerate() {
         let Some(run) = by_id.remove(&c.run_id) else {
-            return Err(refused(conn, i, c).await);
+            return Err(refusal(i, why_not_ended(conn, c).await));
         };
         ended.push(run);
     }
@@ -196,18 +185,14 @@ pub async fn complete_runs(
     Ok(answered)
 }
 
-/// Why completion `i` of a [`complete_runs`] call ended nothing.
-async fn refused(conn: &impl ConnectionTrait, i: usize, c: &RunCompletion) -> Error {
+/// Why a completion ended nothing: no such run, or not (any more) leased with its token.
+async fn why_not_ended(conn: &impl ConnectionTrait, c: &RunCompletion) -> Error {
     match fenced(conn, &c.run_id, &c.lease_token).await {
-        Err(Error::FailedPrecondition(p)) => Error::precondition(format!(
-            "completions[{i}]: {}; no run of this call was completed",
-            p.message
-        )),
         Err(e) => e,
-        // Leased with this token and running, yet not ended by the statement above: only a
+        // Leased with this token and running, yet not ended by the statement: only a
         // concurrent change explains it.
         Ok(_) => Error::Aborted(format!(
-            "completions[{i}]: run {} changed while it was being completed",
+            "run {} changed while it was being completed",
             c.run_id
         )),
     }

@@ -8,6 +8,20 @@ pub mod lifecycle {
     }
 }
 
+/// The completion a CompleteRun request reports, as one entry of a CompleteRuns request.
+impl From<&lifecycle::v1::CompleteRunRequest> for lifecycle::v1::RunCompletion {
+    fn from(r: &lifecycle::v1::CompleteRunRequest) -> Self {
+        Self {
+            run_id: r.run_id.clone(),
+            lease_token: r.lease_token.clone(),
+            outcome: r.outcome,
+            exit_code: r.exit_code,
+            output_tail: r.output_tail.clone(),
+            state_version_serial: r.state_version_serial,
+        }
+    }
+}
+
 /// `ebb.scheduler.v1`
 pub mod scheduler {
     pub mod v1 {

@@ -166,11 +166,15 @@ async fn run(
             String::new()
         }
     );
-    let args = Arc::new(args);
-    let simulation = Arc::new(simulation);
+    let shared = Arc::new(Shared {
+        // Runs side by side may end together: their completions are then reported in one call.
+        reporter: Reporter::new(client.clone(), parallel > 1),
+        args,
+        simulation,
+        shutdown: shutdown.clone(),
+    });
+    let args = &shared.args;
     let mut running = tokio::task::JoinSet::new();
-    // Runs side by side may end together: their completions are then reported in one call.
-    let reporter = Reporter::new(client.clone(), parallel > 1);
     let mut claimed = 0u64;
     // Whether the server answers ClaimRuns; an older one gets one ClaimRun per free slot.
     let mut batches = parallel > 1;
@@ -198,7 +202,7 @@ async fn run(
         }
         let claim = tokio::select! {
             () = shutdown.cancelled() => break Ok(()),
-            r = take(&mut client, &args, want, batches) => r,
+            r = take(&mut client, args, want, batches) => r,
         };
         let runs = match claim {
             Ok(runs) => runs,
@@ -219,25 +223,9 @@ async fn run(
         for (run, token, lease) in runs {
             claimed += 1;
             tracing::info!(run_id = %run.id, workspace_id = %run.workspace_id, destroy = run.is_destroy, "run claimed");
-            let (client, reporter, args, simulation, shutdown) = (
-                client.clone(),
-                reporter.clone(),
-                args.clone(),
-                simulation.clone(),
-                shutdown.clone(),
-            );
+            let (client, shared) = (client.clone(), shared.clone());
             running.spawn(async move {
-                execute(
-                    client,
-                    &reporter,
-                    &args,
-                    simulation.as_ref().as_ref(),
-                    &run,
-                    &token,
-                    lease,
-                    &shutdown,
-                )
-                .await;
+                execute(client, &shared, &run, &token, lease).await;
             });
         }
     };
@@ -324,17 +312,27 @@ struct Ending {
     serial: i64,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every run's task shares.
+struct Shared {
+    args: RunnerArgs,
+    simulation: Option<Simulation>,
+    reporter: Reporter,
+    shutdown: CancellationToken,
+}
+
 async fn execute(
     mut client: RunnerServiceClient<TracedChannel>,
-    reporter: &Reporter,
-    args: &RunnerArgs,
-    simulation: Option<&Simulation>,
+    shared: &Shared,
     run: &pb::Run,
     token: &str,
     lease: Duration,
-    shutdown: &CancellationToken,
 ) {
+    let Shared {
+        args,
+        simulation,
+        reporter,
+        shutdown,
+    } = shared;
     let stop = CancellationToken::new();
     let work = async {
         match simulation {

@@ -26,7 +26,7 @@ pub struct Reporter {
 }
 
 /// A completion waiting to be reported, and who waits for the answer.
-pub struct Pending {
+struct Pending {
     request: pb::CompleteRunRequest,
     answer: oneshot::Sender<Result<(), tonic::Status>>,
 }
@@ -64,29 +64,38 @@ fn transient(status: &tonic::Status) -> bool {
     )
 }
 
-/// Pauses before attempt `attempt + 1` of a report.
-async fn back_off(attempt: u32) {
-    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-}
-
-/// CompleteRun for one run, retrying transient failures with the same request id (so a
-/// completion whose answer was lost is answered again, not refused).
-async fn complete_one(
-    mut client: Client,
-    request: pb::CompleteRunRequest,
-) -> Result<(), tonic::Status> {
+/// Sends a report with `send` until it is answered or refused, retrying transient failures
+/// (the same request each time, so a report whose answer was lost is answered from the
+/// server's record of it, not refused) up to [`ATTEMPTS`] times with a doubling pause.
+async fn retrying<F, Fut>(what: &str, mut send: F) -> Result<(), tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
     let mut attempt = 0;
     loop {
-        match client.complete_run(request.clone()).await {
-            Ok(_) => return Ok(()),
+        match send().await {
             Err(s) if transient(&s) && attempt + 1 < ATTEMPTS => {
-                tracing::warn!(run_id = %request.run_id, error = %s.message(), attempt, "completing the run failed; retrying");
-                back_off(attempt).await;
+                tracing::warn!(what, error = %s.message(), attempt, "a report failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
                 attempt += 1;
             }
-            Err(s) => return Err(s),
+            answered => return answered,
         }
     }
+}
+
+/// CompleteRun for one run.
+async fn complete_one(
+    client: Client,
+    request: pb::CompleteRunRequest,
+) -> Result<(), tonic::Status> {
+    let what = format!("completing run {}", request.run_id);
+    retrying(&what, || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.complete_run(request).await.map(drop) }
+    })
+    .await
 }
 
 /// The gathering task: takes every completion waiting, sends them in one CompleteRuns call
@@ -140,33 +149,17 @@ async fn gather_and_send(client: Client, mut rx: mpsc::UnboundedReceiver<Pending
     }
 }
 
-/// CompleteRuns for `pending`, retrying transient failures with the same request.
-async fn complete_all(mut client: Client, pending: &[Pending]) -> Result<(), tonic::Status> {
+/// CompleteRuns for `pending`, under one request id.
+async fn complete_all(client: Client, pending: &[Pending]) -> Result<(), tonic::Status> {
     let first = &pending[0].request;
     let request = pb::CompleteRunsRequest {
         request_id: format!("{}-and-{}-more", first.request_id, pending.len() - 1),
-        completions: pending
-            .iter()
-            .map(|p| pb::RunCompletion {
-                run_id: p.request.run_id.clone(),
-                lease_token: p.request.lease_token.clone(),
-                outcome: p.request.outcome,
-                exit_code: p.request.exit_code,
-                output_tail: p.request.output_tail.clone(),
-                state_version_serial: p.request.state_version_serial,
-            })
-            .collect(),
+        completions: pending.iter().map(|p| (&p.request).into()).collect(),
     };
-    let mut attempt = 0;
-    loop {
-        match client.complete_runs(request.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(s) if transient(&s) && attempt + 1 < ATTEMPTS => {
-                tracing::warn!(runs = pending.len(), error = %s.message(), attempt, "completing runs failed; retrying");
-                back_off(attempt).await;
-                attempt += 1;
-            }
-            Err(s) => return Err(s),
-        }
-    }
+    let what = format!("completing {} runs", pending.len());
+    retrying(&what, || {
+        let (mut client, request) = (client.clone(), request.clone());
+        async move { client.complete_runs(request).await.map(drop) }
+    })
+    .await
 }

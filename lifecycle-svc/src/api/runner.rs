@@ -238,18 +238,7 @@ impl RunnerService for RunnerApi {
         let call = Call::of(&request, "CompleteRun");
         let req = request.into_inner();
         let mut v = Violations::new();
-        let (id, token, completion) = completion_of(
-            &mut v,
-            "",
-            pb::RunCompletion {
-                run_id: req.run_id.clone(),
-                lease_token: req.lease_token.clone(),
-                outcome: req.outcome,
-                exit_code: req.exit_code,
-                output_tail: req.output_tail.clone(),
-                state_version_serial: req.state_version_serial,
-            },
-        );
+        let (id, token, completion) = completion_of(&mut v, "", (&req).into());
         v.finish()?;
         let now = self.core.now();
         let policy = finish::Policy::of(&self.core);
