@@ -26,6 +26,7 @@ mod m0015_step_counters;
 mod m0016_claim_order;
 mod m0017_outbox_numbered_after_commit;
 mod m0018_queued_settling;
+mod m0019_lighter_writes;
 
 /// Applies lifecycle-svc's migrations in order. One file per migration; an applied migration
 /// is never edited — a change is a new file.
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0016_claim_order::M0016ClaimOrder),
             Box::new(m0017_outbox_numbered_after_commit::M0017OutboxNumberedAfterCommit),
             Box::new(m0018_queued_settling::M0018QueuedSettling),
+            Box::new(m0019_lighter_writes::M0019LighterWrites),
         ]
     }
 }

@@ -142,8 +142,12 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
         ))
         .await
         .expect_err("the database refuses an unapproved claim");
+    // SQLite's trigger says so; PostgreSQL names the CHECK constraint.
     assert!(
-        refused.to_string().contains("awaiting approval"),
+        refused
+            .to_string()
+            .replace('_', " ")
+            .contains("awaiting approval"),
         "{refused}"
     );
     // Nor may a run wait for approval without a deadline.
@@ -207,6 +211,15 @@ async fn destroys_wait_for_approval_and_nothing_approves_itself() {
         .await
         .expect_err("final");
     assert_eq!(again.code(), Code::FailedPrecondition);
+    // Nor does the database let the decision change underneath.
+    let changed = sql
+        .execute_unprepared(&format!(
+            "UPDATE runs SET approval = 'rejected' WHERE id = '{}'",
+            run.id
+        ))
+        .await
+        .expect_err("the database refuses changing a decision");
+    assert!(changed.to_string().contains("is final"), "{changed}");
     let (claimed, lease_token) = claim(&mut runner, &org)
         .await
         .expect("the approved run is claimed");
