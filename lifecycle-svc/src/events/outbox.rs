@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::actor;
-use crate::store::select_all;
+use crate::store::{exec, select_all};
 use ebb_common::Result;
 use ebb_common::db::stmt;
 use ebb_common::time::EpochMs;
@@ -207,45 +207,60 @@ fn row_values(s: &Stamped) -> [Value; 8] {
 
 /// On PostgreSQL: inserts `events` of organization `org` without their numbers, in one
 /// statement that takes no lock but the new rows'. [`number`] numbers them once committed.
+///
+/// The events travel as one JSON array, so the statement's text is the same whatever their
+/// number: the server parses and plans it once per connection, where a list of placeholders
+/// made each batch size a statement of its own, with thousands of parameters to plan.
 async fn insert_unnumbered(
     conn: &impl ConnectionTrait,
     org: &str,
     events: &[Stamped],
 ) -> Result<()> {
-    let mut values: Vec<Value> = vec![org.into()];
-    let mut rows = Vec::with_capacity(events.len());
-    for (k, s) in events.iter().enumerate() {
-        let b = values.len();
-        rows.push(format!(
-            "(CAST(${} AS BIGINT), ${}, ${}, ${}, ${}, ${}, CAST(${} AS BIGINT), ${}, ${})",
-            b + 1,
-            b + 2,
-            b + 3,
-            b + 4,
-            b + 5,
-            b + 6,
-            b + 7,
-            b + 8,
-            b + 9
-        ));
-        values.push((k as i64).into());
-        values.extend(row_values(s));
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        k: usize,
+        id: String,
+        r#type: &'a str,
+        subject_type: &'a str,
+        subject_id: &'a str,
+        actor: &'a str,
+        data: &'a Json,
+        created_at: EpochMs,
+        trace_context: &'a str,
     }
+    let rows: Vec<Row> = events
+        .iter()
+        .enumerate()
+        .map(|(k, s)| Row {
+            k,
+            id: uuid::Uuid::now_v7().to_string(),
+            r#type: s.event.event_type,
+            subject_type: s.event.subject_type,
+            subject_id: &s.event.subject_id,
+            actor: &s.event.actor,
+            data: &s.event.data,
+            created_at: s.now,
+            trace_context: &s.trace_context,
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows)
+        .map_err(|e| ebb_common::Error::Internal(format!("encoding events: {e}")))?;
     // Ordered by `k`, so the rows take their `seq` (the order they are numbered in) in the
-    // order the change wrote them.
-    let sql = format!(
+    // order the change wrote them. `data` arrives as JSON and is stored as the very text it
+    // was sent as.
+    let inserted = exec(
+        conn,
         "INSERT INTO outbox (id, organization_id, type, subject_type, subject_id, actor, data, \
          created_at, trace_context) \
-         SELECT v.id, $1, v.type, v.subject_type, v.subject_id, v.actor, v.data, v.created_at, \
-         v.trace_context FROM (VALUES {}) \
-         AS v (k, type, subject_type, subject_id, actor, data, created_at, trace_context, id) \
+         SELECT v.id, $1, v.type, v.subject_type, v.subject_id, v.actor, v.data::text, \
+         v.created_at, v.trace_context \
+         FROM json_to_recordset($2::json) AS v (k BIGINT, id TEXT, type TEXT, \
+         subject_type TEXT, subject_id TEXT, actor TEXT, data JSON, created_at BIGINT, \
+         trace_context TEXT) \
          WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) ORDER BY v.k",
-        rows.join(", ")
-    );
-    let inserted = conn
-        .execute_raw(stmt(conn.get_database_backend(), &sql, values))
-        .await?
-        .rows_affected();
+        [org.into(), rows.into()],
+    )
+    .await?;
     if inserted != events.len() as u64 {
         return Err(ebb_common::Error::not_found("organization", org));
     }

@@ -12,7 +12,9 @@ use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
-use crate::store::{IdRow, db_enum, exec, keyset, query_all, query_one, select_all};
+use crate::store::{
+    IdRow, db_enum, exec, json_param, json_rows, keyset, query_all, query_one, select_all,
+};
 
 db_enum! {
     /// Where a run is in its life.
@@ -160,7 +162,7 @@ pub struct QueuedDestroy {
     pub approval_deadline: Option<EpochMs>,
 }
 
-/// Inserts queued destroy runs in chunks; the ids of the rows that went in. A fire key that
+/// Inserts queued destroy runs in one statement; the ids of the rows that went in. A fire key that
 /// already fired, or a workspace with an active destroy run, is refused by the unique indexes
 /// and simply not returned.
 pub async fn insert_destroy_runs(
@@ -172,42 +174,68 @@ pub async fn insert_destroy_runs(
     struct Id {
         id: String,
     }
-    const COLUMNS: usize = 10;
-    let mut inserted = BTreeSet::new();
-    for chunk in runs.chunks(1000) {
-        let mut sql = String::from(
-            "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, status, \
-             fire_due_at, message, working_directory, created_at, approval, approval_deadline, action_step_id) VALUES ",
-        );
-        let mut values: Vec<Value> = vec![now.into()];
-        for (i, run) in chunk.iter().enumerate() {
-            let b = values.len();
-            if i > 0 {
-                sql.push(',');
-            }
-            let p: Vec<String> = (1..=COLUMNS).map(|k| format!("${}", b + k)).collect();
-            sql.push_str(&format!(
-                "({}, {}, {}, TRUE, TRUE, {}, 'queued', CAST({} AS BIGINT), {}, {}, $1, {}, CAST({} AS BIGINT), {})",
-                p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9]
-            ));
-            values.extend([
-                run.run_id.clone().into(),
-                run.organization_id.clone().into(),
-                run.workspace_id.clone().into(),
-                run.source.as_str().into(),
-                run.fire_due_at.into(),
-                run.message.clone().into(),
-                run.working_directory.clone().into(),
-                run.approval_deadline.map(|_| "pending".to_owned()).into(),
-                run.approval_deadline.into(),
-                run.action_step_id.clone().into(),
-            ]);
-        }
-        sql.push_str(" ON CONFLICT DO NOTHING RETURNING id");
-        let rows: Vec<Id> = query_all(conn, &sql, values).await?;
-        inserted.extend(rows.into_iter().map(|r| r.id));
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: &'a str,
+        organization_id: &'a str,
+        workspace_id: &'a str,
+        source: &'static str,
+        fire_due_at: Option<EpochMs>,
+        message: &'a str,
+        working_directory: &'a str,
+        approval: Option<&'static str>,
+        approval_deadline: Option<EpochMs>,
+        action_step_id: Option<&'a str>,
     }
-    Ok(inserted)
+    if runs.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let rows: Vec<Row> = runs
+        .iter()
+        .map(|run| Row {
+            id: &run.run_id,
+            organization_id: &run.organization_id,
+            workspace_id: &run.workspace_id,
+            source: run.source.as_str(),
+            fire_due_at: run.fire_due_at,
+            message: &run.message,
+            working_directory: &run.working_directory,
+            approval: run.approval_deadline.map(|_| "pending"),
+            approval_deadline: run.approval_deadline,
+            action_step_id: run.action_step_id.as_deref(),
+        })
+        .collect();
+    let source = json_rows(
+        conn.get_database_backend(),
+        2,
+        &[
+            ("id", "TEXT"),
+            ("organization_id", "TEXT"),
+            ("workspace_id", "TEXT"),
+            ("source", "TEXT"),
+            ("fire_due_at", "BIGINT"),
+            ("message", "TEXT"),
+            ("working_directory", "TEXT"),
+            ("approval", "TEXT"),
+            ("approval_deadline", "BIGINT"),
+            ("action_step_id", "TEXT"),
+        ],
+    );
+    let inserted: Vec<Id> = query_all(
+        conn,
+        &format!(
+            "INSERT INTO runs (id, organization_id, workspace_id, is_destroy, auto_apply, source, \
+             status, fire_due_at, message, working_directory, created_at, approval, \
+             approval_deadline, action_step_id) \
+             SELECT v.id, v.organization_id, v.workspace_id, TRUE, TRUE, v.source, 'queued', \
+             v.fire_due_at, v.message, v.working_directory, $1, v.approval, \
+             v.approval_deadline, v.action_step_id FROM {source} WHERE TRUE \
+             ON CONFLICT DO NOTHING RETURNING id"
+        ),
+        [now.into(), json_param(&rows)?],
+    )
+    .await?;
+    Ok(inserted.into_iter().map(|r| r.id).collect())
 }
 
 /// Filters of a run list.

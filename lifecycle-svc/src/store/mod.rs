@@ -71,7 +71,7 @@ use ebb_common::sql;
 pub use ebb_common::sql::placeholders;
 use ebb_common::{Error, Result};
 use sea_orm::sea_query::{Cond, Expr, ExprTrait, IntoColumnRef, Order, SelectStatement};
-use sea_orm::{ConnectionTrait, FromQueryResult, Value};
+use sea_orm::{ConnectionTrait, DatabaseBackend, FromQueryResult, Value};
 
 /// Ids or rows per set-based statement: a list may be bound twice and still stay well below
 /// SQLite's parameter limit, and a statement's messages stay small.
@@ -145,6 +145,40 @@ pub fn keyset<C: IntoColumnRef + Clone>(
     Cond::any()
         .add(past)
         .add(Cond::all().add(Expr::col(column).eq(at)).add(past_id))
+}
+
+/// The relation `v` of the rows bound as one JSON array in parameter `$param`, each row an
+/// object with the `columns` (name, SQL type) as keys; a key that is missing or null reads
+/// as NULL. A statement that reads its rows from it has the same text whatever their number,
+/// so the server parses and plans it once per connection, where a list of placeholders made
+/// each batch size a statement of its own with thousands of parameters to bind and plan.
+///
+/// On SQLite, an `INSERT … SELECT … FROM` it followed by `ON CONFLICT` needs a `WHERE` between
+/// the two (SQLite would read `ON` as a join's).
+pub fn json_rows(backend: DatabaseBackend, param: usize, columns: &[(&str, &str)]) -> String {
+    if backend == DatabaseBackend::Postgres {
+        let typed: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
+        format!(
+            "json_to_recordset(${param}::json) AS v ({})",
+            typed.join(", ")
+        )
+    } else {
+        let read: Vec<String> = columns
+            .iter()
+            .map(|(c, _)| format!("j.value ->> '{c}' AS {c}"))
+            .collect();
+        format!(
+            "(SELECT {} FROM json_each(${param}) AS j) AS v",
+            read.join(", ")
+        )
+    }
+}
+
+/// `rows` as the JSON array [`json_rows`] reads.
+pub fn json_param<T: serde::Serialize>(rows: &[T]) -> Result<Value> {
+    serde_json::to_string(rows)
+        .map(Value::from)
+        .map_err(|e| Error::Internal(format!("encoding rows: {e}")))
 }
 
 /// One row, or none.
