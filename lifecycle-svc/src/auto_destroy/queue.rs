@@ -4,17 +4,18 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use ebb_common::Result;
+use ebb_common::db::stmt;
 use ebb_common::time::{EpochMs, rfc3339};
-use sea_orm::{ConnectionTrait, Value};
+use sea_orm::{ConnectionTrait, FromQueryResult, Value};
 use serde_json::json;
 
 use crate::events::{NewEvent, outbox};
 use crate::runs::{QueuedDestroy, RunSource};
-use crate::store::{exec, for_update, placeholders, query_all};
+use crate::store::{exec, for_update, json_param, json_rows, placeholders, query_all, skip_locked};
 use crate::tenancy::orgs;
 use crate::tenancy::orgs::OrgRow;
 use crate::timing;
-use crate::timing::due::{self, FireKey};
+use crate::timing::due::FireKey;
 use crate::timing::math;
 use crate::workspaces::AutoDestroyStatus;
 use crate::workspaces::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
@@ -119,6 +120,17 @@ pub async fn queue_auto_destroy_runs(
         id_values,
     )
     .await?;
+    decide_locked(conn, keys, rows, now).await
+}
+
+/// Decides each fire key of `rows`, workspaces the caller's transaction has locked.
+async fn decide_locked(
+    conn: &impl ConnectionTrait,
+    keys: &[FireKey],
+    rows: Vec<WorkspaceRow>,
+    now: EpochMs,
+) -> Result<Vec<(FireKey, Decision)>> {
+    let ids: BTreeSet<&str> = keys.iter().map(|k| k.subject_id.as_str()).collect();
     let mut workspaces: HashMap<String, WorkspaceRow> =
         rows.into_iter().map(|w| (w.id.clone(), w)).collect();
 
@@ -324,20 +336,64 @@ pub async fn queue_due(
     after: Option<FireKey>,
     now: EpochMs,
 ) -> Result<DuePage> {
-    let keys = due::find_due_locked(
-        conn,
-        &timing::WORKSPACES,
-        shard,
-        shard_count,
-        limit,
-        after,
-        now,
-    )
-    .await?;
+    let (keys, rows) = find_due_rows(conn, (shard, shard_count), limit, after, now).await?;
     let full = u64::try_from(keys.len()).unwrap_or(u64::MAX) >= limit;
     let last = keys.last().filter(|_| full).cloned();
-    let results = queue_auto_destroy_runs(conn, &keys, now).await?;
+    let results = if keys.is_empty() {
+        Vec::new()
+    } else {
+        decide_locked(conn, &keys, rows, now).await?
+    };
     Ok(DuePage { results, last })
+}
+
+/// Up to `limit` of a shard's due workspaces after `after`, in due order, each read and locked
+/// by the statement that finds it (one per due column): a workspace another transaction holds
+/// is skipped, not waited for.
+async fn find_due_rows(
+    conn: &impl ConnectionTrait,
+    (shard, shard_count): (i32, i32),
+    limit: u64,
+    after: Option<FireKey>,
+    now: EpochMs,
+) -> Result<(Vec<FireKey>, Vec<WorkspaceRow>)> {
+    let (after_due, after_id) = after
+        .map(|k| (k.due_at, k.subject_id))
+        .unwrap_or((i64::MIN, String::new()));
+    let lock = skip_locked(conn, "w");
+    let mut found: Vec<(FireKey, WorkspaceRow)> = Vec::new();
+    for due in timing::WORKSPACES.due_columns {
+        let rows = conn
+            .query_all_raw(stmt(
+                conn.get_database_backend(),
+                &format!(
+                    "SELECT {WORKSPACE_COLUMNS}, w.{due} AS due_at FROM {WORKSPACE_FROM} \
+                     WHERE w.{due} <= $1 AND w.shard_key % $2 = $3 \
+                     AND (w.{due} > $4 OR (w.{due} = $4 AND w.id > $5)) \
+                     ORDER BY w.{due}, w.id LIMIT {limit}{lock}"
+                ),
+                [
+                    now.into(),
+                    shard_count.into(),
+                    shard.into(),
+                    after_due.into(),
+                    after_id.clone().into(),
+                ],
+            ))
+            .await?;
+        for row in &rows {
+            let ws = WorkspaceRow::from_query_result(row, "")?;
+            let due_at: i64 = row.try_get("", "due_at")?;
+            let key = FireKey {
+                subject_id: ws.id.clone(),
+                due_at,
+            };
+            found.push((key, ws));
+        }
+    }
+    found.sort_by(|(a, _), (b, _)| (a.due_at, &a.subject_id).cmp(&(b.due_at, &b.subject_id)));
+    found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(found.into_iter().unzip())
 }
 
 /// Whether the workspace's auto-destroy waits for approval: its organization requires it,
@@ -355,41 +411,52 @@ async fn mark_fired(
     fired: &[WorkspaceRow],
     now: EpochMs,
 ) -> Result<()> {
-    for chunk in fired.chunks(1000) {
-        let mut rows = Vec::with_capacity(chunk.len());
-        let mut values: Vec<Value> = vec![now.into()];
-        for ws in chunk {
-            let b = values.len();
-            rows.push(format!(
-                "(${}, CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), \
-                 CAST(${} AS BIGINT))",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            ));
-            values.extend([
-                ws.id.clone().into(),
-                ws.last_fired_due_at.into(),
-                ws.next_auto_destroy_at.into(),
-                ws.next_reminder_at.into(),
-                ws.window_held_due_at.into(),
-            ]);
-        }
-        // One join against the list (UPDATE … FROM, on SQLite and PostgreSQL alike): each
-        // row finds its values by the primary key, whatever the batch's size.
-        let sql = format!(
-            "WITH v (id, fired, next_at, reminder_at, window_held) AS (VALUES {}) \
-             UPDATE workspaces SET auto_destroy_status = 'queued', updated_at = $1, \
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: &'a str,
+        fired: Option<EpochMs>,
+        next_at: Option<EpochMs>,
+        reminder_at: Option<EpochMs>,
+        window_held: Option<EpochMs>,
+    }
+    if fired.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<Row> = fired
+        .iter()
+        .map(|ws| Row {
+            id: &ws.id,
+            fired: ws.last_fired_due_at,
+            next_at: ws.next_auto_destroy_at,
+            reminder_at: ws.next_reminder_at,
+            window_held: ws.window_held_due_at,
+        })
+        .collect();
+    let source = json_rows(
+        conn.get_database_backend(),
+        2,
+        &[
+            ("id", "TEXT"),
+            ("fired", "BIGINT"),
+            ("next_at", "BIGINT"),
+            ("reminder_at", "BIGINT"),
+            ("window_held", "BIGINT"),
+        ],
+    );
+    // One join against the list (UPDATE … FROM, on SQLite and PostgreSQL alike): each row
+    // finds its values by the primary key, whatever the batch's size.
+    exec(
+        conn,
+        &format!(
+            "UPDATE workspaces SET auto_destroy_status = 'queued', updated_at = $1, \
              last_fired_due_at = v.fired, next_auto_destroy_at = v.next_at, \
              next_reminder_at = v.reminder_at, window_held_due_at = v.window_held, \
              window_not_before = NULL \
-             FROM v WHERE v.id = workspaces.id",
-            rows.join(", ")
-        );
-        exec(conn, &sql, values).await?;
-    }
+             FROM {source} WHERE v.id = workspaces.id"
+        ),
+        [now.into(), json_param(&rows)?],
+    )
+    .await?;
     Ok(())
 }
 

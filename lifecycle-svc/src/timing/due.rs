@@ -6,7 +6,7 @@ use ebb_common::time::EpochMs;
 use sea_orm::{ConnectionTrait, FromQueryResult};
 
 use super::Timeline;
-use crate::store::{query_all, skip_locked};
+use crate::store::query_all;
 
 /// The identity of one firing: a subject (workspace or scheduled action) and the due time it
 /// fires for. The database keeps one run (or action run) per fire key.
@@ -26,32 +26,7 @@ pub async fn find_due(
     after: Option<FireKey>,
     now: EpochMs,
 ) -> Result<Vec<FireKey>> {
-    scan(conn, timeline, (shard, shard_count), limit, after, now, "").await
-}
-
-/// [`find_due`], locking each row it finds for the caller's transaction. On PostgreSQL a row
-/// another transaction holds is skipped rather than waited for: it is still due, and the next
-/// sweep finds it.
-pub async fn find_due_locked(
-    conn: &impl ConnectionTrait,
-    timeline: &Timeline,
-    shard: i32,
-    shard_count: i32,
-    limit: u64,
-    after: Option<FireKey>,
-    now: EpochMs,
-) -> Result<Vec<FireKey>> {
-    let lock = skip_locked(conn, timeline.table);
-    scan(
-        conn,
-        timeline,
-        (shard, shard_count),
-        limit,
-        after,
-        now,
-        &lock,
-    )
-    .await
+    scan(conn, timeline, (shard, shard_count), limit, after, now).await
 }
 
 async fn scan(
@@ -61,7 +36,6 @@ async fn scan(
     limit: u64,
     after: Option<FireKey>,
     now: EpochMs,
-    lock: &str,
 ) -> Result<Vec<FireKey>> {
     #[derive(FromQueryResult)]
     struct Due {
@@ -80,7 +54,7 @@ async fn scan(
                 "SELECT id, {due} AS due_at FROM {table} \
                  WHERE {due} <= $1 AND shard_key % $2 = $3{live} \
                  AND ({due} > $4 OR ({due} = $4 AND id > $5)) \
-                 ORDER BY {due}, id LIMIT {limit}{lock}"
+                 ORDER BY {due}, id LIMIT {limit}"
             ),
             [
                 now.into(),
