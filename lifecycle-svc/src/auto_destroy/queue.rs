@@ -120,21 +120,21 @@ pub async fn queue_auto_destroy_runs(
         id_values,
     )
     .await?;
-    decide_locked(conn, keys, rows, now).await
+    let active = runs::with_active_run(conn, &ids).await?;
+    decide_locked(conn, keys, rows, &active, now).await
 }
 
-/// Decides each fire key of `rows`, workspaces the caller's transaction has locked.
+/// Decides each fire key of `rows`, workspaces the caller's transaction has locked; `active`
+/// names those with an active run.
 async fn decide_locked(
     conn: &impl ConnectionTrait,
     keys: &[FireKey],
     rows: Vec<WorkspaceRow>,
+    active: &BTreeSet<String>,
     now: EpochMs,
 ) -> Result<Vec<(FireKey, Decision)>> {
-    let ids: BTreeSet<&str> = keys.iter().map(|k| k.subject_id.as_str()).collect();
     let mut workspaces: HashMap<String, WorkspaceRow> =
         rows.into_iter().map(|w| (w.id.clone(), w)).collect();
-
-    let active = runs::with_active_run(conn, &ids).await?;
 
     let mut orgs: BTreeMap<String, OrgRow> = BTreeMap::new();
     let mut events = Vec::new();
@@ -336,38 +336,41 @@ pub async fn queue_due(
     after: Option<FireKey>,
     now: EpochMs,
 ) -> Result<DuePage> {
-    let (keys, rows) = find_due_rows(conn, (shard, shard_count), limit, after, now).await?;
+    let (keys, rows, active) = find_due_rows(conn, (shard, shard_count), limit, after, now).await?;
     let full = u64::try_from(keys.len()).unwrap_or(u64::MAX) >= limit;
     let last = keys.last().filter(|_| full).cloned();
     let results = if keys.is_empty() {
         Vec::new()
     } else {
-        decide_locked(conn, &keys, rows, now).await?
+        decide_locked(conn, &keys, rows, &active, now).await?
     };
     Ok(DuePage { results, last })
 }
 
 /// Up to `limit` of a shard's due workspaces after `after`, in due order, each read and locked
 /// by the statement that finds it (one per due column): a workspace another transaction holds
-/// is skipped, not waited for.
+/// is skipped, not waited for. With them, those that have an active run.
 async fn find_due_rows(
     conn: &impl ConnectionTrait,
     (shard, shard_count): (i32, i32),
     limit: u64,
     after: Option<FireKey>,
     now: EpochMs,
-) -> Result<(Vec<FireKey>, Vec<WorkspaceRow>)> {
+) -> Result<(Vec<FireKey>, Vec<WorkspaceRow>, BTreeSet<String>)> {
     let (after_due, after_id) = after
         .map(|k| (k.due_at, k.subject_id))
         .unwrap_or((i64::MIN, String::new()));
     let lock = skip_locked(conn, "w");
     let mut found: Vec<(FireKey, WorkspaceRow)> = Vec::new();
+    let mut active = BTreeSet::new();
     for due in timing::WORKSPACES.due_columns {
         let rows = conn
             .query_all_raw(stmt(
                 conn.get_database_backend(),
                 &format!(
-                    "SELECT {WORKSPACE_COLUMNS}, w.{due} AS due_at FROM {WORKSPACE_FROM} \
+                    "SELECT {WORKSPACE_COLUMNS}, w.{due} AS due_at, EXISTS (SELECT 1 FROM runs r \
+                     WHERE r.workspace_id = w.id AND r.status IN ('queued', 'running')) \
+                     AS has_active_run FROM {WORKSPACE_FROM} \
                      WHERE w.{due} <= $1 AND w.shard_key % $2 = $3 \
                      AND (w.{due} > $4 OR (w.{due} = $4 AND w.id > $5)) \
                      ORDER BY w.{due}, w.id LIMIT {limit}{lock}"
@@ -384,6 +387,9 @@ async fn find_due_rows(
         for row in &rows {
             let ws = WorkspaceRow::from_query_result(row, "")?;
             let due_at: i64 = row.try_get("", "due_at")?;
+            if row.try_get::<bool>("", "has_active_run")? {
+                active.insert(ws.id.clone());
+            }
             let key = FireKey {
                 subject_id: ws.id.clone(),
                 due_at,
@@ -393,7 +399,8 @@ async fn find_due_rows(
     }
     found.sort_by(|(a, _), (b, _)| (a.due_at, &a.subject_id).cmp(&(b.due_at, &b.subject_id)));
     found.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    Ok(found.into_iter().unzip())
+    let (keys, rows) = found.into_iter().unzip();
+    Ok((keys, rows, active))
 }
 
 /// Whether the workspace's auto-destroy waits for approval: its organization requires it,
