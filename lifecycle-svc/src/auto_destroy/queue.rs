@@ -15,7 +15,7 @@ use crate::store::{exec, for_update, json_param, json_rows, placeholders, query_
 use crate::tenancy::orgs;
 use crate::tenancy::orgs::OrgRow;
 use crate::timing;
-use crate::timing::due::FireKey;
+use crate::timing::due::{self, FireKey};
 use crate::timing::math;
 use crate::workspaces::AutoDestroyStatus;
 use crate::workspaces::{WORKSPACE_COLUMNS, WORKSPACE_FROM, WorkspaceRow};
@@ -371,17 +371,10 @@ async fn find_due_rows(
                     "SELECT {WORKSPACE_COLUMNS}, w.{due} AS due_at, EXISTS (SELECT 1 FROM runs r \
                      WHERE r.workspace_id = w.id AND r.status IN ('queued', 'running')) \
                      AS has_active_run FROM {WORKSPACE_FROM} \
-                     WHERE w.{due} <= $1 AND w.shard_key % $2 = $3 \
-                     AND (w.{due} > $4 OR (w.{due} = $4 AND w.id > $5)) \
-                     ORDER BY w.{due}, w.id LIMIT {limit}{lock}"
+                     WHERE {} ORDER BY w.{due}, w.id LIMIT {limit}{lock}",
+                    due::range_condition(due, "w.")
                 ),
-                [
-                    now.into(),
-                    shard_count.into(),
-                    shard.into(),
-                    after_due.into(),
-                    after_id.clone().into(),
-                ],
+                due::range_values((shard, shard_count), (after_due, after_id.clone()), now),
             ))
             .await?;
         for row in &rows {

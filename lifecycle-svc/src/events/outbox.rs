@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::actor;
-use crate::store::{exec, select_all};
+use crate::store::{exec, json_param, json_rows, select_all};
 use ebb_common::Result;
 use ebb_common::db::stmt;
 use ebb_common::time::EpochMs;
@@ -243,22 +243,34 @@ async fn insert_unnumbered(
             trace_context: &s.trace_context,
         })
         .collect();
-    let rows = serde_json::to_string(&rows)
-        .map_err(|e| ebb_common::Error::Internal(format!("encoding events: {e}")))?;
+    let source = json_rows(
+        sea_orm::DatabaseBackend::Postgres,
+        2,
+        &[
+            ("k", "BIGINT"),
+            ("id", "TEXT"),
+            ("type", "TEXT"),
+            ("subject_type", "TEXT"),
+            ("subject_id", "TEXT"),
+            ("actor", "TEXT"),
+            ("data", "JSON"),
+            ("created_at", "BIGINT"),
+            ("trace_context", "TEXT"),
+        ],
+    );
     // Ordered by `k`, so the rows take their `seq` (the order they are numbered in) in the
     // order the change wrote them. `data` arrives as JSON and is stored as the very text it
     // was sent as.
     let inserted = exec(
         conn,
-        "INSERT INTO outbox (id, organization_id, type, subject_type, subject_id, actor, data, \
-         created_at, trace_context) \
-         SELECT v.id, $1, v.type, v.subject_type, v.subject_id, v.actor, v.data::text, \
-         v.created_at, v.trace_context \
-         FROM json_to_recordset($2::json) AS v (k BIGINT, id TEXT, type TEXT, \
-         subject_type TEXT, subject_id TEXT, actor TEXT, data JSON, created_at BIGINT, \
-         trace_context TEXT) \
-         WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) ORDER BY v.k",
-        [org.into(), rows.into()],
+        &format!(
+            "INSERT INTO outbox (id, organization_id, type, subject_type, subject_id, actor, data, \
+             created_at, trace_context) \
+             SELECT v.id, $1, v.type, v.subject_type, v.subject_id, v.actor, v.data::text, \
+             v.created_at, v.trace_context FROM {source} \
+             WHERE EXISTS (SELECT 1 FROM organizations WHERE id = $1) ORDER BY v.k"
+        ),
+        [org.into(), json_param(&rows)?],
     )
     .await?;
     if inserted != events.len() as u64 {

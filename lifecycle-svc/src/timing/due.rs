@@ -52,17 +52,10 @@ async fn scan(
             conn,
             &format!(
                 "SELECT id, {due} AS due_at FROM {table} \
-                 WHERE {due} <= $1 AND shard_key % $2 = $3{live} \
-                 AND ({due} > $4 OR ({due} = $4 AND id > $5)) \
-                 ORDER BY {due}, id LIMIT {limit}"
+                 WHERE {}{live} ORDER BY {due}, id LIMIT {limit}",
+                range_condition(due, "")
             ),
-            [
-                now.into(),
-                shard_count.into(),
-                shard.into(),
-                after_due.into(),
-                after_id.clone().into(),
-            ],
+            range_values((shard, shard_count), (after_due, after_id.clone()), now),
         )
         .await?;
         keys.extend(rows.into_iter().map(|r| FireKey {
@@ -73,4 +66,29 @@ async fn scan(
     keys.sort_by(|a, b| (a.due_at, &a.subject_id).cmp(&(b.due_at, &b.subject_id)));
     keys.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     Ok(keys)
+}
+
+/// The rows of one shard due by `now` in column `due` after a position, over parameters `$1` to
+/// `$5` ([`range_values`]); `prefix` qualifies the columns (`"w."`, or nothing).
+pub(crate) fn range_condition(due: &str, prefix: &str) -> String {
+    format!(
+        "{prefix}{due} <= $1 AND {prefix}shard_key % $2 = $3 \
+         AND ({prefix}{due} > $4 OR ({prefix}{due} = $4 AND {prefix}id > $5))"
+    )
+}
+
+/// The values of [`range_condition`]: `now`, the shard and the position `(due, id)` to start
+/// after.
+pub(crate) fn range_values(
+    (shard, shard_count): (i32, i32),
+    (after_due, after_id): (EpochMs, String),
+    now: EpochMs,
+) -> [sea_orm::Value; 5] {
+    [
+        now.into(),
+        shard_count.into(),
+        shard.into(),
+        after_due.into(),
+        after_id.into(),
+    ]
 }
